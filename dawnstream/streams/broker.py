@@ -1,0 +1,385 @@
+"""A local single-node Apache Kafka 4.x broker (KRaft, combined broker+controller), no Docker.
+
+Jars come from Maven Central through Maven (``dependency:copy-dependencies``) into a cache dir
+that later runs reuse; storage is formatted once (``kafka.tools.StorageTool format --standalone``);
+the broker runs as ``java -cp 'libs/*' kafka.Kafka server.properties`` bound to 127.0.0.1 and is
+ready when a real Kafka protocol round-trip (Metadata request) answers. ``stop`` only ever
+signals the pid this manager started, after checking its command line.
+
+Facts behind the config are in DESIGN.md ("Kafka 4.x without Docker").
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from dawnstream.errors import BrokerError
+from dawnstream.logs import event, get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+KAFKA_ARTIFACTS = (
+    "kafka_2.13",
+    "kafka-server",
+    "kafka-storage",
+    "kafka-metadata",
+    "kafka-raft",
+    "kafka-clients",
+    "kafka-tools",
+)
+# Kafka 4.x stays on SLF4J 1.7; its published POMs do not pull a logging backend reliably.
+EXTRA_DEPS = (
+    ("org.slf4j", "slf4j-api", "1.7.36"),
+    ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION),
+    ("org.apache.logging.log4j", "log4j-api", LOG4J_VERSION),
+    ("org.apache.logging.log4j", "log4j-core", LOG4J_VERSION),
+)
+LOG4J2 = """\
+rootLogger.level=INFO
+rootLogger.appenderRef.stdout.ref=STDOUT
+appender.stdout.type=Console
+appender.stdout.name=STDOUT
+appender.stdout.layout.type=PatternLayout
+appender.stdout.layout.pattern=[%d] %p %m (%c)%n
+logger.kafka.name=kafka
+logger.kafka.level=WARN
+logger.apache.name=org.apache.kafka
+logger.apache.level=WARN
+logger.ready.name=kafka.server.KafkaRaftServer
+logger.ready.level=INFO
+"""
+
+
+def cache_root() -> Path:
+    """``$DAWNSTREAM_CACHE`` or ``~/.cache/dawnstream``."""
+    return Path(os.environ.get("DAWNSTREAM_CACHE", Path.home() / ".cache" / "dawnstream"))
+
+
+def java_major_version(java: str = "java") -> int:
+    """Major version of ``java`` on PATH (17 for ``openjdk version "17.0.15"``).
+
+    Raises:
+        BrokerError: Java is missing or its version cannot be read.
+    """
+    if shutil.which(java) is None:
+        raise BrokerError("Java is not installed: install a JDK/JRE 17 or newer (e.g. apt-get install openjdk-17-jre-headless)")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not m:
+        raise BrokerError(f"cannot read the Java version from: {out.stderr.strip()[:200]}")
+    major = int(m.group(1))
+    return int(m.group(2) or 0) if major == 1 else major
+
+
+def _answers(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def kafka_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when a Kafka Metadata round-trip to ``bootstrap`` succeeds within ``timeout_s``."""
+    host, _, port = bootstrap.rpartition(":")
+    if not _answers(host or "127.0.0.1", int(port)):
+        return False
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _QuietLogger()})
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+        return bool(md.brokers)
+    except Exception:  # noqa: BLE001 - any client failure means "not ready yet"
+        return False
+
+
+class _QuietLogger:
+    """Swallows librdkafka's connection-refused chatter while we poll for readiness."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> object:
+        return self.log
+
+
+@dataclass
+class BrokerManager:
+    """Install, start, stop and inspect one local broker.
+
+    Args:
+        port: client (PLAINTEXT) port on 127.0.0.1, default 9092.
+        controller_port: KRaft controller port, default ``port + 1``.
+        version: Apache Kafka version from Maven Central (``$DAWNSTREAM_KAFKA_VERSION``, 4.x).
+        home: state dir (config, data, log, pid); default ``<cache>/broker-<port>``.
+        heap: JVM heap, e.g. ``1g``.
+    """
+
+    port: int = 9092
+    controller_port: int | None = None
+    version: str = os.environ.get("DAWNSTREAM_KAFKA_VERSION", DEFAULT_VERSION)
+    home: Path | None = None
+    heap: str = "1g"
+
+    def __post_init__(self) -> None:
+        if self.controller_port is None:
+            self.controller_port = self.port + 1
+        if self.home is None:
+            self.home = cache_root() / f"broker-{self.port}"
+        if not self.version.startswith("4."):
+            raise BrokerError(f"Kafka version {self.version!r} is not 4.x: this project needs KRaft-only Kafka 4.x")
+
+    # -- paths --------------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def libs(self) -> Path:
+        return cache_root() / "kafka" / self.version / "libs"
+
+    @property
+    def _home(self) -> Path:
+        assert self.home is not None
+        return self.home
+
+    @property
+    def log_file(self) -> Path:
+        return self._home / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self._home / "broker.pid"
+
+    @property
+    def config_file(self) -> Path:
+        return self._home / "server.properties"
+
+    # -- install ------------------------------------------------------------------------------
+    def install(self) -> Path:
+        """Download the Kafka jars with Maven (once; reused later). Returns the libs dir.
+
+        Raises:
+            BrokerError: Java < 17, Maven missing, or the download failed (with Maven's output tail).
+        """
+        if java_major_version() < 17:
+            raise BrokerError("Kafka 4.x needs Java 17 or newer: install a newer JDK and put it first on PATH")
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return self.libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError("Maven (mvn) is not installed: it downloads the Kafka jars (apt-get install maven)")
+        work = self.libs.parent
+        work.mkdir(parents=True, exist_ok=True)
+        deps = [("org.apache.kafka", a, self.version) for a in KAFKA_ARTIFACTS] + list(EXTRA_DEPS)
+        dep_xml = "\n".join(
+            f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
+            for g, a, v in deps
+        )
+        (work / "pom.xml").write_text(
+            '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+            "  <modelVersion>4.0.0</modelVersion>\n"
+            f"  <groupId>dawnstream</groupId><artifactId>kafka-libs</artifactId><version>{self.version}</version>\n"
+            "  <packaging>pom</packaging>\n"
+            f"  <dependencies>\n{dep_xml}\n  </dependencies>\n</project>\n"
+        )
+        tmp = work / "libs.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        event(log, "broker.install", version=self.version, dir=str(self.libs))
+        proc = subprocess.run(
+            [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+            raise BrokerError(
+                f"Maven could not download Kafka {self.version} (exit {proc.returncode}); check network "
+                "access to Maven Central and the version. Maven said:\n" + "\n".join(tail)
+            )
+        shutil.rmtree(self.libs, ignore_errors=True)
+        tmp.rename(self.libs)
+        marker.touch()
+        return self.libs
+
+    # -- config -------------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        home = self._home
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(home / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "8",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Frames and 10,000-row Arrow batches: allow 16 MiB messages.
+            "message.max.bytes": "16777216",
+            "replica.fetch.max.bytes": "16777216",
+            "log.retention.hours": "24",
+            "log.segment.bytes": str(256 << 20),
+            "auto.create.topics.enable": "true",
+        }
+        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (home / "log4j2.properties").write_text(LOG4J2)
+
+    def _java_cmd(self, main: str, *args: str, heap: str | None = None) -> list[str]:
+        cmd = ["java"]
+        if heap:
+            cmd += [f"-Xms{min_heap(heap)}", f"-Xmx{heap}"]
+        cmd += [
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self._home / 'log4j2.properties'}",
+            "-cp",
+            str(self.libs / "*"),
+            main,
+            *args,
+        ]
+        return cmd
+
+    def _format(self) -> None:
+        if (self._home / "data" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        proc = subprocess.run(
+            self._java_cmd(
+                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file), "--standalone"
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """Pid of the broker this manager started, if it is still that broker."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return None
+        return pid if "kafka.Kafka" in cmdline and str(self.config_file) in cmdline else None
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        """Start the broker unless one already answers on the port; return the bootstrap address.
+
+        Raises:
+            BrokerError: install/format failed, the JVM exited, or no answer within ``timeout_s``
+                (the log tail is in the message).
+        """
+        if kafka_answers(self.bootstrap):
+            event(log, "broker.already_running", bootstrap=self.bootstrap)
+            return self.bootstrap
+        if _answers("127.0.0.1", self.port):
+            raise BrokerError(
+                f"port {self.port} is taken by something that does not speak Kafka; pick another with --port"
+            )
+        self.install()
+        self._home.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._format()
+        logf = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            proc = subprocess.Popen(
+                self._java_cmd("kafka.Kafka", str(self.config_file), heap=self.heap),
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # the broker outlives the CLI that started it
+            )
+        finally:
+            logf.close()
+        self.pid_file.write_text(str(proc.pid))
+        event(log, "broker.starting", pid=proc.pid, bootstrap=self.bootstrap)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BrokerError(f"the Kafka JVM exited with code {proc.returncode}; log tail:\n{self.logs(40)}")
+            if kafka_answers(self.bootstrap, timeout_s=1.0):
+                event(log, "broker.ready", bootstrap=self.bootstrap)
+                return self.bootstrap
+            time.sleep(0.3)
+        raise BrokerError(f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; log tail:\n{self.logs(40)}")
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the broker this manager started (SIGTERM, then SIGKILL after ``timeout_s``).
+
+        Returns:
+            True when a broker was stopped, False when none of ours was running.
+        """
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        event(log, "broker.stopped", pid=pid)
+        return True
+
+    def status(self) -> dict[str, object]:
+        """``{"bootstrap", "pid", "answers", "version", "home"}``."""
+        return {
+            "bootstrap": self.bootstrap,
+            "pid": self.pid(),
+            "answers": kafka_answers(self.bootstrap),
+            "version": self.version,
+            "home": str(self._home),
+        }
+
+    def logs(self, lines: int = 50) -> str:
+        """Last ``lines`` lines of the broker log ('' when there is none)."""
+        try:
+            data = self.log_file.read_bytes()[-256 * 1024 :]
+        except OSError:
+            return ""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def min_heap(heap: str) -> str:
+    """Initial heap for ``-Xms``: half of ``heap`` when it is given in g/m, else ``heap``."""
+    m = re.fullmatch(r"(\d+)([gGmM])", heap)
+    if not m:
+        return heap
+    n, unit = int(m.group(1)), m.group(2).lower()
+    mb = n * 1024 if unit == "g" else n
+    return f"{max(mb // 2, 256)}m"

@@ -1,0 +1,209 @@
+"""JSON rows: one JSON object per message (what most producers send).
+
+Decoding parses the whole micro-batch at once with ``pyarrow.json`` (C++, ~1.8 us/row here) and
+falls back to checking each message with ``orjson`` only when the bulk parse fails or a required
+column has nulls, so one bad message never costs the batch its speed or its good rows.
+Encoding uses ``polars.DataFrame.write_ndjson`` (Rust, ~1.1 us/row) and splits the lines.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
+from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.schema import RowSchema
+
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError)
+
+
+def _python_type(v: Any) -> pa.DataType | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return pa.bool_()
+    if isinstance(v, int):
+        return pa.int64()
+    if isinstance(v, float):
+        return pa.float64()
+    if isinstance(v, str):
+        return pa.string()
+    return None
+
+
+def _is_flat(schema: pa.Schema) -> bool:
+    return not any(pa.types.is_nested(f.type) for f in schema)
+
+
+class JsonRowsCodec(Codec):
+    """One flat JSON object per message, e.g. ``{"carrier": "UA", "dep_delay": 12.0}``.
+
+    Args:
+        max_message_bytes: messages larger than this are rejected (default 1 MiB) so one huge
+            payload cannot stall a worker.
+    """
+
+    name = "json"
+    content_type = "application/json"
+
+    def __init__(self, max_message_bytes: int = 1 << 20) -> None:
+        self.max_message_bytes = max_message_bytes
+
+    # -- decode -----------------------------------------------------------------------------
+    def decode(self, messages: list[Message], schema: RowSchema) -> Decoded:
+        rejected: list[Rejected] = []
+        idx: list[int] = []
+        for i, m in enumerate(messages):
+            v = m.value
+            if not v or not v.strip():
+                rejected.append(Rejected(m, "empty message: expected one JSON object"))
+            elif len(v) > self.max_message_bytes:
+                rejected.append(
+                    Rejected(m, f"message of {len(v)} bytes exceeds max_message_bytes={self.max_message_bytes}")
+                )
+            else:
+                idx.append(i)
+        if not idx:
+            return Decoded(None, rejected=rejected)
+        fast = self._bulk(messages, idx, schema)
+        if fast is not None:
+            table, bad = fast
+            if bad:
+                bad_set = {i for i, _ in bad}
+                rejected.extend(Rejected(messages[i], why) for i, why in bad)
+                keep_mask = pa.array([i not in bad_set for i in idx])
+                table = table.filter(keep_mask)
+                idx = [i for i in idx if i not in bad_set]
+            rejected.sort(key=lambda r: r.message.offset)
+            return Decoded(table if table.num_rows else None, idx, [1] * len(idx), rejected)
+        return self._one_by_one(messages, idx, schema, rejected)
+
+    def _bulk(
+        self, messages: list[Message], idx: list[int], schema: RowSchema
+    ) -> tuple[pa.Table, list[tuple[int, str]]] | None:
+        """Parse all messages as NDJSON in one call; ``None`` means 'fall back to one by one'."""
+        values = [messages[i].value for i in idx]
+        if any(b"\n" in v or b"\r" in v for v in values):  # type: ignore[operator]
+            return None  # pretty-printed objects would shift the row count
+        buf = b"\n".join(values)  # type: ignore[arg-type]
+        known = schema.arrow_schema()
+        try:
+            table = pajson.read_json(
+                io.BytesIO(buf),
+                read_options=pajson.ReadOptions(use_threads=False, block_size=max(1 << 20, len(buf) + 1)),
+                parse_options=pajson.ParseOptions(
+                    explicit_schema=known if len(known) else None, unexpected_field_behavior="infer"
+                ),
+            )
+        except _ARROW_ERRORS:
+            return None
+        if table.num_rows != len(values) or not _is_flat(table.schema):
+            return None
+        if schema.missing_required(table.column_names):
+            return None
+        bad: list[tuple[int, str]] = []
+        for col in schema.required:
+            column = table.column(col)
+            if column.null_count:
+                for pos in column.is_null().to_numpy(zero_copy_only=False).nonzero()[0]:
+                    i = idx[int(pos)]
+                    try:
+                        obj = orjson.loads(messages[i].value)  # type: ignore[arg-type]
+                    except orjson.JSONDecodeError:
+                        return None
+                    if isinstance(obj, dict) and col not in obj:
+                        bad.append((i, f"missing required column(s) [{col!r}]"))
+        try:
+            table = schema.conform(table)
+        except _ARROW_ERRORS:
+            return None
+        # De-duplicate in case several required columns are missing from the same row.
+        seen: dict[int, str] = {}
+        for i, why in bad:
+            seen.setdefault(i, why)
+        return table, sorted(seen.items())
+
+    def _one_by_one(
+        self, messages: list[Message], idx: list[int], schema: RowSchema, rejected: list[Rejected]
+    ) -> Decoded:
+        parsed: list[tuple[int, dict[str, Any]]] = []
+        for i in idx:
+            m = messages[i]
+            try:
+                obj = orjson.loads(m.value)  # type: ignore[arg-type]
+            except orjson.JSONDecodeError as e:
+                rejected.append(Rejected(m, f"invalid JSON: {e}"))
+                continue
+            if not isinstance(obj, dict):
+                rejected.append(
+                    Rejected(m, f"JSON {type(obj).__name__} is not an object: send one object per row")
+                )
+                continue
+            parsed.append((i, obj))
+        self._learn_new_columns([o for _, o in parsed], schema)
+        good: list[tuple[int, dict[str, Any]]] = []
+        for i, obj in parsed:
+            why = schema.check_row(obj)
+            if why is None:
+                good.append((i, obj))
+            else:
+                rejected.append(Rejected(messages[i], why))
+        rejected.sort(key=lambda r: r.message.offset)
+        if not good:
+            return Decoded(None, rejected=rejected)
+        table = self._build(good, schema)
+        kept = [i for i, _ in good]
+        return Decoded(table, kept, [1] * len(kept), rejected)
+
+    @staticmethod
+    def _learn_new_columns(rows: list[dict[str, Any]], schema: RowSchema) -> None:
+        """Type unknown columns by majority vote of their values' JSON types (ints+floats -> float64)."""
+        votes: dict[str, Counter[str]] = {}
+        for row in rows:
+            for k, v in row.items():
+                if k not in schema.fields:
+                    t = _python_type(v)
+                    if t is not None:
+                        votes.setdefault(k, Counter())[str(t)] += 1
+        new = []
+        for k, c in votes.items():
+            if c.get("int64") and c.get("double"):
+                t: pa.DataType = pa.float64()
+            else:
+                t = {"int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(), "string": pa.string()}[
+                    c.most_common(1)[0][0]
+                ]
+            new.append(pa.field(k, t))
+        if new:
+            schema.learn(pa.schema(new))
+
+    @staticmethod
+    def _build(good: list[tuple[int, dict[str, Any]]], schema: RowSchema) -> pa.Table:
+        arrays = []
+        for name, t in schema.fields.items():
+            values = [obj.get(name) for _, obj in good]
+            try:
+                arrays.append(pa.array(values, type=t))
+            except _ARROW_ERRORS:
+                arrays.append(pa.array(values).cast(t))
+        return pa.Table.from_arrays(arrays, names=list(schema.fields))
+
+    # -- encode -----------------------------------------------------------------------------
+    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> list[OutRecord]:
+        if batch.num_rows == 0:
+            return []
+        text = pl.from_arrow(pa.Table.from_batches([batch])).write_ndjson()  # type: ignore[union-attr]
+        lines = text.encode().split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        keys = keys_of(batch, key_field)
+        headers = [(CONTENT_TYPE_HEADER, self.content_type.encode())]
+        return [OutRecord(value=v, key=k, headers=headers) for v, k in zip(lines, keys, strict=True)]
+

@@ -1,0 +1,180 @@
+"""Row schemas: the columns a topic's rows must have, declared in the config or learned from data.
+
+A :class:`RowSchema` decides, per message, whether rows are usable: required columns present and
+each value convertible to the column's Arrow type. Rows that fail are rejected with a reason
+(they go to the dead-letter topic); the rest are conformed to one Arrow schema so every batch a
+chain sees has the same columns and types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from dawnstream.errors import ConfigError
+
+_TYPE_NAMES: dict[str, pa.DataType] = {
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "double": pa.float64(),
+    "float": pa.float64(),
+    "int": pa.int64(),
+    "bool": pa.bool_(),
+    "boolean": pa.bool_(),
+    "string": pa.string(),
+    "str": pa.string(),
+    "binary": pa.binary(),
+    "date": pa.date32(),
+    "timestamp[s]": pa.timestamp("s"),
+    "timestamp[ms]": pa.timestamp("ms"),
+    "timestamp[us]": pa.timestamp("us"),
+    "timestamp[ns]": pa.timestamp("ns"),
+    "timestamp": pa.timestamp("ms"),
+}
+
+
+def parse_type(name: str, path: str = "type") -> pa.DataType:
+    """Map a config type name (``int64``, ``float64``, ``string``, ``bool``, ``timestamp[ms]``...)
+    to a ``pyarrow.DataType``.
+
+    Raises:
+        ConfigError: unknown name, listing the accepted ones.
+    """
+    t = _TYPE_NAMES.get(str(name).strip().lower())
+    if t is None:
+        raise ConfigError(path, f"unknown type {name!r}; expected one of {sorted(_TYPE_NAMES)}")
+    return t
+
+
+def value_fits(value: Any, t: pa.DataType) -> str | None:
+    """Return ``None`` when Python ``value`` (from JSON) converts to Arrow type ``t``, else why not."""
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return f"nested {type(value).__name__} where {t} was expected"
+    if pa.types.is_boolean(t):
+        return None if isinstance(value, bool) else f"{type(value).__name__} {value!r:.40} is not a bool"
+    if pa.types.is_integer(t):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{type(value).__name__} {value!r:.40} is not an integer"
+        info_ok = _int_in_range(value, t)
+        return None if info_ok else f"integer {value} out of range for {t}"
+    if pa.types.is_floating(t):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{type(value).__name__} {value!r:.40} is not a number"
+        return None
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return None if isinstance(value, str) else f"{type(value).__name__} {value!r:.40} is not a string"
+    try:
+        pa.array([value]).cast(t)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        return f"{value!r:.40} does not convert to {t}: {e}"
+    return None
+
+
+def _int_in_range(v: int, t: pa.DataType) -> bool:
+    bits = t.bit_width
+    if pa.types.is_signed_integer(t):
+        return bool(-(1 << (bits - 1)) <= v < (1 << (bits - 1)))
+    return bool(0 <= v < (1 << bits))
+
+
+class RowSchema:
+    """Columns and types that rows of one input topic must conform to.
+
+    Args:
+        declared: ``{column: type name}`` from the topology (fixed; wins over anything learned).
+        required: columns every row must carry (usually the columns the operator chain reads).
+            A row where a required column is *absent* is rejected; an explicit JSON ``null`` is kept.
+
+    The first good batch fixes the type of each undeclared column ("learned"); later columns that
+    appear are added. A later value that does not convert to its column's type is rejected.
+    """
+
+    def __init__(self, declared: Mapping[str, str] | None = None, required: Iterable[str] = ()) -> None:
+        self.declared: dict[str, pa.DataType] = {
+            k: parse_type(v, f"schema.{k}") for k, v in (declared or {}).items()
+        }
+        self.required: set[str] = set(required)
+        self.fields: dict[str, pa.DataType] = dict(self.declared)
+
+    def learn(self, schema: pa.Schema) -> None:
+        """Add columns of ``schema`` not yet known (null-typed columns wait for a real type)."""
+        for f in schema:
+            if f.name not in self.fields and not pa.types.is_null(f.type):
+                self.fields[f.name] = f.type
+            elif (
+                f.name in self.fields
+                and f.name not in self.declared
+                and pa.types.is_integer(self.fields[f.name])
+                and pa.types.is_floating(f.type)
+            ):
+                self.fields[f.name] = pa.float64()
+
+    def _widens(self, name: str, t: pa.DataType, value: Any) -> bool:
+        """Widen a *learned* integer column to float64 when a float arrives (declared types never widen)."""
+        if (
+            name not in self.declared
+            and pa.types.is_integer(t)
+            and isinstance(value, float)
+        ):
+            self.fields[name] = pa.float64()
+            return True
+        return False
+
+    def arrow_schema(self) -> pa.Schema:
+        """The current target schema (declared first, then learned, in first-seen order)."""
+        return pa.schema([pa.field(k, v) for k, v in self.fields.items()])
+
+    def missing_required(self, present: Iterable[str]) -> list[str]:
+        """Required columns absent from ``present``, sorted."""
+        p = set(present)
+        return sorted(c for c in self.required if c not in p)
+
+    def check_row(self, row: Mapping[str, Any]) -> str | None:
+        """Why a decoded JSON object is unusable, or ``None`` when it is fine."""
+        missing = self.missing_required(row.keys())
+        if missing:
+            return f"missing required column(s) {missing}"
+        for k, v in row.items():
+            t = self.fields.get(k)
+            if t is not None:
+                if self._widens(k, t, v):
+                    continue
+                why = value_fits(v, t)
+                if why is not None:
+                    return f"column {k!r}: {why}"
+            elif isinstance(v, (dict, list)):
+                return f"column {k!r}: nested {type(v).__name__} values are not supported"
+        return None
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """Cast ``table`` to the target schema: add missing known columns as nulls, keep new ones.
+
+        Raises:
+            pyarrow.ArrowInvalid / ArrowTypeError / ArrowNotImplementedError: a column does not cast.
+        """
+        self.learn(table.schema)
+        cols = []
+        names = []
+        for name, t in self.fields.items():
+            if name in table.column_names:
+                col = table.column(name)
+                if col.type != t:
+                    # safe=True: a float in an integer column is an error, never a silent truncation.
+                    col = col.cast(t, safe=True)
+                cols.append(col)
+            else:
+                cols.append(pa.nulls(table.num_rows, type=t))
+            names.append(name)
+        return pa.Table.from_arrays(cols, names=names)
