@@ -96,23 +96,32 @@ class RowSchema:
         declared: ``{column: type name}`` from the topology (fixed; wins over anything learned).
         required: columns every row must carry (usually the columns the operator chain reads).
             A row where a required column is *absent* is rejected; an explicit JSON ``null`` is kept.
+        numeric: columns the chain uses as numbers: learned as float64 unless the data says int.
 
     The first good batch fixes the type of each undeclared column ("learned"); later columns that
     appear are added. A later value that does not convert to its column's type is rejected.
     """
 
-    def __init__(self, declared: Mapping[str, str] | None = None, required: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        declared: Mapping[str, str] | None = None,
+        required: Iterable[str] = (),
+        numeric: Iterable[str] = (),
+    ) -> None:
         self.declared: dict[str, pa.DataType] = {
             k: parse_type(v, f"schema.{k}") for k, v in (declared or {}).items()
         }
         self.required: set[str] = set(required)
+        self.numeric: set[str] = set(numeric) - set(self.declared)
         self.fields: dict[str, pa.DataType] = dict(self.declared)
 
     def learn(self, schema: pa.Schema) -> None:
         """Add columns of ``schema`` not yet known (null-typed columns wait for a real type)."""
         for f in schema:
             if f.name not in self.fields and not pa.types.is_null(f.type):
-                self.fields[f.name] = f.type
+                numeric_type = pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+                # A column the chain does arithmetic on must hold numbers, whatever the first rows said.
+                self.fields[f.name] = f.type if numeric_type or f.name not in self.numeric else pa.float64()
             elif (
                 f.name in self.fields
                 and f.name not in self.declared

@@ -1,0 +1,168 @@
+"""The operator protocol: pure functions of Arrow record batches plus explicit, serialisable state.
+
+Operators never touch Kafka or files. A runner feeds each partition's micro-batch to that
+partition's chain, produces what comes out, and (with exactly-once) stores ``snapshot()`` bytes.
+Snapshots are JSON, Arrow IPC or ``.npz``; never pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import orjson
+import pyarrow as pa
+
+SNAPSHOT_FORMAT = 1
+
+
+class Operator(ABC):
+    """One stage of a chain.
+
+    Subclasses set ``kind`` (the name used in topology configs) and implement :meth:`process`.
+
+    Args:
+        name: stage name, unique in the chain (used in metrics, DLQ ``dlq.stage`` and changelogs).
+    """
+
+    kind: ClassVar[str] = ""
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.kind
+
+    def required_columns(self) -> set[str]:
+        """Input columns this stage reads; rows lacking one are dead-lettered before the chain."""
+        return set()
+
+    def numeric_columns(self) -> set[str]:
+        """Input columns this stage needs as numbers (string values there are dead-lettered)."""
+        return set()
+
+    def produced_columns(self) -> set[str]:
+        """Columns this stage adds (later stages may read them without the input carrying them)."""
+        return set()
+
+    def passes_through(self) -> bool:
+        """True when later stages see the input columns (False for ``select`` and aggregations)."""
+        return True
+
+    @abstractmethod
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Consume one batch, return zero or more output batches."""
+
+    def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
+        """Time-driven emission (wall clock ``now_ms``); default emits nothing."""
+        return []
+
+    def flush(self) -> list[pa.RecordBatch]:
+        """End of a finite input: emit what is still held (open windows...). Default: nothing."""
+        return []
+
+    def snapshot(self) -> bytes:
+        """Serialised state (JSON with a format version for stateless/simple operators)."""
+        return orjson.dumps({"format": SNAPSHOT_FORMAT, "kind": self.kind, "state": self._state()})
+
+    def restore(self, data: bytes) -> None:
+        """Load state written by :meth:`snapshot`.
+
+        Raises:
+            ValueError: the snapshot is for another operator kind or a newer format.
+        """
+        doc = orjson.loads(data)
+        if doc.get("kind") != self.kind or doc.get("format", 0) > SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"snapshot of kind {doc.get('kind')!r} format {doc.get('format')} cannot restore "
+                f"{self.kind!r} (format {SNAPSHOT_FORMAT})"
+            )
+        self._load_state(doc.get("state"))
+
+    def _state(self) -> Any:
+        return None
+
+    def _load_state(self, state: Any) -> None:
+        return None
+
+
+class Chain:
+    """An ordered list of operators applied batch by batch.
+
+    Output batches of stage *i* are the inputs of stage *i+1*; whatever the last stage returns is
+    the chain's output.
+    """
+
+    def __init__(self, operators: Iterable[Operator]) -> None:
+        self.operators = list(operators)
+        names = [op.name for op in self.operators]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {sorted(dupes)}")
+
+    def required_columns(self) -> set[str]:
+        """Columns the *input* must carry: each stage's reads minus what earlier stages produce."""
+        need: set[str] = set()
+        produced: set[str] = set()
+        for op in self.operators:
+            need |= op.required_columns() - produced
+            produced |= op.produced_columns()
+            if not op.passes_through():
+                break
+        return need
+
+    def numeric_columns(self) -> set[str]:
+        """Input columns the chain uses as numbers (same scoping as :meth:`required_columns`)."""
+        need: set[str] = set()
+        produced: set[str] = set()
+        for op in self.operators:
+            need |= op.numeric_columns() - produced
+            produced |= op.produced_columns()
+            if not op.passes_through():
+                break
+        return need
+
+    def process(self, batch: pa.RecordBatch, timings: dict[str, float] | None = None) -> list[pa.RecordBatch]:
+        """Run ``batch`` through every stage; ``timings`` (if given) accumulates seconds per stage."""
+        return self._cascade(0, [batch], timings)
+
+    def _cascade(
+        self, start: int, batches: list[pa.RecordBatch], timings: dict[str, float] | None = None
+    ) -> list[pa.RecordBatch]:
+        for op in self.operators[start:]:
+            t0 = time.perf_counter()
+            nxt: list[pa.RecordBatch] = []
+            for b in batches:
+                nxt.extend(op.process(b))
+            batches = [b for b in nxt if b.num_rows]
+            if timings is not None:
+                timings[op.name] = timings.get(op.name, 0.0) + time.perf_counter() - t0
+        return batches
+
+    def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
+        """Tick every stage; what a stage emits flows through the stages after it."""
+        out: list[pa.RecordBatch] = []
+        for i, op in enumerate(self.operators):
+            emitted = op.on_tick(now_ms)
+            if emitted:
+                out.extend(self._cascade(i + 1, emitted))
+        return out
+
+    def flush(self) -> list[pa.RecordBatch]:
+        """Flush every stage in order (end of a finite input)."""
+        out: list[pa.RecordBatch] = []
+        for i, op in enumerate(self.operators):
+            emitted = op.flush()
+            if emitted:
+                out.extend(self._cascade(i + 1, emitted))
+        return out
+
+    def snapshot(self) -> dict[str, bytes]:
+        """``{stage name: snapshot bytes}`` for stateful stages."""
+        return {op.name: op.snapshot() for op in self.operators if op.stateful}
+
+    def restore(self, snapshots: Mapping[str, bytes]) -> None:
+        """Restore stages from :meth:`snapshot` output (unknown names are ignored)."""
+        for op in self.operators:
+            if op.name in snapshots:
+                op.restore(snapshots[op.name])

@@ -1,0 +1,77 @@
+"""Operator registry: the ``op`` names a topology config may use, and how stages are built."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dawnstream.errors import ConfigError
+from dawnstream.operators.base import Chain, Operator
+from dawnstream.operators.derive import Derive
+from dawnstream.operators.filter import Filter
+from dawnstream.operators.select import Select
+from dawnstream.operators.window_count import WindowCount
+
+OPERATORS: dict[str, type[Operator]] = {
+    Filter.kind: Filter,
+    Derive.kind: Derive,
+    Select.kind: Select,
+    WindowCount.kind: WindowCount,
+}
+
+
+def register(cls: type[Operator]) -> type[Operator]:
+    """Class decorator adding an operator kind to :data:`OPERATORS`."""
+    OPERATORS[cls.kind] = cls
+    return cls
+
+
+def build_operator(op: str, params: Mapping[str, Any], name: str | None, path: str) -> Operator:
+    """Instantiate one stage.
+
+    Raises:
+        ConfigError: unknown ``op``, unknown/missing parameter, or a bad parameter value, with the
+            key path (``stages.2.expr``) and what was expected.
+    """
+    cls = OPERATORS.get(op)
+    if cls is None:
+        raise ConfigError(f"{path}.op", f"unknown operator {op!r}; expected one of {sorted(OPERATORS)}")
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    accepted = {p for p in sig.parameters if p not in ("self",) and not p.startswith("_")}
+    unknown = set(params) - accepted
+    if unknown:
+        raise ConfigError(
+            f"{path}.{sorted(unknown)[0]}",
+            f"unknown parameter for {op!r}; accepted: {sorted(accepted - {'name'})}",
+        )
+    missing = [
+        p
+        for p, spec in sig.parameters.items()
+        if p in accepted and p != "name" and spec.default is inspect.Parameter.empty and p not in params
+    ]
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]}", f"required parameter of {op!r} is missing")
+    kwargs = dict(params)
+    if "_path" in sig.parameters:
+        first = next(iter(params), "")
+        kwargs["_path"] = f"{path}.{first}" if first else path
+    try:
+        return cls(name=name, **kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{path}.{e.path}" if e.path and not e.path.startswith(path) else e.path or path,
+                          e.message) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(path, f"bad parameters for {op!r}: {e}") from None
+
+
+def build_chain(stages: list[tuple[str, Mapping[str, Any], str | None]], path: str = "stages") -> Chain:
+    """Build a :class:`Chain` from ``[(op, params, name), ...]``; stage names default to ``<op>`` or
+    ``<op>_<index>`` when an op repeats."""
+    ops: list[Operator] = []
+    kinds = [s[0] for s in stages]
+    for i, (op, params, name) in enumerate(stages):
+        default = op if kinds.count(op) == 1 else f"{op}_{i}"
+        ops.append(build_operator(op, params, name or default, f"{path}.{i}"))
+    return Chain(ops)

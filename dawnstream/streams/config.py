@@ -1,0 +1,254 @@
+"""Topology configs: one YAML file per job, validated with pydantic.
+
+Shape::
+
+    name: flights-late
+    input:  {topic: sensors.flights.rows.v1, codec: json, partitions: 4, schema: {dep_delay: float64}}
+    stages:
+      - {op: filter, expr: "dep_delay > 60"}
+      - {op: select, columns: [carrier, origin, dep_delay]}
+    outputs:
+      - {topic: sensors.flights.late.v1, codec: json, key_field: carrier}
+    guarantee: at_least_once
+    batch: {max_messages: 10000, max_wait_ms: 100}
+    kafka: {bootstrap: "${KAFKA_BOOTSTRAP:-127.0.0.1:9092}", settings: {}}
+    metrics: {host: 127.0.0.1, port: 9400}
+
+Errors name the key path (``stages.1.columns``) and what was expected; ``${VAR}`` and
+``${VAR:-default}`` in strings are replaced from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dawnstream.errors import ConfigError
+from dawnstream.operators.base import Chain
+from dawnstream.operators.registry import build_chain
+from dawnstream.topics.schema import parse_type
+from dawnstream.topics.spec import TopicSpec, validate_topic_name
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
+
+
+def _substitute(value: Any, path: str = "") -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {var} is not set and has no default (${{{var}:-...}})")
+
+        return _ENV.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """Input topic and how to read it. ``schema`` maps columns to types (``float64``, ``string``...)."""
+
+    topic: str
+    codec: str = "json"
+    partitions: int = Field(default=1, ge=1)
+    key_field: str | None = None
+    row_schema: dict[str, str] = Field(default_factory=dict, alias="schema")
+    group: str | None = None
+    start: Literal["earliest", "latest"] = "earliest"
+    config: dict[str, str] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        try:
+            return validate_topic_name(v)
+        except ConfigError as e:
+            raise ValueError(e.message) from None
+
+    @field_validator("row_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, t in v.items():
+            try:
+                parse_type(t)
+            except ConfigError as e:
+                raise ValueError(f"{k}: {e.message}") from None
+        return v
+
+    def spec(self) -> TopicSpec:
+        return TopicSpec(name=self.topic, partitions=self.partitions, key_field=self.key_field,
+                         codec=self.codec, config=self.config)
+
+
+class OutputSpec(_Strict):
+    """One output topic; ``max_rows_per_message`` applies to the Arrow codec."""
+
+    topic: str
+    codec: str = "json"
+    partitions: int | None = Field(default=None, ge=1)
+    key_field: str | None = None
+    max_rows_per_message: int = Field(default=10_000, ge=1)
+    config: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        try:
+            return validate_topic_name(v)
+        except ConfigError as e:
+            raise ValueError(e.message) from None
+
+    def spec(self, default_partitions: int) -> TopicSpec:
+        return TopicSpec(name=self.topic, partitions=self.partitions or default_partitions,
+                         key_field=self.key_field, codec=self.codec, config=self.config)
+
+
+class StageSpec(BaseModel):
+    """One stage: ``op`` (operator kind), optional ``name``, the rest are the operator's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    op: str
+    name: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BatchSpec(_Strict):
+    """Micro-batch bounds: at most ``max_messages`` per consume call, waiting at most ``max_wait_ms``."""
+
+    max_messages: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_wait_ms: int = Field(default=100, ge=1, le=60_000)
+
+
+class KafkaSpec(_Strict):
+    """Where the cluster is; ``settings`` pass to every librdkafka client (TLS, SASL...)."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    settings: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): str(val).lower() if isinstance(val, bool) else str(val) for k, val in v.items()}
+        return v
+
+
+class MetricsSpec(_Strict):
+    """Prometheus ``/metrics`` and ``/healthz``; worker *i* listens on ``port + i`` (0 = off)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9400, ge=0, le=65535)
+
+
+class Topology(_Strict):
+    """A whole job: input, stages, outputs, delivery guarantee and runtime settings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    input: InputSpec
+    stages: list[StageSpec] = Field(default_factory=list)
+    outputs: list[OutputSpec] = Field(min_length=1)
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    kafka: KafkaSpec = Field(default_factory=KafkaSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    accel: Literal["off", "cpu", "gpu", "auto"] = "off"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_output(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "output" in data:
+            if "outputs" in data:
+                raise ValueError("give either 'output' or 'outputs', not both")
+            data = dict(data)
+            data["outputs"] = [data.pop("output")]
+        return data
+
+    @property
+    def group_id(self) -> str:
+        """Consumer group: ``input.group`` or ``dawnstream.<name>``."""
+        return self.input.group or f"dawnstream.{self.name}"
+
+    def stage_tuples(self) -> list[tuple[str, dict[str, Any], str | None]]:
+        return [(s.op, s.params(), s.name) for s in self.stages]
+
+    def build_chain(self) -> Chain:
+        """A fresh operator chain (one per partition at run time)."""
+        return build_chain(self.stage_tuples())
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after[_topic(), str]",))
+
+
+def parse_topology(data: Any, source: str = "topology") -> Topology:
+    """Validate a decoded YAML/JSON document and build its chain once to check stage parameters.
+
+    Raises:
+        ConfigError: the first problem, with the key path and what was expected.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    data = _substitute(data)
+    try:
+        topo = Topology.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        path = _loc(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the README's topology reference)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise ConfigError(path, f"{msg}; got {err.get('input')!r:.80}{more}" if err["type"] != "missing"
+                          else msg + more) from None
+    topo.build_chain()  # fail fast on bad stage parameters
+    names = [o.topic for o in topo.outputs]
+    if topo.input.topic in names:
+        raise ConfigError("outputs", f"output topic {topo.input.topic!r} is the input topic: that loops forever")
+    return topo
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology YAML file.
+
+    Raises:
+        ConfigError: file missing, YAML syntax error (with line), or an invalid setting.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("", f"cannot read topology {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{p}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+    return parse_topology(data, str(p))
+
+
+def redact(settings: dict[str, str]) -> dict[str, str]:
+    """Copy of client settings with secret values replaced by ``***`` (for logs)."""
+    return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else v) for k, v in settings.items()}

@@ -1,0 +1,213 @@
+"""The transport-free heart of a worker: messages in, records out, dead letters on the side.
+
+Both runners (Kafka and in-process) call :class:`BatchProcessor`, so a topology behaves the same
+in tests, in the one-shot CLI and against a broker. Per micro-batch and partition it decodes
+messages to one Arrow table (choosing the codec per message from the ``content-type`` header),
+runs the partition's operator chain, encodes the outputs and builds dead-letter records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from dawnstream.operators.base import Chain
+from dawnstream.streams.config import OutputSpec, Topology
+from dawnstream.topics.codecs import CODECS, Codec, Decoded, codec_for_content_type, get_codec
+from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER
+from dawnstream.topics.dlq import dead_letter
+from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.schema import RowSchema
+
+ROW_CODECS = {"json", "arrow"}
+
+
+@dataclass
+class BatchResult:
+    """What one micro-batch of one partition produced.
+
+    Attributes:
+        outputs: ``[(topic, record), ...]`` in production order.
+        dead_letters: ``[(dlq topic, record), ...]``.
+        rows_in: rows decoded + rows rejected (messages for which the row count is unknown count 1).
+        rows_out: rows in the chain's output batches (before fan-out to several output topics).
+        rows_dead: rows (or messages) dead-lettered.
+        stage_seconds: seconds per stage (``decode``, each operator, ``encode``).
+    """
+
+    outputs: list[tuple[str, OutRecord]] = field(default_factory=list)
+    dead_letters: list[tuple[str, OutRecord]] = field(default_factory=list)
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_dead: int = 0
+    dead_by_stage: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    out_batches: list[pa.RecordBatch] = field(default_factory=list)
+
+
+def _make_output_codec(out: OutputSpec) -> Codec:
+    if out.codec == "arrow":
+        return get_codec("arrow", max_rows_per_message=out.max_rows_per_message)
+    return get_codec(out.codec)
+
+
+class BatchProcessor:
+    """Decode -> chain -> encode for one topology; one chain (and schema) per input partition.
+
+    Args:
+        topology: a validated :class:`~dawnstream.streams.config.Topology`.
+        keep_batches: also return the output Arrow batches (in-process runner, tests).
+    """
+
+    def __init__(self, topology: Topology, keep_batches: bool = False) -> None:
+        self.topology = topology
+        self.keep_batches = keep_batches
+        self.chains: dict[int, Chain] = {}
+        self.schemas: dict[int, RowSchema] = {}
+        probe = topology.build_chain()
+        self.required = probe.required_columns()
+        self.numeric = probe.numeric_columns()
+        self.input_codec_name = topology.input.codec
+        self.codecs: dict[str, Codec] = {name: get_codec(name) for name in CODECS}
+        self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
+
+    # -- per-partition state ----------------------------------------------------------------
+    def chain(self, partition: int) -> Chain:
+        """The chain of ``partition`` (created on first use)."""
+        c = self.chains.get(partition)
+        if c is None:
+            c = self.chains[partition] = self.topology.build_chain()
+        return c
+
+    def schema(self, partition: int) -> RowSchema:
+        s = self.schemas.get(partition)
+        if s is None:
+            s = self.schemas[partition] = RowSchema(
+                self.topology.input.row_schema, required=self.required, numeric=self.numeric
+            )
+        return s
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a revoked partition's chain and schema."""
+        self.chains.pop(partition, None)
+        self.schemas.pop(partition, None)
+
+    # -- decode -----------------------------------------------------------------------------
+    def _codec_name(self, m: Message) -> str | Rejected:
+        ct = m.header(CONTENT_TYPE_HEADER)
+        topic_codec = self.input_codec_name
+        if ct is None:
+            return topic_codec
+        try:
+            ct_text = ct.decode("ascii")
+        except UnicodeDecodeError:
+            return Rejected(m, "content-type header is not ASCII")
+        name = codec_for_content_type(ct_text)
+        if name is None:
+            return Rejected(m, f"unknown content-type {ct_text!r}; expected application/json, "
+                               "application/vnd.apache.arrow.stream, image/jpeg or image/png")
+        if topic_codec == "requests" and name == "json":
+            return "requests"
+        if name == topic_codec or (name in ROW_CODECS and topic_codec in ROW_CODECS):
+            return name
+        return Rejected(m, f"content-type {ct_text!r} cannot be decoded on a {topic_codec!r} topic")
+
+    def decode(self, partition: int, messages: list[Message]) -> Decoded:
+        """Decode one partition's messages; never raises for bad input."""
+        schema = self.schema(partition)
+        groups: dict[str, list[int]] = {}
+        rejected: list[Rejected] = []
+        for i, m in enumerate(messages):
+            name = self._codec_name(m)
+            if isinstance(name, Rejected):
+                rejected.append(name)
+            else:
+                groups.setdefault(name, []).append(i)
+        if len(groups) == 1 and not rejected:
+            (name,) = groups
+            return self.codecs[name].decode(messages, schema)
+        tables: list[pa.Table] = []
+        kept: list[int] = []
+        rows: list[int] = []
+        for name, idx in groups.items():
+            d = self.codecs[name].decode([messages[i] for i in idx], schema)
+            rejected.extend(d.rejected)
+            if d.table is not None:
+                tables.append(d.table)
+                kept.extend(idx[j] for j in d.kept)
+                rows.extend(d.rows_per_kept)
+        if not tables:
+            return Decoded(None, rejected=rejected)
+        target = schema.arrow_schema()
+        tables = [t if t.schema.equals(target) else schema.conform(t) for t in tables]
+        return Decoded(pa.concat_tables(tables), kept, rows, rejected)
+
+    # -- the whole step ---------------------------------------------------------------------
+    def process(self, partition: int, messages: list[Message]) -> BatchResult:
+        """Decode, run the chain and encode one partition's micro-batch.
+
+        An exception inside an operator dead-letters the batch's messages with that stage's name
+        and the error (the worker keeps running); decoding problems dead-letter single messages.
+        """
+        res = BatchResult()
+        t0 = time.perf_counter()
+        decoded = self.decode(partition, messages)
+        res.stage_seconds["decode"] = time.perf_counter() - t0
+        for r in decoded.rejected:
+            self._dead(res, r)
+        res.rows_in = decoded.num_rows + sum(max(r.rows, 1) for r in decoded.rejected)
+        if decoded.table is None:
+            return res
+        table = decoded.table.combine_chunks()
+        if table.num_rows == 0:
+            return res
+        rb = table.to_batches()[0]
+        chain = self.chain(partition)
+        try:
+            out = chain.process(rb, res.stage_seconds)
+        except Exception as e:  # noqa: BLE001 - any operator failure must not stop the worker
+            stage = self._failing_stage(chain, res.stage_seconds)
+            for i, n in zip(decoded.kept, decoded.rows_per_kept, strict=True):
+                self._dead(res, Rejected(messages[i], f"{type(e).__name__}: {e}", stage=stage, rows=n))
+            return res
+        self.emit(out, res)
+        return res
+
+    @staticmethod
+    def _failing_stage(chain: Chain, timings: dict[str, float]) -> str:
+        done = [op.name for op in chain.operators if op.name in timings]
+        return done[-1] if done else (chain.operators[0].name if chain.operators else "chain")
+
+    def emit(self, batches: list[pa.RecordBatch], res: BatchResult) -> None:
+        """Encode ``batches`` for every output topic into ``res``."""
+        t0 = time.perf_counter()
+        for b in batches:
+            res.rows_out += b.num_rows
+            if self.keep_batches:
+                res.out_batches.append(b)
+            for spec, codec in self.outputs:
+                for rec in codec.encode(b, spec.key_field):
+                    res.outputs.append((rec.topic or spec.topic, rec))
+        res.stage_seconds["encode"] = res.stage_seconds.get("encode", 0.0) + time.perf_counter() - t0
+
+    def _dead(self, res: BatchResult, r: Rejected) -> None:
+        res.dead_letters.append(dead_letter(r))
+        n = max(r.rows, 1)
+        res.rows_dead += n
+        res.dead_by_stage[r.stage] = res.dead_by_stage.get(r.stage, 0) + n
+
+    def tick(self, now_ms: int) -> BatchResult:
+        """Run time-driven emission of every partition's chain."""
+        res = BatchResult()
+        for chain in self.chains.values():
+            self.emit(chain.on_tick(now_ms), res)
+        return res
+
+    def flush(self) -> BatchResult:
+        """End of a finite input: flush every chain (open windows are emitted)."""
+        res = BatchResult()
+        for p in sorted(self.chains):
+            self.emit(self.chains[p].flush(), res)
+        return res
