@@ -16,6 +16,8 @@ import orjson
 import pyarrow as pa
 
 SNAPSHOT_FORMAT = 1
+StageStats = dict[str, list[float]]
+"""Per stage name: ``[seconds, rows in, rows out]``."""
 
 
 class Operator(ABC):
@@ -122,21 +124,28 @@ class Chain:
                 break
         return need
 
-    def process(self, batch: pa.RecordBatch, timings: dict[str, float] | None = None) -> list[pa.RecordBatch]:
-        """Run ``batch`` through every stage; ``timings`` (if given) accumulates seconds per stage."""
-        return self._cascade(0, [batch], timings)
+    def process(self, batch: pa.RecordBatch, stats: StageStats | None = None) -> list[pa.RecordBatch]:
+        """Run ``batch`` through every stage.
+
+        Args:
+            stats: if given, accumulates ``[seconds, rows in, rows out]`` per stage name.
+        """
+        return self._cascade(0, [batch], stats)
 
     def _cascade(
-        self, start: int, batches: list[pa.RecordBatch], timings: dict[str, float] | None = None
+        self, start: int, batches: list[pa.RecordBatch], stats: StageStats | None = None
     ) -> list[pa.RecordBatch]:
         for op in self.operators[start:]:
             t0 = time.perf_counter()
             nxt: list[pa.RecordBatch] = []
             for b in batches:
                 nxt.extend(op.process(b))
+            if stats is not None:
+                s = stats.setdefault(op.name, [0.0, 0, 0])
+                s[0] += time.perf_counter() - t0
+                s[1] += sum(b.num_rows for b in batches)
+                s[2] += sum(b.num_rows for b in nxt)
             batches = [b for b in nxt if b.num_rows]
-            if timings is not None:
-                timings[op.name] = timings.get(op.name, 0.0) + time.perf_counter() - t0
         return batches
 
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from dawnstream.operators.base import Chain
+from dawnstream.operators.base import Chain, StageStats
 from dawnstream.streams.config import OutputSpec, Topology
 from dawnstream.topics.codecs import CODECS, Codec, Decoded, codec_for_content_type, get_codec
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER
@@ -34,7 +34,7 @@ class BatchResult:
         rows_in: rows decoded + rows rejected (messages for which the row count is unknown count 1).
         rows_out: rows in the chain's output batches (before fan-out to several output topics).
         rows_dead: rows (or messages) dead-lettered.
-        stage_seconds: seconds per stage (``decode``, each operator, ``encode``).
+        stage_stats: ``[seconds, rows in, rows out]`` per stage (``decode``, each operator, ``encode``).
     """
 
     outputs: list[tuple[str, OutRecord]] = field(default_factory=list)
@@ -43,7 +43,7 @@ class BatchResult:
     rows_out: int = 0
     rows_dead: int = 0
     dead_by_stage: dict[str, int] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_stats: StageStats = field(default_factory=dict)
     out_batches: list[pa.RecordBatch] = field(default_factory=list)
 
 
@@ -154,10 +154,10 @@ class BatchProcessor:
         res = BatchResult()
         t0 = time.perf_counter()
         decoded = self.decode(partition, messages)
-        res.stage_seconds["decode"] = time.perf_counter() - t0
         for r in decoded.rejected:
             self._dead(res, r)
         res.rows_in = decoded.num_rows + sum(max(r.rows, 1) for r in decoded.rejected)
+        res.stage_stats["decode"] = [time.perf_counter() - t0, res.rows_in, decoded.num_rows]
         if decoded.table is None:
             return res
         table = decoded.table.combine_chunks()
@@ -166,9 +166,9 @@ class BatchProcessor:
         rb = table.to_batches()[0]
         chain = self.chain(partition)
         try:
-            out = chain.process(rb, res.stage_seconds)
+            out = chain.process(rb, res.stage_stats)
         except Exception as e:  # noqa: BLE001 - any operator failure must not stop the worker
-            stage = self._failing_stage(chain, res.stage_seconds)
+            stage = self._failing_stage(chain, res.stage_stats)
             for i, n in zip(decoded.kept, decoded.rows_per_kept, strict=True):
                 self._dead(res, Rejected(messages[i], f"{type(e).__name__}: {e}", stage=stage, rows=n))
             return res
@@ -176,13 +176,17 @@ class BatchProcessor:
         return res
 
     @staticmethod
-    def _failing_stage(chain: Chain, timings: dict[str, float]) -> str:
-        done = [op.name for op in chain.operators if op.name in timings]
-        return done[-1] if done else (chain.operators[0].name if chain.operators else "chain")
+    def _failing_stage(chain: Chain, stats: StageStats) -> str:
+        for op in chain.operators:
+            if op.name not in stats:
+                return op.name
+        return chain.operators[-1].name if chain.operators else "chain"
 
     def emit(self, batches: list[pa.RecordBatch], res: BatchResult) -> None:
         """Encode ``batches`` for every output topic into ``res``."""
         t0 = time.perf_counter()
+        n_in = sum(b.num_rows for b in batches)
+        n_records = len(res.outputs)
         for b in batches:
             res.rows_out += b.num_rows
             if self.keep_batches:
@@ -190,7 +194,10 @@ class BatchProcessor:
             for spec, codec in self.outputs:
                 for rec in codec.encode(b, spec.key_field):
                     res.outputs.append((rec.topic or spec.topic, rec))
-        res.stage_seconds["encode"] = res.stage_seconds.get("encode", 0.0) + time.perf_counter() - t0
+        s = res.stage_stats.setdefault("encode", [0.0, 0, 0])
+        s[0] += time.perf_counter() - t0
+        s[1] += n_in
+        s[2] += len(res.outputs) - n_records
 
     def _dead(self, res: BatchResult, r: Rejected) -> None:
         res.dead_letters.append(dead_letter(r))

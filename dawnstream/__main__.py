@@ -1,0 +1,5 @@
+"""``python -m dawnstream`` runs the CLI."""
+
+from dawnstream.cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""The ``dawnstream`` command line (typer). Every command has ``--help``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dawnstream.errors import DawnstreamError
+from dawnstream.logs import configure
+
+app = typer.Typer(help="dawnstream: streaming ML operators over Kafka topics and Arrow batches.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+broker_app = typer.Typer(help="Run a local single-node Kafka 4.x broker (KRaft) from Maven Central jars.",
+                         no_args_is_help=True)
+topics_app = typer.Typer(help="Create, list and describe topics.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+console = Console(stderr=True)
+out = Console()
+
+PortOpt = Annotated[int, typer.Option(help="Broker client port on 127.0.0.1 (controller uses port+1).")]
+BootstrapOpt = Annotated[str, typer.Option(envvar="DAWNSTREAM_KAFKA_BOOTSTRAP", help="Kafka bootstrap address.")]
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+# -- broker ------------------------------------------------------------------------------------
+@broker_app.command("start")
+def broker_start(
+    port: PortOpt = 9092,
+    version: Annotated[str | None, typer.Option(help="Kafka 4.x version (default: the tested one).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to answer.")] = 120.0,
+) -> None:
+    """Download Kafka (once), format storage (once), start the broker and print its bootstrap address."""
+    from dawnstream.streams.broker import BrokerManager
+
+    try:
+        mgr = BrokerManager(port=port, **({"version": version} if version else {}))
+        with console.status(f"starting Kafka {mgr.version} on 127.0.0.1:{port} ..."):
+            addr = mgr.start(timeout_s=timeout)
+    except DawnstreamError as e:
+        _fail(e)
+    out.print(addr)
+
+
+@broker_app.command("stop")
+def broker_stop(port: PortOpt = 9092) -> None:
+    """Stop the broker this tool started on PORT (never any other process)."""
+    from dawnstream.streams.broker import BrokerManager
+
+    stopped = BrokerManager(port=port).stop()
+    out.print("stopped" if stopped else "no broker started by dawnstream is running on that port")
+
+
+@broker_app.command("status")
+def broker_status(port: PortOpt = 9092) -> None:
+    """Print pid, bootstrap address and whether the broker answers (JSON)."""
+    from dawnstream.streams.broker import BrokerManager
+
+    st = BrokerManager(port=port).status()
+    out.print_json(json.dumps(st))
+    if not st["answers"]:
+        raise typer.Exit(1)
+
+
+@broker_app.command("logs")
+def broker_logs(port: PortOpt = 9092, lines: Annotated[int, typer.Option("-n", "--lines")] = 50) -> None:
+    """Print the last lines of the broker log."""
+    from dawnstream.streams.broker import BrokerManager
+
+    sys.stdout.write(BrokerManager(port=port).logs(lines) + "\n")
+
+
+# -- topics ------------------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create(
+    name: str,
+    partitions: Annotated[int, typer.Option(min=1)] = 1,
+    codec: Annotated[str, typer.Option(help="json | arrow | frames | requests")] = "json",
+    config: Annotated[list[str] | None, typer.Option(help="Topic config KEY=VALUE (repeatable).")] = None,
+    dlq: Annotated[bool, typer.Option(help="Also create <name>.dlq.")] = True,
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+) -> None:
+    """Create a topic named <domain>.<dataset>.<event>.v<N> (and its dead-letter topic)."""
+    from pydantic import ValidationError
+
+    from dawnstream.streams.kafka_clients import TopicAdmin
+    from dawnstream.topics.spec import TopicSpec
+
+    try:
+        cfg = dict(kv.split("=", 1) for kv in (config or []))
+        spec = TopicSpec(name=name, partitions=partitions, codec=codec, config=cfg)
+        specs = [spec, spec.dlq()] if dlq else [spec]
+        created = TopicAdmin(bootstrap).ensure(specs)
+    except ValidationError as e:
+        _fail(DawnstreamError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
+    except (DawnstreamError, ValueError) as e:
+        _fail(e)
+    out.print(f"created: {', '.join(created) or 'nothing (already there)'}")
+
+
+@topics_app.command("list")
+def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
+    """List topics and partition counts."""
+    from dawnstream.streams.kafka_clients import TopicAdmin
+
+    try:
+        topics = TopicAdmin(bootstrap).list()
+    except DawnstreamError as e:
+        _fail(e)
+    t = Table("topic", "partitions")
+    for name in sorted(topics):
+        t.add_row(name, str(topics[name]))
+    out.print(t)
+
+
+@topics_app.command("describe")
+def topics_describe(name: str, bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
+    """Partitions (leader, offsets, message counts) and non-default configs of a topic (JSON)."""
+    from dawnstream.streams.kafka_clients import TopicAdmin
+
+    try:
+        out.print_json(json.dumps(TopicAdmin(bootstrap).describe(name)))
+    except DawnstreamError as e:
+        _fail(e)
+
+
+# -- run / process / replay ---------------------------------------------------------------------
+@app.command("run")
+def run(
+    topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes in the consumer group.")] = 1,
+    max_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without input.")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Override kafka.bootstrap of the topology.")] = None,
+) -> None:
+    """Run a topology against Kafka with N worker processes (SIGTERM flushes and commits)."""
+    from dawnstream.streams.config import load_topology
+    from dawnstream.streams.workers import run_workers
+
+    try:
+        load_topology(topology)  # fail fast here, not in N children
+    except DawnstreamError as e:
+        _fail(e)
+    raise typer.Exit(run_workers(topology, workers, max_idle, bootstrap))
+
+
+@app.command("process")
+def process(
+    topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
+    source: Annotated[str, typer.Argument(help="File (.csv/.csv.gz/.zip/.parquet/.jsonl) or dataset name.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output file (.csv, .parquet, .jsonl).")],
+) -> None:
+    """Run a topology's stages over a file in this process (no Kafka) and write the output rows."""
+    from dawnstream.sources import read_table, write_table
+    from dawnstream.streams.config import load_topology
+    from dawnstream.streams.local_runner import LocalRunner
+
+    try:
+        topo = load_topology(topology)
+        res = LocalRunner(topo, encode=False).run_table(read_table(source))
+        table = res.table()
+        if table is None:
+            console.print("no output rows")
+        else:
+            write_table(table, out_path)
+    except DawnstreamError as e:
+        _fail(e)
+    out.print(json.dumps({"rows_in": res.rows_in, "rows_out": res.rows_out, "out": str(out_path)}))
+
+
+@app.command("replay")
+def replay(
+    source: Annotated[str, typer.Argument(help="File (.csv/.csv.gz/.zip/.parquet/.jsonl) or dataset: flights, weather.")],
+    topic: Annotated[str, typer.Option(help="Topic to produce to.")],
+    fmt: Annotated[str, typer.Option("--format", help="json (one row per message) or arrow (batches).")] = "json",
+    batch_rows: Annotated[int, typer.Option(min=1, help="Rows per Arrow message.")] = 10_000,
+    rate: Annotated[float | None, typer.Option(help="Rows/s ceiling (default: as fast as possible).")] = None,
+    key: Annotated[str | None, typer.Option(help="Column used as message key.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N rows.")] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions if the topic must be created.")] = 1,
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+) -> None:
+    """Produce a file or a real dataset to a topic, with a progress bar (rows/s)."""
+    from dawnstream.sources import read_table
+    from dawnstream.streams.kafka_clients import TopicAdmin
+    from dawnstream.streams.replay import replay_table
+    from dawnstream.topics.spec import TopicSpec
+
+    try:
+        spec = TopicSpec(name=topic, partitions=partitions, codec=fmt if fmt in ("json", "arrow") else "json")
+        table = read_table(source)
+        if limit is not None:
+            table = table.slice(0, limit)
+        TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task(f"replay {source} -> {topic}", total=table.num_rows, rate="")
+            import time
+
+            t0 = time.perf_counter()
+
+            def tick(n: int) -> None:
+                done = bar.tasks[0].completed + n
+                bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s")
+
+            stats = replay_table(table, topic, fmt, batch_rows, rate, key, bootstrap, progress=tick)
+    except DawnstreamError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(e)
+    out.print(json.dumps({"topic": topic, "rows": stats.rows, "messages": stats.messages, "bytes": stats.bytes,
+                          "seconds": round(stats.seconds, 3), "rows_per_s": round(stats.rows_per_s)}))
+
+
+def main() -> None:
+    """Entry point of the ``dawnstream`` script."""
+    configure()
+    app()
+
+
+if __name__ == "__main__":
+    main()

