@@ -55,7 +55,8 @@ class LocalRunner:
         assert isinstance(res, BatchResult)
         res_outputs.batches.extend(res.out_batches)
         if self.encode:
-            res_outputs.records.extend(res.outputs)
+            for topic, enc in res.outputs:
+                res_outputs.records.extend((rec.topic or topic, rec) for rec in enc.records())
         res_outputs.dead_letters.extend(res.dead_letters)
         res_outputs.rows_in += res.rows_in
         res_outputs.rows_out += res.rows_out

@@ -18,7 +18,7 @@ from dawnstream.streams.config import OutputSpec, Topology
 from dawnstream.topics.codecs import CODECS, Codec, Decoded, codec_for_content_type, get_codec
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER
 from dawnstream.topics.dlq import dead_letter
-from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.message import Encoded, Message, OutRecord, Rejected
 from dawnstream.topics.schema import RowSchema
 
 ROW_CODECS = {"json", "arrow"}
@@ -29,7 +29,7 @@ class BatchResult:
     """What one micro-batch of one partition produced.
 
     Attributes:
-        outputs: ``[(topic, record), ...]`` in production order.
+        outputs: ``[(default topic, Encoded), ...]`` in production order.
         dead_letters: ``[(dlq topic, record), ...]``.
         rows_in: rows decoded + rows rejected (messages for which the row count is unknown count 1).
         rows_out: rows in the chain's output batches (before fan-out to several output topics).
@@ -37,7 +37,7 @@ class BatchResult:
         stage_stats: ``[seconds, rows in, rows out]`` per stage (``decode``, each operator, ``encode``).
     """
 
-    outputs: list[tuple[str, OutRecord]] = field(default_factory=list)
+    outputs: list[tuple[str, Encoded]] = field(default_factory=list)
     dead_letters: list[tuple[str, OutRecord]] = field(default_factory=list)
     rows_in: int = 0
     rows_out: int = 0
@@ -72,6 +72,7 @@ class BatchProcessor:
         self.input_codec_name = topology.input.codec
         self.codecs: dict[str, Codec] = {name: get_codec(name) for name in CODECS}
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
+        self._ct_cache: dict[bytes, str] = {}
 
     # -- per-partition state ----------------------------------------------------------------
     def chain(self, partition: int) -> Chain:
@@ -96,10 +97,22 @@ class BatchProcessor:
 
     # -- decode -----------------------------------------------------------------------------
     def _codec_name(self, m: Message) -> str | Rejected:
-        ct = m.header(CONTENT_TYPE_HEADER)
-        topic_codec = self.input_codec_name
+        ct = None
+        for k, v in m.headers:
+            if k == CONTENT_TYPE_HEADER or k.lower() == CONTENT_TYPE_HEADER:
+                ct = v
         if ct is None:
-            return topic_codec
+            return self.input_codec_name
+        hit = self._ct_cache.get(ct)
+        if hit is not None:
+            return hit
+        res = self._resolve_content_type(m, ct)
+        if isinstance(res, str) and len(self._ct_cache) < 64:
+            self._ct_cache[ct] = res
+        return res
+
+    def _resolve_content_type(self, m: Message, ct: bytes) -> str | Rejected:
+        topic_codec = self.input_codec_name
         try:
             ct_text = ct.decode("ascii")
         except UnicodeDecodeError:
@@ -186,18 +199,19 @@ class BatchProcessor:
         """Encode ``batches`` for every output topic into ``res``."""
         t0 = time.perf_counter()
         n_in = sum(b.num_rows for b in batches)
-        n_records = len(res.outputs)
+        n_records = 0
         for b in batches:
             res.rows_out += b.num_rows
             if self.keep_batches:
                 res.out_batches.append(b)
             for spec, codec in self.outputs:
-                for rec in codec.encode(b, spec.key_field):
-                    res.outputs.append((rec.topic or spec.topic, rec))
+                enc = codec.encode(b, spec.key_field)
+                n_records += len(enc)
+                res.outputs.append((spec.topic, enc))
         s = res.stage_stats.setdefault("encode", [0.0, 0, 0])
         s[0] += time.perf_counter() - t0
         s[1] += n_in
-        s[2] += len(res.outputs) - n_records
+        s[2] += n_records
 
     def _dead(self, res: BatchResult, r: Rejected) -> None:
         res.dead_letters.append(dead_letter(r))

@@ -62,20 +62,24 @@ def replay_table(
         if err is not None:
             errors.append(err.str())
 
-    producer = Producer(producer_settings(base_settings(bootstrap, settings)))
+    producer = Producer(producer_settings(base_settings(bootstrap, settings), on_delivery=on_delivery,
+                                          **{"delivery.report.only.error": True}))
     step = batch_rows if fmt == "arrow" else chunk_rows
     rows = messages = nbytes = 0
     t0 = time.perf_counter()
     for batch in table.to_batches(max_chunksize=step):
-        for rec in codec.encode(batch, key):
+        enc = codec.encode(batch, key)
+        keys = enc.keys
+        for i, value in enumerate(enc.values):
+            k = keys[i] if keys is not None else None
             while True:
                 try:
-                    producer.produce(topic, rec.value, rec.key, headers=rec.headers, on_delivery=on_delivery)
+                    producer.produce(topic, value, k, headers=enc.headers)
                     break
                 except BufferError:
                     producer.poll(0.05)
-            messages += 1
-            nbytes += len(rec.value)
+            nbytes += len(value)
+        messages += len(enc)
         producer.poll(0)
         rows += batch.num_rows
         if progress is not None:

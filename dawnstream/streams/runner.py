@@ -33,7 +33,7 @@ from dawnstream.streams.kafka_clients import (
 )
 from dawnstream.streams.metrics import MetricsServer, WorkerMetrics
 from dawnstream.streams.processor import BatchProcessor, BatchResult
-from dawnstream.topics.message import Message, OutRecord
+from dawnstream.topics.message import Encoded, KafkaMessage
 from dawnstream.topics.spec import TopicSpec
 
 log = get_logger(__name__)
@@ -50,6 +50,7 @@ class RunnerStats:
     records_out: int = 0
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_message: float | None = None  # monotonic time the first message arrived (after the group join)
 
 
 class DeliveryFailed(DawnstreamError):
@@ -94,7 +95,9 @@ class KafkaRunner:
         self.consumer = Consumer(
             consumer_settings(self.base, topology.group_id, topology.input.start, **{"client.id": client_id})
         )
-        self.producer = Producer(producer_settings(self.base, **{"client.id": client_id}))
+        self.producer = Producer(producer_settings(
+            self.base, **{"client.id": client_id, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
+        ))
         event(log, "runner.clients", worker=worker, **{k.replace(".", "_"): v for k, v in
                                                         describe_settings(self.base).items()})
         if metrics_port is None:
@@ -136,20 +139,31 @@ class KafkaRunner:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
 
-    def _produce(self, topic: str, rec: OutRecord) -> None:
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
         while True:
             try:
-                self.producer.produce(topic, rec.value, rec.key, headers=rec.headers or None,
-                                      on_delivery=self._on_delivery)
+                self.producer.produce(topic, value, key, headers=headers)
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: let librdkafka send, then retry
 
+    def _produce_encoded(self, topic: str, enc: Encoded) -> None:
+        produce = self.producer.produce
+        keys, shared, per, topics = enc.keys, enc.headers, enc.record_headers, enc.topics
+        for i, value in enumerate(enc.values):
+            t = (topics[i] or topic) if topics is not None else topic
+            k = keys[i] if keys is not None else None
+            h = per[i] if per is not None else shared
+            try:
+                produce(t, value, k, headers=h)
+            except BufferError:
+                self._produce(t, value, k, h)
+
     def _produce_result(self, res: BatchResult) -> None:
-        for topic, rec in res.outputs:
-            self._produce(topic, rec)
+        for topic, enc in res.outputs:
+            self._produce_encoded(topic, enc)
         for topic, rec in res.dead_letters:
-            self._produce(topic, rec)
+            self._produce(topic, rec.value, rec.key, rec.headers)
         self.producer.poll(0)
 
     def _flush(self, timeout_s: float = 60.0) -> None:
@@ -189,6 +203,8 @@ class KafkaRunner:
                 msgs = self.consumer.consume(num_messages=t.batch.max_messages, timeout=wait_s)
                 now = time.monotonic()
                 if msgs:
+                    if self.stats.first_message is None:
+                        self.stats.first_message = now
                     if self._process(msgs):
                         last_msg = now
                 elif max_idle_s is not None and now - last_msg > max_idle_s:
@@ -217,11 +233,13 @@ class KafkaRunner:
                     event(log, "consume.error", error=err.str())
                 continue
             p = m.partition()
-            by_partition.setdefault(p, []).append(
-                Message(m.value(), m.key(), m.headers() or [], m.topic(), p, m.offset(), m.timestamp()[1])
-            )
-            first_offset.setdefault(p, m.offset())
-            last_offset[p] = m.offset()
+            lst = by_partition.get(p)
+            if lst is None:
+                lst = by_partition[p] = []
+                first_offset[p] = m.offset()
+            lst.append(KafkaMessage(m))
+        for p, lst in by_partition.items():
+            last_offset[p] = lst[-1].offset
         if not by_partition:
             return False
         results = []

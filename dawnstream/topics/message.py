@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 Headers = list[tuple[str, bytes]]
 
@@ -55,6 +56,42 @@ class Rejected:
 
 
 @dataclass(slots=True)
+class Encoded:
+    """Records produced by one ``Codec.encode`` call, column-wise (no object per record).
+
+    Attributes:
+        values: payload bytes, one per record.
+        keys: key per record, or ``None`` for no keys at all.
+        headers: headers shared by every record (e.g. ``content-type``), or ``None``.
+        record_headers: per-record headers (replace ``headers`` when given), or ``None``.
+        topics: per-record topic override (request/reply ``reply-to``), or ``None``.
+    """
+
+    values: list[bytes]
+    keys: list[bytes | None] | None = None
+    headers: Headers | None = None
+    record_headers: list[Headers] | None = None
+    topics: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def records(self) -> list[OutRecord]:
+        """The same records as :class:`OutRecord` objects (tests, small outputs)."""
+        out = []
+        for i, v in enumerate(self.values):
+            out.append(
+                OutRecord(
+                    value=v,
+                    key=self.keys[i] if self.keys is not None else None,
+                    headers=list(self.record_headers[i] if self.record_headers is not None else self.headers or []),
+                    topic=self.topics[i] if self.topics is not None else None,
+                )
+            )
+        return out
+
+
+@dataclass(slots=True)
 class OutRecord:
     """One record to produce: value bytes, optional key and headers.
 
@@ -65,3 +102,44 @@ class OutRecord:
     key: bytes | None = None
     headers: Headers = field(default_factory=list)
     topic: str | None = None
+
+
+class KafkaMessage(Message):
+    """A :class:`Message` over a confluent-kafka message that reads fields only when asked.
+
+    The hot path reads ``value`` and ``headers`` of every message; key, offset, timestamp and
+    the rest are fetched from librdkafka only for messages that are dead-lettered.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Any) -> None:  # noqa: D107 - deliberately skips the dataclass init
+        self._raw = raw
+
+    @property  # type: ignore[override]
+    def value(self) -> bytes | None:
+        return self._raw.value()  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def key(self) -> bytes | None:
+        return self._raw.key()  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def headers(self) -> Headers:
+        return self._raw.headers() or []  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def topic(self) -> str:
+        return self._raw.topic()  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def partition(self) -> int:
+        return self._raw.partition()  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def offset(self) -> int:
+        return self._raw.offset()  # type: ignore[no-any-return]
+
+    @property  # type: ignore[override]
+    def timestamp_ms(self) -> int:
+        return self._raw.timestamp()[1]  # type: ignore[no-any-return]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
-from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.message import Encoded, Message, Rejected
 from dawnstream.topics.schema import RowSchema
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError, OSError)
@@ -72,14 +72,15 @@ class ArrowStreamCodec(Codec):
         tables = [t if t.schema.equals(target) else schema.conform(t) for t in tables]
         return Decoded(pa.concat_tables(tables), kept, rows, rejected)
 
-    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> list[OutRecord]:
-        out: list[OutRecord] = []
-        headers = [(CONTENT_TYPE_HEADER, self.content_type.encode())]
+    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
+        values: list[bytes] = []
+        keys: list[bytes | None] = []
         for start in range(0, batch.num_rows, self.max_rows_per_message):
             part = batch.slice(start, self.max_rows_per_message)
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, part.schema) as writer:
                 writer.write_batch(part)
-            key = keys_of(part.slice(0, 1), key_field)[0] if key_field else None
-            out.append(OutRecord(value=sink.getvalue().to_pybytes(), key=key, headers=headers))
-        return out
+            values.append(sink.getvalue().to_pybytes())
+            first = keys_of(part.slice(0, 1), key_field)
+            keys.append(first[0] if first else None)
+        return Encoded(values, keys if key_field else None, [(CONTENT_TYPE_HEADER, self.content_type.encode())])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.message import Encoded, Message, Rejected
 from dawnstream.topics.schema import RowSchema
 
 CONTENT_TYPE_HEADER = "content-type"
@@ -49,14 +49,15 @@ class Codec(ABC):
         """Decode ``messages`` (any length, possibly 0); never raises for bad input."""
 
     @abstractmethod
-    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> list[OutRecord]:
+    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
         """Encode ``batch`` into records; ``key_field`` names the column that becomes the key."""
 
 
-def keys_of(batch: pa.RecordBatch, key_field: str | None) -> list[bytes | None]:
-    """Message keys for ``batch``: the ``key_field`` column as UTF-8 text (``None`` where null)."""
+def keys_of(batch: pa.RecordBatch, key_field: str | None) -> list[bytes | None] | None:
+    """Message keys for ``batch``: the ``key_field`` column as UTF-8 text (``None`` where null);
+    ``None`` when there is no key column."""
     if key_field is None or key_field not in batch.schema.names:
-        return [None] * batch.num_rows
+        return None
     col = batch.column(key_field)
     if not (pa.types.is_string(col.type) or pa.types.is_binary(col.type)):
         col = col.cast(pa.string())

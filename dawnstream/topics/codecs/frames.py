@@ -13,7 +13,7 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded
-from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.message import Encoded, Headers, Message, Rejected
 from dawnstream.topics.schema import RowSchema
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -106,9 +106,11 @@ class FramesCodec(Codec):
         table = pa.Table.from_pydict(cols, schema=FRAME_SCHEMA)
         return Decoded(table, kept, [1] * len(kept), rejected)
 
-    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> list[OutRecord]:
+    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
         d = batch.to_pydict()
-        out = []
+        values: list[bytes] = []
+        keys: list[bytes | None] = []
+        headers_per: list[Headers] = []
         for i in range(batch.num_rows):
             img: bytes = d["image"][i]
             fmt = d.get("format", ["jpeg"] * batch.num_rows)[i]
@@ -118,5 +120,7 @@ class FramesCodec(Codec):
                 ("timestamp", str(d["timestamp_ms"][i]).encode()),
                 ("size", str(len(img)).encode()),
             ]
-            out.append(OutRecord(value=img, key=str(d["camera_id"][i]).encode(), headers=headers))
-        return out
+            values.append(img)
+            keys.append(str(d["camera_id"][i]).encode())
+            headers_per.append(headers)
+        return Encoded(values, keys, record_headers=headers_per)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.json as pajson
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
-from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.message import Encoded, Message, Rejected
 from dawnstream.topics.schema import RowSchema
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError)
@@ -59,20 +59,23 @@ class JsonRowsCodec(Codec):
     # -- decode -----------------------------------------------------------------------------
     def decode(self, messages: list[Message], schema: RowSchema) -> Decoded:
         rejected: list[Rejected] = []
-        idx: list[int] = []
-        for i, m in enumerate(messages):
-            v = m.value
-            if not v or not v.strip():
-                rejected.append(Rejected(m, "empty message: expected one JSON object"))
-            elif len(v) > self.max_message_bytes:
-                rejected.append(
-                    Rejected(m, f"message of {len(v)} bytes exceeds max_message_bytes={self.max_message_bytes}")
-                )
-            else:
-                idx.append(i)
+        values: list[bytes] = [m.value for m in messages]  # type: ignore[misc]
+        if values and all(values) and max(map(len, values)) <= self.max_message_bytes:
+            idx = list(range(len(values)))  # the common case, checked by C builtins
+        else:
+            idx = []
+            for i, v in enumerate(values):
+                if not v:
+                    rejected.append(Rejected(messages[i], "empty message: expected one JSON object"))
+                elif len(v) > self.max_message_bytes:
+                    rejected.append(Rejected(
+                        messages[i], f"message of {len(v)} bytes exceeds max_message_bytes={self.max_message_bytes}"
+                    ))
+                else:
+                    idx.append(i)
         if not idx:
             return Decoded(None, rejected=rejected)
-        fast = self._bulk(messages, idx, schema)
+        fast = self._bulk(messages, values, idx, schema)
         if fast is not None:
             table, bad = fast
             if bad:
@@ -86,13 +89,13 @@ class JsonRowsCodec(Codec):
         return self._one_by_one(messages, idx, schema, rejected)
 
     def _bulk(
-        self, messages: list[Message], idx: list[int], schema: RowSchema
+        self, messages: list[Message], all_values: list[bytes], idx: list[int], schema: RowSchema
     ) -> tuple[pa.Table, list[tuple[int, str]]] | None:
         """Parse all messages as NDJSON in one call; ``None`` means 'fall back to one by one'."""
-        values = [messages[i].value for i in idx]
-        if any(b"\n" in v or b"\r" in v for v in values):  # type: ignore[operator]
-            return None  # pretty-printed objects would shift the row count
-        buf = b"\n".join(values)  # type: ignore[arg-type]
+        values = all_values if len(idx) == len(all_values) else [all_values[i] for i in idx]
+        buf = b"\n".join(values)
+        if buf.count(b"\n") != len(values) - 1 or b"\r" in buf:
+            return None  # a message spanning lines (pretty-printed) would shift the row count
         known = schema.arrow_schema()
         try:
             table = pajson.read_json(
@@ -115,7 +118,7 @@ class JsonRowsCodec(Codec):
                 for pos in column.is_null().to_numpy(zero_copy_only=False).nonzero()[0]:
                     i = idx[int(pos)]
                     try:
-                        obj = orjson.loads(messages[i].value)  # type: ignore[arg-type]
+                        obj = orjson.loads(all_values[i])
                     except orjson.JSONDecodeError:
                         return None
                     if isinstance(obj, dict) and col not in obj:
@@ -196,14 +199,12 @@ class JsonRowsCodec(Codec):
         return pa.Table.from_arrays(arrays, names=list(schema.fields))
 
     # -- encode -----------------------------------------------------------------------------
-    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> list[OutRecord]:
+    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
         if batch.num_rows == 0:
-            return []
+            return Encoded([])
         text = pl.from_arrow(pa.Table.from_batches([batch])).write_ndjson()  # type: ignore[union-attr]
         lines = text.encode().split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
-        keys = keys_of(batch, key_field)
-        headers = [(CONTENT_TYPE_HEADER, self.content_type.encode())]
-        return [OutRecord(value=v, key=k, headers=headers) for v, k in zip(lines, keys, strict=True)]
+        return Encoded(lines, keys_of(batch, key_field), [(CONTENT_TYPE_HEADER, self.content_type.encode())])
 

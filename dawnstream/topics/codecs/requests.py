@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded
 from dawnstream.topics.codecs.json_rows import JsonRowsCodec
-from dawnstream.topics.message import Message, OutRecord, Rejected
+from dawnstream.topics.message import Encoded, Headers, Message, Rejected
 from dawnstream.topics.schema import RowSchema
 
 CORRELATION_ID = "correlation-id"
@@ -56,16 +56,17 @@ class RequestsCodec(Codec):
         )
         return Decoded(table, kept, [1] * len(kept), rejected)
 
-    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> list[OutRecord]:
+    def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
         names = batch.schema.names
         cids = batch.column("correlation_id").to_pylist() if "correlation_id" in names else [None] * batch.num_rows
         replies = batch.column("reply_to").to_pylist() if "reply_to" in names else [None] * batch.num_rows
         body = batch.drop_columns([c for c in ("correlation_id", "reply_to") if c in names])
-        records = self._json.encode(body, key_field)
-        for rec, cid, reply in zip(records, cids, replies, strict=True):
-            rec.headers = [(CONTENT_TYPE_HEADER, self.content_type.encode())]
-            if cid is not None:
-                rec.headers.append((CORRELATION_ID, str(cid).encode()))
-            if reply:
-                rec.topic = str(reply)
-        return records
+        enc = self._json.encode(body, key_field)
+        ctype = (CONTENT_TYPE_HEADER, self.content_type.encode())
+        per: list[Headers] = []
+        for cid in cids:
+            per.append([ctype, (CORRELATION_ID, str(cid).encode())] if cid is not None else [ctype])
+        enc.record_headers = per
+        enc.headers = None
+        enc.topics = [str(r) if r else None for r in replies]
+        return enc
