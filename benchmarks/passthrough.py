@@ -63,7 +63,8 @@ def kafka_python_baseline(topic: str, bootstrap: str, n_messages: int) -> float:
 def run_case(fmt: str, n: int, bootstrap: str, partitions: int) -> dict:
     tag = uuid.uuid4().hex[:8]
     src, dst = f"bench.passthrough-{tag}.rows.v1", f"bench.passthrough-{tag}.out.v1"
-    TopicAdmin(bootstrap).ensure([TopicSpec(name=src, partitions=partitions), TopicSpec(name=dst, partitions=partitions)])
+    admin = TopicAdmin(bootstrap)
+    admin.ensure([TopicSpec(name=src, partitions=partitions), TopicSpec(name=dst, partitions=partitions)])
     table = rows_table(n)
     prod = replay_table(table, src, fmt=fmt, batch_rows=10_000, bootstrap=bootstrap)
     topo = parse_topology({
@@ -126,7 +127,8 @@ def main() -> None:
     ap.add_argument("--formats", default="json,arrow")
     args = ap.parse_args()
     results = [run_case(fmt, args.rows, args.bootstrap, args.partitions) for fmt in args.formats.split(",")]
-    print(json.dumps({"benchmark": "passthrough", "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    print(json.dumps({"benchmark": "passthrough", "machine": machine,
                       "results": results}, indent=2))
 
 

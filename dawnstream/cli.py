@@ -45,12 +45,12 @@ def broker_start(
     from dawnstream.streams.broker import BrokerManager
 
     try:
-        mgr = BrokerManager(port=port, **({"version": version} if version else {}))
+        mgr = BrokerManager(port=port, version=version) if version else BrokerManager(port=port)
         with console.status(f"starting Kafka {mgr.version} on 127.0.0.1:{port} ..."):
             addr = mgr.start(timeout_s=timeout)
     except DawnstreamError as e:
         _fail(e)
-    out.print(addr)
+    typer.echo(addr)
 
 
 @broker_app.command("stop")
@@ -68,7 +68,7 @@ def broker_status(port: PortOpt = 9092) -> None:
     from dawnstream.streams.broker import BrokerManager
 
     st = BrokerManager(port=port).status()
-    out.print_json(json.dumps(st))
+    typer.echo(json.dumps(st, indent=2))
     if not st["answers"]:
         raise typer.Exit(1)
 
@@ -115,7 +115,7 @@ def topics_list(bootstrap: BootstrapOpt = "127.0.0.1:9092") -> None:
     from dawnstream.streams.kafka_clients import TopicAdmin
 
     try:
-        topics = TopicAdmin(bootstrap).list()
+        topics = TopicAdmin(bootstrap).list_topics()
     except DawnstreamError as e:
         _fail(e)
     t = Table("topic", "partitions")
@@ -130,7 +130,7 @@ def topics_describe(name: str, bootstrap: BootstrapOpt = "127.0.0.1:9092") -> No
     from dawnstream.streams.kafka_clients import TopicAdmin
 
     try:
-        out.print_json(json.dumps(TopicAdmin(bootstrap).describe(name)))
+        typer.echo(json.dumps(TopicAdmin(bootstrap).describe(name), indent=2))
     except DawnstreamError as e:
         _fail(e)
 
@@ -175,12 +175,14 @@ def process(
             write_table(table, out_path)
     except DawnstreamError as e:
         _fail(e)
-    out.print(json.dumps({"rows_in": res.rows_in, "rows_out": res.rows_out, "out": str(out_path)}))
+    typer.echo(json.dumps({"rows_in": res.rows_in, "rows_out": res.rows_out, "out": str(out_path)}))
 
 
 @app.command("replay")
 def replay(
-    source: Annotated[str, typer.Argument(help="File (.csv/.csv.gz/.zip/.parquet/.jsonl) or dataset: flights, weather.")],
+    source: Annotated[
+        str, typer.Argument(help="File (.csv/.csv.gz/.zip/.parquet/.jsonl) or dataset: flights, weather.")
+    ],
     topic: Annotated[str, typer.Option(help="Topic to produce to.")],
     fmt: Annotated[str, typer.Option("--format", help="json (one row per message) or arrow (batches).")] = "json",
     batch_rows: Annotated[int, typer.Option(min=1, help="Rows per Arrow message.")] = 10_000,
@@ -202,7 +204,8 @@ def replay(
         if limit is not None:
             table = table.slice(0, limit)
         TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} rows"),
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.completed:,}/{task.total:,} rows"),
                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task(f"replay {source} -> {topic}", total=table.num_rows, rate="")
             import time
@@ -218,7 +221,7 @@ def replay(
         _fail(e)
     except ValueError as e:
         _fail(e)
-    out.print(json.dumps({"topic": topic, "rows": stats.rows, "messages": stats.messages, "bytes": stats.bytes,
+    typer.echo(json.dumps({"topic": topic, "rows": stats.rows, "messages": stats.messages, "bytes": stats.bytes,
                           "seconds": round(stats.seconds, 3), "rows_per_s": round(stats.rows_per_s)}))
 
 

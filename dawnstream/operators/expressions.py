@@ -345,7 +345,9 @@ def evaluate(node: Node, batch: pa.RecordBatch) -> Any:
         values = pa.array(list(args[1]))
         if values.type != value.type:
             values = values.cast(value.type)
-        return pc.is_in(value, value_set=values)
+        found = pc.is_in(value, value_set=values)
+        # SQL: NULL IN (...) is NULL, so that NOT IN stays consistent.
+        return pc.if_else(pc.is_valid(value), found, pa.scalar(None, pa.bool_()))
     if op == "call":
         fn = _FUNCS[args[0]][2]
         return fn(*(evaluate(a, batch) for a in args[1:]))

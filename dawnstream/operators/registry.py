@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dawnstream.errors import ConfigError
@@ -66,7 +66,7 @@ def build_operator(op: str, params: Mapping[str, Any], name: str | None, path: s
         raise ConfigError(path, f"bad parameters for {op!r}: {e}") from None
 
 
-def build_chain(stages: list[tuple[str, Mapping[str, Any], str | None]], path: str = "stages") -> Chain:
+def build_chain(stages: Sequence[tuple[str, Mapping[str, Any], str | None]], path: str = "stages") -> Chain:
     """Build a :class:`Chain` from ``[(op, params, name), ...]``; stage names default to ``<op>`` or
     ``<op>_<index>`` when an op repeats."""
     ops: list[Operator] = []

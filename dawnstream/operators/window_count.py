@@ -198,6 +198,6 @@ class WindowCount(Operator):
 def _type_from_str(text: str, parse_type: Any) -> pa.DataType:
     aliases = {"double": "float64", "float": "float32", "large_string": "string"}
     try:
-        return parse_type(aliases.get(text, text))  # type: ignore[no-any-return]
+        return parse_type(aliases.get(text, text))
     except ConfigError:
         return pa.string()

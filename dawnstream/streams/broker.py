@@ -20,8 +20,9 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dawnstream.errors import BrokerError
 from dawnstream.logs import event, get_logger
@@ -74,7 +75,9 @@ def java_major_version(java: str = "java") -> int:
         BrokerError: Java is missing or its version cannot be read.
     """
     if shutil.which(java) is None:
-        raise BrokerError("Java is not installed: install a JDK/JRE 17 or newer (e.g. apt-get install openjdk-17-jre-headless)")
+        raise BrokerError(
+            "Java is not installed: install a JDK/JRE 17 or newer (e.g. apt-get install openjdk-17-jre-headless)"
+        )
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
     m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
     if not m:
@@ -98,7 +101,8 @@ def kafka_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
         return False
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _QuietLogger()})
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, "logger": _QuietLogger()}
+    admin = AdminClient(conf)
     try:
         md = admin.list_topics(timeout=timeout_s)
         return bool(md.brokers)
@@ -130,7 +134,7 @@ class BrokerManager:
 
     port: int = 9092
     controller_port: int | None = None
-    version: str = os.environ.get("DAWNSTREAM_KAFKA_VERSION", DEFAULT_VERSION)
+    version: str = field(default_factory=lambda: os.environ.get("DAWNSTREAM_KAFKA_VERSION", DEFAULT_VERSION))
     home: Path | None = None
     heap: str = "1g"
 
@@ -333,7 +337,9 @@ class BrokerManager:
                 event(log, "broker.ready", bootstrap=self.bootstrap)
                 return self.bootstrap
             time.sleep(0.3)
-        raise BrokerError(f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; log tail:\n{self.logs(40)}")
+        raise BrokerError(
+            f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f}s; log tail:\n{self.logs(40)}"
+        )
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the broker this manager started (SIGTERM, then SIGKILL after ``timeout_s``).

@@ -82,6 +82,15 @@ class InputSpec(_Strict):
         except ConfigError as e:
             raise ValueError(e.message) from None
 
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, v: str) -> str:
+        from dawnstream.topics.codecs import CODECS
+
+        if v not in CODECS:
+            raise ValueError(f"unknown codec {v!r}; expected one of {sorted(CODECS)}")
+        return v
+
     @field_validator("row_schema")
     @classmethod
     def _schema(cls, v: dict[str, str]) -> dict[str, str]:
@@ -114,6 +123,8 @@ class OutputSpec(_Strict):
             return validate_topic_name(v)
         except ConfigError as e:
             raise ValueError(e.message) from None
+
+    _codec = InputSpec._codec
 
     def spec(self, default_partitions: int) -> TopicSpec:
         return TopicSpec(name=self.topic, partitions=self.partitions or default_partitions,

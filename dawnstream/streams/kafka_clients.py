@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
@@ -32,19 +33,20 @@ def env_settings() -> dict[str, str]:
     return out
 
 
-def base_settings(bootstrap: str | None = None, settings: Mapping[str, str] | None = None) -> dict[str, str]:
+def base_settings(bootstrap: str | None = None, settings: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Common client settings: bootstrap (``$DAWNSTREAM_KAFKA_BOOTSTRAP`` overrides), then topology
     settings, then environment settings."""
-    conf: dict[str, str] = {"bootstrap.servers": os.environ.get(ENV_PREFIX + "BOOTSTRAP", bootstrap or "127.0.0.1:9092")}
+    addr = os.environ.get(ENV_PREFIX + "BOOTSTRAP", bootstrap or "127.0.0.1:9092")
+    conf: dict[str, Any] = {"bootstrap.servers": addr}
     conf.update(settings or {})
     conf.update(env_settings())
     return conf
 
 
-def consumer_settings(base: Mapping[str, str], group: str, start: str = "earliest", **extra: object) -> dict:
+def consumer_settings(base: Mapping[str, Any], group: str, start: str = "earliest", **extra: Any) -> dict[str, Any]:
     """Consumer for micro-batches: manual commits after delivery, offsets stored by us,
     ``read_committed`` so transactional outputs upstream are seen only once committed."""
-    conf: dict[str, object] = dict(base)
+    conf: dict[str, Any] = dict(base)
     conf.update(
         {
             "group.id": group,
@@ -64,9 +66,9 @@ def consumer_settings(base: Mapping[str, str], group: str, start: str = "earlies
     return conf
 
 
-def producer_settings(base: Mapping[str, str], **extra: object) -> dict:
+def producer_settings(base: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     """Producer tuned for throughput on one host: idempotent, acks=all, 5 ms linger, 1 MiB batches."""
-    conf: dict[str, object] = dict(base)
+    conf: dict[str, Any] = dict(base)
     conf.update(
         {
             "enable.idempotence": True,
@@ -90,7 +92,7 @@ class TopicAdmin:
         self.bootstrap = conf["bootstrap.servers"]
         self.admin = AdminClient(conf)
 
-    def list(self, timeout_s: float = 10.0) -> dict[str, int]:
+    def list_topics(self, timeout_s: float = 10.0) -> dict[str, int]:
         """``{topic: partition count}`` without internal topics.
 
         Raises:
@@ -106,7 +108,7 @@ class TopicAdmin:
 
     def ensure(self, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
         """Create missing topics; grow partition counts that are too small. Returns created names."""
-        existing = self.list()
+        existing = self.list_topics()
         new = [
             NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
             for s in specs
@@ -158,10 +160,10 @@ class TopicAdmin:
 
     def delete(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
         """Delete topics (missing ones are ignored)."""
-        names = list(names)
-        if not names:
+        todo = [n for n in names]
+        if not todo:
             return
-        for _name, fut in self.admin.delete_topics(names, operation_timeout=timeout_s).items():
+        for _name, fut in self.admin.delete_topics(todo, operation_timeout=timeout_s).items():
             try:
                 fut.result(timeout=timeout_s)
             except KafkaException as e:
@@ -169,6 +171,6 @@ class TopicAdmin:
                     raise
 
 
-def describe_settings(conf: Mapping[str, object]) -> dict[str, str]:
+def describe_settings(conf: Mapping[str, Any]) -> dict[str, str]:
     """Client settings safe to log."""
     return redact({k: str(v) for k, v in conf.items()})

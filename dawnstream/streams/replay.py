@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from confluent_kafka import KafkaError, Producer
@@ -70,11 +71,12 @@ def replay_table(
     for batch in table.to_batches(max_chunksize=step):
         enc = codec.encode(batch, key)
         keys = enc.keys
+        headers: Any = enc.headers
         for i, value in enumerate(enc.values):
             k = keys[i] if keys is not None else None
             while True:
                 try:
-                    producer.produce(topic, value, k, headers=enc.headers)
+                    producer.produce(topic, value, k, headers=headers)
                     break
                 except BufferError:
                     producer.poll(0.05)

@@ -33,7 +33,7 @@ from dawnstream.streams.kafka_clients import (
 )
 from dawnstream.streams.metrics import MetricsServer, WorkerMetrics
 from dawnstream.streams.processor import BatchProcessor, BatchResult
-from dawnstream.topics.message import Encoded, KafkaMessage
+from dawnstream.topics.message import Encoded, KafkaMessage, Message
 from dawnstream.topics.spec import TopicSpec
 
 log = get_logger(__name__)
@@ -98,8 +98,7 @@ class KafkaRunner:
         self.producer = Producer(producer_settings(
             self.base, **{"client.id": client_id, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
         ))
-        event(log, "runner.clients", worker=worker, **{k.replace(".", "_"): v for k, v in
-                                                        describe_settings(self.base).items()})
+        event(log, "runner.clients", worker=worker, settings=describe_settings(self.base))
         if metrics_port is None:
             port = topology.metrics.port + worker if topology.metrics.port else -1
         else:
@@ -140,6 +139,7 @@ class KafkaRunner:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any) -> None:
+        """Produce one record, waiting for room in librdkafka's queue if it is full."""
         while True:
             try:
                 self.producer.produce(topic, value, key, headers=headers)
@@ -149,11 +149,12 @@ class KafkaRunner:
 
     def _produce_encoded(self, topic: str, enc: Encoded) -> None:
         produce = self.producer.produce
-        keys, shared, per, topics = enc.keys, enc.headers, enc.record_headers, enc.topics
+        keys, per, topics = enc.keys, enc.record_headers, enc.topics
+        shared: Any = enc.headers
         for i, value in enumerate(enc.values):
             t = (topics[i] or topic) if topics is not None else topic
             k = keys[i] if keys is not None else None
-            h = per[i] if per is not None else shared
+            h: Any = per[i] if per is not None else shared
             try:
                 produce(t, value, k, headers=h)
             except BufferError:

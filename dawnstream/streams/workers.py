@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 from pathlib import Path
+from typing import Any
 
 from dawnstream.logs import configure, event, get_logger
 
@@ -39,7 +40,7 @@ def run_workers(
     if workers < 1:
         raise ValueError("workers must be >= 1")
     ctx = mp.get_context("spawn")
-    procs: list[mp.process.BaseProcess] = []
+    procs: list[Any] = []
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:

@@ -8,11 +8,10 @@ from typing import Any
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(slots=True)
 class Message:
     """One consumed Kafka message, detached from the client library.
 
-    Attributes:
+    Attributes (read-only):
         value: payload bytes (``None`` for a tombstone).
         key: key bytes or ``None``.
         headers: list of ``(name, bytes)`` pairs in the order received.
@@ -20,13 +19,53 @@ class Message:
         timestamp_ms: broker or producer timestamp in ms since the epoch (0 when unknown).
     """
 
-    value: bytes | None
-    key: bytes | None = None
-    headers: Headers = field(default_factory=list)
-    topic: str = ""
-    partition: int = 0
-    offset: int = -1
-    timestamp_ms: int = 0
+    __slots__ = ("_value", "_key", "_headers", "_topic", "_partition", "_offset", "_timestamp_ms")
+
+    def __init__(
+        self,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        topic: str = "",
+        partition: int = 0,
+        offset: int = -1,
+        timestamp_ms: int = 0,
+    ) -> None:
+        self._value = value
+        self._key = key
+        self._headers = headers or []
+        self._topic = topic
+        self._partition = partition
+        self._offset = offset
+        self._timestamp_ms = timestamp_ms
+
+    @property
+    def value(self) -> bytes | None:
+        return self._value
+
+    @property
+    def key(self) -> bytes | None:
+        return self._key
+
+    @property
+    def headers(self) -> Headers:
+        return self._headers
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def partition(self) -> int:
+        return self._partition
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self._timestamp_ms
 
     def header(self, name: str) -> bytes | None:
         """Return the last header called ``name`` (case-insensitive), or ``None``."""
@@ -36,6 +75,10 @@ class Message:
             if k.lower() == lname:
                 found = v
         return found
+
+    def __repr__(self) -> str:
+        where = f"topic={self.topic!r}, partition={self.partition}, offset={self.offset}"
+        return f"Message({where}, value={self.value!r:.60})"
 
 
 @dataclass(slots=True)
@@ -113,33 +156,36 @@ class KafkaMessage(Message):
 
     __slots__ = ("_raw",)
 
-    def __init__(self, raw: Any) -> None:  # noqa: D107 - deliberately skips the dataclass init
+    def __init__(self, raw: Any) -> None:  # deliberately does not copy the fields
         self._raw = raw
 
-    @property  # type: ignore[override]
+    @property
     def value(self) -> bytes | None:
-        return self._raw.value()  # type: ignore[no-any-return]
+        v: bytes | None = self._raw.value()
+        return v
 
-    @property  # type: ignore[override]
+    @property
     def key(self) -> bytes | None:
-        return self._raw.key()  # type: ignore[no-any-return]
+        k: bytes | None = self._raw.key()
+        return k
 
-    @property  # type: ignore[override]
+    @property
     def headers(self) -> Headers:
-        return self._raw.headers() or []  # type: ignore[no-any-return]
+        h: Headers = self._raw.headers() or []
+        return h
 
-    @property  # type: ignore[override]
+    @property
     def topic(self) -> str:
-        return self._raw.topic()  # type: ignore[no-any-return]
+        return str(self._raw.topic())
 
-    @property  # type: ignore[override]
+    @property
     def partition(self) -> int:
-        return self._raw.partition()  # type: ignore[no-any-return]
+        return int(self._raw.partition())
 
-    @property  # type: ignore[override]
+    @property
     def offset(self) -> int:
-        return self._raw.offset()  # type: ignore[no-any-return]
+        return int(self._raw.offset())
 
-    @property  # type: ignore[override]
+    @property
     def timestamp_ms(self) -> int:
-        return self._raw.timestamp()[1]  # type: ignore[no-any-return]
+        return int(self._raw.timestamp()[1])

@@ -42,7 +42,7 @@ def get_codec(name: str, **options: object) -> Codec:
         cls = CODECS[name]
     except KeyError:
         raise KeyError(f"unknown codec {name!r}; expected one of {sorted(CODECS)}") from None
-    return cls(**options)  # type: ignore[arg-type]
+    return cls(**options)
 
 
 def codec_for_content_type(content_type: str) -> str | None:

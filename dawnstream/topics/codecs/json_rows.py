@@ -176,14 +176,10 @@ class JsonRowsCodec(Codec):
                     if t is not None:
                         votes.setdefault(k, Counter())[str(t)] += 1
         new = []
+        by_name = {"int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
         for k, c in votes.items():
-            if c.get("int64") and c.get("double"):
-                t: pa.DataType = pa.float64()
-            else:
-                t = {"int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(), "string": pa.string()}[
-                    c.most_common(1)[0][0]
-                ]
-            new.append(pa.field(k, t))
+            chosen = pa.float64() if c.get("int64") and c.get("double") else by_name[c.most_common(1)[0][0]]
+            new.append(pa.field(k, chosen))
         if new:
             schema.learn(pa.schema(new))
 

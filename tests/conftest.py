@@ -1,0 +1,58 @@
+"""Shared fixtures: one real Kafka broker per test session, unique topic names, shared data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a real broker: reuse one that answers, else start ours (and stop it after).
+
+    ``DAWNSTREAM_KAFKA_BOOTSTRAP`` picks the address (default 127.0.0.1:9092).
+    """
+    from dawnstream.streams.broker import BrokerManager, kafka_answers
+
+    addr = os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    if kafka_answers(addr):
+        yield addr
+        return
+    port = int(addr.rsplit(":", 1)[1])
+    mgr = BrokerManager(port=port)
+    mgr.start(timeout_s=180)
+    try:
+        yield mgr.bootstrap
+    finally:
+        mgr.stop()
+
+
+@pytest.fixture
+def topic_name() -> object:
+    """Factory of unique topic names ``test.<tag>-<uuid>.<event>.v1``."""
+
+    def make(event: str = "rows", tag: str = "t") -> str:
+        return f"test.{tag}-{uuid.uuid4().hex[:10]}.{event}.v1"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (tests needing it are skipped with a message when it is absent)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} is absent")
+    return SHARED
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything under tests/kafka talks to the real broker.
+    for item in items:
+        if "tests/kafka" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.kafka)

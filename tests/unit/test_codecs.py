@@ -1,0 +1,185 @@
+"""Codecs: round trips (hypothesis), bad messages with their reasons, frames, requests, DLQ envelope."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dawnstream.topics import Message, RowSchema, dead_letter, get_codec
+from dawnstream.topics.codecs.frames import FramesCodec
+from dawnstream.topics.codecs.requests import RequestsCodec
+from dawnstream.topics.dlq import dlq_reason
+from dawnstream.topics.message import Rejected
+
+TOPIC = "test.codecs.rows.v1"
+
+
+def msgs(values: list[bytes | None], headers: list | None = None) -> list[Message]:
+    return [Message(v, None, list(headers or []), TOPIC, 0, i) for i, v in enumerate(values)]
+
+
+rows_strategy = st.lists(
+    st.fixed_dictionaries({
+        "i": st.one_of(st.none(), st.integers(-(2**53), 2**53)),
+        "f": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=64)),
+        "s": st.one_of(st.none(), st.text(max_size=20)),
+        "b": st.one_of(st.none(), st.booleans()),
+    }),
+    min_size=1, max_size=40,
+)
+SCHEMA = {"i": "int64", "f": "float64", "s": "string", "b": "bool"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows_strategy)
+def test_json_round_trip(rows: list[dict]) -> None:
+    codec = get_codec("json")
+    table = pa.Table.from_pylist(rows, schema=RowSchema(SCHEMA).arrow_schema())
+    enc = codec.encode(table.to_batches()[0])
+    assert len(enc) == len(rows)
+    d = codec.decode(msgs(enc.values), RowSchema(SCHEMA))
+    assert not d.rejected
+    assert d.table is not None and d.table.to_pylist() == rows
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows_strategy, st.integers(1, 50))
+def test_arrow_round_trip(rows: list[dict], per_message: int) -> None:
+    codec = get_codec("arrow", max_rows_per_message=per_message)
+    table = pa.Table.from_pylist(rows, schema=RowSchema(SCHEMA).arrow_schema())
+    enc = codec.encode(table.to_batches()[0])
+    assert len(enc) == math.ceil(len(rows) / per_message)
+    d = codec.decode(msgs(enc.values), RowSchema(SCHEMA))
+    assert d.table is not None and d.table.to_pylist() == rows and sum(d.rows_per_kept) == len(rows)
+
+
+GOOD = b'{"x": 1.5, "k": "a"}'
+BAD_JSON = [
+    (b"{not json", "invalid JSON"),
+    (b"[1, 2, 3]", "is not an object"),
+    (b'"just a string"', "is not an object"),
+    (b"", "empty message"),
+    (None, "empty message"),
+    (b'{"k": "a"}', "missing required column(s) ['x']"),
+    (b'{"x": "fast", "k": "a"}', "is not a number"),
+    (b'{"x": true, "k": "a"}', "is not a number"),
+    (b'{"x": {"nested": 1}, "k": "a"}', "nested"),
+    (b'{"x": 1, "k": ["a"]}', "nested"),
+    (b"\xff\xfe\x00garbage", "invalid JSON"),
+    (b'{"x": 1, "k": "a"' , "invalid JSON"),
+    (b'{"x": 1, "k": 7}', "is not a string"),
+    (b"[" * 5000 + b"]" * 5000, "invalid JSON"),
+    (b'{"x": 1, "k": "' + b"z" * (2 << 20) + b'"}', "exceeds max_message_bytes"),
+]
+
+
+@pytest.mark.parametrize("value, reason", BAD_JSON, ids=[r for _, r in BAD_JSON])
+def test_bad_json_is_rejected_alone_with_its_reason(value: bytes | None, reason: str) -> None:
+    schema = RowSchema({"x": "float64", "k": "string"}, required={"x", "k"})
+    batch = msgs([GOOD, value, GOOD])
+    d = get_codec("json").decode(batch, schema)
+    assert [r.message.offset for r in d.rejected] == [1]
+    assert reason in d.rejected[0].reason
+    assert d.table is not None and d.table.num_rows == 2 and d.kept == [0, 2]
+
+
+def test_pretty_printed_and_duplicate_keys_are_accepted() -> None:
+    schema = RowSchema(required={"x"})
+    d = get_codec("json").decode(msgs([b'{\n  "x": 1\n}', b'{"x": 2, "x": 3}', b'{"x": 4}']), schema)
+    assert not d.rejected
+    assert d.table is not None and d.table.column("x").to_pylist() == [1, 3, 4]
+
+
+def test_learned_schema_rejects_later_type_changes_and_widens_ints() -> None:
+    schema = RowSchema(required={"x"})
+    codec = get_codec("json")
+    codec.decode(msgs([b'{"x": 1, "s": "a"}']), schema)
+    d = codec.decode(msgs([b'{"x": 2.5, "s": "b"}', b'{"x": 3, "s": 4}']), schema)
+    assert schema.fields["x"] == pa.float64()
+    assert [r.reason for r in d.rejected] == ["column 's': int 4 is not a string"]
+    assert d.table is not None and d.table.column("x").to_pylist() == [2.5]
+
+
+def test_numeric_hint_rejects_strings_even_in_the_first_batch() -> None:
+    schema = RowSchema(required={"x"}, numeric={"x"})
+    d = get_codec("json").decode(msgs([b'{"x": "abc"}', b'{"x": 2}']), schema)
+    assert len(d.rejected) == 1 and "is not a number" in d.rejected[0].reason
+
+
+def test_arrow_bad_messages() -> None:
+    codec = get_codec("arrow")
+    good = codec.encode(pa.record_batch({"x": [1.0, 2.0], "k": ["a", "b"]})).values[0]
+    wrong = codec.encode(pa.record_batch({"x": ["no", "pe"], "k": ["a", "b"]})).values[0]
+    missing = codec.encode(pa.record_batch({"k": ["a"]})).values[0]
+    schema = RowSchema({"x": "float64"}, required={"x", "k"})
+    d = codec.decode(msgs([good, good[: len(good) // 2], b"\x00\x01junk", wrong, missing, good]), schema)
+    reasons = [r.reason for r in d.rejected]
+    assert "not a readable Arrow IPC stream" in reasons[0] and "not a readable" in reasons[1]
+    assert "wrong schema" in reasons[2] and "missing required column(s) ['x']" in reasons[3]
+    assert d.table is not None and d.table.num_rows == 4 and d.kept == [0, 5]
+
+
+def _image(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_frames_decode_and_bad_frames() -> None:
+    jpeg, png = _image("JPEG"), _image("PNG")
+    codec = FramesCodec(max_frame_bytes=100_000)
+    ms = [
+        Message(jpeg, b"cam-1", [("frame-index", b"7"), ("timestamp", b"1700000000000")], "t", 0, 0),
+        Message(png, b"cam-2", [], "t", 0, 1, 123),
+        Message(jpeg[:-200], b"cam-1", [], "t", 0, 2),
+        Message(b"GIF89a....", b"cam-1", [], "t", 0, 3),
+        Message(jpeg, None, [], "t", 0, 4),
+        Message(b"\xff\xd8\xff" + b"\x00" * 200_000 + b"\xff\xd9", b"cam-1", [], "t", 0, 5),
+        Message(png, b"cam-2", [("frame-index", b"seven")], "t", 0, 6),
+    ]
+    d = codec.decode(ms, RowSchema())
+    assert d.table is not None
+    assert d.table.select(["camera_id", "frame_index", "timestamp_ms", "format", "width", "height"]).to_pylist() == [
+        {"camera_id": "cam-1", "frame_index": 7, "timestamp_ms": 1700000000000, "format": "jpeg",
+         "width": 32, "height": 24},
+        {"camera_id": "cam-2", "frame_index": 1, "timestamp_ms": 123, "format": "png", "width": 32, "height": 24},
+    ]
+    reasons = [r.reason for r in d.rejected]
+    assert "truncated JPEG" in reasons[0] and "wrong magic bytes" in reasons[1]
+    assert "camera id" in reasons[2] and "exceeds max_frame_bytes" in reasons[3] and "frame-index" in reasons[4]
+    enc = codec.encode(d.table.to_batches()[0])
+    assert enc.values[0] == jpeg and enc.keys == [b"cam-1", b"cam-2"]
+    assert dict(enc.record_headers[1])["content-type"] == b"image/png"  # type: ignore[index]
+
+
+def test_requests_need_correlation_id_and_replies_go_to_reply_to() -> None:
+    codec = RequestsCodec()
+    ms = [
+        Message(b'{"x": 1}', None, [("correlation-id", b"c1"), ("reply-to", b"app.svc.replies.v1")], "t", 0, 0),
+        Message(b'{"x": 2}', None, [], "t", 0, 1),
+        Message(b'{"x": 3}', None, [("correlation-id", b"c3")], "t", 0, 2),
+    ]
+    d = codec.decode(ms, RowSchema())
+    assert [r.reason for r in d.rejected] == ["request without a correlation-id header"]
+    assert d.table is not None and d.table.column("correlation_id").to_pylist() == ["c1", "c3"]
+    out = d.table.append_column("y", pa.array([10, 30])).to_batches()[0]
+    recs = codec.encode(out).records()
+    assert [r.topic for r in recs] == ["app.svc.replies.v1", None]
+    assert [dict(r.headers)["correlation-id"] for r in recs] == [b"c1", b"c3"]
+    assert orjson.loads(recs[0].value) == {"x": 1, "y": 10}
+
+
+def test_dead_letter_envelope_keeps_original_bytes() -> None:
+    m = Message(b"\xff raw", b"key", [("trace", b"1")], "sensors.x.rows.v1", 3, 42)
+    topic, rec = dead_letter(Rejected(m, "invalid JSON: boom", stage="decode"))
+    assert topic == "sensors.x.rows.v1.dlq"
+    assert rec.value == b"\xff raw" and rec.key == b"key" and rec.headers[0] == ("trace", b"1")
+    assert dlq_reason(rec.headers) == {"dlq.error": "invalid JSON: boom", "dlq.stage": "decode",
+                                       "dlq.topic": "sensors.x.rows.v1", "dlq.partition": "3", "dlq.offset": "42"}

@@ -1,0 +1,34 @@
+"""No pickle, eval or exec anywhere in the package; metrics bind to loopback by default."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from dawnstream.streams.config import MetricsSpec
+
+PKG = Path(__file__).resolve().parents[2] / "dawnstream"
+FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
+FORBIDDEN_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve"}
+
+
+def test_no_eval_exec_or_pickle_in_the_package() -> None:
+    problems = []
+    for path in PKG.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FORBIDDEN_CALLS:
+                problems.append(f"{path}:{node.lineno} calls {node.func.id}")
+            if isinstance(node, ast.Import):
+                problems += [f"{path}:{node.lineno} imports {a.name}" for a in node.names
+                             if a.name.split(".")[0] in FORBIDDEN_MODULES]
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
+                problems.append(f"{path}:{node.lineno} imports from {node.module}")
+            if isinstance(node, ast.Attribute) and node.attr in ("load", "loads") and isinstance(node.value, ast.Name) \
+                    and node.value.id in ("pickle", "np") and node.attr == "load":
+                problems.append(f"{path}:{node.lineno} uses {node.value.id}.{node.attr} (allow_pickle risk)")
+    assert problems == []
+
+
+def test_metrics_bind_to_loopback_by_default() -> None:
+    assert MetricsSpec().host == "127.0.0.1"
