@@ -273,7 +273,7 @@ class KafkaRunner:
             self.stats.rows_in += res.rows_in
             self.stats.rows_out += res.rows_out
             self.stats.rows_dead += res.rows_dead
-            self.stats.records_out += len(res.outputs)
+            self.stats.records_out += sum(len(enc) for _, enc in res.outputs)
             m.rows_in.labels(name, t.input.topic).inc(res.rows_in)
             for o in t.outputs:
                 m.rows_out.labels(name, o.topic).inc(res.rows_out)

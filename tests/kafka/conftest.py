@@ -1,0 +1,44 @@
+"""Helpers for tests against the real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+
+def read_all(bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 60.0,
+             idle_s: float = 3.0) -> list:
+    """Every committed message of ``topic`` (read_committed), waiting up to ``timeout_s`` for
+    ``expected`` messages, or until nothing new arrives for ``idle_s`` when ``expected`` is None."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    md = c.list_topics(topic, timeout=10)
+    parts = sorted(md.topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list = []
+    deadline = time.monotonic() + timeout_s
+    last_new = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            batch = c.consume(10_000, timeout=0.5)
+            got = [m for m in batch if m.error() is None]
+            out.extend(got)
+            if got:
+                last_new = time.monotonic()
+            if expected is not None and len(out) >= expected:
+                break
+            if expected is None and time.monotonic() - last_new > idle_s:
+                break
+    finally:
+        c.close()
+    return out
+
+
+@pytest.fixture
+def reader(kafka_bootstrap: str) -> Callable[..., list]:
+    return lambda topic, expected=None, **kw: read_all(kafka_bootstrap, topic, expected, **kw)
