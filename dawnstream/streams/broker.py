@@ -250,7 +250,7 @@ class BrokerManager:
             "replica.fetch.max.bytes": "16777216",
             "log.retention.hours": "24",
             "log.segment.bytes": str(256 << 20),
-            "auto.create.topics.enable": "true",
+            "auto.create.topics.enable": "false",  # typos must fail, not create topics
         }
         self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (home / "log4j2.properties").write_text(LOG4J2)

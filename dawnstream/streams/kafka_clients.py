@@ -140,7 +140,7 @@ class TopicAdmin:
         from confluent_kafka import Consumer, TopicPartition
         from confluent_kafka.admin import ConfigResource, ResourceType
 
-        md = self.admin.list_topics(topic=name, timeout=timeout_s)
+        md = self.admin.list_topics(timeout=timeout_s)  # asking for one topic by name may auto-create it
         t = md.topics.get(name)
         if t is None or t.error is not None:
             raise DawnstreamError(f"topic {name!r} does not exist (dawnstream topics list shows what does)")

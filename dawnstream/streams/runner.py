@@ -103,10 +103,26 @@ class KafkaRunner:
             port = topology.metrics.port + worker if topology.metrics.port else -1
         else:
             port = metrics_port
+        self._init_series()
         self.metrics_server: MetricsServer | None = None
         if port >= 0:
             self.metrics_server = MetricsServer(self.metrics, topology.metrics.host, port).start()
             event(log, "metrics.listening", host=topology.metrics.host, port=self.metrics_server.port)
+
+    def _init_series(self) -> None:
+        """Create every labelled series at 0 so an idle worker exposes the same metrics as a busy one."""
+        m, name, t = self.metrics, self.topology.name, self.topology
+        m.rows_in.labels(name, t.input.topic)
+        for o in t.outputs:
+            m.rows_out.labels(name, o.topic)
+        m.dead.labels(name, t.input.topic, "decode")
+        for stage in ["decode", *(op.name for op in self.processor.chain(-1).operators), "encode"]:
+            m.op_seconds.labels(name, stage)
+            m.stage_in.labels(name, stage)
+            m.stage_out.labels(name, stage)
+        self.processor.drop_partition(-1)
+        m.batch_seconds.labels(name)
+        m.assigned.labels(name).set(0)
 
     def _create_topics(self) -> None:
         t = self.topology

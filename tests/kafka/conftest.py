@@ -17,11 +17,19 @@ def read_all(bootstrap: str, topic: str, expected: int | None = None, timeout_s:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "isolation.level": "read_committed"})
-    md = c.list_topics(topic, timeout=10)
-    parts = sorted(md.topics[topic].partitions)
+    deadline = time.monotonic() + timeout_s
+    parts: list[int] = []
+    while not parts:  # the topic may not exist yet: a worker creates it when it starts
+        md = c.list_topics(timeout=10)
+        t = md.topics.get(topic)
+        parts = sorted(t.partitions) if t is not None and t.error is None else []
+        if not parts:
+            if time.monotonic() > deadline:
+                c.close()
+                return []
+            time.sleep(0.2)
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list = []
-    deadline = time.monotonic() + timeout_s
     last_new = time.monotonic()
     try:
         while time.monotonic() < deadline:
