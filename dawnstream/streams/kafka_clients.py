@@ -158,6 +158,26 @@ class TopicAdmin:
         overrides = {k: v.value for k, v in configs.items() if not v.is_default}
         return {"topic": name, "partitions": parts, "config": overrides}
 
+    def reset(self, specs: Iterable[TopicSpec], timeout_s: float = 60.0) -> None:
+        """Delete and re-create topics empty (demos, benchmarks); waits until deletion completed."""
+        import time
+
+        specs = list(specs)
+        self.delete([s.name for s in specs], timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while set(self.list_topics()) & {s.name for s in specs}:
+            if time.monotonic() > deadline:
+                raise DawnstreamError(f"topics {[s.name for s in specs]} were not deleted within {timeout_s}s")
+            time.sleep(0.2)
+        while True:
+            try:
+                self.ensure(specs, timeout_s)
+                return
+            except DawnstreamError as e:  # deletion still finishing on the broker
+                if "marked for deletion" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def delete(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
         """Delete topics (missing ones are ignored)."""
         todo = [n for n in names]
