@@ -40,8 +40,9 @@ def read_topic(bootstrap: str, topic: str) -> list[bytes]:
     need = sum(ends.values())
     while len(out) < need:
         for m in c.consume(10_000, timeout=1.0):
-            if m.error() is None and m.value() is not None:
-                out.append(m.value())
+            value = m.value() if m.error() is None else None
+            if value is not None:
+                out.append(value)
     c.close()
     return out
 
