@@ -1,0 +1,250 @@
+"""Outlier classification without user thresholds, batch and streaming (MacroBase sec. 4).
+
+Batch (:func:`classify_batch`): fit the model on all rows; rows whose score exceeds the
+``percentile``-th percentile of all scores are outliers (percentile classifier: rows in either tail).
+
+Streaming (:class:`OutlierClassifier`, operator ``classify``): each row is scored by the model
+trained on rows *before* it. The first ``warmup`` rows only train (score NaN, not outliers); then the
+model is retrained from an ADR sample of past rows every ``period`` rows, and the cutoff is the
+``percentile``-th percentile of past scores kept in a second ADR - so it keeps adapting. Periods
+count rows, which makes results independent of how the stream was cut into batches. (MacroBase's
+legacy ``EWAppxPercentileOutlierClassifier`` labelled warm-up rows with the current row's label and
+froze the cutoff after warm-up; neither happens here.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dawnstream.errors import ConfigError
+from dawnstream.operators.base import Operator
+from dawnstream.operators.expressions import as_array, evaluate, parse
+from dawnstream.operators.outliers.adr import ADR
+from dawnstream.operators.outliers.models import MADModel, MCDModel, PercentileModel, model_from_dict
+from dawnstream.operators.outliers.percentile import percentile
+from dawnstream.operators.outliers.transforms import TRANSFORMS, apply_transform
+
+CLASSIFIERS = ("mad", "mcd", "percentile", "predicate")
+Model = MADModel | MCDModel | PercentileModel
+
+
+def metric_matrix(batch: pa.RecordBatch | pa.Table, metrics: Sequence[str],
+                  transforms: Mapping[str, str] | None = None) -> np.ndarray:
+    """n x d float64 matrix of ``metrics`` (nulls -> NaN), each transformed as configured.
+
+    Raises:
+        KeyError: a metric column is missing. TypeError: a metric column is not numeric.
+    """
+    cols = []
+    for m in metrics:
+        col = batch.column(m)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+            raise TypeError(f"metric column {m!r} has type {col.type}; it must be numeric")
+        x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        x = np.asarray(x, dtype=np.float64)
+        name = (transforms or {}).get(m, "none")
+        cols.append(apply_transform(name, x) if name != "none" else x)
+    return np.column_stack(cols) if cols else np.empty((batch.num_rows, 0))
+
+
+def default_classifier(metrics: Sequence[str]) -> str:
+    """``mad`` for one metric, ``mcd`` for several."""
+    return "mad" if len(metrics) == 1 else "mcd"
+
+
+def _new_model(kind: str, pct: float, seed: int) -> Model:
+    if kind == "mad":
+        return MADModel()
+    if kind == "mcd":
+        return MCDModel(seed=seed)
+    return PercentileModel(pct)
+
+
+def classify_batch(X: np.ndarray, classifier: str = "mad", pct: float = 99.0,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, Model]:
+    """Fit on every complete row of ``X`` (n x d float64) and classify all rows.
+
+    Returns:
+        ``(score float64[n], is_outlier bool[n], model)``; rows with NaN metrics get NaN/False.
+
+    Raises:
+        ValueError: unknown classifier, or not enough complete rows to fit.
+    """
+    if classifier not in ("mad", "mcd", "percentile"):
+        raise ValueError(f"unknown classifier {classifier!r}; expected mad, mcd or percentile")
+    valid = np.isfinite(X).all(axis=1)
+    model = _new_model(classifier, pct, seed).fit(X[valid])
+    score = np.full(X.shape[0], np.nan)
+    score[valid] = model.score(X[valid])
+    if isinstance(model, PercentileModel):
+        flags = np.zeros(X.shape[0], dtype=bool)
+        flags[valid] = model.flag(X[valid])
+    else:
+        cutoff = float(percentile(score[valid], pct))
+        flags = valid & (score > cutoff)
+    return score, flags, model
+
+
+class OutlierClassifier(Operator):
+    """Streaming classifier stage: adds ``score`` (float64) and ``is_outlier`` (bool) columns.
+
+    Args:
+        metrics: metric column(s). One -> MAD by default, several -> MCD.
+        classifier: ``mad`` | ``mcd`` | ``percentile`` | ``predicate`` (then ``expr`` is the rule,
+            e.g. ``"usage > 1000"``; score is 1.0/0.0).
+        percentile: cutoff percentile of scores (default 99); percentile classifier: 99 flags the
+            lowest and highest 1%.
+        transforms: ``{metric: "low" | "log"}`` applied before scoring (or ``transform`` for all).
+        warmup: rows used to train the first model (default 1000).
+        period: rows between retrains/cutoff updates and reservoir decays (default 10,000).
+        reservoir: ADR size for training rows (default 10,000); score_reservoir likewise for scores.
+        decay: reservoir decay rate per period (default 0.01).
+        seed: random seed of both reservoirs and of FAST-MCD.
+    """
+
+    kind = "classify"
+    stateful = True
+
+    def __init__(
+        self,
+        metrics: str | Sequence[str] | None = None,
+        classifier: str | None = None,
+        percentile: float = 99.0,
+        expr: str | None = None,
+        transforms: Mapping[str, str] | None = None,
+        transform: str | None = None,
+        warmup: int = 1000,
+        period: int = 10_000,
+        reservoir: int = 10_000,
+        score_reservoir: int = 10_000,
+        decay: float = 0.01,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.metrics = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        self.classifier = classifier or ("predicate" if expr else default_classifier(self.metrics))
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError("classifier", f"unknown classifier {self.classifier!r}; expected one of {CLASSIFIERS}")
+        if self.classifier == "predicate":
+            if not expr:
+                raise ConfigError("expr", "the predicate classifier needs expr, e.g. 'usage > 1000'")
+            self.expr = parse(expr, "expr")
+        else:
+            self.expr = None
+            if not self.metrics:
+                raise ConfigError("metrics", "give at least one metric column")
+            if self.classifier in ("mad", "percentile") and len(self.metrics) != 1:
+                raise ConfigError("metrics", f"{self.classifier} takes exactly one metric; use mcd for several")
+        if not 0 < percentile < 100:
+            raise ConfigError("percentile", f"expected 0 < percentile < 100, got {percentile}")
+        self.pct = float(percentile)
+        self.transforms = dict(transforms or {})
+        if transform:
+            self.transforms.update({m: transform for m in self.metrics if m not in self.transforms})
+        for m, t in self.transforms.items():
+            if t not in TRANSFORMS:
+                raise ConfigError(f"transforms.{m}", f"unknown transform {t!r}; expected one of {sorted(TRANSFORMS)}")
+        if warmup < 1 or period < 1 or reservoir < 2 or score_reservoir < 2:
+            raise ConfigError("warmup", "warmup and period must be >= 1, reservoirs >= 2")
+        if not 0 <= decay < 1:
+            raise ConfigError("decay", f"expected 0 <= decay < 1, got {decay}")
+        self.warmup, self.period, self.decay_rate, self.seed = warmup, period, decay, seed
+        d = max(len(self.metrics), 1)
+        self.inputs = ADR(reservoir, d, seed)
+        self.scores = ADR(score_reservoir, 1, seed + 1)
+        self.model: Model | None = None
+        self.cutoff = np.inf
+        self.rows_seen = 0
+        self.next_boundary = warmup
+
+    def required_columns(self) -> set[str]:
+        return set(self.metrics) | (self.expr.columns() if self.expr is not None else set())
+
+    def numeric_columns(self) -> set[str]:
+        return set(self.metrics) | (self.expr.numeric_columns() if self.expr is not None else set())
+
+    def produced_columns(self) -> set[str]:
+        return {"score", "is_outlier"}
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        if self.expr is not None:
+            flags_arr = pc.fill_null(as_array(evaluate(self.expr, batch), batch.num_rows), False)
+            score_arr = pc.cast(flags_arr, pa.float64())
+            return [_with(batch, score_arr, flags_arr)]
+        X = metric_matrix(batch, self.metrics, self.transforms)
+        score, flags = self._stream(X)
+        return [_with(batch, pa.array(score), pa.array(flags))]
+
+    def _stream(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = X.shape[0]
+        valid = np.isfinite(X).all(axis=1)
+        score = np.full(n, np.nan)
+        flags = np.zeros(n, dtype=bool)
+        i = 0
+        while i < n:
+            end = min(n, i + (self.next_boundary - self.rows_seen))
+            xs, vs = X[i:end], valid[i:end]
+            if self.model is not None:
+                s = self.model.score(xs)
+                score[i:end] = s
+                if isinstance(self.model, PercentileModel):
+                    flags[i:end] = vs & self.model.flag(xs)
+                else:
+                    flags[i:end] = vs & (s > self.cutoff)
+                    self.scores.insert(s[vs])
+            self.inputs.insert(xs[vs])
+            self.rows_seen += end - i
+            i = end
+            if self.rows_seen == self.next_boundary:
+                self._retrain()
+        return score, flags
+
+    def _retrain(self) -> None:
+        first = self.model is None
+        self.inputs.decay(self.decay_rate)
+        self.scores.decay(self.decay_rate)
+        self.next_boundary = self.rows_seen + self.period
+        sample = self.inputs.sample()
+        if sample.shape[0] < max(2, sample.shape[1] + 2):
+            return  # not enough complete rows yet; try again next period
+        try:
+            model = _new_model(self.classifier, self.pct, self.seed).fit(sample)
+        except ValueError:
+            return
+        self.model = model
+        if isinstance(model, PercentileModel):
+            return
+        if first:
+            self.scores.insert(model.score(sample))
+        self.cutoff = float(percentile(self.scores.sample()[:, 0], self.pct))
+
+    def _state(self) -> Any:
+        return {
+            "model": None if self.model is None else self.model.to_dict(),
+            "cutoff": None if not np.isfinite(self.cutoff) else self.cutoff,
+            "rows_seen": self.rows_seen,
+            "next_boundary": self.next_boundary,
+            "inputs": self.inputs.to_state(),
+            "scores": self.scores.to_state(),
+        }
+
+    def _load_state(self, state: Any) -> None:
+        self.model = None if state["model"] is None else model_from_dict(state["model"])
+        self.cutoff = np.inf if state["cutoff"] is None else float(state["cutoff"])
+        self.rows_seen = int(state["rows_seen"])
+        self.next_boundary = int(state["next_boundary"])
+        self.inputs = ADR.from_state(state["inputs"])
+        self.scores = ADR.from_state(state["scores"])
+
+
+def _with(batch: pa.RecordBatch, score: pa.Array, flags: pa.Array) -> pa.RecordBatch:
+    for name, col in (("score", score), ("is_outlier", flags)):
+        idx = batch.schema.get_field_index(name)
+        batch = batch.set_column(idx, name, col) if idx >= 0 else batch.append_column(name, col)
+    return batch
