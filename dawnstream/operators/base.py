@@ -34,6 +34,7 @@ class Operator(ABC):
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.kind
+        self.partition: int | None = None  # set by the runner: the input partition this instance serves
 
     def required_columns(self) -> set[str]:
         """Input columns this stage reads; rows lacking one are dead-lettered before the chain."""

@@ -9,6 +9,8 @@ from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain, Operator
 from dawnstream.operators.derive import Derive
 from dawnstream.operators.filter import Filter
+from dawnstream.operators.outliers.classify import OutlierClassifier
+from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
 from dawnstream.operators.select import Select
 from dawnstream.operators.window_count import WindowCount
 
@@ -17,6 +19,9 @@ OPERATORS: dict[str, type[Operator]] = {
     Derive.kind: Derive,
     Select.kind: Select,
     WindowCount.kind: WindowCount,
+    OutlierClassifier.kind: OutlierClassifier,
+    StreamingExplainer.kind: StreamingExplainer,
+    MergeExplanations.kind: MergeExplanations,
 }
 
 

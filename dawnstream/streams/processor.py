@@ -80,6 +80,8 @@ class BatchProcessor:
         c = self.chains.get(partition)
         if c is None:
             c = self.chains[partition] = self.topology.build_chain()
+            for op in c.operators:
+                op.partition = partition
         return c
 
     def schema(self, partition: int) -> RowSchema:

@@ -13,7 +13,6 @@ Insertion is vectorised: each row consumes exactly two consecutive doubles of on
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -96,9 +95,3 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"bit_generator": st["bit_generator"], "state": dict(st["state"]),
             "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
 
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    """Serialise arrays as ``.npz`` bytes (load with ``allow_pickle=False``)."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()

@@ -51,12 +51,11 @@ class AMC:
         if keys.size == 0:
             return
         if weights is None:
-            uk, inc = np.unique(keys, return_counts=True)
-            inc = inc.astype(np.float64)
+            uk, cnt = np.unique(keys, return_counts=True)
+            inc = cnt.astype(np.float64) * self.scale
         else:
             uk, inv = np.unique(keys, return_inverse=True)
-            inc = np.bincount(inv, weights=weights, minlength=uk.size)
-        inc *= self.scale
+            inc = np.bincount(inv, weights=weights, minlength=uk.size).astype(np.float64) * self.scale
         pos = np.searchsorted(self.keys, uk)
         hit = pos < self.keys.size
         hit[hit] = self.keys[pos[hit]] == uk[hit]

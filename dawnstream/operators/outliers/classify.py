@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Operator
-from dawnstream.operators.expressions import as_array, evaluate, parse
+from dawnstream.operators.expressions import Node, as_array, evaluate, parse
 from dawnstream.operators.outliers.adr import ADR
 from dawnstream.operators.outliers.models import MADModel, MCDModel, PercentileModel, model_from_dict
 from dawnstream.operators.outliers.percentile import percentile
@@ -134,7 +134,7 @@ class OutlierClassifier(Operator):
         if self.classifier == "predicate":
             if not expr:
                 raise ConfigError("expr", "the predicate classifier needs expr, e.g. 'usage > 1000'")
-            self.expr = parse(expr, "expr")
+            self.expr: Node | None = parse(expr, "expr")
         else:
             self.expr = None
             if not self.metrics:

@@ -17,7 +17,7 @@ def percentile(x: np.ndarray, q: float | np.ndarray) -> np.ndarray:
     v = v[np.isfinite(v)] if not np.isfinite(v).all() else v
     if v.size == 0:
         return np.full(np.shape(q), np.nan)
-    return np.asarray(np.percentile(v, q, method="weibull"))
+    return np.asarray(np.percentile(v, np.asarray(q, dtype=np.float64), method="weibull"))
 
 
 def tail_cuts(x: np.ndarray, pct: float) -> tuple[float, float]:
@@ -27,5 +27,5 @@ def tail_cuts(x: np.ndarray, pct: float) -> tuple[float, float]:
     the tail size itself (1.0 means the same thing, MacroBase's ``setPercentile(1.0)``).
     """
     tail = 100.0 - pct if pct >= 50 else pct
-    lo, hi = percentile(x, [tail, 100.0 - tail])
+    lo, hi = percentile(x, np.array([tail, 100.0 - tail]))
     return float(lo), float(hi)

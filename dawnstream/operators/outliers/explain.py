@@ -1,0 +1,336 @@
+"""Streaming explanation (MacroBase sec. 5.2, ``EWStreamingSummarizer``), operator ``explain``.
+
+Per attribute combination (orders 1..max_order) two AMC sketches hold decayed counts: one over
+outlier rows, one over all rows. Outlier rows are counted for every combination; all rows are
+counted for single attribute values, and for combinations only among *interesting* values -
+those whose own outlier support is at least half of ``min_support`` at the last maintenance
+(MacroBase's M-CPS tree restricts itself the same way, to keep inlier combinations bounded).
+Every ``period`` rows the sketches decay by ``decay`` and are maintained to their stable size.
+
+Every ``emit_every`` rows (and at the end of a finite input, or every ``emit_seconds`` of wall
+clock when set) the stage emits either the top explanations (``output: explanations``; same
+columns as the batch DIFF plus ``emitted_rows`` and ``emit_time``) or one *summary* row with its
+counts (``output: summary``), which :class:`MergeExplanations` combines across partitions.
+Emission points count rows, so the same stream gives the same outputs however it is batched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dawnstream.errors import ConfigError
+from dawnstream.operators.base import Operator
+from dawnstream.operators.outliers.amc import AMC
+from dawnstream.operators.outliers.itemsets import (
+    RATIO_METRICS,
+    Counts,
+    Encoder,
+    Explanation,
+    Itemset,
+    explanations_table,
+    rank,
+    select,
+)
+
+CODE_BITS = 21
+MAX_CODE = (1 << CODE_BITS) - 1
+
+
+def _keys(sub: np.ndarray) -> np.ndarray:
+    key = np.zeros(sub.shape[0], dtype=np.int64)
+    for j in range(sub.shape[1]):
+        key |= sub[:, j].astype(np.int64) << (CODE_BITS * j)
+    return key
+
+
+def _codes(key: int, k: int) -> list[int]:
+    return [(key >> (CODE_BITS * j)) & MAX_CODE for j in range(k)]
+
+
+class _Params:
+    def __init__(self, attributes: Sequence[str], min_support: float, min_ratio: float, ratio: str, max_order: int,
+                 semantics: str, top: int) -> None:
+        if not attributes or isinstance(attributes, str):
+            raise ConfigError("attributes", "give a list of attribute columns, e.g. [carrier, origin]")
+        if not 0 < min_support <= 1:
+            raise ConfigError("min_support", f"expected 0 < min_support <= 1, got {min_support}")
+        if ratio not in RATIO_METRICS:
+            raise ConfigError("ratio", f"expected one of {RATIO_METRICS}, got {ratio!r}")
+        if semantics not in ("minimal", "closed"):
+            raise ConfigError("semantics", f"expected 'minimal' or 'closed', got {semantics!r}")
+        if not 1 <= max_order <= 3:
+            raise ConfigError("max_order", f"streaming explanations support max_order 1..3, got {max_order}")
+        self.attributes = list(attributes)
+        self.min_support, self.min_ratio, self.ratio = float(min_support), float(min_ratio), ratio
+        self.max_order, self.minimal, self.top = max_order, semantics == "minimal", top
+
+
+class StreamingExplainer(Operator):
+    """Decayed, continuously emitted explanations of the ``is_outlier`` column.
+
+    Args:
+        attributes: attribute columns to explain by.
+        min_support, min_ratio, ratio, max_order: as in batch DIFF (defaults 0.01, 3.0, risk_ratio, 3).
+        semantics: ``minimal`` (DIFF/APLinear) or ``closed`` (legacy FP-growth).
+        emit_every: rows between emissions (default 100,000); ``emit_seconds``: also emit on wall clock.
+        period: rows between decay + maintenance (default 10,000); decay: rate per period (0.01).
+        amc_size: stable size of each sketch (default 10,000); top: explanations per emission (20).
+        output: ``explanations`` or ``summary`` (for :class:`MergeExplanations`).
+        outlier_column: boolean column marking outliers (default ``is_outlier``).
+    """
+
+    kind = "explain"
+    stateful = True
+
+    def __init__(self, attributes: Sequence[str], min_support: float = 0.01, min_ratio: float = 3.0,
+                 ratio: str = "risk_ratio", max_order: int = 3, semantics: str = "minimal",
+                 emit_every: int = 100_000, emit_seconds: float | None = None, period: int = 10_000,
+                 decay: float = 0.01, amc_size: int = 10_000, top: int = 20, output: str = "explanations",
+                 outlier_column: str = "is_outlier", name: str | None = None) -> None:
+        super().__init__(name)
+        self.p = _Params(attributes, min_support, min_ratio, ratio, max_order, semantics, top)
+        if output not in ("explanations", "summary"):
+            raise ConfigError("output", f"expected 'explanations' or 'summary', got {output!r}")
+        if emit_every < 1 or period < 1 or not 0 <= decay < 1:
+            raise ConfigError("period", "emit_every and period must be >= 1 and 0 <= decay < 1")
+        self.output, self.outlier_column = output, outlier_column
+        self.emit_every, self.emit_seconds, self.period, self.decay_rate = emit_every, emit_seconds, period, decay
+        self.amc_size = amc_size
+        A = len(self.p.attributes)  # noqa: N806
+        self.combos = [c for k in range(1, min(max_order, A) + 1) for c in itertools.combinations(range(A), k)]
+        self.encoder = Encoder(self.p.attributes)
+        self.o_sketch = [AMC(amc_size) for _ in self.combos]
+        self.t_sketch = [AMC(amc_size) for _ in self.combos]
+        self.O = 0.0  # noqa: N815 - decayed outlier count
+        self.T = 0.0  # noqa: N815 - decayed row count
+        self.allowed: list[np.ndarray] = [np.zeros(1, dtype=bool) for _ in range(A)]
+        self.rows_seen = 0
+        self.next_period = period
+        self.next_emit = emit_every
+        self.seq = 0
+        self.last_emit_rows = 0
+        self.last_emit_wall = time.time()
+
+    def required_columns(self) -> set[str]:
+        return {*self.p.attributes, self.outlier_column}
+
+    def passes_through(self) -> bool:
+        return False
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        n = batch.num_rows
+        if n == 0:
+            return []
+        codes = self.encoder.encode(batch)
+        if codes.size and codes.max() > MAX_CODE:
+            raise ValueError(f"an attribute has more than {MAX_CODE} distinct values; it cannot be explained by")
+        flags = np.asarray(pc.fill_null(batch.column(self.outlier_column), False).to_numpy(zero_copy_only=False),
+                           dtype=bool)
+        out: list[pa.RecordBatch] = []
+        i = 0
+        while i < n:
+            end = min(n, i + min(self.next_period, self.next_emit) - self.rows_seen)
+            self._count(codes[i:end], flags[i:end])
+            self.rows_seen += end - i
+            i = end
+            if self.rows_seen == self.next_period:
+                self._maintain()
+                self.next_period += self.period
+            if self.rows_seen == self.next_emit:
+                out.extend(self._emit())
+                self.next_emit += self.emit_every
+        return out
+
+    def _count(self, codes: np.ndarray, flags: np.ndarray) -> None:
+        self.O += float(flags.sum())
+        self.T += float(codes.shape[0])
+        for c, attrs in enumerate(self.combos):
+            sub = codes[:, attrs]
+            present = (sub >= 0).all(axis=1)
+            om = present & flags
+            if om.any():
+                self.o_sketch[c].update(_keys(sub[om]))
+            if len(attrs) > 1:
+                for pos, a in enumerate(attrs):
+                    mask = self.allowed[a]
+                    present &= mask[np.minimum(np.maximum(sub[:, pos], 0), mask.size - 1)] & (sub[:, pos] < mask.size)
+            if present.any():
+                self.t_sketch[c].update(_keys(sub[present]))
+
+    def _maintain(self) -> None:
+        r = self.decay_rate
+        for s in (*self.o_sketch, *self.t_sketch):
+            s.decay(r)
+            s.maintain()
+        self.O *= 1.0 - r
+        self.T *= 1.0 - r
+        threshold = 0.5 * self.p.min_support * self.O
+        for a in range(len(self.p.attributes)):
+            c = self.combos.index((a,))
+            card = len(self.encoder.values[a])
+            mask = np.zeros(card + 1, dtype=bool)
+            for key, cnt in self.o_sketch[c].items().items():
+                if cnt >= threshold and key < card:
+                    mask[key] = True
+            self.allowed[a] = mask
+
+    def counts(self) -> Counts:
+        """Current decayed counts as itemsets (outlier counts for all held outlier itemsets)."""
+        o_counts: dict[Itemset, float] = {}
+        t_counts: dict[Itemset, float] = {}
+        for c, attrs in enumerate(self.combos):
+            items = self.o_sketch[c].items()
+            if not items:
+                continue
+            keys = np.fromiter(items.keys(), dtype=np.int64, count=len(items))
+            totals = self.t_sketch[c].lookup(keys)
+            for key, t in zip(keys.tolist(), totals.tolist(), strict=True):
+                s = tuple(zip(attrs, _codes(key, len(attrs)), strict=True))
+                o_counts[s] = items[key]
+                t_counts[s] = t
+        return Counts(o_counts, t_counts, self.O, self.T)
+
+    def explanations(self) -> list[Explanation]:
+        """Top explanations of the current counts, ranked."""
+        p = self.p
+        chosen = select(self.counts(), p.min_support, p.min_ratio, p.ratio, p.max_order, p.minimal)
+        return rank([Explanation(self.encoder.decode(s), sup, r, p.ratio, o, t) for s, sup, r, o, t in chosen])
+
+    def _emit(self) -> list[pa.RecordBatch]:
+        self.seq += 1
+        self.last_emit_rows = self.rows_seen
+        self.last_emit_wall = time.time()
+        now_ms = int(self.last_emit_wall * 1000)
+        if self.output == "summary":
+            return [self.summary_batch(now_ms)]
+        rows = self.explanations()[: self.p.top]
+        extra = {"emitted_rows": self.rows_seen, "emit_time": now_ms, "seq": self.seq}
+        table = explanations_table(rows, self.p.attributes, extra)
+        table = table.set_column(table.schema.get_field_index("emit_time"), "emit_time",
+                                 pc.cast(table.column("emit_time"), pa.timestamp("ms")))
+        return table.to_batches() or []
+
+    def summary_batch(self, now_ms: int) -> pa.RecordBatch:
+        """One row: ``source``, ``seq``, ``rows_seen``, ``O``, ``T``, ``itemsets`` (JSON list of
+        ``[{attribute: value}, outlier count, total count]``)."""
+        c = self.counts()
+        items = [[{self.p.attributes[a]: self.encoder.values[a][code] for a, code in s}, o, c.totals.get(s, o)]
+                 for s, o in c.outliers.items()]
+        return pa.RecordBatch.from_pydict({
+            "source": [f"{self.name}/{self.partition}"], "seq": [self.seq], "rows_seen": [self.rows_seen],
+            "O": [c.O], "T": [c.T], "itemsets": [orjson.dumps(items, option=orjson.OPT_NON_STR_KEYS).decode()],
+            "emit_time": pa.array([now_ms], pa.timestamp("ms")),
+        })
+
+    def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
+        if self.emit_seconds and now_ms / 1000.0 - self.last_emit_wall >= self.emit_seconds \
+                and self.rows_seen > self.last_emit_rows:
+            return self._emit()
+        return []
+
+    def flush(self) -> list[pa.RecordBatch]:
+        return self._emit() if self.rows_seen > self.last_emit_rows else []
+
+    def _state(self) -> Any:
+        return {
+            "values": self.encoder.values,
+            "o": [s.to_state() for s in self.o_sketch], "t": [s.to_state() for s in self.t_sketch],
+            "O": self.O, "T": self.T, "allowed": [m.tolist() for m in self.allowed],
+            "rows_seen": self.rows_seen, "next_period": self.next_period, "next_emit": self.next_emit,
+            "seq": self.seq, "last_emit_rows": self.last_emit_rows,
+        }
+
+    def _load_state(self, st: Any) -> None:
+        self.encoder.values = [list(v) for v in st["values"]]
+        self.encoder.index = [{v: i for i, v in enumerate(vals)} for vals in self.encoder.values]
+        self.o_sketch = [AMC.from_state(s) for s in st["o"]]
+        self.t_sketch = [AMC.from_state(s) for s in st["t"]]
+        self.O, self.T = float(st["O"]), float(st["T"])
+        self.allowed = [np.asarray(m, dtype=bool) for m in st["allowed"]]
+        self.rows_seen, self.next_period, self.next_emit = st["rows_seen"], st["next_period"], st["next_emit"]
+        self.seq, self.last_emit_rows = st["seq"], st["last_emit_rows"]
+
+
+class MergeExplanations(Operator):
+    """Combine per-partition summaries (``explain`` with ``output: summary``) into explanations.
+
+    Keeps the latest summary of every source, adds their decayed counts (counts are additive,
+    so N partitions give the same totals as one stream) and emits the top explanations each
+    time a new summary arrives.
+    """
+
+    kind = "merge_explanations"
+    stateful = True
+
+    def __init__(self, attributes: Sequence[str], min_support: float = 0.01, min_ratio: float = 3.0,
+                 ratio: str = "risk_ratio", max_order: int = 3, semantics: str = "minimal", top: int = 20,
+                 name: str | None = None) -> None:
+        super().__init__(name)
+        self.p = _Params(attributes, min_support, min_ratio, ratio, max_order, semantics, top)
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def required_columns(self) -> set[str]:
+        return {"source", "seq", "rows_seen", "O", "T", "itemsets"}
+
+    def passes_through(self) -> bool:
+        return False
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        changed = False
+        for row in batch.to_pylist():
+            prev = self.latest.get(row["source"])
+            if prev is None or row["seq"] > prev["seq"]:
+                self.latest[row["source"]] = {k: row[k] for k in ("seq", "rows_seen", "O", "T", "itemsets")}
+                changed = True
+        return self._emit() if changed else []
+
+    def explanations(self) -> list[Explanation]:
+        attrs = self.p.attributes
+        index = {a: i for i, a in enumerate(attrs)}
+        values: list[dict[Any, int]] = [{} for _ in attrs]
+        back: list[list[Any]] = [[] for _ in attrs]
+        o_counts: dict[Itemset, float] = {}
+        t_counts: dict[Itemset, float] = {}
+        O = T = 0.0  # noqa: N806
+        for summary in self.latest.values():
+            O += summary["O"]  # noqa: N806
+            T += summary["T"]  # noqa: N806
+            for item, o, t in orjson.loads(summary["itemsets"]):
+                s = []
+                for a, v in sorted(item.items(), key=lambda kv: index[kv[0]]):
+                    j = index[a]
+                    code = values[j].get(v)
+                    if code is None:
+                        code = values[j][v] = len(back[j])
+                        back[j].append(v)
+                    s.append((j, code))
+                key = tuple(s)
+                o_counts[key] = o_counts.get(key, 0.0) + o
+                t_counts[key] = t_counts.get(key, 0.0) + t
+        p = self.p
+        chosen = select(Counts(o_counts, t_counts, O, T), p.min_support, p.min_ratio, p.ratio, p.max_order, p.minimal)
+        return rank([Explanation({attrs[a]: back[a][c] for a, c in s}, sup, r, p.ratio, o, t)
+                     for s, sup, r, o, t in chosen])
+
+    def _emit(self) -> list[pa.RecordBatch]:
+        rows = self.explanations()[: self.p.top]
+        extra = {"sources": len(self.latest), "emitted_rows": sum(s["rows_seen"] for s in self.latest.values()),
+                 "emit_time": int(time.time() * 1000)}
+        table = explanations_table(rows, self.p.attributes, extra)
+        table = table.set_column(table.schema.get_field_index("emit_time"), "emit_time",
+                                 pc.cast(table.column("emit_time"), pa.timestamp("ms")))
+        return table.to_batches() or []
+
+    def _state(self) -> Any:
+        return {"latest": self.latest}
+
+    def _load_state(self, st: Any) -> None:
+        self.latest = dict(st["latest"])
