@@ -225,6 +225,13 @@ def replay(
                           "seconds": round(stats.seconds, 3), "rows_per_s": round(stats.rows_per_s)}))
 
 
+from dawnstream.outliers_cli import detect as _detect  # noqa: E402 - registered after the core commands
+from dawnstream.outliers_cli import explain as _explain  # noqa: E402
+
+app.command("explain")(_explain)
+app.command("detect")(_detect)
+
+
 def main() -> None:
     """Entry point of the ``dawnstream`` script."""
     configure()

@@ -85,13 +85,15 @@ class ADR:
         r.weight = float(st["weight"])
         if r.count:
             r.data[: r.count] = np.asarray(st["data"], dtype=np.float64).reshape(r.count, r.dims)
-        r.rng.bit_generator.state = st["rng"]
+        rng = dict(st["rng"])
+        rng["state"] = {k: int(v) for k, v in rng["state"].items()}
+        r.rng.bit_generator.state = rng
         return r
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     st = rng.bit_generator.state
-    # PCG64 state holds Python ints (JSON can carry them exactly).
-    return {"bit_generator": st["bit_generator"], "state": dict(st["state"]),
+    # PCG64's state and increment are 128-bit integers: kept as decimal strings (JSON numbers stop at 64 bits).
+    return {"bit_generator": st["bit_generator"], "state": {k: str(v) for k, v in st["state"].items()},
             "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
 

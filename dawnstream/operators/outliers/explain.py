@@ -109,6 +109,10 @@ class StreamingExplainer(Operator):
         self.encoder = Encoder(self.p.attributes)
         self.o_sketch = [AMC(amc_size) for _ in self.combos]
         self.t_sketch = [AMC(amc_size) for _ in self.combos]
+        # Keys counted since the last boundary, folded into the sketches only at row-count boundaries:
+        # integer counts make the float sums independent of how the stream was batched.
+        self.pending_o: list[list[np.ndarray]] = [[] for _ in self.combos]
+        self.pending_t: list[list[np.ndarray]] = [[] for _ in self.combos]
         self.O = 0.0  # noqa: N815 - decayed outlier count
         self.T = 0.0  # noqa: N815 - decayed row count
         self.allowed: list[np.ndarray] = [np.zeros(1, dtype=bool) for _ in range(A)]
@@ -141,6 +145,8 @@ class StreamingExplainer(Operator):
             self._count(codes[i:end], flags[i:end])
             self.rows_seen += end - i
             i = end
+            if self.rows_seen in (self.next_period, self.next_emit):
+                self._fold()
             if self.rows_seen == self.next_period:
                 self._maintain()
                 self.next_period += self.period
@@ -157,13 +163,20 @@ class StreamingExplainer(Operator):
             present = (sub >= 0).all(axis=1)
             om = present & flags
             if om.any():
-                self.o_sketch[c].update(_keys(sub[om]))
+                self.pending_o[c].append(_keys(sub[om]))
             if len(attrs) > 1:
                 for pos, a in enumerate(attrs):
                     mask = self.allowed[a]
                     present &= mask[np.minimum(np.maximum(sub[:, pos], 0), mask.size - 1)] & (sub[:, pos] < mask.size)
             if present.any():
-                self.t_sketch[c].update(_keys(sub[present]))
+                self.pending_t[c].append(_keys(sub[present]))
+
+    def _fold(self) -> None:
+        for c in range(len(self.combos)):
+            for pending, sketch in ((self.pending_o[c], self.o_sketch[c]), (self.pending_t[c], self.t_sketch[c])):
+                if pending:
+                    sketch.update(np.concatenate(pending))
+                    pending.clear()
 
     def _maintain(self) -> None:
         r = self.decay_rate
@@ -233,16 +246,20 @@ class StreamingExplainer(Operator):
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
         if self.emit_seconds and now_ms / 1000.0 - self.last_emit_wall >= self.emit_seconds \
                 and self.rows_seen > self.last_emit_rows:
+            self._fold()
             return self._emit()
         return []
 
     def flush(self) -> list[pa.RecordBatch]:
+        self._fold()
         return self._emit() if self.rows_seen > self.last_emit_rows else []
 
     def _state(self) -> Any:
         return {
             "values": self.encoder.values,
             "o": [s.to_state() for s in self.o_sketch], "t": [s.to_state() for s in self.t_sketch],
+            "pending_o": [np.concatenate(p).tolist() if p else [] for p in self.pending_o],
+            "pending_t": [np.concatenate(p).tolist() if p else [] for p in self.pending_t],
             "O": self.O, "T": self.T, "allowed": [m.tolist() for m in self.allowed],
             "rows_seen": self.rows_seen, "next_period": self.next_period, "next_emit": self.next_emit,
             "seq": self.seq, "last_emit_rows": self.last_emit_rows,
@@ -253,6 +270,8 @@ class StreamingExplainer(Operator):
         self.encoder.index = [{v: i for i, v in enumerate(vals)} for vals in self.encoder.values]
         self.o_sketch = [AMC.from_state(s) for s in st["o"]]
         self.t_sketch = [AMC.from_state(s) for s in st["t"]]
+        self.pending_o = [[np.asarray(p, dtype=np.int64)] if p else [] for p in st["pending_o"]]
+        self.pending_t = [[np.asarray(p, dtype=np.int64)] if p else [] for p in st["pending_t"]]
         self.O, self.T = float(st["O"]), float(st["T"])
         self.allowed = [np.asarray(m, dtype=bool) for m in st["allowed"]]
         self.rows_seen, self.next_period, self.next_emit = st["rows_seen"], st["next_period"], st["next_emit"]
