@@ -61,7 +61,8 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
-    """Input topic and how to read it. ``schema`` maps columns to types (``float64``, ``string``...)."""
+    """Input topic and how to read it. ``schema`` maps columns to types (``float64``, ``string``...);
+    ``max_message_bytes`` (default 1 MiB, at most the broker's 16 MiB) bounds one JSON message."""
 
     topic: str
     codec: str = "json"
@@ -70,6 +71,7 @@ class InputSpec(_Strict):
     row_schema: dict[str, str] = Field(default_factory=dict, alias="schema")
     group: str | None = None
     start: Literal["earliest", "latest"] = "earliest"
+    max_message_bytes: int = Field(default=1 << 20, ge=1, le=16 << 20)
     config: dict[str, str] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -71,6 +71,9 @@ class BatchProcessor:
         self.numeric = probe.numeric_columns()
         self.input_codec_name = topology.input.codec
         self.codecs: dict[str, Codec] = {name: get_codec(name) for name in CODECS}
+        limit = topology.input.max_message_bytes
+        self.codecs["json"] = get_codec("json", max_message_bytes=limit)
+        self.codecs["requests"] = get_codec("requests", max_message_bytes=limit)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}
 

@@ -200,12 +200,14 @@ class KafkaRunner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
 
-    def run(self, max_idle_s: float | None = None, max_rows: int | None = None) -> RunnerStats:
+    def run(self, max_idle_s: float | None = None, max_rows: int | None = None, drain: bool = False) -> RunnerStats:
         """Consume until stopped.
 
         Args:
             max_idle_s: return after this long without any message (tests, one-shot jobs).
             max_rows: return once this many input rows were processed and committed.
+            drain: on a normal exit, flush the operators (open windows, last explanations) and
+                produce what they emit - for finite inputs such as a replayed file.
         """
         t = self.topology
         self.consumer.subscribe([t.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -234,6 +236,11 @@ class KafkaRunner:
                     self._produce_result(tick)
                 if max_rows is not None and self.stats.rows_in >= max_rows:
                     break
+            if drain:
+                final = self.processor.flush()
+                self._produce_result(final)
+                self._flush()
+                self._account([final], 0.0)
         finally:
             self.close()
         return self.stats

@@ -1,11 +1,12 @@
 """Streaming explanation (MacroBase sec. 5.2, ``EWStreamingSummarizer``), operator ``explain``.
 
 Per attribute combination (orders 1..max_order) two AMC sketches hold decayed counts: one over
-outlier rows, one over all rows. Outlier rows are counted for every combination; all rows are
-counted for single attribute values, and for combinations only among *interesting* values -
-those whose own outlier support is at least half of ``min_support`` at the last maintenance
-(MacroBase's M-CPS tree restricts itself the same way, to keep inlier combinations bounded).
-Every ``period`` rows the sketches decay by ``decay`` and are maintained to their stable size.
+outlier rows, one over all rows. Rows are buffered as integer keys until the next boundary (period
+or emission); there the outlier keys are folded in first, then the total counts of single values
+and of every combination the outlier sketch holds - so a combination's totals are exact from the
+period its first outlier arrived in, and inlier-only combinations never take space (MacroBase's
+M-CPS tree restricts inlier combinations to outlier-frequent items for the same reason). Every
+``period`` rows the sketches decay by ``decay`` and are maintained to their stable size.
 
 Every ``emit_every`` rows (and at the end of a finite input, or every ``emit_seconds`` of wall
 clock when set) the stage emits either the top explanations (``output: explanations``; same
@@ -115,7 +116,6 @@ class StreamingExplainer(Operator):
         self.pending_t: list[list[np.ndarray]] = [[] for _ in self.combos]
         self.O = 0.0  # noqa: N815 - decayed outlier count
         self.T = 0.0  # noqa: N815 - decayed row count
-        self.allowed: list[np.ndarray] = [np.zeros(1, dtype=bool) for _ in range(A)]
         self.rows_seen = 0
         self.next_period = period
         self.next_emit = emit_every
@@ -161,22 +161,24 @@ class StreamingExplainer(Operator):
         for c, attrs in enumerate(self.combos):
             sub = codes[:, attrs]
             present = (sub >= 0).all(axis=1)
-            om = present & flags
-            if om.any():
-                self.pending_o[c].append(_keys(sub[om]))
-            if len(attrs) > 1:
-                for pos, a in enumerate(attrs):
-                    mask = self.allowed[a]
-                    present &= mask[np.minimum(np.maximum(sub[:, pos], 0), mask.size - 1)] & (sub[:, pos] < mask.size)
-            if present.any():
-                self.pending_t[c].append(_keys(sub[present]))
+            keys = _keys(sub[present]) if not present.all() else _keys(sub)
+            if keys.size:
+                self.pending_t[c].append(keys)
+                om = flags[present]
+                if om.any():
+                    self.pending_o[c].append(keys[om])
 
     def _fold(self) -> None:
-        for c in range(len(self.combos)):
-            for pending, sketch in ((self.pending_o[c], self.o_sketch[c]), (self.pending_t[c], self.t_sketch[c])):
-                if pending:
-                    sketch.update(np.concatenate(pending))
-                    pending.clear()
+        for c, attrs in enumerate(self.combos):
+            if self.pending_o[c]:
+                self.o_sketch[c].update(np.concatenate(self.pending_o[c]))
+                self.pending_o[c].clear()
+            if self.pending_t[c]:
+                keys = np.concatenate(self.pending_t[c])
+                if len(attrs) > 1:  # totals only matter for combinations seen among outliers
+                    keys = keys[np.isin(keys, self.o_sketch[c].keys)]
+                self.t_sketch[c].update(keys)
+                self.pending_t[c].clear()
 
     def _maintain(self) -> None:
         r = self.decay_rate
@@ -185,15 +187,6 @@ class StreamingExplainer(Operator):
             s.maintain()
         self.O *= 1.0 - r
         self.T *= 1.0 - r
-        threshold = 0.5 * self.p.min_support * self.O
-        for a in range(len(self.p.attributes)):
-            c = self.combos.index((a,))
-            card = len(self.encoder.values[a])
-            mask = np.zeros(card + 1, dtype=bool)
-            for key, cnt in self.o_sketch[c].items().items():
-                if cnt >= threshold and key < card:
-                    mask[key] = True
-            self.allowed[a] = mask
 
     def counts(self) -> Counts:
         """Current decayed counts as itemsets (outlier counts for all held outlier itemsets)."""
@@ -233,10 +226,17 @@ class StreamingExplainer(Operator):
 
     def summary_batch(self, now_ms: int) -> pa.RecordBatch:
         """One row: ``source``, ``seq``, ``rows_seen``, ``O``, ``T``, ``itemsets`` (JSON list of
-        ``[{attribute: value}, outlier count, total count]``)."""
+        ``[{attribute: value}, outlier count, total count]``).
+
+        Itemsets below a tenth of ``min_support`` in this partition are left out: one below that in
+        every partition cannot pass globally, and leaving them out keeps summaries small (a few
+        hundred KB instead of megabytes); the cost is a small undercount of itemsets near the
+        threshold that are rare in some partitions.
+        """
         c = self.counts()
+        floor = 0.1 * self.p.min_support * c.O
         items = [[{self.p.attributes[a]: self.encoder.values[a][code] for a, code in s}, o, c.totals.get(s, o)]
-                 for s, o in c.outliers.items()]
+                 for s, o in c.outliers.items() if o >= floor]
         return pa.RecordBatch.from_pydict({
             "source": [f"{self.name}/{self.partition}"], "seq": [self.seq], "rows_seen": [self.rows_seen],
             "O": [c.O], "T": [c.T], "itemsets": [orjson.dumps(items, option=orjson.OPT_NON_STR_KEYS).decode()],
@@ -260,7 +260,7 @@ class StreamingExplainer(Operator):
             "o": [s.to_state() for s in self.o_sketch], "t": [s.to_state() for s in self.t_sketch],
             "pending_o": [np.concatenate(p).tolist() if p else [] for p in self.pending_o],
             "pending_t": [np.concatenate(p).tolist() if p else [] for p in self.pending_t],
-            "O": self.O, "T": self.T, "allowed": [m.tolist() for m in self.allowed],
+            "O": self.O, "T": self.T,
             "rows_seen": self.rows_seen, "next_period": self.next_period, "next_emit": self.next_emit,
             "seq": self.seq, "last_emit_rows": self.last_emit_rows,
         }
@@ -273,7 +273,6 @@ class StreamingExplainer(Operator):
         self.pending_o = [[np.asarray(p, dtype=np.int64)] if p else [] for p in st["pending_o"]]
         self.pending_t = [[np.asarray(p, dtype=np.int64)] if p else [] for p in st["pending_t"]]
         self.O, self.T = float(st["O"]), float(st["T"])
-        self.allowed = [np.asarray(m, dtype=bool) for m in st["allowed"]]
         self.rows_seen, self.next_period, self.next_emit = st["rows_seen"], st["next_period"], st["next_emit"]
         self.seq, self.last_emit_rows = st["seq"], st["last_emit_rows"]
 
