@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 _RENORMALISE_AT = 1e200
+_DENSE_KEYS = 1 << 16
 
 
 class AMC:
@@ -50,7 +51,11 @@ class AMC:
         """Add 1 (or ``weights``) for each key in ``keys`` (int64 array, any order, repeats allowed)."""
         if keys.size == 0:
             return
-        if weights is None:
+        if weights is None and keys.min() >= 0 and keys.max() < _DENSE_KEYS:
+            cnt = np.bincount(keys)  # small dense keys (single attribute codes): no sort needed
+            uk = np.flatnonzero(cnt)
+            inc = cnt[uk].astype(np.float64) * self.scale
+        elif weights is None:
             uk, cnt = np.unique(keys, return_counts=True)
             inc = cnt.astype(np.float64) * self.scale
         else:
@@ -62,12 +67,10 @@ class AMC:
         if hit.any():
             self.counts[pos[hit]] += inc[hit]
         if not hit.all():
-            new_k = uk[~hit]
-            new_c = inc[~hit] + self.floor
-            k = np.concatenate([self.keys, new_k])
-            c = np.concatenate([self.counts, new_c])
-            order = np.argsort(k, kind="stable")
-            self.keys, self.counts = k[order], c[order]
+            # uk is sorted, so the new keys can be inserted at their positions without a re-sort.
+            at = pos[~hit]
+            self.keys = np.insert(self.keys, at, uk[~hit])
+            self.counts = np.insert(self.counts, at, inc[~hit] + self.floor)
 
     def maintain(self) -> None:
         """Keep the ``size`` largest items; remember the largest evicted count as the floor."""
@@ -93,6 +96,13 @@ class AMC:
         if i < self.keys.size and self.keys[i] == key:
             return float(self.counts[i] / self.scale)
         return 0.0
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``keys`` are held (one binary search each)."""
+        if self.keys.size == 0:
+            return np.zeros(keys.size, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, keys), self.keys.size - 1)
+        return np.asarray(self.keys[pos] == keys)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Decayed counts of ``keys`` (0 where not held)."""

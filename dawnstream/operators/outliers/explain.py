@@ -176,8 +176,11 @@ class StreamingExplainer(Operator):
             if self.pending_t[c]:
                 keys = np.concatenate(self.pending_t[c])
                 if len(attrs) > 1:  # totals only matter for combinations seen among outliers
-                    keys = keys[np.isin(keys, self.o_sketch[c].keys)]
-                self.t_sketch[c].update(keys)
+                    uk, cnt = np.unique(keys, return_counts=True)
+                    held = self.o_sketch[c].contains(uk)
+                    self.t_sketch[c].update(uk[held], cnt[held].astype(np.float64))
+                else:
+                    self.t_sketch[c].update(keys)
                 self.pending_t[c].clear()
 
     def _maintain(self) -> None:

@@ -1,0 +1,73 @@
+"""The MacroBase topology through the real broker: 2 workers x 4 partitions find the same
+explanations as 1 worker on the same stream (per-partition state, mergeable summaries)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from dawnstream.operators.outliers.explain import MergeExplanations
+from dawnstream.sources import flights
+from dawnstream.streams.config import parse_topology
+from dawnstream.streams.kafka_clients import TopicAdmin
+from dawnstream.streams.replay import replay_table
+from dawnstream.streams.runner import KafkaRunner
+from dawnstream.topics.spec import TopicSpec
+
+ATTRS = ["carrier", "origin", "month", "day"]
+
+
+def topology(src: str, dst: str, bootstrap: str, group: str) -> object:
+    return parse_topology({
+        "name": group, "input": {"topic": src, "partitions": 4, "schema": {"dep_delay": "float64"}},
+        "stages": [{"op": "classify", "metrics": ["dep_delay"], "warmup": 500, "period": 2000},
+                   {"op": "explain", "attributes": ATTRS, "min_support": 0.02, "emit_every": 4000,
+                    "period": 2000, "decay": 0.05, "output": "summary"}],
+        "outputs": [{"topic": dst, "partitions": 1}],
+        "batch": {"max_messages": 1000}, "kafka": {"bootstrap": bootstrap}, "metrics": {"port": 0},
+    })
+
+
+def merged(reader, topic: str, n: int) -> list[tuple]:
+    msgs = reader(topic, n, timeout_s=60)
+    assert len(msgs) == n
+    merge = MergeExplanations(attributes=ATTRS, min_support=0.02)
+    rows = [orjson.loads(m.value()) for m in msgs]
+    merge.process(pa.RecordBatch.from_pylist(rows))
+    return [(tuple(sorted((k, str(v)) for k, v in e.attributes.items())), round(e.outlier_count, 6),
+             round(e.total_count, 6)) for e in merge.explanations()]
+
+
+@pytest.mark.slow
+def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, topic_name, reader) -> None:
+    data = flights().slice(0, 40_000).select(["time_hour", "carrier", "origin", "month", "day", "tailnum",
+                                              "dep_delay"])
+    results = []
+    for workers in (1, 2):
+        src, dst = topic_name("rows", f"mb{workers}"), topic_name("summaries", f"mb{workers}")
+        TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=4)])
+        topo = topology(src, dst, kafka_bootstrap, f"mb-{workers}-{src}")
+        runners = [KafkaRunner(topo, worker=i, create_topics=i == 0) for i in range(workers)]
+        threads = [threading.Thread(target=r.run, kwargs={"drain": True}) for r in runners]
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 60
+        while sum(len(r.assigned) for r in runners) != 4 or any(not r.assigned for r in runners):
+            assert time.monotonic() < deadline, "the group never settled"
+            time.sleep(0.2)
+        replay_table(data, src, key="tailnum", bootstrap=kafka_bootstrap)
+        while sum(r.stats.rows_in for r in runners) < data.num_rows:
+            assert time.monotonic() < deadline + 60, "rows were not processed"
+            time.sleep(0.2)
+        for r in runners:
+            r.stop()
+        for th in threads:
+            th.join(60)
+        assert sum(r.stats.rows_dead for r in runners) == 0
+        results.append(merged(reader, dst, sum(r.stats.records_out for r in runners)))
+    one, two = results
+    assert one and one == two
