@@ -40,6 +40,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python benchmarks/passthrough.py
+	$(BIN)/python benchmarks/outliers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -71,3 +71,31 @@ def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, top
         results.append(merged(reader, dst, sum(r.stats.records_out for r in runners)))
     one, two = results
     assert one and one == two
+
+
+def test_device_telemetry_topology_finds_device_2040(kafka_bootstrap: str, topic_name, reader, shared_data,
+                                                      tmp_path) -> None:
+    """topologies/device-telemetry.yaml on MacroBase's real sensor rows, through the broker."""
+    from pathlib import Path
+
+    import pyarrow.csv as pacsv
+    import yaml
+
+    from dawnstream.streams.config import load_topology
+
+    rows = pacsv.read_csv(shared_data / "macrobase/legacy/sensor10k.csv.gz")
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "topologies/device-telemetry.yaml").read_text())
+    src, dst = topic_name("rows", "devices"), topic_name("explanations", "devices")
+    doc["input"]["topic"], doc["outputs"][0]["topic"] = src, dst
+    doc["kafka"]["bootstrap"], doc["metrics"]["port"] = kafka_bootstrap, 0
+    doc["name"] = f"devices-{src}"
+    p = tmp_path / "devices.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    topo = load_topology(p)
+    runner = KafkaRunner(topo)
+    replay_table(rows, src, key="device_id", bootstrap=kafka_bootstrap)
+    stats = runner.run(max_rows=rows.num_rows, max_idle_s=30, drain=True)
+    assert stats.rows_in == rows.num_rows and stats.rows_dead == 0
+    out = [orjson.loads(m.value()) for m in reader(dst, stats.records_out)]
+    final = [r for r in out if r["seq"] == max(x["seq"] for x in out)]
+    assert final[0]["device_id"] == "2040" and final[0]["support"] > 0.9
