@@ -40,8 +40,7 @@ def flight_rows(copies: int = 6) -> pa.Table:
 
 
 def stages() -> list[dict]:
-    return [{"op": "classify", "metrics": ["dep_delay"]},
-            {"op": "explain", "attributes": ATTRS, "emit_every": 100_000}]
+    return [{"op": "classify", "metrics": ["dep_delay"]}, {"op": "explain", "attributes": ATTRS, "emit_every": 100_000}]
 
 
 def in_process(table: pa.Table) -> dict:
@@ -65,12 +64,17 @@ def in_process(table: pa.Table) -> dict:
         for a in ATTRS:
             np.unique(b.column(a).to_numpy(zero_copy_only=False)[flags], return_counts=True)
     base = time.perf_counter() - t0
-    return {"case": "in_process_mad_explain", "rows": table.num_rows, "rows_per_s": round(table.num_rows / dt),
-            "batch_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
-            "stage_seconds": {k: round(v[0], 3) for k, v in stats.items()},
-            "baseline": "per-batch numpy median/MAD + value counts (no reservoirs, no itemsets)",
-            "baseline_rows_per_s": round(table.num_rows / base), "ratio_vs_baseline": round(base / dt, 2),
-            "target_rows_per_s": 2_000_000}
+    return {
+        "case": "in_process_mad_explain",
+        "rows": table.num_rows,
+        "rows_per_s": round(table.num_rows / dt),
+        "batch_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
+        "stage_seconds": {k: round(v[0], 3) for k, v in stats.items()},
+        "baseline": "per-batch numpy median/MAD + value counts (no reservoirs, no itemsets)",
+        "baseline_rows_per_s": round(table.num_rows / base),
+        "ratio_vs_baseline": round(base / dt, 2),
+        "target_rows_per_s": 2_000_000,
+    }
 
 
 def through_broker(table: pa.Table, bootstrap: str) -> dict:
@@ -85,19 +89,31 @@ def through_broker(table: pa.Table, bootstrap: str) -> dict:
     admin = TopicAdmin(bootstrap)
     admin.ensure([TopicSpec(name=src, partitions=1)])
     replay_table(table, src, fmt="arrow", batch_rows=10_000, bootstrap=bootstrap)
-    topo = parse_topology({"name": f"bench-outliers-{tag}", "input": {"topic": src, "codec": "arrow"},
-                           "stages": stages(), "outputs": [{"topic": dst}], "batch": {"max_messages": 20},
-                           "kafka": {"bootstrap": bootstrap}, "metrics": {"port": 0}})
+    topo = parse_topology(
+        {
+            "name": f"bench-outliers-{tag}",
+            "input": {"topic": src, "codec": "arrow"},
+            "stages": stages(),
+            "outputs": [{"topic": dst}],
+            "batch": {"max_messages": 20},
+            "kafka": {"bootstrap": bootstrap},
+            "metrics": {"port": 0},
+        }
+    )
     runner = KafkaRunner(topo)
     t0 = time.monotonic()
     stats = runner.run(max_rows=table.num_rows, max_idle_s=30)
     end = time.monotonic()
     assert stats.first_message is not None and stats.rows_in == table.num_rows
     admin.delete([src, dst, src + ".dlq"])
-    return {"case": "through_broker_arrow_mad_explain", "rows": table.num_rows,
-            "rows_per_s": round(table.num_rows / (end - stats.first_message)),
-            "group_join_s": round(stats.first_message - t0, 3), "explanation_rows_out": stats.rows_out,
-            "target_rows_per_s": 1_000_000}
+    return {
+        "case": "through_broker_arrow_mad_explain",
+        "rows": table.num_rows,
+        "rows_per_s": round(table.num_rows / (end - stats.first_message)),
+        "group_join_s": round(stats.first_message - t0, 3),
+        "explanation_rows_out": stats.rows_out,
+        "target_rows_per_s": 1_000_000,
+    }
 
 
 def nab_windows() -> dict[str, list[tuple[np.datetime64, np.datetime64]]]:
@@ -128,7 +144,7 @@ def running_cutoff_flags(scores: np.ndarray, start: int, pct: float = 99.0, ever
     cut = np.inf
     for i in range(start, len(scores), every):
         cut = np.percentile(scores[:i], pct) if i else np.inf
-        flags[i:i + every] = scores[i:i + every] > cut
+        flags[i : i + every] = scores[i : i + every] > cut
     return flags
 
 
@@ -149,10 +165,15 @@ def nab() -> dict:
         n, start = len(x), int(0.15 * len(x))  # NAB's probationary period: the first 15%
         rows += n
         t0 = time.perf_counter()
-        op = OutlierClassifier(metrics=["value"], warmup=max(start, 50), period=250, reservoir=2000,
-                               score_reservoir=2000, decay=0.01)
-        flags = np.concatenate([op.process(b)[0]["is_outlier"].to_numpy(zero_copy_only=False)
-                                for b in pa.table({"value": x}).to_batches(max_chunksize=10_000)])
+        op = OutlierClassifier(
+            metrics=["value"], warmup=max(start, 50), period=250, reservoir=2000, score_reservoir=2000, decay=0.01
+        )
+        flags = np.concatenate(
+            [
+                op.process(b)[0]["is_outlier"].to_numpy(zero_copy_only=False)
+                for b in pa.table({"value": x}).to_batches(max_chunksize=10_000)
+            ]
+        )
         ours_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         model = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=42))
@@ -171,13 +192,23 @@ def nab() -> dict:
             acc[3] += s
     out = {}
     for name, (d, tot, fp, secs) in totals.items():
-        out[name] = {"windows_detected": d, "windows": tot, "false_positive_events": fp,
-                     "event_recall": round(d / tot, 3) if tot else None,
-                     "event_precision": round(d / (d + fp), 3) if d + fp else None, "rows_per_s": round(rows / secs)}
-    return {"case": "nab_event_scoring", "files": len(files), "rows": rows,
-            "rule": "flag when score > 99th percentile of earlier scores; first 15% of each file is probation; "
-                    "a window is detected if any flagged row falls in it; each run of flagged rows outside every "
-                    "window is one false-positive event", **out}
+        out[name] = {
+            "windows_detected": d,
+            "windows": tot,
+            "false_positive_events": fp,
+            "event_recall": round(d / tot, 3) if tot else None,
+            "event_precision": round(d / (d + fp), 3) if d + fp else None,
+            "rows_per_s": round(rows / secs),
+        }
+    return {
+        "case": "nab_event_scoring",
+        "files": len(files),
+        "rows": rows,
+        "rule": "flag when score > 99th percentile of earlier scores; first 15% of each file is probation; "
+        "a window is detected if any flagged row falls in it; each run of flagged rows outside every "
+        "window is one false-positive event",
+        **out,
+    }
 
 
 def heavy_hitters(n: int = 1_000_000) -> dict:
@@ -190,7 +221,7 @@ def heavy_hitters(n: int = 1_000_000) -> dict:
     amc = AMC(size=1000)
     t0 = time.perf_counter()
     for i in range(0, n, 10_000):
-        amc.update(items[i:i + 10_000])
+        amc.update(items[i : i + 10_000])
         amc.maintain()
     res["amc"] = round(n / (time.perf_counter() - t0))
     fi = datasketches.frequent_items_sketch(10)
@@ -207,10 +238,14 @@ def heavy_hitters(n: int = 1_000_000) -> dict:
     res["river_heavy_hitters"] = round(m / (time.perf_counter() - t0))
     top_true = set(np.argsort(-np.bincount(items))[:10].tolist())
     top_amc = {k for k, _ in sorted(amc.items().items(), key=lambda kv: -kv[1])[:10]}
-    return {"case": "heavy_hitters_updates_per_s", "items": n, "updates_per_s": res,
-            "amc_top10_recall": len(top_true & top_amc) / 10,
-            "note": "AMC takes a batch per call (vectorised); the others are per-item Python calls. river measured "
-                    "on the first 10% of the stream. Only AMC has MacroBase's decay semantics."}
+    return {
+        "case": "heavy_hitters_updates_per_s",
+        "items": n,
+        "updates_per_s": res,
+        "amc_top10_recall": len(top_true & top_amc) / 10,
+        "note": "AMC takes a batch per call (vectorised); the others are per-item Python calls. river measured "
+        "on the first 10% of the stream. Only AMC has MacroBase's decay semantics.",
+    }
 
 
 def main() -> None:

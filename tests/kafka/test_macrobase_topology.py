@@ -22,14 +22,28 @@ ATTRS = ["carrier", "origin", "month", "day"]
 
 
 def topology(src: str, dst: str, bootstrap: str, group: str) -> object:
-    return parse_topology({
-        "name": group, "input": {"topic": src, "partitions": 4, "schema": {"dep_delay": "float64"}},
-        "stages": [{"op": "classify", "metrics": ["dep_delay"], "warmup": 500, "period": 2000},
-                   {"op": "explain", "attributes": ATTRS, "min_support": 0.02, "emit_every": 4000,
-                    "period": 2000, "decay": 0.05, "output": "summary"}],
-        "outputs": [{"topic": dst, "partitions": 1}],
-        "batch": {"max_messages": 1000}, "kafka": {"bootstrap": bootstrap}, "metrics": {"port": 0},
-    })
+    return parse_topology(
+        {
+            "name": group,
+            "input": {"topic": src, "partitions": 4, "schema": {"dep_delay": "float64"}},
+            "stages": [
+                {"op": "classify", "metrics": ["dep_delay"], "warmup": 500, "period": 2000},
+                {
+                    "op": "explain",
+                    "attributes": ATTRS,
+                    "min_support": 0.02,
+                    "emit_every": 4000,
+                    "period": 2000,
+                    "decay": 0.05,
+                    "output": "summary",
+                },
+            ],
+            "outputs": [{"topic": dst, "partitions": 1}],
+            "batch": {"max_messages": 1000},
+            "kafka": {"bootstrap": bootstrap},
+            "metrics": {"port": 0},
+        }
+    )
 
 
 def merged(reader, topic: str, n: int) -> list[tuple]:
@@ -38,14 +52,19 @@ def merged(reader, topic: str, n: int) -> list[tuple]:
     merge = MergeExplanations(attributes=ATTRS, min_support=0.02)
     rows = [orjson.loads(m.value()) for m in msgs]
     merge.process(pa.RecordBatch.from_pylist(rows))
-    return [(tuple(sorted((k, str(v)) for k, v in e.attributes.items())), round(e.outlier_count, 6),
-             round(e.total_count, 6)) for e in merge.explanations()]
+    return [
+        (
+            tuple(sorted((k, str(v)) for k, v in e.attributes.items())),
+            round(e.outlier_count, 6),
+            round(e.total_count, 6),
+        )
+        for e in merge.explanations()
+    ]
 
 
 @pytest.mark.slow
 def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, topic_name, reader) -> None:
-    data = flights().slice(0, 40_000).select(["time_hour", "carrier", "origin", "month", "day", "tailnum",
-                                              "dep_delay"])
+    data = flights().slice(0, 40_000).select(["time_hour", "carrier", "origin", "month", "day", "tailnum", "dep_delay"])
     results = []
     for workers in (1, 2):
         src, dst = topic_name("rows", f"mb{workers}"), topic_name("summaries", f"mb{workers}")
@@ -73,8 +92,9 @@ def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, top
     assert one and one == two
 
 
-def test_device_telemetry_topology_finds_device_2040(kafka_bootstrap: str, topic_name, reader, shared_data,
-                                                      tmp_path) -> None:
+def test_device_telemetry_topology_finds_device_2040(
+    kafka_bootstrap: str, topic_name, reader, shared_data, tmp_path
+) -> None:
     """topologies/device-telemetry.yaml on MacroBase's real sensor rows, through the broker."""
     from pathlib import Path
 
