@@ -129,10 +129,17 @@ class WindowCount(Operator):
         t = event_time_ms(batch.column(self.time), self.time_unit)
         valid = t != np.iinfo(np.int64).min
         starts = (t // self.size_ms) * self.size_ms
+        # A row is late when its window had closed *before that row* (watermark of the rows before
+        # it), so lateness does not depend on where micro-batches happen to end.
+        lo = np.iinfo(np.int64).min
+        prior = np.where(valid, t, lo)
+        before = np.maximum.accumulate(np.concatenate([[self.watermark if self.watermark is not None else lo],
+                                                       prior[:-1]]))
+        late = valid & (before != lo) & (starts + self.size_ms <= before - self.lateness_ms)
         if self.emitted_until is not None:
-            late = valid & (starts < self.emitted_until)
-            self.late_rows += int(late.sum())
-            valid &= ~late
+            late |= valid & (starts < self.emitted_until)
+        self.late_rows += int(late.sum())
+        valid &= ~late
         if self._key_types is None:
             self._key_types = [batch.schema.field(k).type for k in self.keys]
         if valid.any():

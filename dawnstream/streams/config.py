@@ -62,7 +62,8 @@ class _Strict(BaseModel):
 
 class InputSpec(_Strict):
     """Input topic and how to read it. ``schema`` maps columns to types (``float64``, ``string``...);
-    ``max_message_bytes`` (default 1 MiB, at most the broker's 16 MiB) bounds one JSON message."""
+    ``max_message_bytes`` (default 1 MiB, at most the broker's 16 MiB) bounds one JSON message;
+    ``require_key`` dead-letters messages without a key."""
 
     topic: str
     codec: str = "json"
@@ -72,6 +73,7 @@ class InputSpec(_Strict):
     group: str | None = None
     start: Literal["earliest", "latest"] = "earliest"
     max_message_bytes: int = Field(default=1 << 20, ge=1, le=16 << 20)
+    require_key: bool = False
     config: dict[str, str] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -76,6 +76,7 @@ class BatchProcessor:
         self.codecs["requests"] = get_codec("requests", max_message_bytes=limit)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}
+        self.require_key = topology.input.require_key
 
     # -- per-partition state ----------------------------------------------------------------
     def chain(self, partition: int) -> Chain:
@@ -102,6 +103,8 @@ class BatchProcessor:
 
     # -- decode -----------------------------------------------------------------------------
     def _codec_name(self, m: Message) -> str | Rejected:
+        if self.require_key and m.key is None:
+            return Rejected(m, "null key: this topic requires a message key (input.require_key)")
         ct = None
         for k, v in m.headers:
             if k == CONTENT_TYPE_HEADER or k.lower() == CONTENT_TYPE_HEADER:
@@ -143,7 +146,7 @@ class BatchProcessor:
                 rejected.append(name)
             else:
                 groups.setdefault(name, []).append(i)
-        if len(groups) == 1 and not rejected:
+        if len(groups) == 1 and not rejected and not self.require_key:
             (name,) = groups
             return self.codecs[name].decode(messages, schema)
         tables: list[pa.Table] = []

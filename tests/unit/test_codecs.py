@@ -75,6 +75,8 @@ BAD_JSON = [
     (b"\xff\xfe\x00garbage", "invalid JSON"),
     (b'{"x": 1, "k": "a"' , "invalid JSON"),
     (b'{"x": 1, "k": 7}', "is not a string"),
+    (b'{"x": NaN, "k": "a"}', "invalid JSON"),
+    (b'{"x": -Infinity, "k": "a"}', "invalid JSON"),
     (b"[" * 5000 + b"]" * 5000, "invalid JSON"),
     (b'{"x": 1, "k": "' + b"z" * (2 << 20) + b'"}', "exceeds max_message_bytes"),
 ]
@@ -90,11 +92,11 @@ def test_bad_json_is_rejected_alone_with_its_reason(value: bytes | None, reason:
     assert d.table is not None and d.table.num_rows == 2 and d.kept == [0, 2]
 
 
-def test_pretty_printed_and_duplicate_keys_are_accepted() -> None:
+def test_pretty_printed_is_accepted_and_duplicate_keys_are_not() -> None:
     schema = RowSchema(required={"x"})
     d = get_codec("json").decode(msgs([b'{\n  "x": 1\n}', b'{"x": 2, "x": 3}', b'{"x": 4}']), schema)
-    assert not d.rejected
-    assert d.table is not None and d.table.column("x").to_pylist() == [1, 3, 4]
+    assert [r.reason for r in d.rejected] == ["duplicate field name 'x': each column may appear once"]
+    assert d.table is not None and d.table.column("x").to_pylist() == [1, 4]
 
 
 def test_learned_schema_rejects_later_type_changes_and_widens_ints() -> None:

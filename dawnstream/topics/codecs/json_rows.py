@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
@@ -36,6 +37,25 @@ def _python_type(v: Any) -> pa.DataType | None:
     if isinstance(v, str):
         return pa.string()
     return None
+
+
+def _duplicate_key(raw: bytes) -> str | None:
+    """First top-level key that appears twice (orjson keeps the last one silently), or None."""
+    import json
+
+    found: list[str] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys) and not found:
+            found.append(next(k for k in keys if keys.count(k) > 1))
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=hook)
+    except ValueError:
+        return None
+    return found[0] if found else None
 
 
 def _is_flat(schema: pa.Schema) -> bool:
@@ -109,6 +129,10 @@ class JsonRowsCodec(Codec):
             return None
         if table.num_rows != len(values) or not _is_flat(table.schema):
             return None
+        for f in table.schema:
+            # NaN / Infinity are not JSON; pyarrow accepts them, so let the strict path name the rows.
+            if pa.types.is_floating(f.type) and not pc.all(pc.is_finite(table.column(f.name)), skip_nulls=True).as_py():
+                return None
         if schema.missing_required(table.column_names):
             return None
         bad: list[tuple[int, str]] = []
@@ -148,6 +172,10 @@ class JsonRowsCodec(Codec):
                 rejected.append(
                     Rejected(m, f"JSON {type(obj).__name__} is not an object: send one object per row")
                 )
+                continue
+            dup = _duplicate_key(m.value)  # type: ignore[arg-type]
+            if dup is not None:
+                rejected.append(Rejected(m, f"duplicate field name {dup!r}: each column may appear once"))
                 continue
             parsed.append((i, obj))
         self._learn_new_columns([o for _, o in parsed], schema)
