@@ -176,13 +176,19 @@ class MetricsSpec(_Strict):
 
 
 class Topology(_Strict):
-    """A whole job: input, stages, outputs, delivery guarantee and runtime settings."""
+    """A whole job: input, stages, outputs, delivery guarantee and runtime settings.
+
+    ``guarantee: exactly_once`` (default) wraps every micro-batch in a Kafka transaction;
+    ``checkpoint_ms`` is how often each partition's operator state goes to the changelog (0 = every
+    batch); recovery replays the input since the last checkpoint.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     input: InputSpec
     stages: list[StageSpec] = Field(default_factory=list)
     outputs: list[OutputSpec] = Field(min_length=1)
-    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    guarantee: Literal["at_least_once", "exactly_once"] = "exactly_once"
+    checkpoint_ms: int = Field(default=5000, ge=0, le=3_600_000)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     kafka: KafkaSpec = Field(default_factory=KafkaSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)

@@ -13,6 +13,7 @@ keeping operator state per partition (``BatchProcessor.chains``).
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from dawnstream.streams.kafka_clients import (
 )
 from dawnstream.streams.metrics import MetricsServer, WorkerMetrics
 from dawnstream.streams.processor import BatchProcessor, BatchResult
+from dawnstream.streams.state import changelog_spec, changelog_topic, read_latest, snapshot_key
 from dawnstream.topics.message import Encoded, KafkaMessage, Message
 from dawnstream.topics.spec import TopicSpec
 
@@ -92,12 +94,22 @@ class KafkaRunner:
         if create_topics:
             self._create_topics()
         client_id = f"dawnstream-{topology.name}-{worker}"
-        self.consumer = Consumer(
-            consumer_settings(self.base, topology.group_id, topology.input.start, **{"client.id": client_id})
-        )
-        self.producer = Producer(producer_settings(
-            self.base, **{"client.id": client_id, "on_delivery": self._on_delivery, "delivery.report.only.error": True}
+        # Stable per (topology, host, worker index): a restarted worker fences its crashed predecessor
+        # (transactions) and takes its place in the group without waiting for a session timeout.
+        member = f"{topology.group_id}.{socket.gethostname()}.{worker}"
+        self.eos = topology.guarantee == "exactly_once"
+        self.changelog = changelog_topic(topology.name)
+        self.consumer = Consumer(consumer_settings(
+            self.base, topology.group_id, topology.input.start, **{"client.id": client_id, "group.instance.id": member}
         ))
+        extra: dict[str, Any] = {"client.id": client_id, "on_delivery": self._on_delivery,
+                                 "delivery.report.only.error": True}
+        if self.eos:
+            extra.update({"transactional.id": member, "transaction.timeout.ms": 60_000})
+        self.producer = Producer(producer_settings(self.base, **extra))
+        if self.eos:
+            self.producer.init_transactions(60)
+        self._last_checkpoint: dict[int, float] = {}
         event(log, "runner.clients", worker=worker, settings=describe_settings(self.base))
         if metrics_port is None:
             port = topology.metrics.port + worker if topology.metrics.port else -1
@@ -129,10 +141,13 @@ class KafkaRunner:
         in_spec = t.input.spec()
         specs: list[TopicSpec] = [in_spec, in_spec.dlq()]
         specs += [o.spec(t.input.partitions) for o in t.outputs]
+        specs.append(changelog_spec(t.name, t.input.partitions))
         TopicAdmin(t.kafka.bootstrap, t.kafka.settings).ensure(specs)
 
     # -- group membership ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self._restore(p.partition)
         self.assigned |= {p.partition for p in partitions}
         self.metrics.assigned.labels(self.topology.name).set(len(self.assigned))
         event(log, "partitions.assigned", worker=self.worker, partitions=sorted(p.partition for p in partitions))
@@ -148,6 +163,64 @@ class KafkaRunner:
                 pass
         self.metrics.assigned.labels(self.topology.name).set(len(self.assigned))
         event(log, "partitions.revoked", worker=self.worker, partitions=sorted(p.partition for p in partitions))
+
+    # -- state --------------------------------------------------------------------------------
+    def _committed(self, partition: int) -> int:
+        tp = self.consumer.committed([TopicPartition(self.topology.input.topic, partition)], timeout=30)[0]
+        return int(tp.offset)
+
+    def _restore(self, partition: int) -> None:
+        """Rebuild ``partition``'s state: latest changelog snapshot, then replay up to the committed offset."""
+        self.processor.drop_partition(partition)
+        self._last_checkpoint.pop(partition, None)
+        data = read_latest(self.base, self.changelog, partition)
+        if data is None:
+            return
+        start = self.processor.restore(partition, data)
+        end = self._committed(partition)
+        replayed = self._replay(partition, start, end) if end > start else 0
+        event(log, "state.restored", partition=partition, snapshot_offset=start, committed=end, replayed=replayed)
+
+    def _replay(self, partition: int, start: int, end: int) -> int:
+        """Re-process input offsets [start, end) with outputs discarded (they were committed before)."""
+        topic = self.topology.input.topic
+        c = Consumer(consumer_settings(self.base, f"{self.topology.group_id}.replay", "earliest"))
+        n = 0
+        try:
+            c.assign([TopicPartition(topic, partition, start)])
+            deadline = time.monotonic() + 600
+            pos = start
+            while pos < end and time.monotonic() < deadline:
+                batch = [m for m in c.consume(self.topology.batch.max_messages, timeout=1.0)
+                         if m.error() is None and m.offset() < end]
+                if batch:
+                    self.processor.process(partition, [KafkaMessage(m) for m in batch])
+                    n += len(batch)
+                now_at: int | None = c.position([TopicPartition(topic, partition)])[0].offset
+                if now_at is not None and now_at > pos:
+                    pos = now_at
+            if pos < end:
+                raise DawnstreamError(f"could not replay partition {partition} from {start} to {end}")
+        finally:
+            c.close()
+        return n
+
+    def _checkpoints(self, last_offset: dict[int, int], force: bool = False) -> None:
+        """Produce due snapshots (one per partition, at most every ``checkpoint_ms``)."""
+        now = time.monotonic()
+        every = self.topology.checkpoint_ms / 1000.0
+        for p, off in last_offset.items():
+            if force or now - self._last_checkpoint.get(p, -1e18) >= every:
+                self._produce_to(self.changelog, p, snapshot_key(p), self.processor.snapshot(p, off + 1))
+                self._last_checkpoint[p] = now
+
+    def _produce_to(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
 
     # -- produce ------------------------------------------------------------------------------
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
@@ -238,8 +311,13 @@ class KafkaRunner:
                     break
             if drain:
                 final = self.processor.flush()
+                if self.eos:
+                    self._begin()
                 self._produce_result(final)
-                self._flush()
+                if self.eos:
+                    self.producer.commit_transaction(60)
+                else:
+                    self._flush()
                 self._account([final], 0.0)
         finally:
             self.close()
@@ -266,29 +344,83 @@ class KafkaRunner:
             last_offset[p] = lst[-1].offset
         if not by_partition:
             return False
+        topic = self.topology.input.topic
+        offsets = [TopicPartition(topic, p, off + 1) for p, off in last_offset.items()]
+        if self.eos:
+            self._begin()
         results = []
         for p, pmsgs in by_partition.items():
             res = self.processor.process(p, pmsgs)
             self._produce_result(res)
             results.append(res)
-        topic = self.topology.input.topic
-        try:
-            self._flush()
-        except DeliveryFailed as e:
-            # Not committed: rewind so the same messages are processed again (at-least-once).
-            event(log, "batch.retry", error=str(e))
-            for p, off in first_offset.items():
-                try:
-                    self.consumer.seek(TopicPartition(topic, p, off))
-                except KafkaException as se:  # partition revoked meanwhile: its new owner re-reads it
-                    event(log, "batch.seek_skipped", partition=p, error=str(se))
-            time.sleep(1.0)
-            return True
-        self.consumer.commit(
-            offsets=[TopicPartition(topic, p, off + 1) for p, off in last_offset.items()], asynchronous=False
-        )
+        self._checkpoints(last_offset)
+        if self.eos:
+            if not self._commit_transaction(offsets, list(by_partition)):
+                return True
+        else:
+            try:
+                self._flush()
+            except DeliveryFailed as e:
+                # Not committed: rewind so the same messages are processed again (at-least-once).
+                event(log, "batch.retry", error=str(e))
+                self._rewind(first_offset)
+                time.sleep(1.0)
+                return True
+            self.consumer.commit(offsets=offsets, asynchronous=False)
         self._account(results, time.perf_counter() - t0)
         return True
+
+    def _rewind(self, first_offset: dict[int, int]) -> None:
+        topic = self.topology.input.topic
+        for p, off in first_offset.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, p, off))
+            except KafkaException as se:  # partition revoked meanwhile: its new owner re-reads it
+                event(log, "batch.seek_skipped", partition=p, error=str(se))
+
+    # -- transactions -------------------------------------------------------------------------
+    def _begin(self) -> None:
+        self.producer.begin_transaction()
+
+    def _commit_transaction(self, offsets: list[TopicPartition], partitions: list[int]) -> bool:
+        """Send the consumed offsets and commit; on an abortable error abort, restore the partitions'
+        state from the changelog and rewind to the committed offsets. Returns True when committed."""
+        step = "send_offsets"
+        while True:
+            try:
+                if step == "send_offsets":
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
+                    step = "commit"
+                self.producer.commit_transaction(60)
+                return True
+            except KafkaException as e:
+                err = e.args[0]
+                if err.retriable() and not err.txn_requires_abort():
+                    event(log, "txn.retry", step=step, error=err.str())
+                    time.sleep(0.5)
+                    continue
+                if err.fatal():
+                    raise DawnstreamError(f"transactional producer failed fatally ({err.str()}); "
+                                          "another worker with the same id may have taken over") from None
+                event(log, "txn.abort", step=step, error=err.str())
+                self._abort_and_recover(partitions)
+                return False
+
+    def _abort_and_recover(self, partitions: list[int]) -> None:
+        while True:
+            try:
+                self.producer.abort_transaction(60)
+                break
+            except KafkaException as e:
+                if e.args[0].fatal():
+                    raise DawnstreamError(f"could not abort the transaction: {e.args[0].str()}") from None
+                time.sleep(0.5)
+        for p in partitions:
+            if p in self.assigned:
+                self._restore(p)
+                off = self._committed(p)
+                if off >= 0:
+                    self._rewind({p: off})
 
     def _account(self, results: list[BatchResult], seconds: float) -> None:
         m, name, t = self.metrics, self.topology.name, self.topology
