@@ -192,7 +192,7 @@ class KafkaRunner:
             pos = start
             while pos < end and time.monotonic() < deadline:
                 batch = [m for m in c.consume(self.topology.batch.max_messages, timeout=1.0)
-                         if m.error() is None and m.offset() < end]
+                         if m.error() is None and (m.offset() or 0) < end]
                 if batch:
                     self.processor.process(partition, [KafkaMessage(m) for m in batch])
                     n += len(batch)
