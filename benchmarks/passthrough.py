@@ -1,5 +1,6 @@
 """End-to-end passthrough throughput through the real broker.
 
+Runs at-least-once (benchmarks/eos_overhead.py measures what exactly-once costs on top);
 rows/s is measured from the first consumed message to the commit of the last (the one-off
 consumer-group join is reported separately as group_join_s, and rows_per_s_including_join
 counts it).
@@ -72,6 +73,7 @@ def run_case(fmt: str, n: int, bootstrap: str, partitions: int) -> dict:
         "input": {"topic": src, "codec": fmt, "partitions": partitions},
         "stages": [],
         "outputs": [{"topic": dst, "codec": fmt, "max_rows_per_message": 10_000}],
+        "guarantee": "at_least_once",  # benchmarks/eos_overhead.py measures exactly-once against this
         "batch": {"max_messages": 10_000 if fmt == "json" else 20, "max_wait_ms": 100},
         "kafka": {"bootstrap": bootstrap},
         "metrics": {"port": 0},

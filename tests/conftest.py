@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-import time
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules (kafkakit)
+
+from kafkakit import read_all  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -51,43 +54,6 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder {SHARED} is absent")
     return SHARED
-
-
-def read_all(bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 60.0,
-             idle_s: float = 3.0) -> list:
-    """Every committed message of ``topic`` (read_committed), waiting up to ``timeout_s`` for
-    ``expected`` messages, or until nothing new arrives for ``idle_s`` when ``expected`` is None."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    deadline = time.monotonic() + timeout_s
-    parts: list[int] = []
-    while not parts:  # the topic may not exist yet: a worker creates it when it starts
-        md = c.list_topics(timeout=10)
-        t = md.topics.get(topic)
-        parts = sorted(t.partitions) if t is not None and t.error is None else []
-        if not parts:
-            if time.monotonic() > deadline:
-                c.close()
-                return []
-            time.sleep(0.2)
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    out: list = []
-    last_new = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            batch = c.consume(10_000, timeout=0.5)
-            got = [m for m in batch if m.error() is None]
-            out.extend(got)
-            if got:
-                last_new = time.monotonic()
-            if expected is not None and len(out) >= expected:
-                break
-            if expected is None and time.monotonic() - last_new > idle_s:
-                break
-    finally:
-        c.close()
-    return out
 
 
 @pytest.fixture

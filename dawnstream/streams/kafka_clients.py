@@ -58,8 +58,8 @@ def consumer_settings(base: Mapping[str, Any], group: str, start: str = "earlies
             "fetch.max.bytes": 64 << 20,
             "max.partition.fetch.bytes": 16 << 20,
             "queued.max.messages.kbytes": 256 * 1024,
-            "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 3000,
+            "session.timeout.ms": 6000,  # the broker's minimum: a dead worker's partitions move quickly
+            "heartbeat.interval.ms": 1500,
         }
     )
     conf.update(extra)

@@ -67,7 +67,8 @@ class BatchProcessor:
         self.chains: dict[int, Chain] = {}
         self.schemas: dict[int, RowSchema] = {}
         probe = topology.build_chain()
-        self.required = probe.required_columns()
+        # Columns the chain reads, and every column the topology declares a type for, must be present.
+        self.required = probe.required_columns() | set(topology.input.row_schema)
         self.numeric = probe.numeric_columns()
         self.input_codec_name = topology.input.codec
         self.codecs: dict[str, Codec] = {name: get_codec(name) for name in CODECS}
@@ -233,7 +234,15 @@ class BatchProcessor:
             for i, n in zip(decoded.kept, decoded.rows_per_kept, strict=True):
                 self._dead(res, Rejected(messages[i], f"{type(e).__name__}: {e}", stage=stage, rows=n))
             return res
-        self.emit(out, res)
+        try:
+            self.emit(out, res)
+        except Exception as e:  # noqa: BLE001 - an output that cannot be encoded must not stop the worker
+            res.outputs.clear()
+            res.out_batches.clear()
+            res.rows_out = 0
+            for i, n in zip(decoded.kept, decoded.rows_per_kept, strict=True):
+                self._dead(res, Rejected(messages[i], f"cannot encode the output: {type(e).__name__}: {e}",
+                                         stage="encode", rows=n))
         return res
 
     @staticmethod

@@ -94,14 +94,19 @@ class KafkaRunner:
         if create_topics:
             self._create_topics()
         client_id = f"dawnstream-{topology.name}-{worker}"
-        # Stable per (topology, host, worker index): a restarted worker fences its crashed predecessor
-        # (transactions) and takes its place in the group without waiting for a session timeout.
+        # Stable per (topology, host, worker index): a restarted worker's transactional producer fences
+        # its crashed predecessor and aborts what that one left open. (Static group membership would
+        # also skip a rebalance on restart, but librdkafka gets fenced by its own retried join after a
+        # broker outage, so membership stays dynamic; a dead worker's partitions move after 6 s.)
         member = f"{topology.group_id}.{socket.gethostname()}.{worker}"
         self.eos = topology.guarantee == "exactly_once"
         self.changelog = changelog_topic(topology.name)
-        self.consumer = Consumer(consumer_settings(
-            self.base, topology.group_id, topology.input.start, **{"client.id": client_id, "group.instance.id": member}
-        ))
+        self._consumer_conf = consumer_settings(
+            self.base, topology.group_id, topology.input.start,
+            **{"client.id": client_id, "error_cb": self._on_client_error},
+        )
+        self._consumer_fatal: str | None = None
+        self.consumer = Consumer(self._consumer_conf)
         extra: dict[str, Any] = {"client.id": client_id, "on_delivery": self._on_delivery,
                                  "delivery.report.only.error": True}
         if self.eos:
@@ -164,13 +169,50 @@ class KafkaRunner:
         self.metrics.assigned.labels(self.topology.name).set(len(self.assigned))
         event(log, "partitions.revoked", worker=self.worker, partitions=sorted(p.partition for p in partitions))
 
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._consumer_fatal = err.str()
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.topology.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+
+    def _rebuild_consumer(self) -> None:
+        """A fatal consumer error (e.g. fenced static member after a long broker outage): start over
+        with a fresh consumer; partitions come back through assignment, state through the changelog."""
+        event(log, "consumer.rebuild", error=self._consumer_fatal)
+        self._consumer_fatal = None
+        for p in list(self.assigned):
+            self.processor.drop_partition(p)
+        self.assigned.clear()
+        try:
+            self.consumer.close()
+        except Exception as e:  # noqa: BLE001 - the old consumer is unusable anyway
+            event(log, "consumer.close_failed", error=str(e))
+        self.consumer = Consumer(self._consumer_conf)
+        self._subscribe()
+
     # -- state --------------------------------------------------------------------------------
     def _committed(self, partition: int) -> int:
         tp = self.consumer.committed([TopicPartition(self.topology.input.topic, partition)], timeout=30)[0]
         return int(tp.offset)
 
     def _restore(self, partition: int) -> None:
-        """Rebuild ``partition``'s state: latest changelog snapshot, then replay up to the committed offset."""
+        """Rebuild ``partition``'s state: latest changelog snapshot, then replay up to the committed offset.
+
+        Retries for up to 5 minutes while the broker cannot be reached."""
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self._restore_once(partition)
+                return
+            except (KafkaException, DawnstreamError) as e:
+                if time.monotonic() > deadline:
+                    raise
+                event(log, "state.restore_retry", partition=partition, error=str(e))
+                time.sleep(1.0)
+
+    def _restore_once(self, partition: int) -> None:
         self.processor.drop_partition(partition)
         self._last_checkpoint.pop(partition, None)
         data = read_latest(self.base, self.changelog, partition)
@@ -283,8 +325,7 @@ class KafkaRunner:
                 produce what they emit - for finite inputs such as a replayed file.
         """
         t = self.topology
-        self.consumer.subscribe([t.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_revoke)
+        self._subscribe()
         self.metrics.status = {"state": "running", "group": t.group_id, "input": t.input.topic}
         event(log, "runner.start", worker=self.worker, topology=t.name, group=t.group_id, input=t.input.topic)
         last_msg = time.monotonic()
@@ -292,6 +333,8 @@ class KafkaRunner:
         wait_s = t.batch.max_wait_ms / 1000.0
         try:
             while not self._stop.is_set():
+                if self._consumer_fatal is not None:
+                    self._rebuild_consumer()
                 msgs = self.consumer.consume(num_messages=t.batch.max_messages, timeout=wait_s)
                 now = time.monotonic()
                 if msgs:
@@ -386,16 +429,25 @@ class KafkaRunner:
         """Send the consumed offsets and commit; on an abortable error abort, restore the partitions'
         state from the changelog and rewind to the committed offsets. Returns True when committed."""
         step = "send_offsets"
+        attempts = 0
         while True:
             try:
                 if step == "send_offsets":
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
+                    if not self.consumer.assignment():
+                        # The session expired (e.g. a broker outage) and librdkafka revoked the partitions:
+                        # these offsets can no longer be committed by this member.
+                        raise KafkaException(KafkaError(KafkaError._STATE, "consumer lost its assignment"))
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
                     step = "commit"
-                self.producer.commit_transaction(60)
+                self.producer.commit_transaction(30)
                 return True
             except KafkaException as e:
                 err = e.args[0]
-                if err.retriable() and not err.txn_requires_abort():
+                attempts += 1
+                # A commit that timed out may still complete: retry it a few times. Offsets that could not
+                # be added usually mean the consumer lost its group generation during an outage; only a
+                # fresh consume() can rejoin, so abort instead of waiting for a group that will not answer.
+                if err.retriable() and not err.txn_requires_abort() and step == "commit" and attempts <= 3:
                     event(log, "txn.retry", step=step, error=err.str())
                     time.sleep(0.5)
                     continue
@@ -407,20 +459,19 @@ class KafkaRunner:
                 return False
 
     def _abort_and_recover(self, partitions: list[int]) -> None:
+        """Abort the open transaction, then rejoin with a fresh consumer: assignment restores every
+        partition from its changelog and resumes at the committed offsets."""
+        deadline = time.monotonic() + 300
         while True:
             try:
-                self.producer.abort_transaction(60)
+                self.producer.abort_transaction(30)
                 break
             except KafkaException as e:
-                if e.args[0].fatal():
+                if e.args[0].fatal() or time.monotonic() > deadline:
                     raise DawnstreamError(f"could not abort the transaction: {e.args[0].str()}") from None
-                time.sleep(0.5)
-        for p in partitions:
-            if p in self.assigned:
-                self._restore(p)
-                off = self._committed(p)
-                if off >= 0:
-                    self._rewind({p: off})
+                time.sleep(1.0)
+        self._consumer_fatal = f"transaction aborted for partitions {sorted(partitions)}"
+        self._rebuild_consumer()
 
     def _account(self, results: list[BatchResult], seconds: float) -> None:
         m, name, t = self.metrics, self.topology.name, self.topology

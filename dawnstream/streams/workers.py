@@ -18,6 +18,10 @@ log = get_logger(__name__)
 
 
 def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, bootstrap: str | None) -> None:
+    import faulthandler
+    import sys
+
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)  # kill -USR1: dump stacks
     configure()
     from dawnstream.streams.config import load_topology
     from dawnstream.streams.runner import KafkaRunner

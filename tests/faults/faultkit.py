@@ -23,18 +23,44 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets (0 while the coordinator is not available yet)."""
+    from confluent_kafka import KafkaException
+
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
         offs = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return sum(max(o.offset, 0) for o in offs)
+    except KafkaException:
+        return 0  # coordinator loading or moving (broker restart): no progress visible right now
     finally:
         c.close()
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+def kill_all() -> None:
+    """SIGKILL every worker a test started and did not stop (never leave orphans behind)."""
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
 def start_worker(topology: Path, workers: int = 1, log: Path | None = None) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    proc = _spawn(topology, workers, out)
+    _STARTED.append(proc)
+    return proc
+
+
+def _spawn(topology: Path, workers: int, out: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(topology), "--workers", str(workers)],
-                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "DAWNSTREAM_LOG_LEVEL": "INFO"},
+                            stdout=out, stderr=subprocess.STDOUT,  # type: ignore[arg-type] env={**os.environ, "DAWNSTREAM_LOG_LEVEL": "INFO"},
                             start_new_session=True)
 
 
@@ -49,10 +75,32 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> int:
     return int(proc.returncode)
 
 
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """Pids of the worker processes under a `dawnstream run` parent (not multiprocessing's helpers)."""
+    from pathlib import Path
+
+    try:
+        kids = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes():
+                out.append(k)
+        except OSError:
+            continue
+    return out
+
+
 def wait_until(cond, timeout: float, what: str, every: float = 0.5) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
+            for p in _STARTED:  # leave every worker's stacks in its log (faulthandler on SIGUSR1)
+                for k in worker_pids(p):
+                    os.kill(k, signal.SIGUSR1)
+            time.sleep(1)
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
 

@@ -55,7 +55,7 @@ def test_env_substitution_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_BOOT", "10.1.2.3:9092")
     t = parse_topology(with_(kafka__bootstrap="${MY_BOOT}", kafka__settings={"client.rack": "${RACK:-r1}"}))
     assert t.kafka.bootstrap == "10.1.2.3:9092" and t.kafka.settings == {"client.rack": "r1"}
-    assert t.group_id == "dawnstream.t" and t.guarantee == "at_least_once"
+    assert t.group_id == "dawnstream.t" and t.guarantee == "exactly_once" and t.checkpoint_ms == 5000
 
 
 def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:

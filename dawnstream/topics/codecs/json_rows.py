@@ -129,6 +129,10 @@ class JsonRowsCodec(Codec):
             return None
         if table.num_rows != len(values) or not _is_flat(table.schema):
             return None
+        try:
+            table.validate(full=True)  # pyarrow's JSON reader does not check UTF-8 inside strings
+        except _ARROW_ERRORS:
+            return None
         for f in table.schema:
             # NaN / Infinity are not JSON; pyarrow accepts them, so let the strict path name the rows.
             if pa.types.is_floating(f.type) and not pc.all(pc.is_finite(table.column(f.name)), skip_nulls=True).as_py():
