@@ -59,8 +59,10 @@ def start_worker(topology: Path, workers: int = 1, log: Path | None = None) -> s
 
 
 def _spawn(topology: Path, workers: int, out: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(topology), "--workers", str(workers)],
-                            stdout=out, stderr=subprocess.STDOUT,  # type: ignore[arg-type] env={**os.environ, "DAWNSTREAM_LOG_LEVEL": "INFO"},
+    # The tests read INFO events (runner.start, partitions.assigned, state.restored) from the log.
+    env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "INFO"}
+    cmd = [sys.executable, "-m", "dawnstream", "run", str(topology), "--workers", str(workers)]
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,  # type: ignore[arg-type]
                             start_new_session=True)
 
 
