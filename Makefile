@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python benchmarks/passthrough.py
 	$(BIN)/python benchmarks/outliers.py
+	$(BIN)/python benchmarks/eos_overhead.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
