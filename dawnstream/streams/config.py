@@ -32,7 +32,7 @@ from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import build_chain
 from dawnstream.topics.schema import parse_type
-from dawnstream.topics.spec import TopicSpec, validate_topic_name
+from dawnstream.topics.spec import TopicSpec, codec_field, topic_field
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
@@ -78,22 +78,8 @@ class InputSpec(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, v: str) -> str:
-        try:
-            return validate_topic_name(v)
-        except ConfigError as e:
-            raise ValueError(e.message) from None
-
-    @field_validator("codec")
-    @classmethod
-    def _codec(cls, v: str) -> str:
-        from dawnstream.topics.codecs import CODECS
-
-        if v not in CODECS:
-            raise ValueError(f"unknown codec {v!r}; expected one of {sorted(CODECS)}")
-        return v
+    _topic = field_validator("topic")(topic_field)
+    _codec = field_validator("codec")(codec_field)
 
     @field_validator("row_schema")
     @classmethod
@@ -120,15 +106,8 @@ class OutputSpec(_Strict):
     max_rows_per_message: int = Field(default=10_000, ge=1)
     config: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, v: str) -> str:
-        try:
-            return validate_topic_name(v)
-        except ConfigError as e:
-            raise ValueError(e.message) from None
-
-    _codec = InputSpec._codec
+    _topic = field_validator("topic")(topic_field)
+    _codec = field_validator("codec")(codec_field)
 
     def spec(self, default_partitions: int) -> TopicSpec:
         return TopicSpec(name=self.topic, partitions=self.partitions or default_partitions,

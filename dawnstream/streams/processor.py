@@ -202,9 +202,7 @@ class BatchProcessor:
                 rows.extend(d.rows_per_kept)
         if not tables:
             return Decoded(None, rejected=rejected)
-        target = schema.arrow_schema()
-        tables = [t if t.schema.equals(target) else schema.conform(t) for t in tables]
-        return Decoded(pa.concat_tables(tables), kept, rows, rejected)
+        return Decoded(schema.concat(tables), kept, rows, rejected)
 
     # -- the whole step ---------------------------------------------------------------------
     def process(self, partition: int, messages: list[Message]) -> BatchResult:

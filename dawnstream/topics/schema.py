@@ -167,6 +167,11 @@ class RowSchema:
                 return f"column {k!r}: nested {type(v).__name__} values are not supported"
         return None
 
+    def concat(self, tables: list[pa.Table]) -> pa.Table:
+        """Concatenate conformed tables, re-conforming earlier ones to columns learned later."""
+        target = self.arrow_schema()
+        return pa.concat_tables([t if t.schema.equals(target) else self.conform(t) for t in tables])
+
     def conform(self, table: pa.Table) -> pa.Table:
         """Cast ``table`` to the target schema: add missing known columns as nulls, keep new ones.
 

@@ -29,6 +29,23 @@ def validate_topic_name(name: str, path: str = "topic") -> str:
     return name
 
 
+def topic_field(v: str) -> str:
+    """Pydantic field validator: a valid topic name, else ValueError with what is expected."""
+    try:
+        return validate_topic_name(v, "name")
+    except ConfigError as e:
+        raise ValueError(e.message) from None
+
+
+def codec_field(v: str) -> str:
+    """Pydantic field validator: a registered codec name, else ValueError listing them."""
+    from dawnstream.topics.codecs import CODECS
+
+    if v not in CODECS:
+        raise ValueError(f"unknown codec {v!r}; expected one of {sorted(CODECS)}")
+    return v
+
+
 def dlq_topic_name(topic: str) -> str:
     """Dead-letter topic of ``topic``: ``<topic>.dlq``."""
     return topic + DLQ_SUFFIX
@@ -56,22 +73,8 @@ class TopicSpec(BaseModel):
     codec: str = "json"
     config: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return validate_topic_name(v, "name")
-        except ConfigError as e:
-            raise ValueError(e.message) from None
-
-    @field_validator("codec")
-    @classmethod
-    def _codec(cls, v: str) -> str:
-        from dawnstream.topics.codecs import CODECS
-
-        if v not in CODECS:
-            raise ValueError(f"unknown codec {v!r}; expected one of {sorted(CODECS)}")
-        return v
+    _name = field_validator("name")(topic_field)
+    _codec = field_validator("codec")(codec_field)
 
     @field_validator("config", mode="before")
     @classmethod

@@ -67,10 +67,7 @@ class ArrowStreamCodec(Codec):
             rows.append(table.num_rows)
         if not tables:
             return Decoded(None, rejected=rejected)
-        target = schema.arrow_schema()
-        # Earlier tables may lack columns learned from later ones: conform them again before concat.
-        tables = [t if t.schema.equals(target) else schema.conform(t) for t in tables]
-        return Decoded(pa.concat_tables(tables), kept, rows, rejected)
+        return Decoded(schema.concat(tables), kept, rows, rejected)
 
     def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
         values: list[bytes] = []
