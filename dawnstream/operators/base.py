@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -103,27 +103,23 @@ class Chain:
         if dupes:
             raise ValueError(f"stage names must be unique; repeated: {sorted(dupes)}")
 
-    def required_columns(self) -> set[str]:
-        """Columns the *input* must carry: each stage's reads minus what earlier stages produce."""
+    def _input_columns(self, wanted: Callable[[Operator], set[str]]) -> set[str]:
         need: set[str] = set()
         produced: set[str] = set()
         for op in self.operators:
-            need |= op.required_columns() - produced
+            need |= wanted(op) - produced
             produced |= op.produced_columns()
             if not op.passes_through():
                 break
         return need
 
+    def required_columns(self) -> set[str]:
+        """Columns the *input* must carry: each stage's reads minus what earlier stages produce."""
+        return self._input_columns(lambda op: op.required_columns())
+
     def numeric_columns(self) -> set[str]:
         """Input columns the chain uses as numbers (same scoping as :meth:`required_columns`)."""
-        need: set[str] = set()
-        produced: set[str] = set()
-        for op in self.operators:
-            need |= op.numeric_columns() - produced
-            produced |= op.produced_columns()
-            if not op.passes_through():
-                break
-        return need
+        return self._input_columns(lambda op: op.numeric_columns())
 
     def process(self, batch: pa.RecordBatch, stats: StageStats | None = None) -> list[pa.RecordBatch]:
         """Run ``batch`` through every stage.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pyarrow as pa
 
@@ -32,21 +32,19 @@ class Derive(Operator):
             raise ConfigError(_path, "derive needs at least one {column: expression}")
         self.columns: list[tuple[str, Node]] = [(k, parse(v, f"{_path}.{k}")) for k, v in columns.items()]
 
-    def required_columns(self) -> set[str]:
+    def _reads(self, wanted: Callable[[Node], set[str]]) -> set[str]:
         need: set[str] = set()
         made: set[str] = set()
         for name, node in self.columns:
-            need |= node.columns() - made
+            need |= wanted(node) - made  # a later column may use an earlier derived one
             made.add(name)
         return need
 
+    def required_columns(self) -> set[str]:
+        return self._reads(Node.columns)
+
     def numeric_columns(self) -> set[str]:
-        need: set[str] = set()
-        made: set[str] = set()
-        for name, node in self.columns:
-            need |= node.numeric_columns() - made
-            made.add(name)
-        return need
+        return self._reads(Node.numeric_columns)
 
     def produced_columns(self) -> set[str]:
         return {name for name, _ in self.columns}
