@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -57,6 +58,41 @@ class RunnerStats:
 
 class DeliveryFailed(DawnstreamError):
     """The broker refused or timed out some produced records; the batch is not committed."""
+
+
+class ClientStuck(DawnstreamError):
+    """A librdkafka call did not return within its deadline (seen after broker outages longer than the
+    session timeout: ``send_offsets_to_transaction`` can block past its own timeout)."""
+
+
+def call_bounded(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Run ``fn`` in a daemon thread and wait at most ``timeout_s`` seconds.
+
+    confluent-kafka releases the GIL inside librdkafka calls, so the waiting thread stays responsive.
+
+    Returns:
+        what ``fn`` returned.
+    Raises:
+        ClientStuck: ``fn`` is still running after ``timeout_s``; it is left running in the background
+            and the caller must stop using the client it was calling.
+        Exception: whatever ``fn`` raised.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, name=f"bounded-{what}", daemon=True)
+    th.start()
+    th.join(timeout_s)
+    if th.is_alive():
+        raise ClientStuck(f"{what} did not return within {timeout_s:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
 
 
 class KafkaRunner:
@@ -111,10 +147,13 @@ class KafkaRunner:
                                  "delivery.report.only.error": True}
         if self.eos:
             extra.update({"transactional.id": member, "transaction.timeout.ms": 60_000})
-        self.producer = Producer(producer_settings(self.base, **extra))
-        if self.eos:
-            self.producer.init_transactions(60)
+        self._producer_conf = producer_settings(self.base, **extra)
+        # Clients that hung inside librdkafka: kept referenced so their destructors (which would block
+        # too) never run on the worker's thread.
+        self._abandoned: list[Any] = []
+        self.producer = self._new_producer()
         self._last_checkpoint: dict[int, float] = {}
+        self._position: dict[int, int] = {}  # next input offset per partition, as far as state reflects
         event(log, "runner.clients", worker=worker, settings=describe_settings(self.base))
         if metrics_port is None:
             port = topology.metrics.port + worker if topology.metrics.port else -1
@@ -162,6 +201,7 @@ class KafkaRunner:
         for p in partitions:
             self.assigned.discard(p.partition)
             self.processor.drop_partition(p.partition)
+            self._position.pop(p.partition, None)
             try:
                 self.metrics.lag.remove(self.topology.name, p.topic, str(p.partition))
             except KeyError:
@@ -172,6 +212,48 @@ class KafkaRunner:
     def _on_client_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._consumer_fatal = err.str()
+
+    def _new_producer(self) -> Producer:
+        """A producer from the worker's settings; transactional ones are initialised, which fences any
+        earlier producer with the same ``transactional.id`` and aborts what it left open. Retries for up
+        to 5 minutes while the broker cannot be reached."""
+        producer = Producer(self._producer_conf)
+        if not self.eos:
+            return producer
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                producer.init_transactions(60)
+                return producer
+            except KafkaException as e:
+                err = e.args[0]
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise DawnstreamError(f"could not initialise the transactional producer: {err.str()}") from None
+                event(log, "txn.init_retry", error=err.str())
+                time.sleep(1.0)
+
+    def _replace_clients(self, reason: str) -> None:
+        """A client call hung: abandon both clients (a new producer with the same transactional.id
+        fences the old one and aborts its open transaction), rejoin with a fresh consumer, and restore
+        every partition from the changelog on assignment."""
+        event(log, "clients.replace", reason=reason)
+        self._abandoned.append(self.producer)
+        self.producer = self._new_producer()
+        old = self.consumer
+        try:
+            # Leave the group if the old consumer still can, so its partitions move at once; if close
+            # hangs too, the broker drops the member after max.poll.interval.ms.
+            call_bounded("consumer.close", old.close, 15)
+        except Exception as e:  # noqa: BLE001 - the old consumer is unusable anyway
+            event(log, "consumer.close_failed", error=str(e))
+            self._abandoned.append(old)
+        for p in list(self.assigned):
+            self.processor.drop_partition(p)
+        self.assigned.clear()
+        self._position.clear()
+        self._consumer_fatal = None
+        self.consumer = Consumer(self._consumer_conf)
+        self._subscribe()
 
     def _subscribe(self) -> None:
         self.consumer.subscribe([self.topology.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -185,10 +267,12 @@ class KafkaRunner:
         for p in list(self.assigned):
             self.processor.drop_partition(p)
         self.assigned.clear()
+        self._position.clear()
         try:
-            self.consumer.close()
+            call_bounded("consumer.close", self.consumer.close, 15)
         except Exception as e:  # noqa: BLE001 - the old consumer is unusable anyway
             event(log, "consumer.close_failed", error=str(e))
+            self._abandoned.append(self.consumer)
         self.consumer = Consumer(self._consumer_conf)
         self._subscribe()
 
@@ -215,12 +299,14 @@ class KafkaRunner:
     def _restore_once(self, partition: int) -> None:
         self.processor.drop_partition(partition)
         self._last_checkpoint.pop(partition, None)
+        self._position.pop(partition, None)
         data = read_latest(self.base, self.changelog, partition)
         if data is None:
             return
         start = self.processor.restore(partition, data)
         end = self._committed(partition)
         replayed = self._replay(partition, start, end) if end > start else 0
+        self._position[partition] = max(start, end)
         event(log, "state.restored", partition=partition, snapshot_offset=start, committed=end, replayed=replayed)
 
     def _replay(self, partition: int, start: int, end: int) -> int:
@@ -347,9 +433,7 @@ class KafkaRunner:
                 if now - last_lag > LAG_REFRESH_S:
                     self._refresh_lag()
                     last_lag = now
-                tick = self.processor.tick(int(time.time() * 1000))
-                if tick.outputs:
-                    self._produce_result(tick)
+                self._tick()
                 if max_rows is not None and self.stats.rows_in >= max_rows:
                     break
             if drain:
@@ -365,6 +449,22 @@ class KafkaRunner:
         finally:
             self.close()
         return self.stats
+
+    def _tick(self) -> None:
+        """Wall-clock emissions (e.g. ``emit_seconds``). Under exactly-once they are a transaction of
+        their own together with fresh snapshots of every partition, so a restart neither repeats nor
+        loses them."""
+        tick = self.processor.tick(int(time.time() * 1000))
+        if not tick.outputs:
+            return
+        if not self.eos:
+            self._produce_result(tick)
+            return
+        self._begin()
+        self._produce_result(tick)
+        self._checkpoints({p: off - 1 for p, off in self._position.items()}, force=True)
+        if self._commit_transaction([], sorted(self._position)):
+            self._account([tick], 0.0)
 
     def _process(self, msgs: list[Any]) -> bool:
         t0 = time.perf_counter()
@@ -385,6 +485,7 @@ class KafkaRunner:
             lst.append(KafkaMessage(m))
         for p, lst in by_partition.items():
             last_offset[p] = lst[-1].offset
+            self._position[p] = lst[-1].offset + 1
         if not by_partition:
             return False
         topic = self.topology.input.topic
@@ -425,6 +526,10 @@ class KafkaRunner:
     def _begin(self) -> None:
         self.producer.begin_transaction()
 
+    def _bounded(self, what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+        # librdkafka's own timeout plus a margin: past that the call is stuck, not slow.
+        return call_bounded(what, fn, timeout_s + 15)
+
     def _commit_transaction(self, offsets: list[TopicPartition], partitions: list[int]) -> bool:
         """Send the consumed offsets and commit; on an abortable error abort, restore the partitions'
         state from the changelog and rewind to the committed offsets. Returns True when committed."""
@@ -432,15 +537,22 @@ class KafkaRunner:
         attempts = 0
         while True:
             try:
-                if step == "send_offsets":
+                if step == "send_offsets" and offsets:
                     if not self.consumer.assignment():
                         # The session expired (e.g. a broker outage) and librdkafka revoked the partitions:
                         # these offsets can no longer be committed by this member.
                         raise KafkaException(KafkaError(KafkaError._STATE, "consumer lost its assignment"))
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                    step = "commit"
-                self.producer.commit_transaction(30)
+                    self._bounded("send_offsets_to_transaction", partial(
+                        self.producer.send_offsets_to_transaction, offsets,
+                        self.consumer.consumer_group_metadata(), 30), 30)
+                step = "commit"
+                self._bounded("commit_transaction", partial(self.producer.commit_transaction, 30), 30)
                 return True
+            except ClientStuck as e:
+                # Nothing of this transaction is visible unless the stuck commit completes; if it does,
+                # the restored state and committed offsets agree with it either way.
+                self._replace_clients(str(e))
+                return False
             except KafkaException as e:
                 err = e.args[0]
                 attempts += 1
@@ -464,8 +576,11 @@ class KafkaRunner:
         deadline = time.monotonic() + 300
         while True:
             try:
-                self.producer.abort_transaction(30)
+                self._bounded("abort_transaction", partial(self.producer.abort_transaction, 30), 30)
                 break
+            except ClientStuck as e:
+                self._replace_clients(str(e))
+                return
             except KafkaException as e:
                 if e.args[0].fatal() or time.monotonic() > deadline:
                     raise DawnstreamError(f"could not abort the transaction: {e.args[0].str()}") from None

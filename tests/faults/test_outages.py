@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
-import pytest
 from faultkit import committed, start_worker, stop, wait_until, worker_pids, write_topology
 from kafkakit import read_all
 
@@ -59,9 +58,6 @@ def expected(table: pa.Table) -> Counter:
                    for ts, key in zip(t, k, strict=True))
 
 
-@pytest.mark.skip(reason="known hang: after a broker outage longer than the 6 s session timeout, librdkafka's "
-                  "send_offsets_to_transaction can block past its timeout and the worker stops consuming "
-                  "(stack captured in the issue notes); issue 5 stays open until this passes")
 def test_broker_down_for_10s_mid_stream(tmp_path: Path, reader) -> None:
 
     mgr = BrokerManager(port=39392, home=tmp_path / "broker")
