@@ -120,6 +120,15 @@ def plan(program: Program) -> Plan:
             col_level[name] = lvl
         if isinstance(op, (Aggregate, Quantile)):
             ready_at[op.out] = lvl + 1
+    # Sink ops nobody else reads (outputs only) into the last pass, so they share its loop.
+    read: set[str] = set()
+    for op in ops:
+        for e in op_exprs(op):
+            read |= e.columns() | e.params()
+    last = max((lvl for op, lvl in zip(ops, levels, strict=True) if not isinstance(op, BREAKERS)), default=0)
+    for i, op in enumerate(ops):
+        if not isinstance(op, BREAKERS) and not any(o in read for o in op_outputs(op)):
+            levels[i] = max(levels[i], last)
     n = max(levels, default=0) + 1
     pipes = [Pipeline(i) for i in range(n)]
     for op, lvl in zip(ops, levels, strict=True):

@@ -1,11 +1,11 @@
 """Exact quantiles by radix select (CPU, numba).
 
 Values are mapped to unsigned keys whose integer order is the numeric order (IEEE floats: flip all
-bits of negatives, set the sign bit of positives; signed ints: flip the sign bit). One pass finds
-the min and max key and counts NaNs; a second histograms the 16 key bits just below the common
-prefix of min and max (so values in a narrow range still spread over 65,536 buckets); a third
-gathers the bucket(s) holding the wanted ranks; ``np.partition`` finishes on those few candidates.
-That is three streaming passes and no sort: O(n), against numpy's introselect that moves the data.
+bits of negatives, set the sign bit of positives; signed ints: flip the sign bit). One pass
+histograms the top 16 key bits (NaNs counted apart); a second gathers the bucket(s) holding the wanted ranks;
+``np.partition`` finishes on those candidates. Two streaming passes and no data movement: O(n),
+against numpy's introselect that partitions the whole copy. (Values packed in one narrow range share
+a bucket; then the final partition does the work, still exact.)
 
 Radix select: Alabi et al., "Fast k-selection algorithms for graphics processing units" (JEA 2012,
 sec. 3.2 "radix select"); the key transform is the standard one for radix sorting IEEE floats
@@ -36,10 +36,9 @@ def _key(u, top, is_float):  # pragma: no cover - compiled
 
 
 @_jit
-def _keys_pass(u, top, nan_above, is_float):  # pragma: no cover - compiled
-    """min key, max key and NaN count of the bit patterns ``u`` (uint32/uint64 view of the column)."""
-    kmin = ~(top ^ top)
-    kmax = top ^ top
+def _hist_pass(u, top, nan_above, is_float, shift):  # pragma: no cover - compiled
+    """Histogram of the top 16 key bits and the NaN count."""
+    hist = np.zeros(1 << BITS, dtype=np.int64)
     absmask = ~top
     nans = 0
     for i in range(u.size):
@@ -47,67 +46,48 @@ def _keys_pass(u, top, nan_above, is_float):  # pragma: no cover - compiled
         if is_float and (b & absmask) > nan_above:
             nans += 1
             continue
-        k = _key(b, top, is_float)
-        kmin = min(kmin, k)
-        kmax = max(kmax, k)
-    return kmin, kmax, nans
+        hist[np.uint64(_key(b, top, is_float)) >> shift] += 1
+    return hist, nans
 
 
 @_jit
-def _hist_pass(u, top, nan_above, is_float, lo, shift, nb):  # pragma: no cover - compiled
-    hist = np.zeros(nb, dtype=np.int64)
-    absmask = ~top
-    for i in range(u.size):
-        b = u[i]
-        if is_float and (b & absmask) > nan_above:
-            continue
-        hist[(np.uint64(_key(b, top, is_float)) - lo) >> shift] += 1
-    return hist
-
-
-@_jit
-def _gather_pass(u, top, nan_above, is_float, lo, shift, b0, b1, size):  # pragma: no cover - compiled
-    """Keys whose bucket is in [b0, b1]."""
-    out = np.empty(size, dtype=u.dtype)
+def _gather_pass(u, top, nan_above, is_float, shift, b0, b1, size):  # pragma: no cover - compiled
+    """Keys whose top-16-bit bucket is in [b0, b1]."""
+    # Branch-free: always store, advance only on a match (one spare slot at the end).
+    out = np.empty(size + 1, dtype=u.dtype)
     j = 0
     absmask = ~top
+    width = b1 - b0
     for i in range(u.size):
         b = u[i]
-        if is_float and (b & absmask) > nan_above:
-            continue
         k = _key(b, top, is_float)
-        bk = (np.uint64(k) - lo) >> shift
-        if bk >= b0 and bk <= b1:
-            out[j] = k
-            j += 1
+        out[j] = k
+        ok = ((np.uint64(k) >> shift) - b0) <= width
+        if is_float:
+            ok = ok and (b & absmask) <= nan_above
+        j += 1 if ok else 0
     return out[:j]
 
 
 @_jit
-def select_keys(u, top, nan_above, is_float, r0, r1):  # pragma: no cover - compiled
+def select_keys(u, top, nan_above, is_float, shift, r0, r1):  # pragma: no cover - compiled
     """The keys of rank r0 and r1 (0-based, r0 <= r1, clamped to m - 1) among the non-NaN values
-    whose bit patterns are ``u``; returns (key r0, key r1, m = number of non-NaN values)."""
-    kmin, kmax, nans = _keys_pass(u, top, nan_above, is_float)
+    whose bit patterns are ``u``; returns (key r0, key r1, m = number of non-NaN values).
+
+    Two passes over ``u`` (histogram of the top 16 key bits, then gather of the bucket(s) holding
+    the ranks); ``np.partition`` selects among the gathered candidates."""
+    hist, nans = _hist_pass(u, top, nan_above, is_float, shift)
     m = u.size - nans
     if m == 0:
-        return kmin, kmin, 0
+        return top ^ top, top ^ top, 0
     # Ranks were chosen before NaNs were counted: clamp them (the caller asks again with the true m).
     r0 = min(r0, m - 1)
     r1 = min(r1, m - 1)
-    lo = np.uint64(kmin)
-    span = np.uint64(kmax) - lo
-    bits = 0
-    while bits < 64 and (span >> np.uint64(bits)) != 0:
-        bits += 1
-    shift = bits - 16 if bits > 16 else 0
-    nb = int((span >> np.uint64(shift)) + np.uint64(1))
-    sh = np.uint64(shift)
-    hist = _hist_pass(u, top, nan_above, is_float, lo, sh, nb)
     b0 = -1
     b1 = -1
     before0 = 0
     acc = 0
-    for b in range(nb):
+    for b in range(hist.size):
         c = hist[b]
         if b0 < 0 and acc + c > r0:
             b0 = b
@@ -119,7 +99,7 @@ def select_keys(u, top, nan_above, is_float, r0, r1):  # pragma: no cover - comp
     size = 0
     for b in range(b0, b1 + 1):
         size += hist[b]
-    cand = _gather_pass(u, top, nan_above, is_float, lo, sh, np.uint64(b0), np.uint64(b1), size)
+    cand = _gather_pass(u, top, nan_above, is_float, shift, np.uint64(b0), np.uint64(b1), size)
     k0 = r0 - before0
     k1 = r1 - before0
     cand = np.partition(cand, k0)
@@ -163,7 +143,8 @@ def select_ranks(x: np.ndarray, r0: int, r1: int) -> tuple[float, float, int]:
     u, top, nan_above, is_float, dtype = _as_bits(x)
     if u.size == 0:
         return float("nan"), float("nan"), 0
-    k0, k1, m = select_keys(u, top, nan_above, is_float, r0, r1)
+    shift = np.uint64(u.dtype.itemsize * 8 - BITS)
+    k0, k1, m = select_keys(u, top, nan_above, is_float, shift, r0, r1)
     if m == 0:
         return float("nan"), float("nan"), 0
     return _value(k0, top, is_float, dtype), _value(k1, top, is_float, dtype), int(m)

@@ -126,7 +126,7 @@ def run_reference(program: Program, columns: dict[str, np.ndarray], params: dict
             sel = ev(op.where) if op.where is not None else np.ones(n, dtype=bool)
             keys = ev(op.key).astype(np.int64)[sel]
             if keys.size and (keys.min() < 0 or keys.max() >= op.domain):
-                raise ValueError(f"group key outside [0, {op.domain}) in {op.out!r}")
+                raise ValueError(f"group key outside its domain [0, {op.domain}) in {op.out!r}")
             if op.fn == "count":
                 results[op.out] = np.bincount(keys, minlength=op.domain).astype(np.int64)
                 continue
