@@ -200,7 +200,7 @@ class _Gen:
                     ind += "    "
                 body.append(f"{ind}{c} += 1")
                 if op.fn != "count":
-                    val = self.conv(self.expr(op.value), op.value.dtype, "float64")  # type: ignore[union-attr]
+                    val = self.conv(self.expr(op.value), op.value.dtype, "float64")  # type: ignore[union-attr,arg-type]
                     if op.fn in ("sum", "mean"):
                         body.append(f"{ind}{s} += {val}")
                     else:
@@ -223,7 +223,7 @@ class _Gen:
                 body.append(f"{ind}    raise ValueError('group key outside its domain')")
                 body.append(f"{ind}{gc}[{key}] += 1")
                 if op.fn != "count":
-                    val = self.conv(self.expr(op.value), op.value.dtype, "float64")  # type: ignore[union-attr]
+                    val = self.conv(self.expr(op.value), op.value.dtype, "float64")  # type: ignore[union-attr,arg-type]
                     if op.fn in ("sum", "mean"):
                         body.append(f"{ind}{g}[{key}] += {val}")
                     else:
@@ -237,7 +237,7 @@ class _Gen:
                 if op.fn == "cumcount":
                     body.append(f"        {v} = np.int64({c})")
                 else:
-                    val = self.conv(self.expr(op.value), op.value.dtype, "float64")  # type: ignore[union-attr]
+                    val = self.conv(self.expr(op.value), op.value.dtype, "float64")  # type: ignore[union-attr,arg-type]
                     body.append(f"        {s} += {val}")
                     body.append(f"        {v} = {s}" if op.fn == "cumsum" else f"        {v} = {s} / {c}")
                 body.append(f"        {self.ident('o', op.out)}[i] = {v}")

@@ -172,16 +172,16 @@ class CpuExecutable:
         counts = np.zeros(max(len(k.filters), 1), dtype=np.int64)
         args.append(counts)
         getattr(self.module, k.name)(*args)
-        for (f, c, _dt), a in zip(k.keeps, kept, strict=True):
-            results[c] = a[: counts[k.filters.index(f)]]
+        for (f, name, _dt), a in zip(k.keeps, kept, strict=True):
+            results[name] = a[: counts[k.filters.index(f)]]
         for agg, cell in zip(k.aggs, cells, strict=True):
-            s, c = cell[0], int(cell[1])
+            s, cnt = cell[0], int(cell[1])
             if agg.fn == "count":
-                val: Any = c
+                val: Any = cnt
             elif agg.fn == "mean":
-                val = s / c if c else float("nan")
+                val = s / cnt if cnt else float("nan")
             elif agg.fn in ("min", "max"):
-                val = float(s) if c else float("nan")
+                val = float(s) if cnt else float("nan")
             else:
                 val = float(s)
             results[agg.out] = val
