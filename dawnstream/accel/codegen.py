@@ -42,6 +42,16 @@ def _nmax(a, b):
 @numba.njit(cache=True, nogil=True, inline="always")
 def _nmin(a, b):
     return a if (a != a or a < b) else b
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _nfmax(a, b):
+    return b if (a != a or b > a) else a
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _nfmin(a, b):
+    return b if (a != a or b < a) else a
 '''
 
 
@@ -142,7 +152,7 @@ class _Gen:
             sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[op]
             return f"({self.conv(self.expr(a[0]), a[0].dtype, ct)} {sym} {self.conv(self.expr(a[1]), a[1].dtype, ct)})"
         x, y = self.conv(self.expr(a[0]), a[0].dtype, t), self.conv(self.expr(a[1]), a[1].dtype, t)
-        if op in ("max", "min"):
+        if op in ("max", "min", "fmax", "fmin"):
             return f"_n{op}({x}, {y})"
         sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
         return self.wrap(f"({x} {sym} {y})", t)

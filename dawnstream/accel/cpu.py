@@ -102,13 +102,14 @@ class CpuExecutable:
         return [getattr(self.module, k.name) for k in self.kernels if k is not None]
 
     def run(self, columns: dict[str, np.ndarray], params: dict[str, float] | None = None,
-            state: ScanState | None = None) -> dict[str, Any]:
+            state: ScanState | None = None, n: int | None = None) -> dict[str, Any]:
         """Run over one batch.
 
         Args:
             columns: every program input as a 1-D numpy array (one length ``n``).
             params: runtime scalar params.
             state: scan state, updated in place (a fresh one if None).
+            n: the batch length, needed only when the program reads no column.
         Returns:
             ``{output: value}`` like :func:`dawnstream.accel.reference.run_reference`.
         Raises:
@@ -116,6 +117,7 @@ class CpuExecutable:
         """
         prog = self.program
         arrays: dict[str, np.ndarray] = {}
+        rows = n
         n = -1
         for name, dt in prog.inputs.items():
             a = np.ascontiguousarray(columns[name], dtype=dt)
@@ -123,7 +125,7 @@ class CpuExecutable:
                 raise ValueError(f"column {name!r} has {a.size} rows, others {n}")
             n = a.size
             arrays[name] = a
-        n = max(n, 0)
+        n = rows if rows is not None and not prog.inputs else max(n, 0)
         scalars: dict[str, Any] = {k: float(v) if prog.runtime_params[k].startswith("float") else v
                                    for k, v in (params or {}).items()}
         state = state if state is not None else ScanState()

@@ -38,7 +38,8 @@ import numpy as np
 
 DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64")
 UNARY = ("neg", "abs", "not", "sqrt", "exp", "log", "log10", "floor", "ceil", "round", "isnan", "isfinite")
-BINARY = ("add", "sub", "mul", "div", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "max", "min")
+BINARY = ("add", "sub", "mul", "div", "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "max", "min", "fmax", "fmin")
+"""``max``/``min`` propagate NaN (``np.maximum``); ``fmax``/``fmin`` ignore it (``np.fmax``, SQL greatest)."""
 COMPARE = ("lt", "le", "gt", "ge", "eq", "ne")
 AGG_FNS = ("count", "sum", "mean", "min", "max")
 SCAN_FNS = ("cumsum", "running_mean", "cumcount")

@@ -36,7 +36,7 @@ _UFUNC = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "log10": np.log10, "flo
           "round": np.rint, "abs": np.abs, "neg": np.negative}
 _BIN = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide, "lt": np.less,
         "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal,
-        "and": np.logical_and, "or": np.logical_or, "max": np.maximum, "min": np.minimum}
+        "and": np.logical_and, "or": np.logical_or, "max": np.maximum, "min": np.minimum, "fmax": np.fmax, "fmin": np.fmin}
 
 
 def eval_expr(e: Expr, cols: dict[str, np.ndarray], scalars: dict[str, Any], n: int) -> np.ndarray:
@@ -63,7 +63,7 @@ def eval_expr(e: Expr, cols: dict[str, np.ndarray], scalars: dict[str, Any], n: 
         if e.op in _UFUNC:
             x = a[0].astype(dt) if a[0].dtype != dt else a[0]
             return _UFUNC[e.op](x).astype(dt, copy=False)
-        if e.op in ("add", "sub", "mul", "div", "max", "min"):
+        if e.op in ("add", "sub", "mul", "div", "max", "min", "fmax", "fmin"):
             return _BIN[e.op](a[0].astype(dt), a[1].astype(dt)).astype(dt, copy=False)
         return _BIN[e.op](a[0], a[1])
 

@@ -71,12 +71,22 @@ def build_operator(op: str, params: Mapping[str, Any], name: str | None, path: s
         raise ConfigError(path, f"bad parameters for {op!r}: {e}") from None
 
 
-def build_chain(stages: Sequence[tuple[str, Mapping[str, Any], str | None]], path: str = "stages") -> Chain:
+def build_chain(stages: Sequence[tuple[str, Mapping[str, Any], str | None]], path: str = "stages",
+                accel: str = "off") -> Chain:
     """Build a :class:`Chain` from ``[(op, params, name), ...]``; stage names default to ``<op>`` or
-    ``<op>_<index>`` when an op repeats."""
+    ``<op>_<index>`` when an op repeats.
+
+    ``accel`` (``off``/``cpu``/``gpu``/``auto``): with anything but ``off``, adjacent
+    filter/derive/select stages are fused into one compiled pass (:mod:`dawnstream.operators.fused`)
+    and operators with an ``accel`` attribute (the outlier classifiers) use compiled kernels."""
+    from dawnstream.operators.fused import fuse
+
     ops: list[Operator] = []
     kinds = [s[0] for s in stages]
     for i, (op, params, name) in enumerate(stages):
         default = op if kinds.count(op) == 1 else f"{op}_{i}"
-        ops.append(build_operator(op, params, name or default, f"{path}.{i}"))
-    return Chain(ops)
+        built = build_operator(op, params, name or default, f"{path}.{i}")
+        if hasattr(built, "accel"):
+            built.accel = accel
+        ops.append(built)
+    return Chain(fuse(ops, accel))

@@ -171,7 +171,7 @@ class Topology(_Strict):
     batch: BatchSpec = Field(default_factory=BatchSpec)
     kafka: KafkaSpec = Field(default_factory=KafkaSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
-    accel: Literal["off", "cpu", "gpu", "auto"] = "off"
+    accel: Literal["off", "cpu", "gpu", "auto"] = "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -193,7 +193,7 @@ class Topology(_Strict):
 
     def build_chain(self) -> Chain:
         """A fresh operator chain (one per partition at run time)."""
-        return build_chain(self.stage_tuples())
+        return build_chain(self.stage_tuples(), accel=self.accel)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -52,7 +52,7 @@ def values(draw, dtype: str, n: int) -> np.ndarray:
 
 
 FLOAT_FNS = ["abs", "neg", "sqrt", "log", "floor", "ceil", "round", "isnan", "isfinite"]
-BIN_FNS = ["add", "sub", "mul", "div", "lt", "ge", "eq", "ne", "max", "min"]
+BIN_FNS = ["add", "sub", "mul", "div", "lt", "ge", "eq", "ne", "max", "min", "fmax", "fmin"]
 
 
 @st.composite

@@ -112,6 +112,7 @@ class OutlierClassifier(Operator):
 
     kind = "classify"
     stateful = True
+    accel = "off"  # set by build_chain from the topology's accel setting
 
     def __init__(
         self,
@@ -168,6 +169,7 @@ class OutlierClassifier(Operator):
         self.rows_seen = 0
         self.outliers_seen = 0
         self.next_boundary = warmup
+        self._mad_exe: Any = None
 
     def required_columns(self) -> set[str]:
         return set(self.metrics) | (self.expr.columns() if self.expr is not None else set())
@@ -197,7 +199,12 @@ class OutlierClassifier(Operator):
         while i < n:
             end = min(n, i + (self.next_boundary - self.rows_seen))
             xs, vs = X[i:end], valid[i:end]
-            if self.model is not None:
+            if isinstance(self.model, MADModel) and self.accel != "off":
+                s, f, kept = self._mad_scores(xs[:, 0])
+                score[i:end] = s
+                flags[i:end] = f
+                self.scores.insert(kept)
+            elif self.model is not None:
                 s = self.model.score(xs)
                 score[i:end] = s
                 if isinstance(self.model, PercentileModel):
@@ -211,6 +218,28 @@ class OutlierClassifier(Operator):
             if self.rows_seen == self.next_boundary:
                 self._retrain()
         return score, flags
+
+    def _mad_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MAD scores, flags and the valid rows' scores in one compiled pass (same values as
+        ``MADModel.score`` and the numpy masks: identical IEEE operations)."""
+        if self._mad_exe is None:
+            from dawnstream.accel.backends import build
+            from dawnstream.accel.ir import Filter as FilterOp
+            from dawnstream.accel.ir import Map, Program, col, param, ref, unary
+
+            v = col("x", "float64")
+            finite = unary("isfinite", v)
+            prog = Program([
+                Map("score", abs(v - param("median")) / param("mad")),
+                Map("flag", finite & (ref("score") > param("cutoff"))),
+                FilterOp("valid", finite, (("kept", ref("score")),)),
+            ], {"x": "float64"}, params={"median": "float64", "mad": "float64", "cutoff": "float64"},
+                outputs=["score", "flag", "kept"])
+            self._mad_exe = build(prog, self.accel)
+        m = self.model
+        assert isinstance(m, MADModel)
+        out = self._mad_exe.run({"x": x}, {"median": m.median, "mad": m.mad, "cutoff": self.cutoff})
+        return out["score"], out["flag"], out["kept"][:, None]
 
     def _retrain(self) -> None:
         first = self.model is None
