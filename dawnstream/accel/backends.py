@@ -28,10 +28,9 @@ class Executable(Protocol):
 def gpu_available(simulator_ok: bool = True) -> bool:
     """True when numba.cuda has a device (a simulated one counts unless ``simulator_ok`` is False)."""
     try:
-        import numba
-        from numba import cuda
+        from numba import config, cuda
 
-        if numba.config.ENABLE_CUDASIM and not simulator_ok:
+        if getattr(config, "ENABLE_CUDASIM", 0) and not simulator_ok:
             return False
         return bool(cuda.is_available())
     except Exception:  # noqa: BLE001 - a broken CUDA install means no GPU, not a crash

@@ -36,7 +36,8 @@ _UFUNC = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "log10": np.log10, "flo
           "round": np.rint, "abs": np.abs, "neg": np.negative}
 _BIN = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide, "lt": np.less,
         "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal, "ne": np.not_equal,
-        "and": np.logical_and, "or": np.logical_or, "max": np.maximum, "min": np.minimum, "fmax": np.fmax, "fmin": np.fmin}
+        "and": np.logical_and, "or": np.logical_or, "max": np.maximum, "min": np.minimum, "fmax": np.fmax,
+        "fmin": np.fmin}
 
 
 def eval_expr(e: Expr, cols: dict[str, np.ndarray], scalars: dict[str, Any], n: int) -> np.ndarray:

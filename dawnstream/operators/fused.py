@@ -22,7 +22,8 @@ import pyarrow as pa
 
 from dawnstream.accel.backends import Executable, build
 from dawnstream.accel.exprs import Bridge, NotCompilable
-from dawnstream.accel.ir import Expr, Filter as FilterOp, Map, Program, binary
+from dawnstream.accel.ir import Expr, Map, Program, binary
+from dawnstream.accel.ir import Filter as FilterOp
 from dawnstream.accel.plan import plan
 from dawnstream.operators.base import Chain, Operator
 from dawnstream.operators.derive import Derive
