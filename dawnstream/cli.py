@@ -231,6 +231,28 @@ from dawnstream.outliers_cli import explain as _explain  # noqa: E402
 app.command("explain")(_explain)
 app.command("detect")(_detect)
 
+accel_app = typer.Typer(help="The accel layer: fused, compiled operator chains.", no_args_is_help=True)
+app.add_typer(accel_app, name="accel")
+
+
+@accel_app.command("explain")
+def accel_explain(
+    topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
+    sample: Annotated[str | None, typer.Option(help="Data file or dataset name to take the input schema from.")]
+    = None,
+) -> None:
+    """Print the fused plan of a topology: pipelines, breakers, chosen backend (like EXPLAIN)."""
+    from dawnstream.accel.explain import explain_topology
+    from dawnstream.sources import read_table
+    from dawnstream.streams.config import load_topology
+
+    try:
+        topo = load_topology(topology)
+        schema = read_table(sample).slice(0, 1).schema if sample else None
+        typer.echo(explain_topology(topo, schema))
+    except (DawnstreamError, ValueError, OSError) as e:
+        _fail(e)
+
 
 def main() -> None:
     """Entry point of the ``dawnstream`` script."""

@@ -192,11 +192,12 @@ class _Gen:
                 self.local.add(op.out)
                 k.writes.append((op.out, "bool"))
                 body.append(f"        {self.ident('o', op.out)}[i] = {v}")
-                body.append(f"        if {v}:")
+                # Branch-free compaction: always store at j (j <= i < n), advance on a match; a random
+                # predicate would otherwise cost a mispredicted branch per row.
                 for name, e in op.keep:
                     k.keeps.append((op.out, name, e.dtype))
-                    body.append(f"            {self.ident('o', name)}[{j}] = {self.expr(e)}")
-                body.append(f"            {j} += 1")
+                    body.append(f"        {self.ident('o', name)}[{j}] = {self.expr(e)}")
+                body.append(f"        {j} += np.int64({v})")
                 final.append(f"    counts[{len(k.filters) - 1}] = {j}")
             elif isinstance(op, Aggregate):
                 k.aggs.append(op)
