@@ -1,8 +1,9 @@
 """``dawnstream accel explain``: the fused plan of a topology, like SQL's EXPLAIN.
 
-The input schema comes from ``--sample`` (a data file) or the topology's declared ``input.schema``;
-other columns the stages mention are assumed ``float64`` where used as numbers and ``string`` otherwise (their real type is learned from the first
-batch at run time, so a numeric one may compile then even if it shows as interpreted here).
+The input schema comes from ``--sample`` (a data file) or the topology's declared
+``input.schema``; other columns the stages mention are assumed ``float64`` where used as numbers
+and ``string`` otherwise. Their real types are learned from the first batch at run time, so a
+stage shown as interpreted here may still compile then.
 """
 
 from __future__ import annotations
