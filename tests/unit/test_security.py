@@ -32,3 +32,20 @@ def test_no_eval_exec_or_pickle_in_the_package() -> None:
 
 def test_metrics_bind_to_loopback_by_default() -> None:
     assert MetricsSpec().host == "127.0.0.1"
+
+
+def test_secrets_never_reach_the_logs(caplog) -> None:
+    import logging
+
+    from dawnstream.logs import KeyValueFormatter, event, get_logger
+    from dawnstream.streams.kafka_clients import base_settings, describe_settings
+
+    secrets = {"sasl.password": "hunter2-sasl", "ssl.key.password": "hunter2-key",
+               "sasl.oauthbearer.client.secret": "hunter2-oauth", "sasl.username": "alice"}
+    conf = base_settings("127.0.0.1:1", {**secrets, "security.protocol": "SASL_SSL"})
+    log = get_logger("dawnstream.test")
+    with caplog.at_level(logging.INFO, logger="dawnstream"):
+        event(log, "runner.clients", settings=describe_settings(conf))
+    text = "\n".join(KeyValueFormatter().format(r) for r in caplog.records)
+    assert "runner.clients" in text and "SASL_SSL" in text
+    assert "hunter2" not in text
