@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from dawnstream.accel.cpu import CpuExecutable
-from dawnstream.accel.ir import Filter, GroupAggregate, Map, Program, Quantile, Scan, ScanState, col, const, param, ref
+from dawnstream.accel.examples import mad_chain
+from dawnstream.accel.ir import Filter, Map, Program, ScanState, col, const, ref
 
 
 def timeit(fn: Any, budget_s: float = 1.0, min_runs: int = 3) -> float:
@@ -54,14 +55,7 @@ def _copy_time(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def mad_program() -> Program:
-    x = col("x", "float32")
-    return Program([
-        Quantile("med", x, method="median"),
-        Quantile("mad", abs(x - param("med")), method="median"),
-        Map("z", abs(x - param("med")) / param("mad")),
-        GroupAggregate("per_cat", "count", col("cat", "int64"), None, 64, where=ref("z") > 3.0),
-        Scan("rm", "running_mean", x),
-    ], {"x": "float32", "cat": "int64"}, outputs=["per_cat", "rm"])
+    return mad_chain(outputs=("per_cat", "rm"))
 
 
 def mad_numpy(x: np.ndarray, cat: np.ndarray, state: list[float]) -> tuple[np.ndarray, np.ndarray]:

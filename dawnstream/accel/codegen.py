@@ -24,6 +24,7 @@ from dawnstream.accel.ir import (
     GroupAggregate,
     Map,
     Scan,
+    _promote,
     is_float,
     is_int,
 )
@@ -146,8 +147,6 @@ class _Gen:
             sym = "&" if op == "and" else "|"
             return f"({self.expr(a[0])} {sym} {self.expr(a[1])})"
         if op in ("lt", "le", "gt", "ge", "eq", "ne"):
-            from dawnstream.accel.ir import _promote
-
             ct = _promote(a[0].dtype, a[1].dtype)
             sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[op]
             return f"({self.conv(self.expr(a[0]), a[0].dtype, ct)} {sym} {self.conv(self.expr(a[1]), a[1].dtype, ct)})"

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from dawnstream.accel import radix
 from dawnstream.accel.cpu import CpuExecutable
+from dawnstream.accel.examples import mad_chain
 from dawnstream.accel.ir import (
     Aggregate,
     Filter,
@@ -146,17 +147,6 @@ def test_cpu_backend_matches_the_reference(case) -> None:
     assert_same(prog, got, exp)
     # Scan state carries across batches: a second batch continues where the first ended.
     assert_same(prog, CpuExecutable(prog).run(data, state=s1), run_reference(prog, data, state=s2))
-
-
-def mad_chain() -> Program:
-    x = col("x", "float32")
-    return Program([
-        Quantile("med", x, method="median"),
-        Quantile("mad", abs(x - param("med")), method="median"),
-        Map("z", abs(x - param("med")) / param("mad")),
-        GroupAggregate("per_cat", "count", col("cat", "int64"), None, 64, where=ref("z") > 3.0),
-        Scan("rm", "running_mean", x),
-    ], {"x": "float32", "cat": "int64"}, outputs=["med", "mad", "z", "per_cat", "rm"])
 
 
 def test_mad_chain_is_fused_into_two_passes_after_the_medians() -> None:
