@@ -77,7 +77,9 @@ def test_bad_input_corpus_goes_to_the_dlq_and_good_rows_pass_once(kafka_bootstra
     names = {kind: (f"test.bad-{tag}.{kind}.v1", f"test.bad-{tag}.{kind}-out.v1") for kind in ("rows", "frames",
                                                                                                 "requests")}
     TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=2) for src, _ in names.values()])
-    p = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 16 << 20, "linger.ms": 5})
+    # The whole corpus (> 100,000 messages, librdkafka's default queue size) is queued before the first flush.
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 16 << 20, "linger.ms": 5,
+                  "queue.buffering.max.messages": 1_000_000})
     src, _ = names["rows"]
     bad_at = {i * (GOOD // len(ROWS_CORPUS)): item for i, item in enumerate(ROWS_CORPUS)}
     for i in range(GOOD):
