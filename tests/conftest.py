@@ -12,6 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules (kafkakit)
 
+# Without an NVIDIA driver the CUDA backend's tests run its kernels in numba's CUDA simulator;
+# numba reads this when it is first imported, so it must be set before anything imports numba.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidiactl").exists():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
 from kafkakit import read_all  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -132,7 +132,7 @@ class _Gen:
             return f"({x} != {x})" if is_float(a[0].dtype) else "False"
         if op == "isfinite":
             x = self.expr(a[0])
-            return f"np.isfinite({x})" if is_float(a[0].dtype) else "True"
+            return self.math("isfinite", x) if is_float(a[0].dtype) else "True"
         if op in ("neg", "abs", "sqrt", "exp", "log", "log10", "floor", "ceil", "round"):
             x = self.conv(self.expr(a[0]), a[0].dtype, t)
             if op == "neg":
@@ -141,8 +141,7 @@ class _Gen:
                 return self.wrap(f"abs({x})", t)
             if op in ("floor", "ceil", "round") and not is_float(t):
                 return x  # integers are already whole
-            fn = {"round": "rint"}.get(op, op)
-            return self.wrap(f"np.{fn}({x})", t)
+            return self.wrap(self.math({"round": "rint"}.get(op, op), x), t)
         if op in ("and", "or"):
             sym = "&" if op == "and" else "|"
             return f"({self.expr(a[0])} {sym} {self.expr(a[1])})"
@@ -155,6 +154,10 @@ class _Gen:
             return f"_n{op}({x}, {y})"
         sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[op]
         return self.wrap(f"({x} {sym} {y})", t)
+
+    def math(self, fn: str, x: str) -> str:
+        """Source of a math function call (numpy's scalar ufuncs on the CPU)."""
+        return f"np.{fn}({x})"
 
     @staticmethod
     def conv(x: str, src: str, dst: str) -> str:

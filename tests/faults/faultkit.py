@@ -95,7 +95,9 @@ def worker_pids(proc: subprocess.Popen) -> list[int]:
     return out
 
 
-def wait_until(cond, timeout: float, what: str, every: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+def wait_until(cond, timeout: float, what: str, every: float = 0.5,  # type: ignore[no-untyped-def]
+               log: Path | None = None) -> None:
+    """Poll `cond` every `every` s; on timeout dump worker stacks and fail with the tail of `log`."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -103,7 +105,8 @@ def wait_until(cond, timeout: float, what: str, every: float = 0.5) -> None:  # 
                 for k in worker_pids(p):
                     os.kill(k, signal.SIGUSR1)
             time.sleep(1)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            tail = log.read_text(errors="replace")[-6000:] if log and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
         time.sleep(every)
 
 

@@ -1,0 +1,167 @@
+"""Device functions the generated CUDA kernels call: block reductions and scans, NaN-aware min/max,
+and math with numpy's IEEE results (NaN/inf, never an exception - also under the simulator, where
+``math.sqrt(-1)`` would raise).
+
+Block reduction: tree reduction in shared memory (Harris, "Optimizing Parallel Reduction in
+CUDA", NVIDIA 2007). Block scan: Hillis & Steele, "Data parallel algorithms" (CACM 1986), the
+inclusive scan with one barrier pair per step. ``sh`` is a float64 shared array of the block's size
+(a power of two); every thread of the block must call these functions (they hold barriers).
+Counts up to 2**53 are exact in float64, so masks and tile counts share the float scratch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+_dev = cuda.jit(device=True, inline=True)
+
+
+@_dev
+def block_sum(sh, tid, x):  # pragma: no cover - compiled
+    """Sum of ``x`` over the block, returned to every thread."""
+    cuda.syncthreads()  # earlier readers of sh are done
+    sh[tid] = x
+    cuda.syncthreads()
+    s = sh.size // 2
+    while s > 0:
+        if tid < s:
+            sh[tid] += sh[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    return sh[0]
+
+
+@_dev
+def block_nmax(sh, tid, x):  # pragma: no cover - compiled
+    """NaN-propagating max of ``x`` over the block."""
+    cuda.syncthreads()
+    sh[tid] = x
+    cuda.syncthreads()
+    s = sh.size // 2
+    while s > 0:
+        if tid < s:
+            sh[tid] = nmax(sh[tid], sh[tid + s])
+        cuda.syncthreads()
+        s //= 2
+    return sh[0]
+
+
+@_dev
+def block_nmin(sh, tid, x):  # pragma: no cover - compiled
+    """NaN-propagating min of ``x`` over the block."""
+    cuda.syncthreads()
+    sh[tid] = x
+    cuda.syncthreads()
+    s = sh.size // 2
+    while s > 0:
+        if tid < s:
+            sh[tid] = nmin(sh[tid], sh[tid + s])
+        cuda.syncthreads()
+        s //= 2
+    return sh[0]
+
+
+@_dev
+def block_scan(sh, tid, x):  # pragma: no cover - compiled
+    """Inclusive prefix sum of ``x`` over the block's threads (thread order)."""
+    cuda.syncthreads()
+    sh[tid] = x
+    cuda.syncthreads()
+    off = 1
+    while off < sh.size:
+        y = sh[tid - off] if tid >= off else 0.0
+        cuda.syncthreads()
+        sh[tid] += y
+        cuda.syncthreads()
+        off *= 2
+    return sh[tid]
+
+
+@_dev
+def nmax(a, b):  # pragma: no cover - compiled
+    return a if (a != a or a > b) else b
+
+
+@_dev
+def nmin(a, b):  # pragma: no cover - compiled
+    return a if (a != a or a < b) else b
+
+
+@_dev
+def nfmax(a, b):  # pragma: no cover - compiled
+    return b if (a != a or b > a) else a
+
+
+@_dev
+def nfmin(a, b):  # pragma: no cover - compiled
+    return b if (a != a or b < a) else a
+
+
+@_dev
+def isfinite(x):  # pragma: no cover - compiled
+    return x == x and x - x == 0.0
+
+
+@_dev
+def sqrt(x):  # pragma: no cover - compiled
+    return np.float64(math.sqrt(x)) if x >= 0.0 else np.float64(np.nan)
+
+
+@_dev
+def exp(x):  # pragma: no cover - compiled
+    if x != x:
+        return np.float64(x)
+    if x > 709.782712893384:
+        return np.float64(np.inf)
+    return np.float64(math.exp(x))
+
+
+@_dev
+def log(x):  # pragma: no cover - compiled
+    if x > 0.0:
+        return np.float64(math.log(x))
+    return np.float64(-np.inf) if x == 0.0 else np.float64(np.nan)
+
+
+@_dev
+def log10(x):  # pragma: no cover - compiled
+    if x > 0.0:
+        return np.float64(math.log10(x))
+    return np.float64(-np.inf) if x == 0.0 else np.float64(np.nan)
+
+
+@_dev
+def floor(x):  # pragma: no cover - compiled
+    if not (x == x and x - x == 0.0) or abs(x) >= 4503599627370496.0:
+        return np.float64(x)  # NaN, inf, and values already whole (|x| >= 2**52)
+    f = np.float64(np.int64(x))  # truncation
+    if f > x:
+        f -= 1.0
+    return math.copysign(f, x) if f == 0.0 else f  # floor(-0.0) is -0.0
+
+
+@_dev
+def ceil(x):  # pragma: no cover - compiled
+    if not (x == x and x - x == 0.0) or abs(x) >= 4503599627370496.0:
+        return np.float64(x)
+    f = np.float64(np.int64(x))
+    if f < x:
+        f += 1.0
+    return math.copysign(f, x) if f == 0.0 else f  # ceil(-0.3) is -0.0
+
+
+@_dev
+def rint(x):  # pragma: no cover - compiled
+    """Round half to even, like ``np.rint``."""
+    if not (x == x and x - x == 0.0) or abs(x) >= 4503599627370496.0:
+        return np.float64(x)
+    f = np.float64(np.int64(x))
+    if f > x:
+        f -= 1.0  # f = floor(x)
+    d = x - f
+    if d > 0.5 or (d == 0.5 and f - 2.0 * np.float64(np.int64(f / 2.0)) != 0.0):
+        f += 1.0
+    return math.copysign(f, x) if f == 0.0 else f

@@ -1,0 +1,209 @@
+"""Fixed CUDA kernels of the GPU backend: the tile prefix scan, dtype casts, and device-wide radix
+select for quantiles and top-k (data stays on the device; only a 2**16-bucket histogram and the
+candidates of the wanted bucket come back to the host).
+
+Radix select: Alabi et al., "Fast k-selection algorithms for graphics processing units" (JEA
+2012, sec. 3.2): histogram the top 16 bits of the order-preserving key (global atomics), pick the
+bucket holding the rank from the histogram, gather that bucket's keys (atomic cursor), select
+among them. The key transform and the interpolation are those of :mod:`dawnstream.accel.radix`,
+so results equal ``np.quantile`` / ``np.median`` bit for bit, as on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numba
+import numpy as np
+from numba import cuda
+
+from dawnstream.accel import radix
+from dawnstream.accel.cuda_device import block_scan
+
+
+@functools.cache
+def kernels(tpb: int) -> dict[str, Any]:
+    """The fixed kernels for blocks of ``tpb`` threads (compiled lazily per argument types)."""
+
+    @cuda.jit
+    def exclusive_scan(vals, out, total):  # pragma: no cover - compiled
+        """One block: ``out[j] = sum(vals[:j])`` and ``total[0] = sum(vals)`` (float64)."""
+        tid = cuda.threadIdx.x
+        sh = cuda.shared.array(tpb, numba.float64)
+        m = vals.size
+        chunk = (m + tpb - 1) // tpb
+        lo = min(tid * chunk, m)
+        hi = min(lo + chunk, m)
+        s = 0.0
+        for j in range(lo, hi):
+            s += vals[j]
+        x = block_scan(sh, tid, s)
+        # The neighbour's inclusive sum, not x - s: inf - inf would turn a running inf into NaN.
+        run = sh[tid - 1] if tid > 0 else 0.0
+        for j in range(lo, hi):
+            out[j] = run
+            run += vals[j]
+        if tid == tpb - 1:
+            total[0] = x
+
+    @cuda.jit
+    def cast(src, dst):  # pragma: no cover - compiled
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < src.size:
+            dst[i] = src[i]
+            i += stride
+
+    @cuda.jit
+    def histogram(u, top, nan_above, is_float, shift, hist, nans):  # pragma: no cover - compiled
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        absmask = ~top
+        while i < u.size:
+            b = u[i]
+            if is_float and (b & absmask) > nan_above:
+                cuda.atomic.add(nans, 0, 1)
+            else:
+                if is_float:
+                    key = ~b if b & top else b | top
+                else:
+                    key = b ^ top
+                cuda.atomic.add(hist, np.int64(key >> shift), 1)
+            i += stride
+
+    @cuda.jit
+    def gather_bucket(u, top, nan_above, is_float, shift, b0, b1, out, cursor):  # pragma: no cover
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        absmask = ~top
+        while i < u.size:
+            b = u[i]
+            if not (is_float and (b & absmask) > nan_above):
+                if is_float:
+                    key = ~b if b & top else b | top
+                else:
+                    key = b ^ top
+                bucket = np.int64(key >> shift)
+                if b0 <= bucket and bucket <= b1:
+                    out[cuda.atomic.add(cursor, 0, 1)] = key
+            i += stride
+
+    @cuda.jit
+    def gather_above(v, cut, out, cursor):  # pragma: no cover - compiled
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < v.size:
+            if v[i] > cut:
+                out[cuda.atomic.add(cursor, 0, 1)] = v[i]
+            i += stride
+
+    return {"exclusive_scan": exclusive_scan, "cast": cast, "histogram": histogram,
+            "gather_bucket": gather_bucket, "gather_above": gather_above}
+
+
+def grid(n: int, tpb: int, max_blocks: int) -> tuple[int, int]:
+    """(blocks, threads) for a grid-stride loop over ``n`` items (at least one block)."""
+    return max(1, min((n + tpb - 1) // tpb, max_blocks)), tpb
+
+
+class DeviceSelect:
+    """Radix select over device arrays for one executable (``tpb`` threads per block).
+
+    Args:
+        tpb: threads per block (a power of two).
+        max_blocks: grid size cap of the grid-stride kernels.
+    """
+
+    def __init__(self, tpb: int, max_blocks: int) -> None:
+        self.k = kernels(tpb)
+        self.tpb = tpb
+        self.max_blocks = max_blocks
+
+    def _launch(self, name: str, n: int, *args: Any) -> None:
+        self.k[name][grid(n, self.tpb, self.max_blocks)](*args)
+
+    def as_bits(self, d: Any) -> tuple[Any, Any, Any, bool, np.dtype]:
+        """(bit view, sign bit, largest non-NaN magnitude bits, is_float, value dtype) of a device column;
+        narrow ints and bools are widened to int64 on the device first."""
+        dt = np.dtype(d.dtype)
+        if dt == np.float64:
+            return d.view(np.uint64), np.uint64(1 << 63), np.uint64(0x7FF0000000000000), True, dt
+        if dt == np.float32:
+            return d.view(np.uint32), np.uint32(1 << 31), np.uint32(0x7F800000), True, dt
+        if dt == np.int32:
+            return d.view(np.uint32), np.uint32(1 << 31), np.uint32(0), False, dt
+        if dt != np.int64:
+            d = self.cast(d, np.int64)
+        return d.view(np.uint64), np.uint64(1 << 63), np.uint64(0), False, np.dtype(np.int64)
+
+    def cast(self, d: Any, dtype: Any) -> Any:
+        """A device copy of ``d`` converted to ``dtype``."""
+        out = cuda.device_array(d.size, dtype=dtype)
+        if d.size:
+            self._launch("cast", d.size, d, out)
+        return out
+
+    def select_ranks(self, d: Any, r0: int, r1: int) -> tuple[float, float, int]:
+        """Like :func:`dawnstream.accel.radix.select_ranks` on a device column."""
+        if d.size == 0:
+            return float("nan"), float("nan"), 0
+        u, top, nan_above, is_float, dtype = self.as_bits(d)
+        shift = np.uint64(np.dtype(u.dtype).itemsize * 8 - radix.BITS)
+        hist = cuda.to_device(np.zeros(1 << radix.BITS, dtype=np.int64))
+        nans = cuda.to_device(np.zeros(1, dtype=np.int64))
+        self._launch("histogram", u.size, u, top, nan_above, is_float, shift, hist, nans)
+        m = int(u.size - nans.copy_to_host()[0])
+        if m == 0:
+            return float("nan"), float("nan"), 0
+        r0, r1 = min(r0, m - 1), min(r1, m - 1)
+        acc = np.cumsum(hist.copy_to_host())
+        b0 = int(np.searchsorted(acc, r0, side="right"))
+        b1 = int(np.searchsorted(acc, r1, side="right"))
+        before = int(acc[b0 - 1]) if b0 else 0
+        size = int(acc[b1]) - before
+        out = cuda.device_array(size, dtype=u.dtype)
+        cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
+        self._launch("gather_bucket", u.size, u, top, nan_above, is_float, shift, np.int64(b0), np.int64(b1),
+                     out, cursor)
+        cand = out.copy_to_host()
+        k0, k1 = r0 - before, r1 - before
+        cand = np.partition(cand, (k0, k1)) if k1 != k0 else np.partition(cand, k0)
+        return (radix._value(cand[k0], top, is_float, dtype), radix._value(cand[k1], top, is_float, dtype), m)
+
+    def quantile(self, d: Any, q: float, method: str) -> float:
+        """Exact quantile of a device column, equal to :func:`dawnstream.accel.radix.quantile`."""
+        m = d.size
+        if m == 0:
+            return float("nan")
+        lo, hi, t = radix._positions(m, q, method)
+        v0, v1, m_true = self.select_ranks(d, lo, hi)
+        if m_true == 0:
+            return float("nan")
+        if m_true != m:
+            lo, hi, t = radix._positions(m_true, q, method)
+            v0, v1, _ = self.select_ranks(d, lo, hi)
+        if method == "median":
+            return float(v0) if lo == hi else float((v0 + v1) / 2.0)
+        return float(radix._lerp(v0, v1, t))
+
+    def top_k(self, d: Any, k: int) -> np.ndarray:
+        """The ``k`` largest non-NaN values, descending, float64 (== :func:`radix.top_k`)."""
+        v = d if np.dtype(d.dtype) == np.float64 else self.cast(d, np.float64)
+        n = v.size
+        if n == 0:
+            return np.empty(0)
+        cut, _, m = self.select_ranks(v, max(n - k, 0), max(n - k, 0))
+        if m == 0:
+            return np.empty(0)
+        if k >= m:
+            h = v.copy_to_host()
+            return -np.sort(-h[~np.isnan(h)])
+        if m != n:
+            cut, _, _ = self.select_ranks(v, m - k, m - k)
+        out = cuda.device_array(k, dtype=np.float64)
+        cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
+        self._launch("gather_above", n, v, np.float64(cut), out, cursor)
+        above = out.copy_to_host()[: int(cursor.copy_to_host()[0])]
+        ties = np.full(k - above.size, cut)
+        return -np.sort(-np.concatenate([above, ties]))

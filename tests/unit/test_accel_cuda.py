@@ -1,0 +1,175 @@
+"""The CUDA backend against the numpy reference interpreter.
+
+Without a GPU these run the generated kernels in numba's CUDA simulator (``tests/conftest.py``
+sets ``NUMBA_ENABLE_CUDASIM=1``), so sizes stay small; tile edges (0, 1, 31, 32, 33 rows with
+32-thread blocks) are covered explicitly. The ``gpu``-marked test runs real kernels on a GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from accelkit import SMALL_SIZES, assert_same, programs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from numba import config
+
+from dawnstream.accel.backends import build, gpu_available
+from dawnstream.accel.cuda import CudaExecutable
+from dawnstream.accel.examples import mad_chain
+from dawnstream.accel.ir import (
+    Aggregate,
+    Filter,
+    GroupAggregate,
+    Map,
+    Program,
+    Quantile,
+    Scan,
+    ScanState,
+    TopK,
+    col,
+    ref,
+)
+from dawnstream.accel.reference import run_reference
+
+pytestmark = pytest.mark.skipif(not gpu_available(), reason="no CUDA device and the simulator is off")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(programs(sizes=SMALL_SIZES, max_ops=4))
+def test_cuda_backend_matches_the_reference(case) -> None:
+    prog, data = case
+    s1, s2 = ScanState(), ScanState()
+    ex = CudaExecutable(prog)
+    assert_same(prog, ex.run(data, state=s1), run_reference(prog, data, state=s2))
+    assert_same(prog, ex.run(data, state=s1), run_reference(prog, data, state=s2))
+
+
+def _edge_program() -> Program:
+    x, k = col("x", "float64"), col("k", "int64")
+    return Program([
+        Map("y", x * 2.0 + 1.0),
+        Filter("pos", ref("y") > 0.0, (("kept", ref("y")), ("kept_k", k))),
+        Aggregate("mx", "max", x),
+        Aggregate("mn", "min", x, where=x > -1.0),
+        Aggregate("s", "sum", x),
+        Aggregate("c", "count", None, where=ref("pos")),
+        GroupAggregate("gmax", "max", k, x, 4),
+        GroupAggregate("gmean", "mean", k, x, 4),
+        Scan("cs", "cumsum", x),
+        Scan("rm", "running_mean", ref("y")),
+        Scan("cc", "cumcount"),
+        Map("after", ref("cs") - ref("rm")),  # reads scans: the next pass on the GPU
+        Quantile("q", ref("y"), 0.3),
+        TopK("top", x, 3),
+    ], {"x": "float64", "k": "int64"})
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 33, 100])
+def test_tile_edges_nan_and_state_carry(n: int) -> None:
+    prog = _edge_program()
+    rng = np.random.default_rng(n)
+    s1, s2 = ScanState(), ScanState()
+    ex = CudaExecutable(prog)
+    for batch in range(2):
+        x = rng.normal(size=n)
+        if batch == 1 and n:
+            x[n // 2] = np.nan  # NaN reaches max/min/gmax/sum/scans
+        data = {"x": x, "k": rng.integers(0, 4, n)}
+        assert_same(prog, ex.run(data, state=s1), run_reference(prog, data, state=s2))
+    assert s1.get("cc") == s2.get("cc")
+
+
+def test_compaction_keeps_row_order_across_tiles() -> None:
+    n = 200
+    x = np.arange(n, dtype=np.float64)
+    prog = Program([Filter("f", col("x", "float64") > 0.0, (("kx", col("x", "float64")),))], {"x": "float64"})
+    got = CudaExecutable(prog).run({"x": x - 100.0})
+    np.testing.assert_array_equal(got["kx"], np.arange(1.0, 100.0))
+
+
+def test_group_key_outside_the_domain_raises() -> None:
+    prog = Program([GroupAggregate("g", "count", col("k", "int64"), None, 4)], {"k": "int64"})
+    with pytest.raises(ValueError, match="domain"):
+        CudaExecutable(prog).run({"k": np.array([0, 1, 4])})
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int32", "int8", "bool"])
+def test_device_radix_select_equals_numpy(dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    if dtype == "bool":
+        x = rng.random(90) < 0.3
+    elif dtype.startswith("int"):
+        x = rng.integers(-100, 100, 90).astype(dtype)
+    else:
+        x = np.concatenate([rng.standard_cauchy(80), [np.nan, np.inf, -np.inf, 0.0, -0.0, 5.0, 5.0, 5.0,
+                                                      np.nan, 1e300]]).astype(dtype)
+    prog = Program([Quantile("med", col("x", dtype), method="median"),
+                    Quantile("w", col("x", dtype), 0.9, method="weibull"),
+                    Quantile("lin", col("x", dtype), 0.25), TopK("top", col("x", dtype), 4)], {"x": dtype})
+    got = CudaExecutable(prog).run({"x": x})
+    v = x.astype(np.float64)
+    v = v[~np.isnan(v)]
+    with np.errstate(all="ignore"):
+        assert got["med"] == np.median(v)
+        assert got["w"] == np.quantile(v, 0.9, method="weibull")
+        assert got["lin"] == np.quantile(v, 0.25)
+    np.testing.assert_array_equal(got["top"], np.sort(v)[::-1][:4])
+
+
+def test_accel_gpu_wires_into_the_fused_stages_and_the_mad_classifier() -> None:
+    from dawnstream.operators.outliers.classify import OutlierClassifier
+    from dawnstream.operators.registry import build_chain
+
+    rng = np.random.default_rng(2)
+    n = 70
+    b = pa.record_batch({"x": pa.array(rng.normal(size=n)), "y": pa.array(rng.integers(-3, 3, n))})
+    stages = [("filter", {"expr": "x > -1"}, "f"), ("derive", {"columns": {"z": "x * 2 + y"}}, "d")]
+    off, gpu = build_chain(stages, accel="off"), build_chain(stages, accel="gpu")
+    got, exp = pa.Table.from_batches(gpu.process(b)), pa.Table.from_batches(off.process(b))
+    assert got.schema == exp.schema and got.num_rows == exp.num_rows
+    np.testing.assert_allclose(got["z"].to_numpy(), exp["z"].to_numpy(), rtol=1e-15)
+    ops = []
+    for accel in ("off", "gpu"):
+        op = OutlierClassifier(metrics="v", classifier="mad", warmup=40, period=80, reservoir=60)
+        op.accel = accel
+        ops.append(op)
+    for _ in range(3):
+        v = rng.standard_cauchy(90)
+        a, g = (pa.Table.from_batches(op.process(pa.record_batch({"v": v}))) for op in ops)
+        assert a.schema == g.schema
+        for name in a.column_names:  # NaN scores (rows before the first model) compare equal here
+            np.testing.assert_array_equal(a[name].to_numpy(), g[name].to_numpy(), err_msg=name)
+
+
+def test_auto_never_picks_the_simulator() -> None:
+    if config.ENABLE_CUDASIM:
+        assert build(mad_chain(), "auto").backend == "cpu"
+    assert build(mad_chain(), "gpu").backend == "gpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(simulator_ok=False), reason="needs an NVIDIA GPU")
+def test_real_kernels_match_the_cpu_on_a_million_rows() -> None:
+    from dawnstream.accel.cpu import CpuExecutable
+
+    rng = np.random.default_rng(3)
+    n = 1_000_000
+    data = {"x": rng.standard_cauchy(n).astype(np.float32), "cat": rng.integers(0, 64, n)}
+    got, exp = CudaExecutable(mad_chain()).run(data), CpuExecutable(mad_chain()).run(data)
+    assert got["med"] == exp["med"] and got["mad"] == exp["mad"]
+    np.testing.assert_array_equal(got["z"], exp["z"])
+    np.testing.assert_array_equal(got["per_cat"], exp["per_cat"])
+    np.testing.assert_allclose(got["rm"], exp["rm"], rtol=1e-9)
+
+
+@given(st.integers(1, 5))
+@settings(max_examples=3, deadline=None)
+def test_no_recompile_when_the_batch_length_changes(seed: int) -> None:
+    ex = CudaExecutable(Program([Map("y", col("x", "float64") + 1.0)], {"x": "float64"}))
+    rng = np.random.default_rng(seed)
+    for n in (3, 40, 7):
+        np.testing.assert_array_equal(ex.run({"x": rng.normal(size=n)})["y"].size, n)
+    if not config.ENABLE_CUDASIM:  # the simulator does not compile, so it has no signatures
+        assert len(ex.module.pipeline_0_a.overloads) == 1
