@@ -140,8 +140,8 @@ def plan(program: Program, scan_breaks: bool = False) -> Plan:
             pipes[lvl].breakers.append(op)
         else:
             pipes[lvl].ops.append(op)
-    # A map column is written to memory when something outside its own pass reads it.
-    owner = {op.out: lvl for op, lvl in zip(ops, levels, strict=True) if isinstance(op, Map)}
+    # A map column or filter mask is written to memory when something outside its own pass reads it.
+    owner = {op.out: lvl for op, lvl in zip(ops, levels, strict=True) if isinstance(op, (Map, Filter))}
     outputs = set(program.outputs)
     for op, lvl in zip(ops, levels, strict=True):
         reads = set().union(*(e.columns() for e in op_exprs(op))) if op_exprs(op) else set()

@@ -117,3 +117,16 @@ def test_radix_select_equals_numpy_quantile(xs, q, method) -> None:
 def test_top_k_of_integers(xs, k) -> None:
     x = np.array(xs, dtype=np.int64)
     np.testing.assert_array_equal(radix.top_k(x, k), np.sort(x.astype(np.float64))[::-1][:k])
+
+
+@pytest.mark.parametrize("fn", ["count", "sum", "max"])
+def test_a_key_outside_the_domain_raises_only_on_rows_the_where_keeps(fn: str) -> None:
+    k, x = col("k", "int64"), col("x", "float64")
+    prog = Program([GroupAggregate("g", fn, k, None if fn == "count" else x, 4, where=x > 0.0)],
+                   {"k": "int64", "x": "float64"})
+    ignored = {"k": np.array([0, 9, 3, -1]), "x": np.array([1.0, -1.0, 2.0, -5.0])}
+    np.testing.assert_array_equal(CpuExecutable(prog).run(ignored)["g"], run_reference(prog, ignored)["g"])
+    kept = {"k": np.array([0, 9, 3]), "x": np.array([1.0, 1.0, 2.0])}
+    for run in (run_reference, CpuExecutable(prog).run):
+        with pytest.raises(ValueError, match="domain"):
+            run(prog, kept) if run is run_reference else run(kept)
