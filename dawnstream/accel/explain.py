@@ -14,6 +14,7 @@ from dawnstream.accel.backends import resolve
 from dawnstream.operators.base import Operator
 from dawnstream.operators.fused import FusedStages
 from dawnstream.operators.outliers.classify import OutlierClassifier
+from dawnstream.operators.window_count import WindowCount
 from dawnstream.streams.config import Topology
 from dawnstream.topics.schema import parse_type
 
@@ -57,6 +58,10 @@ def explain_topology(topo: Topology, sample: pa.Schema | None = None) -> str:
                              "medians by exact radix select")
             else:
                 lines.append(f"stage {op.name} (classify, {op.classifier}): numpy (only MAD scoring compiles)")
+        elif isinstance(op, WindowCount) and topo.accel != "off":
+            lines.append(f"stage {op.name} (window_count): count per (window, key) compiled - keys dictionary-"
+                         "encoded into one dense group key, one group_aggregate pass (Arrow hash aggregation "
+                         "when a batch needs more than 2**22 cells)")
         else:
             lines.append(f"stage {op.name} ({op.kind}): interpreted (no accel lowering)")
         if schema is not None:

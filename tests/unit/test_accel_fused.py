@@ -119,3 +119,32 @@ def test_mad_classifier_outputs_are_identical_with_and_without_accel() -> None:
     s_on, f_on = classify_stream("cpu")
     assert f_on == f_off and sum(f_on) > 0
     np.testing.assert_array_equal(np.array(s_on, dtype=float), np.array(s_off, dtype=float))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2]), st.sampled_from([0, 50, 500]),
+       st.lists(st.sampled_from([0, 1, 7, 300]), min_size=1, max_size=4))
+def test_window_count_is_identical_with_the_compiled_count(seed, nkeys, lateness, sizes) -> None:
+    from dawnstream.operators.window_count import WindowCount
+
+    rng = np.random.default_rng(seed)
+    ops = []
+    for accel in ("off", "cpu"):
+        op = WindowCount(key=["k", "j"][:nkeys], time="t", size="100ms", lateness=lateness)
+        op.accel = accel
+        ops.append(op)
+    outs: list[list] = [[], []]
+    t0 = 0
+    for n in sizes:
+        keys = [None if v == 0 else f"k{v}" for v in rng.integers(0, 6, n)]
+        t = t0 + np.cumsum(rng.integers(-30, 60, n))  # out of order: some rows are late
+        t0 = int(t[-1]) if n else t0
+        b = pa.record_batch({"k": pa.array(keys, pa.string()), "j": pa.array(rng.integers(0, 3, n)),
+                             "t": pa.array(t, pa.int64())})
+        for out, op in zip(outs, ops, strict=True):
+            out += [r for x in op.process(b) for r in x.to_pylist()]
+    for out, op in zip(outs, ops, strict=True):
+        out += [r for x in op.flush() for r in x.to_pylist()]
+    assert outs[0] == outs[1]
+    assert ops[0].late_rows == ops[1].late_rows
+    assert bool(ops[1]._exes) == (sum(sizes) > 0)  # the compiled count did the counting
