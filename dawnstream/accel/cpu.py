@@ -62,15 +62,20 @@ def load_module(key: str, source: str) -> ModuleType:
 
 
 class BufferPool:
-    """Reusable scratch arrays by (name, dtype): grown when a batch is larger, never shrunk."""
+    """Reusable scratch arrays by (name, dtype): grown when a batch is larger, never shrunk.
 
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, str], np.ndarray] = {}
+    Args:
+        alloc: ``alloc(size, dtype) -> array`` (``np.empty``; the GPU backend passes
+            ``numba.cuda.device_array``)."""
 
-    def get(self, name: str, dtype: str, n: int) -> np.ndarray:
+    def __init__(self, alloc: Any = None) -> None:
+        self._alloc = alloc or (lambda size, dtype: np.empty(size, dtype=dtype))
+        self._bufs: dict[tuple[str, str], Any] = {}
+
+    def get(self, name: str, dtype: str, n: int) -> Any:
         buf = self._bufs.get((name, dtype))
         if buf is None or buf.size < n:
-            buf = np.empty(max(n, 1024), dtype=dtype)
+            buf = self._alloc(max(n, 1024), dtype)
             self._bufs[(name, dtype)] = buf
         return buf[:n]
 

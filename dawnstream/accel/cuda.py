@@ -19,27 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from dawnstream.accel.cpu import load_module
+from dawnstream.accel.cpu import BufferPool, load_module
 from dawnstream.accel.cuda_codegen import CudaKernel, generate_cuda, module_source
 from dawnstream.accel.cuda_kernels import DeviceSelect, grid, kernels
 from dawnstream.accel.ir import Program, Quantile, ScanState, TopK
 from dawnstream.accel.plan import Plan, plan
-
-
-class DevicePool:
-    """Reusable device scratch arrays by (name, dtype): grown when a batch is larger, never shrunk."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[str, str], Any] = {}
-
-    def get(self, name: str, dtype: str, n: int) -> Any:
-        from numba import cuda
-
-        buf = self._bufs.get((name, dtype))
-        if buf is None or buf.size < n:
-            buf = cuda.device_array(max(n, 1024), dtype=dtype)
-            self._bufs[(name, dtype)] = buf
-        return buf[:n]
 
 
 class CudaExecutable:
@@ -73,7 +57,9 @@ class CudaExecutable:
         self.module = load_module(f"{key}_cuda{self.tpb}", self.source)
         self.select = DeviceSelect(self.tpb, self.max_blocks)
         self.fixed = kernels(self.tpb)
-        self.pool = DevicePool()
+        from numba import cuda
+
+        self.pool = BufferPool(lambda size, dtype: cuda.device_array(size, dtype=dtype))
 
     def run(self, columns: dict[str, np.ndarray], params: dict[str, float] | None = None,
             state: ScanState | None = None, n: int | None = None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from dawnstream.accel.cuda_device import block_nmax, block_nmin, block_scan, block_sum, ceil, exp, floor
+from dawnstream.accel.cuda_device import NMAX, NMIN, SUM, block_reduce, block_scan, ceil, exp, floor
 from dawnstream.accel.cuda_device import isfinite, log, log10, rint, sqrt
 from dawnstream.accel.cuda_device import nfmax as _nfmax
 from dawnstream.accel.cuda_device import nfmin as _nfmin
@@ -109,7 +109,7 @@ class _CudaGen(_Gen):
                     body.append(f"{ind}{self.ident('o', op.out)}[i] = {v}")
                     if keeps:
                         tt = self.ident("tt", op.out)
-                        tile.append(f"        x = block_sum(sh, tid, 1.0 if {m} else 0.0)")
+                        tile.append(f"        x = block_reduce(sh, tid, 1.0 if {m} else 0.0, SUM)")
                         tile.append(f"        if tid == 0:\n            {tt}[t] = x")
                 elif keeps:
                     tp, q = self.ident("tp", op.out), self.ident("q", op.out)
@@ -173,7 +173,7 @@ class _CudaGen(_Gen):
                 if phase == "a":
                     if op.value is not None:
                         tt = self.ident("tt", op.out)
-                        tile.append(f"        x = block_sum(sh, tid, {sv})")
+                        tile.append(f"        x = block_reduce(sh, tid, {sv}, SUM)")
                         tile.append(f"        if tid == 0:\n            {tt}[t] = x")
                 else:
                     st, tp, o = self.ident("st", op.out), self.ident("tp", op.out), self.ident("o", op.out)
@@ -223,13 +223,13 @@ class _CudaGen(_Gen):
         if phase == "a":
             for a in kk.aggs:
                 s, c, cell = self.ident("s", a.out), self.ident("n", a.out), self.ident("a", a.out)
-                lines += [f"    x = block_sum(sh, tid, {c})", "    if tid == 0:",
+                lines += [f"    x = block_reduce(sh, tid, {c}, SUM)", "    if tid == 0:",
                           f"        cuda.atomic.add({cell}, 1, x)"]
                 if a.fn in ("sum", "mean"):
-                    lines += [f"    x = block_sum(sh, tid, {s})", "    if tid == 0:",
+                    lines += [f"    x = block_reduce(sh, tid, {s}, SUM)", "    if tid == 0:",
                               f"        cuda.atomic.add({cell}, 0, x)"]
                 elif a.fn in ("min", "max"):
-                    lines += [f"    x = block_n{a.fn}(sh, tid, {s})", "    if tid == 0:",
+                    lines += [f"    x = block_reduce(sh, tid, {s}, N{a.fn.upper()})", "    if tid == 0:",
                               "        if x != x:", f"            {cell}[2] = 1.0", "        else:",
                               f"            cuda.atomic.{a.fn}({cell}, 0, x)"]
         return "\n".join(lines) + "\n", inputs, params

@@ -19,46 +19,24 @@ from numba import cuda
 _dev = cuda.jit(device=True, inline=True)
 
 
+SUM, NMAX, NMIN = 0, 1, 2  # block_reduce kinds
+
+
 @_dev
-def block_sum(sh, tid, x):  # pragma: no cover - compiled
-    """Sum of ``x`` over the block, returned to every thread."""
+def block_reduce(sh, tid, x, kind):  # pragma: no cover - compiled
+    """``kind`` (SUM, NMAX: NaN-propagating max, NMIN) of ``x`` over the block, returned to every thread."""
     cuda.syncthreads()  # earlier readers of sh are done
     sh[tid] = x
     cuda.syncthreads()
     s = sh.size // 2
     while s > 0:
         if tid < s:
-            sh[tid] += sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    return sh[0]
-
-
-@_dev
-def block_nmax(sh, tid, x):  # pragma: no cover - compiled
-    """NaN-propagating max of ``x`` over the block."""
-    cuda.syncthreads()
-    sh[tid] = x
-    cuda.syncthreads()
-    s = sh.size // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] = nmax(sh[tid], sh[tid + s])
-        cuda.syncthreads()
-        s //= 2
-    return sh[0]
-
-
-@_dev
-def block_nmin(sh, tid, x):  # pragma: no cover - compiled
-    """NaN-propagating min of ``x`` over the block."""
-    cuda.syncthreads()
-    sh[tid] = x
-    cuda.syncthreads()
-    s = sh.size // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] = nmin(sh[tid], sh[tid + s])
+            if kind == SUM:
+                sh[tid] += sh[tid + s]
+            elif kind == NMAX:
+                sh[tid] = nmax(sh[tid], sh[tid + s])
+            else:
+                sh[tid] = nmin(sh[tid], sh[tid + s])
         cuda.syncthreads()
         s //= 2
     return sh[0]
