@@ -56,8 +56,12 @@ def explain_topology(topo: Topology, sample: pa.Schema | None = None) -> str:
                 lines.append(f"stage {op.name} (classify, mad): scoring compiled - one pass computes score "
                              "= |x - median| / MAD, the outlier flag and the compacted valid scores; "
                              "medians by exact radix select")
+            elif op.classifier == "percentile" and topo.accel != "off":
+                lines.append(f"stage {op.name} (classify, percentile): flags compiled (finite and outside the "
+                             "tail cuts, one pass); the rank score is a numpy binary search")
             else:
-                lines.append(f"stage {op.name} (classify, {op.classifier}): numpy (only MAD scoring compiles)")
+                lines.append(f"stage {op.name} (classify, {op.classifier}): numpy (MCD and predicates do not "
+                             "compile)")
         elif isinstance(op, WindowCount) and topo.accel != "off":
             lines.append(f"stage {op.name} (window_count): count per (window, key) compiled - keys dictionary-"
                          "encoded into one dense group key, one group_aggregate pass (Arrow hash aggregation "

@@ -148,3 +148,19 @@ def test_window_count_is_identical_with_the_compiled_count(seed, nkeys, lateness
     assert outs[0] == outs[1]
     assert ops[0].late_rows == ops[1].late_rows
     assert bool(ops[1]._exes) == (sum(sizes) > 0)  # the compiled count did the counting
+
+
+def test_percentile_classifier_flags_are_identical_with_and_without_accel() -> None:
+    outs = []
+    for accel in ("off", "cpu"):
+        op = OutlierClassifier(metrics="v", classifier="percentile", percentile=95.0, warmup=500, period=2000)
+        op.accel = accel
+        rng = np.random.default_rng(11)
+        flags: list[bool] = []
+        for _ in range(4):
+            v = rng.normal(size=3000)
+            v[rng.random(3000) < 0.01] = np.nan
+            flags += op.process(pa.record_batch({"v": v}))[0].column("is_outlier").to_pylist()
+        outs.append(flags)
+        assert (op._pct_exe is not None) == (accel == "cpu")
+    assert outs[0] == outs[1] and 0.05 < sum(outs[0]) / len(outs[0]) < 0.15

@@ -170,6 +170,7 @@ class OutlierClassifier(Operator):
         self.outliers_seen = 0
         self.next_boundary = warmup
         self._mad_exe: Any = None
+        self._pct_exe: Any = None
 
     def required_columns(self) -> set[str]:
         return set(self.metrics) | (self.expr.columns() if self.expr is not None else set())
@@ -208,7 +209,8 @@ class OutlierClassifier(Operator):
                 s = self.model.score(xs)
                 score[i:end] = s
                 if isinstance(self.model, PercentileModel):
-                    flags[i:end] = vs & self.model.flag(xs)
+                    flags[i:end] = self._percentile_flags(xs[:, 0]) if self.accel != "off" \
+                        else vs & self.model.flag(xs)
                 else:
                     flags[i:end] = vs & (s > self.cutoff)
                     self.scores.insert(s[vs])
@@ -218,6 +220,21 @@ class OutlierClassifier(Operator):
             if self.rows_seen == self.next_boundary:
                 self._retrain()
         return score, flags
+
+    def _percentile_flags(self, x: np.ndarray) -> np.ndarray:
+        """Percentile classifier flags in one compiled pass: finite and outside [low, high] (the rank
+        score stays a numpy binary search: the accel IR has no search op)."""
+        if self._pct_exe is None:
+            from dawnstream.accel.backends import build
+            from dawnstream.accel.ir import Map, Program, col, param, unary
+
+            v = col("x", "float64")
+            prog = Program([Map("flag", unary("isfinite", v) & ((v < param("low")) | (v > param("high"))))],
+                           {"x": "float64"}, params={"low": "float64", "high": "float64"}, outputs=["flag"])
+            self._pct_exe = build(prog, self.accel)
+        m = self.model
+        assert isinstance(m, PercentileModel)
+        return np.asarray(self._pct_exe.run({"x": x}, {"low": m.low, "high": m.high})["flag"])
 
     def _mad_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """MAD scores, flags and the valid rows' scores in one compiled pass (same values as
