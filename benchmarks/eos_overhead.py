@@ -33,11 +33,13 @@ def measure(table: pa.Table, fmt: str, stages: list, bootstrap: str) -> dict:
     admin.ensure([TopicSpec(name=src, partitions=1)])
     replay_table(table, src, fmt=fmt, batch_rows=10_000, bootstrap=bootstrap)
     out: dict = {}
-    for guarantee in ("at_least_once", "exactly_once"):
-        dst = f"bench.eos-{tag}.{guarantee.replace('_', '-')}.v1"
+    # Alternate twice and keep each guarantee's best: the first run pays for cold caches (the topic's
+    # log segments, compiled kernels), which would otherwise be charged to whichever mode runs first.
+    for i, guarantee in enumerate(("at_least_once", "exactly_once") * 2):
+        dst = f"bench.eos-{tag}.{guarantee.replace('_', '-')}-{i}.v1"
         topo = parse_topology(
             {
-                "name": f"bench-eos-{guarantee}-{tag}",
+                "name": f"bench-eos-{guarantee}-{tag}-{i}",
                 "input": {"topic": src, "codec": fmt},
                 "stages": stages,
                 "outputs": [{"topic": dst, "codec": fmt}],
@@ -51,7 +53,7 @@ def measure(table: pa.Table, fmt: str, stages: list, bootstrap: str) -> dict:
         stats = runner.run(max_rows=table.num_rows, max_idle_s=30)
         end = time.monotonic()
         assert stats.rows_in == table.num_rows and stats.first_message is not None
-        out[guarantee] = round(table.num_rows / (end - stats.first_message))
+        out[guarantee] = max(out.get(guarantee, 0), round(table.num_rows / (end - stats.first_message)))
         admin.delete([dst])
     admin.delete([src, src + ".dlq"])
     return out
