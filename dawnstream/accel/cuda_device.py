@@ -112,13 +112,21 @@ def log10(x):  # pragma: no cover - compiled
 
 
 @_dev
+def _signed_zero(x):  # pragma: no cover - compiled
+    """The zero numpy's floor/ceil/rint return for ``x``: -0.0 when x < 0 or x is -0.0 (NVVM has no copysign)."""
+    if x < 0.0:
+        return np.float64(-0.0)
+    return np.float64(x) if x == 0.0 else np.float64(0.0)
+
+
+@_dev
 def floor(x):  # pragma: no cover - compiled
     if not (x == x and x - x == 0.0) or abs(x) >= 4503599627370496.0:
         return np.float64(x)  # NaN, inf, and values already whole (|x| >= 2**52)
     f = np.float64(np.int64(x))  # truncation
     if f > x:
         f -= 1.0
-    return math.copysign(f, x) if f == 0.0 else f  # floor(-0.0) is -0.0
+    return _signed_zero(x) if f == 0.0 else f  # floor(-0.0) is -0.0
 
 
 @_dev
@@ -128,7 +136,7 @@ def ceil(x):  # pragma: no cover - compiled
     f = np.float64(np.int64(x))
     if f < x:
         f += 1.0
-    return math.copysign(f, x) if f == 0.0 else f  # ceil(-0.3) is -0.0
+    return _signed_zero(x) if f == 0.0 else f  # ceil(-0.3) is -0.0
 
 
 @_dev
@@ -142,4 +150,4 @@ def rint(x):  # pragma: no cover - compiled
     d = x - f
     if d > 0.5 or (d == 0.5 and f - 2.0 * np.float64(np.int64(f / 2.0)) != 0.0):
         f += 1.0
-    return math.copysign(f, x) if f == 0.0 else f
+    return _signed_zero(x) if f == 0.0 else f

@@ -33,8 +33,11 @@ def kernels(tpb: int) -> dict[str, Any]:
         sh = cuda.shared.array(tpb, numba.float64)
         m = vals.size
         chunk = (m + tpb - 1) // tpb
-        lo = min(tid * chunk, m)
-        hi = min(lo + chunk, m)
+        # Conditional expressions, not min(): numba's CUDA target fails to type min(int64, int64).
+        lo = tid * chunk
+        lo = lo if lo < m else m
+        hi = lo + chunk
+        hi = hi if hi < m else m
         s = 0.0
         for j in range(lo, hi):
             s += vals[j]
