@@ -58,10 +58,12 @@ def expected(table: pa.Table) -> Counter:
                    for ts, key in zip(t, k, strict=True))
 
 
-def test_broker_down_for_10s_mid_stream(tmp_path: Path, reader) -> None:
-
+def test_broker_down_for_10s_mid_stream(tmp_path: Path, reader, monkeypatch: pytest.MonkeyPatch) -> None:
     mgr = BrokerManager(port=39392, home=tmp_path / "broker")
     boot = mgr.start(timeout_s=120)
+    # This test owns its broker. `make test` exports DAWNSTREAM_KAFKA_BOOTSTRAP (the shared broker), which
+    # overrides every client's bootstrap - the helpers' here and the worker's (it inherits the environment).
+    monkeypatch.setenv("DAWNSTREAM_KAFKA_BOOTSTRAP", boot)
     try:
         tag = uuid.uuid4().hex[:8]
         src, dst = f"test.outage-{tag}.rows.v1", f"test.outage-{tag}.out.v1"
