@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
+import pytest
 from faultkit import committed, start_worker, stop, wait_until, worker_pids, write_topology
 from kafkakit import read_all
 
