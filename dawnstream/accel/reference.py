@@ -144,7 +144,8 @@ def run_reference(program: Program, columns: dict[str, np.ndarray], params: dict
                 init = np.inf if op.fn == "min" else -np.inf
                 acc = np.full(op.domain, init)
                 ufunc: Any = np.minimum if op.fn == "min" else np.maximum
-                ufunc.at(acc, keys, vals)
+                with np.errstate(invalid="ignore"):  # NaN propagates, as it should: no warning needed
+                    ufunc.at(acc, keys, vals)
                 seen = np.bincount(keys, minlength=op.domain) > 0
                 acc[~seen] = np.nan
                 results[op.out] = acc
