@@ -61,6 +61,30 @@ def load_module(key: str, source: str) -> ModuleType:
         return mod
 
 
+def aggregate_value(fn: str, s: float, cnt: int, nan_seen: bool = False) -> Any:
+    """An aggregate's result from its accumulated value ``s`` and row count: count -> int; mean, min and
+    max of no rows -> NaN; ``nan_seen`` (GPU min/max, whose atomics skip NaN) -> NaN."""
+    if fn == "count":
+        return cnt
+    if fn == "mean":
+        return s / cnt if cnt else float("nan")
+    if fn in ("min", "max"):
+        return float("nan") if (nan_seen or not cnt) else float(s)
+    return float(s)
+
+
+def group_values(fn: str, vals: np.ndarray, cnts: np.ndarray, nan_seen: np.ndarray | None = None) -> np.ndarray:
+    """A group aggregate's per-key results (like :func:`aggregate_value`, per key; ``vals`` is reused)."""
+    if fn == "count":
+        return cnts
+    if fn == "mean":
+        with np.errstate(all="ignore"):
+            return vals / cnts
+    if fn in ("min", "max"):
+        vals[(cnts == 0) | (nan_seen > 0 if nan_seen is not None else False)] = np.nan
+    return vals
+
+
 class BufferPool:
     """Reusable scratch arrays by (name, dtype): grown when a batch is larger, never shrunk.
 
@@ -182,27 +206,8 @@ class CpuExecutable:
         for (f, name, _dt), a in zip(k.keeps, kept, strict=True):
             results[name] = a[: counts[k.filters.index(f)]]
         for agg, cell in zip(k.aggs, cells, strict=True):
-            s, cnt = cell[0], int(cell[1])
-            if agg.fn == "count":
-                val: Any = cnt
-            elif agg.fn == "mean":
-                val = s / cnt if cnt else float("nan")
-            elif agg.fn in ("min", "max"):
-                val = float(s) if cnt else float("nan")
-            else:
-                val = float(s)
-            results[agg.out] = val
-            scalars[agg.out] = val
+            results[agg.out] = scalars[agg.out] = aggregate_value(agg.fn, cell[0], int(cell[1]))
         for g, (vals, cnts) in zip(k.groups, groups, strict=True):
-            if g.fn == "count":
-                results[g.out] = cnts
-            elif g.fn == "mean":
-                with np.errstate(all="ignore"):
-                    results[g.out] = vals / cnts
-            elif g.fn in ("min", "max"):
-                vals[cnts == 0] = np.nan
-                results[g.out] = vals
-            else:
-                results[g.out] = vals
+            results[g.out] = group_values(g.fn, vals, cnts)
         for s, st in zip(k.scans, scans, strict=True):
             state.values[s.out] = [float(st[0]), float(st[1])]

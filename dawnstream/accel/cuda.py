@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dawnstream.accel.cpu import BufferPool, load_module
+from dawnstream.accel.cpu import BufferPool, aggregate_value, group_values, load_module
 from dawnstream.accel.cuda_codegen import CudaKernel, generate_cuda, module_source
 from dawnstream.accel.cuda_kernels import DeviceSelect, grid, kernels
 from dawnstream.accel.ir import Program, Quantile, ScanState, TopK
@@ -152,27 +152,7 @@ class CudaExecutable:
                 c0, s0 = state.get(s.out)
                 state.values[s.out] = [c0 + n, s0 + total_of.get(f"scan:{s.out}", 0.0)]
         for agg, cell in zip(k.aggs, cells, strict=True):
-            s, cnt_f, nan = cell.copy_to_host()
-            cnt = int(cnt_f)
-            val: Any
-            if agg.fn == "count":
-                val = cnt
-            elif agg.fn == "mean":
-                val = s / cnt if cnt else float("nan")
-            elif agg.fn in ("min", "max"):
-                val = float("nan") if (nan or not cnt) else float(s)
-            else:
-                val = float(s)
-            results[agg.out] = scalars[agg.out] = val
+            s, cnt, nan = cell.copy_to_host()
+            results[agg.out] = scalars[agg.out] = aggregate_value(agg.fn, s, int(cnt), bool(nan))
         for g, (dv, dc, dn) in zip(k.groups, groups, strict=True):
-            vals, cnts, nans = dv.copy_to_host(), dc.copy_to_host(), dn.copy_to_host()
-            if g.fn == "count":
-                results[g.out] = cnts
-            elif g.fn == "mean":
-                with np.errstate(all="ignore"):
-                    results[g.out] = vals / cnts
-            elif g.fn in ("min", "max"):
-                vals[(cnts == 0) | (nans > 0)] = np.nan
-                results[g.out] = vals
-            else:
-                results[g.out] = vals
+            results[g.out] = group_values(g.fn, dv.copy_to_host(), dc.copy_to_host(), dn.copy_to_host())
