@@ -24,14 +24,19 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
     """Sum of the group's committed offsets (0 while the coordinator is not available yet)."""
+    return sum(committed_each(bootstrap, group, topic, partitions))
+
+
+def committed_each(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offset per partition (0 where none yet, or while the coordinator is away)."""
     from confluent_kafka import KafkaException
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
         offs = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(o.offset, 0) for o in offs)
+        return [max(o.offset, 0) for o in offs]
     except KafkaException:
-        return 0  # coordinator loading or moving (broker restart): no progress visible right now
+        return [0] * partitions  # coordinator loading or moving (broker restart): no progress visible right now
     finally:
         c.close()
 

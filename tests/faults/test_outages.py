@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
-from faultkit import committed, start_worker, stop, wait_until, worker_pids, write_topology
+from faultkit import committed, committed_each, start_worker, stop, wait_until, worker_pids, write_topology
 from kafkakit import read_all
 
 from dawnstream.streams.broker import BrokerManager
@@ -108,7 +108,10 @@ def test_survivor_takes_over_a_killed_workers_partitions_and_state(kafka_bootstr
     feeder = threading.Thread(target=replay_table, args=(table, src),
                               kwargs={"key": "k", "bootstrap": kafka_bootstrap, "rate": 40_000})
     feeder.start()
-    wait_until(lambda: committed(kafka_bootstrap, group, src, PARTS) > N // 5, 120, "progress")
+    # Kill only once every partition has a commit - hence a snapshot, which goes in the same transaction -
+    # so the victim surely has state to hand over (killed earlier, the survivor would rightly start empty).
+    wait_until(lambda: min(committed_each(kafka_bootstrap, group, src, PARTS)) > 0
+               and committed(kafka_bootstrap, group, src, PARTS) > N // 5, 120, "progress on every partition", log=log)
     children = worker_pids(proc)
     assert len(children) == 2
     os.kill(children[1], signal.SIGKILL)
