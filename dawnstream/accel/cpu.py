@@ -117,7 +117,7 @@ class CpuExecutable:
 
     def __init__(self, program: Program) -> None:
         self.program = program
-        self.plan: Plan = plan(program, scan_breaks=True)  # scans run in their own loop (see codegen)
+        self.plan: Plan = plan(program)
         key = program.key()
         self.kernels: list[Kernel | None] = []
         for p in self.plan.pipelines:

@@ -49,7 +49,7 @@ class CudaExecutable:
             raise ValueError(f"tpb must be a power of two, got {self.tpb}")
         self.max_blocks = 4 if self.simulated else max_blocks
         self.program = program
-        self.plan: Plan = plan(program, scan_breaks=True)
+        self.plan: Plan = plan(program)
         key = program.key()
         self.kernels: list[CudaKernel | None] = [
             generate_cuda(p, f"pipeline_{p.index}") if p.ops else None for p in self.plan.pipelines]

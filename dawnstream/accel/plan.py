@@ -91,11 +91,11 @@ def describe(op: Op) -> str:
     return f"scan {op.out} = {op.fn}({op.value if op.value is not None else ''})"
 
 
-def plan(program: Program, scan_breaks: bool = False) -> Plan:
+def plan(program: Program) -> Plan:
     """Assign each op to a pipeline (see the module docstring) and decide what to materialize.
 
-    ``scan_breaks``: ops that read a scan's output go to a later pass (the GPU backend computes a
-    scan only after a device-wide prefix over tiles, so its values are not known inside the pass).
+    Ops that read a scan's output go to a later pass: the CPU runs scans in a loop of their own
+    (so the rest vectorizes) and the GPU knows them only after a device-wide prefix over tiles.
 
     Breaker inputs that are expressions are first turned into hidden map columns (``__in_<out>``)
     so the breaker reads memory, not a recomputation."""
@@ -121,7 +121,7 @@ def plan(program: Program, scan_breaks: bool = False) -> Plan:
                 lvl = max(lvl, ready_at[s])
         levels.append(lvl)
         for name in op_outputs(op):
-            col_level[name] = lvl + 1 if scan_breaks and isinstance(op, Scan) else lvl
+            col_level[name] = lvl + 1 if isinstance(op, Scan) else lvl
         if isinstance(op, (Aggregate, Quantile)):
             ready_at[op.out] = lvl + 1
     # Sink ops nobody else reads (outputs only) into the last pass, so they share its loop.

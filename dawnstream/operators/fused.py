@@ -131,8 +131,7 @@ class FusedStages(Operator):
         if c.program is None:
             return f"{head}: projection only (no kernel)"
         backend = getattr(c.exe, "backend", "?")
-        p = getattr(c.exe, "plan", None) or plan(c.program)
-        return f"{head}: fused\n" + "\n".join("  " + line for line in p.explain(backend).splitlines())
+        return f"{head}: fused\n" + "\n".join("  " + line for line in plan(c.program).explain(backend).splitlines())
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         c = self.plan_for(batch.schema)
