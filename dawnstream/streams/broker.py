@@ -120,6 +120,15 @@ class _QuietLogger:
         return self.log
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, never starting with ``-``
+    (the storage tool would read it as an option; Kafka's ``Uuid.randomUuid`` skips those too)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
 @dataclass
 class BrokerManager:
     """Install, start, stop and inspect one local broker.
@@ -273,7 +282,7 @@ class BrokerManager:
     def _format(self) -> None:
         if (self._home / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         proc = subprocess.run(
             self._java_cmd(
                 "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file), "--standalone"
