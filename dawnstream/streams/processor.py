@@ -189,16 +189,43 @@ class BatchProcessor:
                 groups.setdefault(name, []).append(i)
         if len(groups) == 1 and not rejected and not self.require_key:
             (name,) = groups
-            return self.codecs[name].decode(messages, schema)
+            return self._decode_safely(name, messages, schema)
         tables: list[pa.Table] = []
         kept: list[int] = []
         rows: list[int] = []
         for name, idx in groups.items():
-            d = self.codecs[name].decode([messages[i] for i in idx], schema)
+            d = self._decode_safely(name, [messages[i] for i in idx], schema)
             rejected.extend(d.rejected)
             if d.table is not None:
                 tables.append(d.table)
                 kept.extend(idx[j] for j in d.kept)
+                rows.extend(d.rows_per_kept)
+        if not tables:
+            return Decoded(None, rejected=rejected)
+        return Decoded(schema.concat(tables), kept, rows, rejected)
+
+    def _decode_safely(self, name: str, messages: list[Message], schema: RowSchema) -> Decoded:
+        """``codec.decode``, and if the codec itself raises (a bug, or input it did not foresee),
+        decode message by message so only the messages that make it raise are dead-lettered."""
+        codec = self.codecs[name]
+        try:
+            return codec.decode(messages, schema)
+        except Exception:  # noqa: BLE001 - whatever a message contains must end as a dead letter
+            pass
+        tables: list[pa.Table] = []
+        kept: list[int] = []
+        rows: list[int] = []
+        rejected: list[Rejected] = []
+        for i, m in enumerate(messages):
+            try:
+                d = codec.decode([m], schema)
+            except Exception as e:  # noqa: BLE001
+                rejected.append(Rejected(m, f"the {name} decoder failed on this message: {type(e).__name__}: {e}"))
+                continue
+            rejected.extend(d.rejected)
+            if d.table is not None:
+                tables.append(d.table)
+                kept.append(i)
                 rows.extend(d.rows_per_kept)
         if not tables:
             return Decoded(None, rejected=rejected)

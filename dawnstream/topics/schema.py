@@ -65,13 +65,18 @@ def value_fits(value: Any, t: pa.DataType) -> str | None:
     if pa.types.is_boolean(t):
         return None if isinstance(value, bool) else f"{type(value).__name__} {value!r:.40} is not a bool"
     if pa.types.is_integer(t):
+        if isinstance(value, float) and value.is_integer():
+            # What Arrow's safe cast accepts (6.0 -> 6), so both decode paths agree. JSON parsers
+            # hand integers beyond 64 bits over as floats: those are out of range, not fractional.
+            return None if _int_in_range(int(value), t) else f"number {value!r} out of range for {t}"
         if isinstance(value, bool) or not isinstance(value, int):
             return f"{type(value).__name__} {value!r:.40} is not an integer"
-        info_ok = _int_in_range(value, t)
-        return None if info_ok else f"integer {value} out of range for {t}"
+        return None if _int_in_range(value, t) else f"integer {value} out of range for {t}"
     if pa.types.is_floating(t):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{type(value).__name__} {value!r:.40} is not a number"
+        if isinstance(value, int) and not _exact_float(value):
+            return f"integer {value} has no exact {t} value (beyond 2**53); send it as a string"
         return None
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return None if isinstance(value, str) else f"{type(value).__name__} {value!r:.40} is not a string"
@@ -82,11 +87,31 @@ def value_fits(value: Any, t: pa.DataType) -> str | None:
     return None
 
 
+def _exact_float(v: int) -> bool:
+    try:
+        return float(v) == v  # int/float comparison in Python is exact
+    except OverflowError:
+        return False
+
+
+FLOAT_EXACT_LIMIT = float(1 << 53)
+"""Integers up to this magnitude convert to float64 exactly."""
+
+
 def _int_in_range(v: int, t: pa.DataType) -> bool:
     bits = t.bit_width
     if pa.types.is_signed_integer(t):
         return bool(-(1 << (bits - 1)) <= v < (1 << (bits - 1)))
     return bool(0 <= v < (1 << bits))
+
+
+def beyond_exact_float(col: pa.ChunkedArray | pa.Array) -> bool:
+    """True when a numeric column holds a value of magnitude >= 2**53 (not exact as float64)."""
+    import pyarrow.compute as pc
+
+    bounds = pc.min_max(col).as_py()
+    lo, hi = bounds["min"], bounds["max"]
+    return lo is not None and (hi >= FLOAT_EXACT_LIMIT or lo <= -FLOAT_EXACT_LIMIT)
 
 
 class RowSchema:
@@ -116,30 +141,21 @@ class RowSchema:
         self.fields: dict[str, pa.DataType] = dict(self.declared)
 
     def learn(self, schema: pa.Schema) -> None:
-        """Add columns of ``schema`` not yet known (null-typed columns wait for a real type)."""
+        """Add columns of ``schema`` not yet known (null-typed columns wait for a real type).
+
+        A column the chain uses as a number is learned as float64 whatever the first rows say (a
+        producer may write ``20`` for 20.0); any other column takes the type of its first values.
+        A known column's type never changes: a later value that does not fit it is dead-lettered.
+        """
         for f in schema:
             if f.name not in self.fields and not pa.types.is_null(f.type):
-                numeric_type = pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
-                # A column the chain does arithmetic on must hold numbers, whatever the first rows said.
-                self.fields[f.name] = f.type if numeric_type or f.name not in self.numeric else pa.float64()
-            elif (
-                f.name in self.fields
-                and f.name not in self.declared
-                and pa.types.is_integer(self.fields[f.name])
-                and pa.types.is_floating(f.type)
-            ):
-                self.fields[f.name] = pa.float64()
+                self.fields[f.name] = pa.float64() if f.name in self.numeric else f.type
 
-    def _widens(self, name: str, t: pa.DataType, value: Any) -> bool:
-        """Widen a *learned* integer column to float64 when a float arrives (declared types never widen)."""
-        if (
-            name not in self.declared
-            and pa.types.is_integer(t)
-            and isinstance(value, float)
-        ):
-            self.fields[name] = pa.float64()
-            return True
-        return False
+    def _hint(self, name: str, t: pa.DataType) -> str:
+        if name in self.declared:
+            return f" (declared {t} in input.schema)"
+        return (f" (the column was learned as {t} from earlier rows; declare its type in the topology's "
+                f"input.schema to accept other values)")
 
     def arrow_schema(self) -> pa.Schema:
         """The current target schema (declared first, then learned, in first-seen order)."""
@@ -158,11 +174,9 @@ class RowSchema:
         for k, v in row.items():
             t = self.fields.get(k)
             if t is not None:
-                if self._widens(k, t, v):
-                    continue
                 why = value_fits(v, t)
                 if why is not None:
-                    return f"column {k!r}: {why}"
+                    return f"column {k!r}: {why}{self._hint(k, t)}"
             elif isinstance(v, (dict, list)):
                 return f"column {k!r}: nested {type(v).__name__} values are not supported"
         return None
@@ -185,6 +199,8 @@ class RowSchema:
             if name in table.column_names:
                 col = table.column(name)
                 if col.type != t:
+                    if pa.types.is_integer(col.type) and pa.types.is_floating(t) and beyond_exact_float(col):
+                        raise pa.ArrowInvalid(f"column {name!r} has integers beyond 2**53: no exact {t} value")
                     # safe=True: a float in an integer column is an error, never a silent truncation.
                     col = col.cast(t, safe=True)
                 cols.append(col)

@@ -20,7 +20,7 @@ import pyarrow.json as pajson
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
 from dawnstream.topics.message import Encoded, Message, Rejected
-from dawnstream.topics.schema import RowSchema
+from dawnstream.topics.schema import RowSchema, beyond_exact_float
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError)
 
@@ -39,8 +39,21 @@ def _python_type(v: Any) -> pa.DataType | None:
     return None
 
 
+def _nested_column(obj: dict[str, Any]) -> str | None:
+    """Why a parsed row is not flat (its first column holding an object or array), or None."""
+    for k, v in obj.items():
+        if isinstance(v, (dict, list)):
+            return f"column {k!r}: nested {type(v).__name__} values are not supported (send flat rows)"
+    return None
+
+
 def _duplicate_key(raw: bytes) -> str | None:
-    """First top-level key that appears twice (orjson keeps the last one silently), or None."""
+    """First top-level key that appears twice (orjson keeps the last one silently), or None.
+
+    Only called on rows already known to be flat: ``json.loads`` recurses in C with Python's
+    recursion limit, so a deeply nested value (which orjson accepts up to 1024 levels) would raise
+    ``RecursionError`` here instead of becoming a dead letter.
+    """
     import json
 
     found: list[str] = []
@@ -53,7 +66,7 @@ def _duplicate_key(raw: bytes) -> str | None:
 
     try:
         json.loads(raw, object_pairs_hook=hook)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return found[0] if found else None
 
@@ -137,6 +150,10 @@ class JsonRowsCodec(Codec):
             # NaN / Infinity are not JSON; pyarrow accepts them, so let the strict path name the rows.
             if pa.types.is_floating(f.type) and not pc.all(pc.is_finite(table.column(f.name)), skip_nulls=True).as_py():
                 return None
+            # The parser rounds an integer literal beyond 2**53 into a float column: the strict path
+            # checks such rows one by one.
+            if pa.types.is_floating(f.type) and beyond_exact_float(table.column(f.name)):
+                return None
         if schema.missing_required(table.column_names):
             return None
         bad: list[tuple[int, str]] = []
@@ -176,6 +193,10 @@ class JsonRowsCodec(Codec):
                 rejected.append(
                     Rejected(m, f"JSON {type(obj).__name__} is not an object: send one object per row")
                 )
+                continue
+            nested = _nested_column(obj)
+            if nested is not None:
+                rejected.append(Rejected(m, nested))
                 continue
             dup = _duplicate_key(m.value)  # type: ignore[arg-type]
             if dup is not None:
