@@ -95,6 +95,30 @@ class Node:
         return out
 
 
+    def kind(self) -> str:
+        """Static result kind: ``bool``, ``number``, ``string``, ``null`` or ``any`` (depends on a
+        column's type, known only from data). Lets a config be rejected at load, not per row."""
+        op, args = self.op, self.args
+        if op == "lit":
+            v = args[0]
+            return ("null" if v is None else "bool" if isinstance(v, bool)
+                    else "string" if isinstance(v, str) else "number")
+        if op == "col":
+            return "any"
+        if op in _COMPARE or op in {"and", "or", "not", "isnull", "notnull", "in"}:
+            return "bool"
+        if op in _ARITH or op in {"/", "neg"}:
+            return "number"
+        fname = args[0]
+        if fname in _NUMERIC_FUNCS or fname == "length":
+            return "number"
+        if fname in {"lower", "upper"}:
+            return "string"
+        branches = args[2:] if fname == "if" else args[1:]
+        kinds = {a.kind() for a in branches} - {"null"}
+        return kinds.pop() if len(kinds) == 1 else "any"
+
+
 _COMPARE = {"==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
 _ARITH = {"+": "add", "-": "subtract", "*": "multiply"}
 _NUMERIC_FUNCS = {"abs", "sqrt", "exp", "log", "log10", "floor", "ceil", "round"}
@@ -259,7 +283,15 @@ class _Parser:
         kind, val = t
         self.i += 1
         if kind == "num":
-            return Node("lit", (float(val) if any(c in val for c in ".eE") else int(val),))
+            if any(c in val for c in ".eE"):
+                number: float | int = float(val)
+                if number in (float("inf"), float("-inf")):
+                    raise self._error(f"number {val} is beyond the float64 range")
+            else:
+                number = int(val)
+                if number >= 1 << 63:  # (so -2**63 itself must be written as a float too)
+                    raise self._error(f"integer {val} does not fit int64 (write it as {val}.0 for a float)")
+            return Node("lit", (number,))
         if kind == "str":
             body = val[1:-1]
             return Node("lit", (re.sub(r"\\(.)", r"\1", body),))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Operator
 from dawnstream.operators.expressions import as_array, evaluate, parse
 
@@ -16,7 +17,7 @@ class Filter(Operator):
             ``"dep_delay > 60 and origin == 'JFK'"``.
 
     Raises:
-        ConfigError: the expression does not parse.
+        ConfigError: the expression does not parse, or gives a number or a string (not true/false).
         TypeError: the expression is not boolean for the given batch.
 
     >>> import pyarrow as pa
@@ -31,6 +32,10 @@ class Filter(Operator):
         super().__init__(name)
         self.expr_text = expr
         self.expr = parse(expr, _path)
+        kind = self.expr.kind()
+        if kind in ("number", "string"):
+            raise ConfigError(_path, f"a filter keeps rows where the expression is true, but {expr!r} gives a "
+                                     f"{kind}; compare it with something, e.g. '({expr}) > 0'")
 
     def required_columns(self) -> set[str]:
         return self.expr.columns()

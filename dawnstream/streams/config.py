@@ -32,10 +32,72 @@ from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import build_chain
 from dawnstream.topics.schema import parse_type
-from dawnstream.topics.spec import TopicSpec, codec_field, topic_field
+from dawnstream.topics.spec import MAX_PARTITIONS, TopicSpec, codec_field, topic_field
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "token")
+SECRET_WORDS = ("password", "secret", "token", "credential", "sasl.oauthbearer.config")
+MAX_VALUES = 100_000
+"""Most values a topology document may hold once YAML aliases are expanded (a real one has hundreds)."""
+
+
+def is_secret(name: object, client_setting: bool = False) -> bool:
+    """True for a setting whose value must never be shown: its name says password, secret, token or
+    credential, or, for a Kafka client setting, key (``ssl.key.pem``, ``ssl.key.password``...)."""
+    n = str(name).lower()
+    return any(w in n for w in SECRET_WORDS) or (client_setting and "key" in n)
+
+
+def mask_secrets(value: Any, client_settings: bool = False) -> Any:
+    """Copy of a decoded document (or part of one) with every secret setting's value, and every
+    string that names one, as ``***``; everything under a ``settings`` key counts as Kafka client
+    settings."""
+    if isinstance(value, dict):
+        return {k: "***" if is_secret(k, client_settings)
+                else mask_secrets(v, client_settings or str(k) == "settings") for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, client_settings) for v in value]
+    if isinstance(value, str) and is_secret(value, client_settings):
+        return "***"  # e.g. "sasl.password=hunter2" where a mapping was expected
+    return value
+
+
+def _check_size(data: Any) -> None:
+    """Reject documents that YAML aliases expand past :data:`MAX_VALUES` values, or make cyclic.
+
+    ``yaml.safe_load`` builds an alias as a shared reference, so a "billion laughs" file loads
+    quickly; it is every later walk over it (substitution, validation) that would copy each alias.
+    Sizes are memoised per shared object, so this check itself stays linear in the file.
+
+    Raises:
+        ConfigError: too many values, or an alias that contains itself.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(v: Any) -> int:
+        if not isinstance(v, (dict, list)):
+            return 1
+        key = id(v)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError("", "a YAML alias (*name) refers to a mapping or list that contains it: "
+                                  "the topology would be infinite")
+        active.add(key)
+        children = v.values() if isinstance(v, dict) else v
+        total = 1
+        for c in children:
+            total += size(c)
+            if total > MAX_VALUES:
+                break
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    if size(data) > MAX_VALUES:
+        raise ConfigError("", f"the topology expands to more than {MAX_VALUES:,} values through YAML aliases "
+                              "(&anchor / *alias); a topology needs far fewer: write the values out or use "
+                              "fewer aliases")
 
 
 def _substitute(value: Any, path: str = "") -> Any:
@@ -67,7 +129,7 @@ class InputSpec(_Strict):
 
     topic: str
     codec: str = "json"
-    partitions: int = Field(default=1, ge=1)
+    partitions: int = Field(default=1, ge=1, le=MAX_PARTITIONS)
     key_field: str | None = None
     row_schema: dict[str, str] = Field(default_factory=dict, alias="schema")
     group: str | None = None
@@ -101,7 +163,7 @@ class OutputSpec(_Strict):
 
     topic: str
     codec: str = "json"
-    partitions: int | None = Field(default=None, ge=1)
+    partitions: int | None = Field(default=None, ge=1, le=MAX_PARTITIONS)
     key_field: str | None = None
     max_rows_per_message: int = Field(default=10_000, ge=1)
     config: dict[str, str] = Field(default_factory=dict)
@@ -208,6 +270,7 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
     """
     if not isinstance(data, dict):
         raise ConfigError("", f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    _check_size(data)
     data = _substitute(data)
     try:
         topo = Topology.model_validate(data)
@@ -220,7 +283,11 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
         elif err["type"] == "missing":
             msg = "required key is missing"
         more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-        raise ConfigError(path, f"{msg}; got {err.get('input')!r:.80}{more}" if err["type"] != "missing"
+        loc = [str(p) for p in err["loc"]]
+        in_settings = "settings" in loc
+        shown = ("***" if any(is_secret(p, in_settings and i > loc.index("settings")) for i, p in enumerate(loc))
+                 else mask_secrets(err.get("input"), in_settings))
+        raise ConfigError(path, f"{msg}; got {shown!r:.80}{more}" if err["type"] != "missing"
                           else msg + more) from None
     topo.build_chain()  # fail fast on bad stage parameters
     names = [o.topic for o in topo.outputs]
@@ -250,5 +317,5 @@ def load_topology(path: str | Path) -> Topology:
 
 
 def redact(settings: dict[str, str]) -> dict[str, str]:
-    """Copy of client settings with secret values replaced by ``***`` (for logs)."""
-    return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) else v) for k, v in settings.items()}
+    """Copy of Kafka client settings with secret values (:func:`is_secret`) replaced by ``***`` (for logs)."""
+    return {k: ("***" if is_secret(k, client_setting=True) else v) for k, v in settings.items()}

@@ -11,6 +11,8 @@ from dawnstream.errors import ConfigError
 
 TOPIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.[a-z0-9][a-z0-9_-]*\.[a-z0-9][a-z0-9_-]*\.v[0-9]+$")
 DLQ_SUFFIX = ".dlq"
+MAX_PARTITIONS = 10_000
+"""Most partitions a topic spec may ask for (Kafka's practical per-cluster scale is far below a million)."""
 
 
 def validate_topic_name(name: str, path: str = "topic") -> str:
@@ -67,7 +69,7 @@ class TopicSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    partitions: int = Field(default=1, ge=1, le=10_000)
+    partitions: int = Field(default=1, ge=1, le=MAX_PARTITIONS)
     replication_factor: int = Field(default=1, ge=1)
     key_field: str | None = None
     codec: str = "json"
