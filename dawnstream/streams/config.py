@@ -250,6 +250,11 @@ class Topology(_Strict):
         """Consumer group: ``input.group`` or ``dawnstream.<name>``."""
         return self.input.group or f"dawnstream.{self.name}"
 
+    def user_topics(self) -> list[TopicSpec]:
+        """The topics this job reads and writes: input, its dead-letter topic, every output."""
+        in_spec = self.input.spec()
+        return [in_spec, in_spec.dlq(), *(o.spec(self.input.partitions) for o in self.outputs)]
+
     def stage_tuples(self) -> list[tuple[str, dict[str, Any], str | None]]:
         return [(s.op, s.params(), s.name) for s in self.stages]
 

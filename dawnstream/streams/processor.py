@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from dawnstream.errors import DATA_ERRORS
 from dawnstream.operators.base import Chain, StageStats
 from dawnstream.streams.config import OutputSpec, Topology
 from dawnstream.topics.codecs import CODECS, Codec, Decoded, codec_for_content_type, get_codec
@@ -22,6 +23,7 @@ from dawnstream.topics.message import Encoded, Message, OutRecord, Rejected
 from dawnstream.topics.schema import RowSchema
 
 ROW_CODECS = {"json", "arrow"}
+OPERATOR_DATA_ERRORS = (*DATA_ERRORS, pa.ArrowNotImplementedError)
 
 
 @dataclass
@@ -235,8 +237,12 @@ class BatchProcessor:
     def process(self, partition: int, messages: list[Message]) -> BatchResult:
         """Decode, run the chain and encode one partition's micro-batch.
 
-        An exception inside an operator dead-letters the batch's messages with that stage's name
-        and the error (the worker keeps running); decoding problems dead-letter single messages.
+        A data error inside an operator (:data:`~dawnstream.errors.DATA_ERRORS`) dead-letters the
+        batch's messages with that stage's name and the error (the worker keeps running); decoding
+        problems dead-letter single messages.
+
+        Raises:
+            Exception: any other exception of an operator (a bug): nothing of the batch is emitted.
         """
         res = BatchResult()
         t0 = time.perf_counter()
@@ -254,7 +260,7 @@ class BatchProcessor:
         chain = self.chain(partition)
         try:
             out = chain.process(rb, res.stage_stats)
-        except Exception as e:  # noqa: BLE001 - any operator failure must not stop the worker
+        except OPERATOR_DATA_ERRORS as e:  # the batch's values: dead letters; anything else is a bug and stops
             stage = self._failing_stage(chain, res.stage_stats)
             for i, n in zip(decoded.kept, decoded.rows_per_kept, strict=True):
                 self._dead(res, Rejected(messages[i], f"{type(e).__name__}: {e}", stage=stage, rows=n))

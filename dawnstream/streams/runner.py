@@ -1,10 +1,13 @@
 """The Kafka runner: consume micro-batches, process per partition, produce, then commit.
 
-At-least-once: offsets are committed only after every output and dead-letter record of the
-batch was acknowledged by the broker (``producer.flush`` + delivery callbacks). A crash between
-produce and commit re-processes the batch; it never loses one. The loop is shaped so a Kafka
-transaction can wrap it (begin before produce, ``send_offsets_to_transaction`` instead of
-``commit``) - see the exactly-once issue.
+Exactly-once (the default): each micro-batch is one Kafka transaction holding its outputs, dead
+letters, due state snapshots and consumed offsets. At-least-once: offsets are committed only after
+every output and dead-letter record of the batch was acknowledged by the broker.
+
+Failures: transport errors are retried; errors that cannot heal (a missing topic, refused
+credentials, a fenced producer, an operator bug) end :meth:`KafkaRunner.run` with a
+:class:`~dawnstream.errors.DawnstreamError` (or the operator's exception) after marking
+``/healthz`` failed - see :mod:`dawnstream.streams.kafka_errors` and :mod:`dawnstream.streams.workers`.
 
 Parallelism is by partition: N runners in one consumer group share the input partitions, each
 keeping operator state per partition (``BatchProcessor.chains``).
@@ -12,6 +15,7 @@ keeping operator state per partition (``BatchProcessor.chains``).
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -23,7 +27,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from dawnstream.errors import DawnstreamError
+from dawnstream.errors import ConfigError, DawnstreamError
 from dawnstream.logs import event, get_logger
 from dawnstream.streams.config import Topology
 from dawnstream.streams.kafka_clients import (
@@ -33,6 +37,7 @@ from dawnstream.streams.kafka_clients import (
     describe_settings,
     producer_settings,
 )
+from dawnstream.streams.kafka_errors import MISSING_GRACE_S, TopicMissing, explain, heals, is_missing
 from dawnstream.streams.metrics import MetricsServer, WorkerMetrics
 from dawnstream.streams.processor import BatchProcessor, BatchResult
 from dawnstream.streams.state import changelog_spec, changelog_topic, read_latest, snapshot_key
@@ -101,12 +106,19 @@ class KafkaRunner:
     Args:
         topology: validated topology.
         worker: worker index (metrics port offset, client ids).
-        create_topics: create missing input/output/dead-letter topics at start.
+        create_topics: create missing input/output/dead-letter topics at start; when False they
+            must exist (:class:`TopicMissing` otherwise). Internal topics (the state changelog)
+            are always ensured.
         metrics_port: overrides ``topology.metrics.port + worker`` (0 = pick a free port,
             -1 = no HTTP endpoint). ``metrics.port: 0`` in the topology also turns it off.
         on_batch: optional callback after each committed batch (progress displays, tests).
 
     Call :meth:`run` (blocks until :meth:`stop`, SIGTERM/SIGINT, or ``max_idle_s`` without input).
+
+    Raises:
+        TopicMissing: a user topic is missing and ``create_topics`` is False.
+        ConfigError: ``metrics.port`` cannot be bound.
+        DawnstreamError: the broker cannot be reached or refuses the worker.
     """
 
     def __init__(
@@ -127,8 +139,9 @@ class KafkaRunner:
         self._delivery_errors: list[str] = []
         self.assigned: set[int] = set()
         self.base = base_settings(topology.kafka.bootstrap, topology.kafka.settings)
-        if create_topics:
-            self._create_topics()
+        self.failure: BaseException | None = None  # why run() ended, when it did not end cleanly
+        self._missing_since: float | None = None
+        self._ensure_topics(create_topics)
         client_id = f"dawnstream-{topology.name}-{worker}"
         # Stable per (topology, host, worker index): a restarted worker's transactional producer fences
         # its crashed predecessor and aborts what that one left open. (Static group membership would
@@ -162,7 +175,12 @@ class KafkaRunner:
         self._init_series()
         self.metrics_server: MetricsServer | None = None
         if port >= 0:
-            self.metrics_server = MetricsServer(self.metrics, topology.metrics.host, port).start()
+            try:
+                self.metrics_server = MetricsServer(self.metrics, topology.metrics.host, port).start()
+            except OSError as e:
+                raise ConfigError("metrics.port", f"cannot serve metrics on {topology.metrics.host}:{port} "
+                                                  f"({e.strerror}): another process uses it; pick a free port, "
+                                                  "or 0 to turn the endpoint off") from None
             event(log, "metrics.listening", host=topology.metrics.host, port=self.metrics_server.port)
 
     def _init_series(self) -> None:
@@ -180,13 +198,21 @@ class KafkaRunner:
         m.batch_seconds.labels(name)
         m.assigned.labels(name).set(0)
 
-    def _create_topics(self) -> None:
+    def _ensure_topics(self, create_user_topics: bool) -> None:
+        """User topics are created, or checked to exist; internal topics are always ensured (the
+        runner owns them, whatever the caller decided about the user's)."""
         t = self.topology
-        in_spec = t.input.spec()
-        specs: list[TopicSpec] = [in_spec, in_spec.dlq()]
-        specs += [o.spec(t.input.partitions) for o in t.outputs]
-        specs.append(changelog_spec(t.name, t.input.partitions))
-        TopicAdmin(t.kafka.bootstrap, t.kafka.settings).ensure(specs)
+        admin = TopicAdmin(t.kafka.bootstrap, t.kafka.settings)
+        user: list[TopicSpec] = t.user_topics()
+        internal = [changelog_spec(t.name, t.input.partitions)]
+        if create_user_topics:
+            admin.ensure(user + internal)
+            return
+        existing = admin.list_topics()
+        missing = [s.name for s in user if s.name not in existing]
+        if missing:
+            raise TopicMissing(missing, t.input.partitions if t.input.topic in missing else None)
+        admin.ensure(internal)
 
     # -- group membership ---------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -284,17 +310,29 @@ class KafkaRunner:
     def _restore(self, partition: int) -> None:
         """Rebuild ``partition``'s state: latest changelog snapshot, then replay up to the committed offset.
 
-        Retries for up to 5 minutes while the broker cannot be reached."""
-        deadline = time.monotonic() + 300
+        Retries for up to 5 minutes while the broker cannot be reached; a missing changelog
+        partition is waited for :data:`~dawnstream.streams.kafka_errors.MISSING_GRACE_S` only.
+
+        Raises:
+            DawnstreamError: an error that does not heal (missing topic, refused credentials), or
+                the broker stayed away for 5 minutes.
+        """
+        start = time.monotonic()
         while True:
             try:
                 self._restore_once(partition)
                 return
-            except (KafkaException, DawnstreamError) as e:
-                if time.monotonic() > deadline:
+            except KafkaException as e:
+                err = e.args[0]
+                waited = time.monotonic() - start
+                if not heals(err) or waited > 300 or (is_missing(err) and waited > MISSING_GRACE_S):
+                    raise explain(err, f"restoring partition {partition} from {self.changelog}") from None
+                event(log, "state.restore_retry", partition=partition, error=err.str())
+            except DawnstreamError as e:  # a replay that could not finish (broker away): retry
+                if time.monotonic() - start > 300:
                     raise
                 event(log, "state.restore_retry", partition=partition, error=str(e))
-                time.sleep(1.0)
+            time.sleep(1.0)
 
     def _restore_once(self, partition: int) -> None:
         self.processor.drop_partition(partition)
@@ -305,6 +343,13 @@ class KafkaRunner:
             return
         start = self.processor.restore(partition, data)
         end = self._committed(partition)
+        if end < start:
+            # Snapshots commit in the same transaction as offsets at or past theirs, so this state is
+            # from an earlier life of the input topic or consumer group (deleted and re-created).
+            self.processor.drop_partition(partition)
+            event(log, "state.discarded", level=logging.WARNING, partition=partition, snapshot_offset=start,
+                  committed=end, reason="the snapshot is ahead of the committed offset")
+            return
         replayed = self._replay(partition, start, end) if end > start else 0
         self._position[partition] = max(start, end)
         event(log, "state.restored", partition=partition, snapshot_offset=start, committed=end, replayed=replayed)
@@ -446,9 +491,20 @@ class KafkaRunner:
                 else:
                     self._flush()
                 self._account([final], 0.0)
+        except Exception as e:
+            self._fail(e)
+            raise
         finally:
             self.close()
         return self.stats
+
+    def _fail(self, e: BaseException) -> None:
+        """Record why the loop ended: ``/healthz`` answers 503 with the reason; logged once here."""
+        self.failure = e
+        reason = str(e) if isinstance(e, DawnstreamError) else f"{type(e).__name__}: {e}"
+        self.metrics.status = {"state": "failed", "error": reason}
+        event(log, "runner.failed", level=logging.ERROR, worker=self.worker, topology=self.topology.name,
+              error=reason, exc_info=None if isinstance(e, DawnstreamError) else e)
 
     def _tick(self) -> None:
         """Wall-clock emissions (e.g. ``emit_seconds``). Under exactly-once they are a transaction of
@@ -474,8 +530,7 @@ class KafkaRunner:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    event(log, "consume.error", error=err.str())
+                self._consume_error(err)
                 continue
             p = m.partition()
             lst = by_partition.get(p)
@@ -488,6 +543,7 @@ class KafkaRunner:
             self._position[p] = lst[-1].offset + 1
         if not by_partition:
             return False
+        self._missing_since = None
         topic = self.topology.input.topic
         offsets = [TopicPartition(topic, p, off + 1) for p, off in last_offset.items()]
         if self.eos:
@@ -514,6 +570,20 @@ class KafkaRunner:
         self._account(results, time.perf_counter() - t0)
         return True
 
+    def _consume_error(self, err: KafkaError) -> None:
+        """Log what heals (broker away); raise what does not (refused, or the input topic is gone)."""
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        topic = self.topology.input.topic
+        if not heals(err):
+            raise explain(err, f"consuming {topic}")
+        if is_missing(err):
+            now = time.monotonic()
+            self._missing_since = self._missing_since or now
+            if now - self._missing_since > MISSING_GRACE_S:
+                raise TopicMissing([topic], self.topology.input.partitions)
+        event(log, "consume.error", error=err.str())
+
     def _rewind(self, first_offset: dict[int, int]) -> None:
         topic = self.topology.input.topic
         for p, off in first_offset.items():
@@ -524,7 +594,12 @@ class KafkaRunner:
 
     # -- transactions -------------------------------------------------------------------------
     def _begin(self) -> None:
-        self.producer.begin_transaction()
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as e:
+            if heals(e.args[0]):
+                raise
+            raise explain(e.args[0], "beginning a transaction") from None
 
     def _bounded(self, what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
         # librdkafka's own timeout plus a margin: past that the call is stuck, not slow.
@@ -564,8 +639,7 @@ class KafkaRunner:
                     time.sleep(0.5)
                     continue
                 if err.fatal():
-                    raise DawnstreamError(f"transactional producer failed fatally ({err.str()}); "
-                                          "another worker with the same id may have taken over") from None
+                    raise explain(err, "committing a transaction") from None
                 event(log, "txn.abort", step=step, error=err.str())
                 self._abort_and_recover(partitions)
                 return False
@@ -628,13 +702,17 @@ class KafkaRunner:
         if getattr(self, "_closed", False):
             return
         self._closed = True
-        self.metrics.status = {"state": "stopping"}
-        try:
-            self.producer.flush(30)
-        finally:
-            self.consumer.close()
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
+        if self.failure is None:
+            self.metrics.status = {"state": "stopping"}
+        # After a failure the clients may be unusable (a fenced producer's flush fails inside the
+        # library): nothing here may replace the error that ended the loop.
+        for what, fn in (("producer.flush", lambda: self.producer.flush(30)), ("consumer.close", self.consumer.close)):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                event(log, "runner.close_failed", level=logging.WARNING, step=what, error=f"{type(e).__name__}: {e}")
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         s = self.stats
         event(log, "runner.stop", worker=self.worker, rows_in=s.rows_in, rows_out=s.rows_out,
               rows_dead=s.rows_dead, batches=s.batches)
