@@ -163,6 +163,7 @@ class TopicAdmin:
         import time
 
         specs = list(specs)
+        self.list_topics()  # a broker that does not answer is reported as such, in 10 s
         self.delete([s.name for s in specs], timeout_s)
         deadline = time.monotonic() + timeout_s
         while set(self.list_topics()) & {s.name for s in specs}:
@@ -179,16 +180,25 @@ class TopicAdmin:
                 time.sleep(0.5)
 
     def delete(self, names: Iterable[str], timeout_s: float = 30.0) -> None:
-        """Delete topics (missing ones are ignored)."""
+        """Delete topics (missing ones are ignored).
+
+        Raises:
+            DawnstreamError: the broker refused or did not answer within ``timeout_s``.
+        """
+        import concurrent.futures
+
         todo = [n for n in names]
         if not todo:
             return
-        for _name, fut in self.admin.delete_topics(todo, operation_timeout=timeout_s).items():
+        for name, fut in self.admin.delete_topics(todo, operation_timeout=timeout_s).items():
             try:
                 fut.result(timeout=timeout_s)
             except KafkaException as e:
                 if "UNKNOWN_TOPIC" not in str(e):
-                    raise
+                    raise DawnstreamError(f"could not delete topic {name}: {e}") from None
+            except concurrent.futures.TimeoutError:
+                raise DawnstreamError(f"Kafka at {self.bootstrap} did not delete {name} within {timeout_s:.0f} s; "
+                                      "is the broker running? (dawnstream broker status)") from None
 
 
 def describe_settings(conf: Mapping[str, Any]) -> dict[str, str]:
