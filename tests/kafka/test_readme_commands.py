@@ -1,0 +1,124 @@
+"""Every `dawnstream ...` line of the README's bash blocks, run as written on a fresh broker.
+
+The README is parsed, not copied: a command added there without a check here fails
+`test_every_readme_command_is_checked`, and a command that drifts from the code fails when it runs.
+What the test changes, and only that: broker commands get this test's own port (a fresh broker,
+not the shared one), every client reaches it through ``DAWNSTREAM_KAFKA_BOOTSTRAP`` (the README's
+documented override), and `dawnstream run` gets ``--max-idle`` so it ends once the input is drained.
+Files the README names (``data.parquet``, ``sensor10k.csv.gz``, ``sample.csv``) are put in the
+working directory first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from dawnstream.sources import flights, weather
+from dawnstream.streams.broker import cache_root
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+PORT = 39492
+
+
+def readme_commands() -> list[list[str]]:
+    """Each `dawnstream` line of the README's bash blocks, split like a shell would, comments dropped;
+    ``broker status | logs | stop`` stands for three commands."""
+    text = (ROOT / "README.md").read_text()
+    out: list[list[str]] = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            if not line.startswith("dawnstream "):
+                continue
+            words = shlex.split(line, comments=True)
+            if "|" in words:  # dawnstream broker status | logs | stop
+                out.extend([*words[:2], w] for w in words[2:] if w != "|")
+            else:
+                out.append(words)
+    return out
+
+
+def key(cmd: list[str]) -> str:
+    return " ".join(cmd[1:3]) if cmd[1] in ("broker", "topics", "accel") else cmd[1]
+
+
+CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
+           "broker logs", "broker stop", "explain", "detect", "accel explain"}
+
+
+def test_every_readme_command_is_checked() -> None:
+    cmds = readme_commands()
+    assert len(cmds) >= 12
+    assert {key(c) for c in cmds} <= CHECKED, "a README command this test does not run yet"
+
+
+def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    boot = f"127.0.0.1:{PORT}"
+    shutil.rmtree(cache_root() / f"broker-{PORT}", ignore_errors=True)  # a fresh broker: no topics, no groups
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "topologies").symlink_to(ROOT / "topologies")
+    pq.write_table(weather(), tmp_path / "data.parquet")
+    shutil.copy(shared_data / "macrobase/legacy/sensor10k.csv.gz", tmp_path)
+    shutil.copy(shared_data / "macrobase/lib/sample.csv", tmp_path)
+    env = {**os.environ, "DAWNSTREAM_KAFKA_BOOTSTRAP": boot, "DAWNSTREAM_LOG_LEVEL": "WARNING"}
+    late = pc.sum(pc.greater(flights().column("dep_delay"), 60)).as_py()
+    ran: list[str] = []
+
+    def run(cmd: list[str]) -> str:
+        args = list(cmd[1:])
+        if args[0] == "broker":
+            args += ["--port", str(PORT)]
+        if args[0] == "run":
+            args += ["--max-idle", "10"]
+        r = subprocess.run([sys.executable, "-m", "dawnstream", *args], capture_output=True, text=True, env=env,
+                           timeout=540)
+        assert r.returncode == 0, f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        ran.append(key(cmd))
+        return r.stdout
+
+    stop = [c for c in readme_commands() if key(c) == "broker stop"]
+    try:
+        for cmd in readme_commands():
+            if key(cmd) == "broker stop":
+                continue  # last, after everything else
+            out = run(cmd)
+            k = key(cmd)
+            if k == "broker start":
+                assert out.strip() == boot
+            elif k == "replay":
+                rows = json.loads(out.strip().splitlines()[-1])["rows"]
+                assert rows == (336_776 if cmd[2] == "flights" else weather().num_rows)
+            elif k == "process":
+                assert json.loads(out.strip().splitlines()[-1])["rows_out"] == late
+            elif k == "topics describe":
+                desc = json.loads(out)
+                assert desc["topic"] == cmd[3]
+                # every late flight once (the rest of the offsets are transaction markers)
+                assert late <= sum(p["messages"] for p in desc["partitions"]) <= late + 10_000
+            elif k == "broker status":
+                assert json.loads(out)["answers"] is True
+            elif k == "broker logs":
+                assert " INFO " in out  # lines of the broker log
+            elif k == "explain" and "--json" in cmd:
+                assert json.loads(out)["explanations"]
+            elif k == "detect":
+                assert pq.read_table(cmd[cmd.index("--out") + 1]).num_rows == 10_479
+            elif k == "accel explain":
+                assert "fused" in out
+        for cmd in stop:
+            assert "stopped" in run(cmd)
+    finally:
+        subprocess.run([sys.executable, "-m", "dawnstream", "broker", "stop", "--port", str(PORT)],
+                       capture_output=True, env=env, timeout=120)
+    assert set(ran) == CHECKED

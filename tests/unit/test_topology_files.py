@@ -1,0 +1,60 @@
+"""Every file in topologies/ runs through `dawnstream process` on real data (no broker).
+
+A topology added without an entry in SOURCES fails here: an example no test runs is an example
+that will break.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from dawnstream.sources import flights
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SENSOR10K = "macrobase/legacy/sensor10k.csv.gz"
+# topology file -> (source: a dataset name, a shared-data path, or the output of another topology, output file)
+SOURCES = {
+    "flights-late.yaml": ("flights", "late.parquet"),
+    "flights-late-per-day.yaml": ("flights", "per-day.jsonl"),
+    "flight-delays.yaml": ("flights", "summaries.jsonl"),
+    "flight-delays-merge.yaml": ("out:summaries.jsonl", "explanations.jsonl"),
+    "device-telemetry.yaml": ("shared:" + SENSOR10K, "devices.jsonl"),
+}
+
+
+def process(topology: str, source: str, out: Path) -> dict:
+    env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING"}
+    r = subprocess.run([sys.executable, "-m", "dawnstream", "process", str(ROOT / "topologies" / topology), source,
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_every_topology_file_has_a_source_here() -> None:
+    assert sorted(p.name for p in (ROOT / "topologies").glob("*.yaml")) == sorted(SOURCES)
+
+
+def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -> None:
+    results = {}
+    for topology, (source, out) in SOURCES.items():  # in order: the merge reads flight-delays' output
+        if source.startswith("out:"):
+            source = str(tmp_path / source[4:])
+        elif source.startswith("shared:"):
+            source = str(shared_data / source[7:])
+        results[topology] = process(topology, source, tmp_path / out)
+        assert results[topology]["rows_out"] > 0, topology
+    table = flights()
+    late = pc.sum(pc.greater(table.column("dep_delay"), 60)).as_py()
+    assert results["flights-late.yaml"] == {"rows_in": 336_776, "rows_out": late, "out": str(tmp_path / "late.parquet")}
+    assert results["device-telemetry.yaml"]["rows_in"] == 10_479
+    rows = [json.loads(line) for line in (tmp_path / "explanations.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r["emitted_rows"] == 336_776]
+    assert (int(final[0]["month"]), int(final[0]["day"])) == (3, 8)  # the nor'easter, even on one partition
