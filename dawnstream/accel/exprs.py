@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from dawnstream.accel.ir import Expr, binary, cast, col, const, unary, where
+from dawnstream.errors import DataError
 from dawnstream.operators.expressions import Node, evaluate
 
 _NUMPY = {pa.bool_(): "bool", pa.int8(): "int8", pa.int16(): "int16", pa.int32(): "int32", pa.int64(): "int64",
@@ -58,7 +59,7 @@ class Bridge:
         """The Arrow type the interpreter would give ``node`` (derived columns included)."""
         try:
             out = evaluate(node, self._empty_batch())
-        except (pa.ArrowException, KeyError, TypeError) as e:
+        except (pa.ArrowException, DataError, KeyError, TypeError) as e:
             raise NotCompilable(f"the interpreter rejects it on this schema ({e})") from None
         return out.type
 
