@@ -32,10 +32,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks
 	$(BIN)/mypy dawnstream
 
-## make test: lint, then every test; kafka-marked tests run against the broker the fixture starts.
+## make test: lint, then every test and docstring example; kafka-marked tests run against the broker.
 test: lint
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests dawnstream
 
 bench: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)

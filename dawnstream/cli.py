@@ -42,7 +42,7 @@ def broker_start(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to answer.")] = 120.0,
 ) -> None:
     """Download Kafka (once), format storage (once), start the broker and print its bootstrap address."""
-    from dawnstream.streams.broker import BrokerManager
+    from dawnstream.broker import BrokerManager
 
     try:
         mgr = BrokerManager(port=port, version=version) if version else BrokerManager(port=port)
@@ -56,7 +56,7 @@ def broker_start(
 @broker_app.command("stop")
 def broker_stop(port: PortOpt = 9092) -> None:
     """Stop the broker this tool started on PORT (never any other process)."""
-    from dawnstream.streams.broker import BrokerManager
+    from dawnstream.broker import BrokerManager
 
     stopped = BrokerManager(port=port).stop()
     out.print("stopped" if stopped else "no broker started by dawnstream is running on that port")
@@ -65,7 +65,7 @@ def broker_stop(port: PortOpt = 9092) -> None:
 @broker_app.command("status")
 def broker_status(port: PortOpt = 9092) -> None:
     """Print pid, bootstrap address and whether the broker answers (JSON)."""
-    from dawnstream.streams.broker import BrokerManager
+    from dawnstream.broker import BrokerManager
 
     st = BrokerManager(port=port).status()
     typer.echo(json.dumps(st, indent=2))
@@ -76,7 +76,7 @@ def broker_status(port: PortOpt = 9092) -> None:
 @broker_app.command("logs")
 def broker_logs(port: PortOpt = 9092, lines: Annotated[int, typer.Option("-n", "--lines")] = 50) -> None:
     """Print the last lines of the broker log."""
-    from dawnstream.streams.broker import BrokerManager
+    from dawnstream.broker import BrokerManager
 
     sys.stdout.write(BrokerManager(port=port).logs(lines) + "\n")
 
@@ -245,21 +245,21 @@ accel_app = typer.Typer(help="The accel layer: fused, compiled operator chains."
 app.add_typer(accel_app, name="accel")
 
 
-@accel_app.command("explain")
-def accel_explain(
+@accel_app.command("plan")
+def accel_plan(
     topology: Annotated[Path, typer.Argument(help="Topology YAML file.")],
     sample: Annotated[str | None, typer.Option(help="Data file or dataset name to take the input schema from.")]
     = None,
 ) -> None:
     """Print the fused plan of a topology: pipelines, breakers, chosen backend (like EXPLAIN)."""
-    from dawnstream.accel.explain import explain_topology
     from dawnstream.sources import read_table
     from dawnstream.streams.config import load_topology
+    from dawnstream.streams.plan import plan_topology
 
     try:
         topo = load_topology(topology)
         schema = read_table(sample).slice(0, 1).schema if sample else None
-        typer.echo(explain_topology(topo, schema))
+        typer.echo(plan_topology(topo, schema))
     except (DawnstreamError, ValueError, OSError) as e:
         _fail(e)
 

@@ -28,7 +28,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
     ``DAWNSTREAM_KAFKA_BOOTSTRAP`` picks the address (default 127.0.0.1:9092).
     """
-    from dawnstream.streams.broker import BrokerManager, kafka_answers
+    from dawnstream.broker import BrokerManager, kafka_answers
 
     addr = os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     if kafka_answers(addr):

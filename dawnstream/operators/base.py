@@ -56,6 +56,11 @@ class Operator(ABC):
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         """Consume one batch, return zero or more output batches."""
 
+    def explain(self, schema: pa.Schema | None = None) -> str:
+        """One line for ``dawnstream accel plan``: how this stage runs on batches of ``schema``
+        (compiled by the accel layer, or interpreted). Operators with an accel lowering override it."""
+        return f"stage {self.name} ({self.kind}): interpreted (no accel lowering)"
+
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
         """Time-driven emission (wall clock ``now_ms``); default emits nothing."""
         return []

@@ -8,7 +8,7 @@ output equals running the stages one by one: same rows, same values, same Arrow 
 
 A batch runs the original stages instead when a column the expressions read has nulls (SQL
 three-valued logic stays with Arrow's kernels), and a schema whose expressions cannot compile
-(strings, temporal types) always does; ``dawnstream accel explain`` shows which and why.
+(strings, temporal types) always does; ``dawnstream accel plan`` shows which and why.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow as pa
 
 from dawnstream.accel.backends import Executable, build
-from dawnstream.accel.exprs import Bridge, NotCompilable
 from dawnstream.accel.ir import Expr, Map, Program, binary
 from dawnstream.accel.ir import Filter as FilterOp
 from dawnstream.accel.plan import plan
 from dawnstream.operators.base import Chain, Operator
 from dawnstream.operators.derive import Derive
 from dawnstream.operators.filter import Filter
+from dawnstream.operators.lowering import Bridge, NotCompilable
 from dawnstream.operators.select import Select
 
 FUSABLE = (Filter, Derive, Select)
@@ -112,7 +112,7 @@ class FusedStages(Operator):
             return _Compiled(None, None, [], out, False)
         exprs = {c: computed[c][0] for c in used}
         inputs = sorted({c for e in [*exprs.values(), *([pred] if pred is not None else [])] for c in e.columns()})
-        from dawnstream.accel.exprs import numpy_dtype
+        from dawnstream.operators.lowering import numpy_dtype
 
         in_types = {c: numpy_dtype(schema.field(c).type) for c in inputs}  # the input's, not a redefinition
         if pred is not None:
@@ -122,8 +122,10 @@ class FusedStages(Operator):
         program = Program(ops, in_types)
         return _Compiled(build(program, self.accel), program, inputs, out, pred is not None)
 
-    def explain(self, schema: pa.Schema) -> str:
+    def explain(self, schema: pa.Schema | None = None) -> str:
         """Text of the fused plan for ``schema`` (or why it is interpreted)."""
+        if schema is None:
+            return f"stages {self.name}: fused per batch schema (known at run time)"
         c = self.plan_for(schema)
         head = f"stages {self.name} ({', '.join(op.kind for op in self.stages)})"
         if isinstance(c, str):

@@ -130,6 +130,13 @@ class WindowCount(Operator):
     def produced_columns(self) -> set[str]:
         return {"window_start", "window_end", "count", *self.keys}
 
+    def explain(self, schema: pa.Schema | None = None) -> str:
+        if self.accel == "off":
+            return super().explain(schema)
+        return (f"stage {self.name} (window_count): count per (window, key) compiled - keys dictionary-"
+                "encoded into one dense group key, one group_aggregate pass (Arrow hash aggregation "
+                "when a batch needs more than 2**22 cells)")
+
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         if batch.num_rows == 0:
             return []

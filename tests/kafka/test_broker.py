@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from dawnstream.broker import BrokerManager, kafka_answers
 from dawnstream.cli import app
-from dawnstream.streams.broker import BrokerManager, kafka_answers
 
 
 def test_session_broker_answers_a_real_protocol_round_trip(kafka_bootstrap: str) -> None:

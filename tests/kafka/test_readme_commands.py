@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from dawnstream.broker import cache_root
 from dawnstream.sources import flights, weather
-from dawnstream.streams.broker import cache_root
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def key(cmd: list[str]) -> str:
 
 
 CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
-           "broker logs", "broker stop", "explain", "detect", "accel explain"}
+           "broker logs", "broker stop", "explain", "detect", "accel plan"}
 
 
 def test_every_readme_command_is_checked() -> None:
@@ -114,7 +114,7 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert json.loads(out)["explanations"]
             elif k == "detect":
                 assert pq.read_table(cmd[cmd.index("--out") + 1]).num_rows == 10_479
-            elif k == "accel explain":
+            elif k == "accel plan":
                 assert "fused" in out
         for cmd in stop:
             assert "stopped" in run(cmd)

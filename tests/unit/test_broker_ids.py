@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from unittest import mock
 
-from dawnstream.streams.broker import new_cluster_id
+from dawnstream.broker import new_cluster_id
 
 
 def test_kraft_cluster_ids_never_look_like_an_option() -> None:

@@ -181,6 +181,16 @@ class OutlierClassifier(Operator):
     def produced_columns(self) -> set[str]:
         return {"score", "is_outlier"}
 
+    def explain(self, schema: pa.Schema | None = None) -> str:
+        if self.classifier == "mad" and self.accel != "off":
+            return (f"stage {self.name} (classify, mad): scoring compiled - one pass computes score "
+                    "= |x - median| / MAD, the outlier flag and the compacted valid scores; "
+                    "medians by exact radix select")
+        if self.classifier == "percentile" and self.accel != "off":
+            return (f"stage {self.name} (classify, percentile): flags compiled (finite and outside the "
+                    "tail cuts, one pass); the rank score is a numpy binary search")
+        return f"stage {self.name} (classify, {self.classifier}): numpy (MCD and predicates do not compile)"
+
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         if self.expr is not None:
             flags_arr = pc.fill_null(as_array(evaluate(self.expr, batch), batch.num_rows), False)

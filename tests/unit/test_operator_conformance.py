@@ -1,0 +1,145 @@
+"""One conformance suite over every operator in ``operators.registry`` (as river runs ``river/checks``
+over every estimator).
+
+For each registered kind, with the example below: snapshot/restore is transparent, an empty batch
+is fine, results do not depend on where batches are cut, ``required_columns`` is honest (those
+columns suffice, and each one is needed), and values of the wrong type raise a data error (what
+the runner dead-letters) rather than anything that would stop the worker.
+
+A kind registered without an example fails ``test_every_registered_operator_has_an_example``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dawnstream.operators.base import Chain
+from dawnstream.operators.registry import OPERATORS, build_chain
+from dawnstream.streams.processor import OPERATOR_DATA_ERRORS
+
+VOLATILE = {"emit_time"}  # wall-clock columns
+
+
+def rows(n: int, seed: int = 7, start: int = 0) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, n)
+    x[rng.random(n) < 0.03] += 8  # some outliers
+    k = np.array(["a", "b", "c", "d", "e"])[rng.integers(0, 5, n)]
+    x[k == "e"] += 2  # ... more of them under k = e
+    t = 1_700_000_000_000 + (start + np.arange(n)) * 250
+    return pa.record_batch({"x": x, "k": k, "t": pa.array(t, pa.timestamp("ms")),
+                            "is_outlier": x > 2.5})
+
+
+def stream(n: int = 3000) -> list[pa.RecordBatch]:
+    return [rows(1000, seed, seed * 1000) for seed in range(n // 1000)]
+
+
+def summaries() -> list[pa.RecordBatch]:
+    """What ``explain`` with ``output: summary`` emits: the input of ``merge_explanations``."""
+    chain = build_chain([("explain", {"attributes": ["k"], "emit_every": 500, "period": 250, "min_support": 0.05,
+                                      "min_ratio": 1.5, "output": "summary"}, None)])
+    out = [b for batch in stream() for b in chain.process(batch)]
+    table = pa.Table.from_batches(out)
+    return [b for b in table.to_batches(max_chunksize=2)]
+
+
+# kind -> (parameters, input batches, a column whose values may be made the wrong type, or None)
+EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]] = {
+    "filter": ({"expr": "x > 0.5 and k != 'a'"}, stream, "x"),
+    "derive": ({"columns": {"y": "x * 2 + 1", "big": "abs(x) > 2"}}, stream, "x"),
+    "select": ({"columns": ["k", "x"], "rename": {"x": "value"}}, stream, None),
+    "window_count": ({"key": "k", "time": "t", "size": "1m"}, stream, "t"),
+    "classify": ({"metrics": "x", "warmup": 200, "period": 500, "reservoir": 300, "score_reservoir": 300},
+                 stream, "x"),
+    "explain": ({"attributes": ["k"], "emit_every": 700, "period": 300, "min_support": 0.05, "min_ratio": 1.5},
+                stream, "is_outlier"),
+    "merge_explanations": ({"attributes": ["k"], "min_support": 0.05, "min_ratio": 1.5}, summaries, "O"),
+}
+KINDS = sorted(EXAMPLES)
+
+
+def chain(kind: str) -> Chain:
+    return build_chain([(kind, EXAMPLES[kind][0], None)])
+
+
+def comparable(out: list[pa.RecordBatch]) -> list[dict]:
+    """Rows without wall-clock columns, NaN made equal to itself (warm-up rows have no score)."""
+    return [{k: "NaN" if isinstance(v, float) and v != v else v for k, v in r.items() if k not in VOLATILE}
+            for b in out for r in b.to_pylist()]
+
+
+def run(c: Chain, batches: list[pa.RecordBatch]) -> list[dict]:
+    return comparable([b for batch in batches for b in c.process(batch)] + c.flush())
+
+
+def test_every_registered_operator_has_an_example() -> None:
+    assert sorted(OPERATORS) == KINDS, "give each registered operator kind an example in EXAMPLES"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_example_produces_something(kind: str) -> None:
+    assert run(chain(kind), EXAMPLES[kind][1]())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_snapshot_and_restore_are_transparent(kind: str) -> None:
+    batches = EXAMPLES[kind][1]()
+    whole = run(chain(kind), batches)
+    cut = len(batches) // 2
+    first = chain(kind)
+    before = [b for batch in batches[:cut] for b in first.process(batch)]
+    resumed = chain(kind)
+    resumed.restore(first.snapshot())
+    after = run(resumed, batches[cut:])
+    assert comparable(before) + after == whole
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_empty_batch_changes_nothing(kind: str) -> None:
+    batches = EXAMPLES[kind][1]()
+    whole = run(chain(kind), batches)
+    c = chain(kind)
+    empty = batches[0].slice(0, 0)
+    out = [r for b in c.process(empty) for r in b.to_pylist()]
+    assert out == []
+    assert run(c, [empty, *batches, empty]) == whole
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_do_not_depend_on_where_batches_are_cut(kind: str) -> None:
+    batches = EXAMPLES[kind][1]()
+    table = pa.Table.from_batches(batches)
+    whole = run(chain(kind), batches)
+    for size in (1, 7, 333, table.num_rows):
+        if size == 1 and table.num_rows > 100:
+            continue  # one row at a time is covered by the small sizes of the merge example
+        assert run(chain(kind), table.to_batches(max_chunksize=size)) == whole, f"batches of {size} rows"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_required_columns_are_honest(kind: str) -> None:
+    c = chain(kind)
+    need = c.required_columns()
+    batches = EXAMPLES[kind][1]()
+    only = [b.select(sorted(need)) for b in batches]
+    run(chain(kind), only)  # those columns suffice
+    for col in sorted(need):  # and each is needed
+        without = [b.drop_columns([col]) for b in batches]
+        with pytest.raises(Exception):  # noqa: B017, PT011 - any error: the decoder dead-letters such rows first
+            run(chain(kind), without)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if EXAMPLES[k][2] is not None])
+def test_values_of_the_wrong_type_raise_a_data_error(kind: str) -> None:
+    column = EXAMPLES[kind][2]
+    assert column is not None
+    batch = EXAMPLES[kind][1]()[0]
+    i = batch.schema.get_field_index(column)
+    bad = batch.set_column(i, column, pa.array(["not a value"] * batch.num_rows))
+    with pytest.raises(OPERATOR_DATA_ERRORS):
+        run(chain(kind), [bad])
