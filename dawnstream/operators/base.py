@@ -31,10 +31,15 @@ class Operator(ABC):
 
     kind: ClassVar[str] = ""
     stateful: ClassVar[bool] = False
+    keyed_state: ClassVar[bool] = False
+    """True: the runner gives each partition's instance a :class:`~dawnstream.streams.store.KeyedStore`
+    as ``self.store`` (state checkpointed key by key, past one message); ``snapshot()`` then holds
+    only what is not in the store."""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.kind
         self.partition: int | None = None  # set by the runner: the input partition this instance serves
+        self.store: Any = None  # a KeyedStore when keyed_state (set by the processor)
 
     def required_columns(self) -> set[str]:
         """Input columns this stage reads; rows lacking one are dead-lettered before the chain."""

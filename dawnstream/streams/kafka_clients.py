@@ -201,6 +201,30 @@ class TopicAdmin:
                                       "is the broker running? (dawnstream broker status)") from None
 
 
+def ensure_job_topics(topology: Any, create_user_topics: bool = True) -> None:
+    """Make sure a job's topics exist before it runs: the internal ones (the state changelog) always,
+    the user's (input, dead letters, outputs) created when ``create_user_topics``, else checked.
+
+    Raises:
+        TopicMissing: a user topic is missing and may not be created (the message says how to).
+        DawnstreamError: the broker did not answer or refused.
+    """
+    from dawnstream.streams.kafka_errors import TopicMissing
+    from dawnstream.streams.state import changelog_spec
+
+    t = topology
+    admin = TopicAdmin(t.kafka.bootstrap, t.kafka.settings)
+    internal = [changelog_spec(t.name, t.input.partitions)]
+    if create_user_topics:
+        admin.ensure(t.user_topics() + internal)
+        return
+    existing = admin.list_topics()
+    missing = [s.name for s in t.user_topics() if s.name not in existing]
+    if missing:
+        raise TopicMissing(missing, t.input.partitions if t.input.topic in missing else None)
+    admin.ensure(internal)
+
+
 def describe_settings(conf: Mapping[str, Any]) -> dict[str, str]:
     """Client settings safe to log."""
     return redact({k: str(v) for k, v in conf.items()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -15,6 +16,19 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class RunnerStats:
+    """Totals since start: rows in/out/dead, batches, and messages committed."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_dead: int = 0
+    records_out: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_message: float | None = None  # monotonic time the first message arrived (after the group join)
 
 
 class WorkerMetrics:
@@ -51,6 +65,55 @@ class WorkerMetrics:
         self.started = time.time()
         self.last_batch = 0.0
         self.status: dict[str, Any] = {"state": "starting"}
+
+    def init_series(self, input_topic: str, outputs: list[str], stages: list[str]) -> None:
+        """Create every labelled series at 0 so an idle worker exposes the same metrics as a busy one."""
+        name = self.topology
+        self.rows_in.labels(name, input_topic)
+        for o in outputs:
+            self.rows_out.labels(name, o)
+        self.dead.labels(name, input_topic, "decode")
+        for stage in ["decode", *stages, "encode"]:
+            self.op_seconds.labels(name, stage)
+            self.stage_in.labels(name, stage)
+            self.stage_out.labels(name, stage)
+        self.batch_seconds.labels(name)
+        self.assigned.labels(name).set(0)
+
+    def account(self, input_topic: str, outputs: list[str], res: Any) -> None:
+        """Add one :class:`~dawnstream.streams.processor.BatchResult` to the counters."""
+        name = self.topology
+        self.rows_in.labels(name, input_topic).inc(res.rows_in)
+        for o in outputs:
+            self.rows_out.labels(name, o).inc(res.rows_out)
+        for stage, n in res.dead_by_stage.items():
+            self.dead.labels(name, input_topic, stage).inc(n)
+        for stage, (sec, rin, rout) in res.stage_stats.items():
+            self.op_seconds.labels(name, stage).inc(sec)
+            self.stage_in.labels(name, stage).inc(rin)
+            self.stage_out.labels(name, stage).inc(rout)
+
+    def refresh_lag(self, consumer: Any, topic: str, partitions: list[int]) -> None:
+        """Set ``dawnstream_consumer_lag`` from the consumer's positions and cached high watermarks."""
+        from confluent_kafka import TopicPartition
+
+        if not partitions:
+            return
+        try:
+            for tp in consumer.position([TopicPartition(topic, p) for p in partitions]):
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    self.lag.labels(self.topology, topic, str(tp.partition)).set(high - tp.offset)
+        except Exception as e:  # noqa: BLE001 - metrics must never stop the worker
+            import logging
+
+            logging.getLogger(__name__).debug("lag unavailable: %s", e)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        try:
+            self.lag.remove(self.topology, topic, str(partition))
+        except KeyError:
+            pass
 
     def health(self) -> dict[str, Any]:
         return {"topology": self.topology, "worker": int(self.worker), "uptime_s": round(time.time() - self.started, 1),

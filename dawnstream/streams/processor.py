@@ -16,6 +16,7 @@ import pyarrow as pa
 from dawnstream.errors import DATA_ERRORS
 from dawnstream.operators.base import Chain, StageStats
 from dawnstream.streams.config import OutputSpec, Topology
+from dawnstream.streams.store import KeyedStore
 from dawnstream.topics.codecs import CODECS, Codec, Decoded, codec_for_content_type, get_codec
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER
 from dawnstream.topics.dlq import dead_letter
@@ -89,6 +90,8 @@ class BatchProcessor:
             c = self.chains[partition] = self.topology.build_chain()
             for op in c.operators:
                 op.partition = partition
+                if op.keyed_state:
+                    op.store = KeyedStore()
         return c
 
     def schema(self, partition: int) -> RowSchema:
@@ -112,6 +115,25 @@ class BatchProcessor:
             "schema": base64.b64encode(schema.arrow_schema().serialize().to_pybytes()).decode(),
             "stages": {name: base64.b64encode(data).decode() for name, data in chain.snapshot().items()},
         })
+
+    def keyed_changes(self, partition: int) -> list[tuple[bytes, bytes | None]]:
+        """Changelog records of the keys changed since the last call, ``p<p>/<stage>/<key>``."""
+        out: list[tuple[bytes, bytes | None]] = []
+        for op in self.chain(partition).operators:
+            if op.keyed_state:
+                prefix = f"p{partition}/{op.name}/".encode()
+                out.extend((prefix + k, v) for k, v in op.store.changes())
+        return out
+
+    def apply_keyed(self, partition: int, records: dict[bytes, bytes | None]) -> None:
+        """Load keyed-store records read back from the changelog (after :meth:`restore`)."""
+        stores = {f"p{partition}/{op.name}/".encode(): op.store
+                  for op in self.chain(partition).operators if op.keyed_state}
+        for key, value in records.items():
+            parts = key.split(b"/", 2)  # p<p> / <stage> / <key, which may itself hold '/'>
+            store = stores.get(parts[0] + b"/" + parts[1] + b"/") if len(parts) == 3 else None
+            if store is not None:
+                store.apply(parts[2], value)
 
     def restore(self, partition: int, data: bytes) -> int:
         """Load a snapshot into ``partition``'s chain and schema; returns its input offset.

@@ -6,6 +6,9 @@ partitions as the input. The snapshot of input partition *p* is written to chang
 ``offset`` is the next input offset the snapshot has *not* seen, ``schema`` the learned row types
 and ``stages`` every stage's own snapshot (base64 of its JSON/Arrow/npz bytes - never pickle).
 
+Operators that keep state per key (a :class:`~dawnstream.streams.store.KeyedStore`) add one record
+per changed key, ``p<p>/<stage>/<key>``, next to the blob (see :mod:`dawnstream.streams.store`).
+
 Snapshots are taken every ``checkpoint_ms`` (not every batch): on restore the runner loads the
 latest one and re-processes the input from its ``offset`` up to the committed offset with outputs
 discarded. Operators are deterministic per row, so the rebuilt state is the state the crashed
@@ -17,6 +20,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -43,31 +47,43 @@ def snapshot_key(partition: int) -> bytes:
     return f"p{partition}".encode()
 
 
-def read_latest(base: dict[str, Any], topic: str, partition: int, timeout_s: float = 30.0) -> bytes | None:
-    """The latest committed snapshot of ``partition`` (None when there is none)."""
+def read_records(base: dict[str, Any], topic: str, partition: int,
+                 timeout_s: float = 30.0) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Every committed record of one changelog partition, oldest first, as ``(key, value)`` pairs
+    (``value`` None for a tombstone). Records arrive in chunks, so a state of many records is
+    restored incrementally, never as one message.
+
+    ``timeout_s`` bounds the wait for the partition's offsets and each pause of more than a second
+    without records ends the read (read_committed skips transaction markers, so the position may
+    stop short of the high watermark).
+    """
     c = Consumer({**base, "group.id": f"dawnstream.restore.{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                   "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
     try:
         tp = TopicPartition(topic, partition)
         low, high = c.get_watermark_offsets(tp, timeout=timeout_s)
         if high <= low:
-            return None
+            return
         c.assign([TopicPartition(topic, partition, low)])
-        key = snapshot_key(partition)
-        latest: bytes | None = None
-        deadline = time.monotonic() + timeout_s
         idle_since = time.monotonic()
-        while time.monotonic() < deadline:
+        while True:
             msgs = c.consume(1000, timeout=0.2)
             for m in msgs:
-                if m.error() is None and m.key() == key:
-                    latest = m.value()
+                if m.error() is None:
+                    yield m.key(), m.value()
             if msgs:
                 idle_since = time.monotonic()
-            # read_committed skips transaction markers and aborted records, so the position may stop
-            # short of the high watermark: stop when it reaches it or nothing more comes for a second.
             if c.position([tp])[0].offset >= high or time.monotonic() - idle_since > 1.0:
                 break
-        return latest
     finally:
         c.close()
+
+
+def read_latest(base: dict[str, Any], topic: str, partition: int, timeout_s: float = 30.0) -> bytes | None:
+    """The latest committed snapshot blob of ``partition`` (None when there is none)."""
+    key = snapshot_key(partition)
+    latest: bytes | None = None
+    for k, v in read_records(base, topic, partition, timeout_s):
+        if k == key:
+            latest = v
+    return latest

@@ -77,14 +77,12 @@ def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, boot
 
 def _create_topics(topology_path: str | Path, bootstrap: str | None) -> None:
     from dawnstream.streams.config import load_topology
-    from dawnstream.streams.kafka_clients import TopicAdmin
-    from dawnstream.streams.state import changelog_spec
+    from dawnstream.streams.kafka_clients import ensure_job_topics
 
     t = load_topology(topology_path)
     if bootstrap:
         t.kafka.bootstrap = bootstrap
-    TopicAdmin(t.kafka.bootstrap, t.kafka.settings).ensure(
-        [*t.user_topics(), changelog_spec(t.name, t.input.partitions)])
+    ensure_job_topics(t)
 
 
 def run_workers(

@@ -1,0 +1,240 @@
+"""The commit of one micro-batch: its outputs, dead letters, due state snapshots and consumed offsets.
+
+Exactly-once: everything goes in one Kafka transaction (``send_offsets_to_transaction`` carries the
+offsets), so it all becomes visible together or not at all. At-least-once: the offsets are committed
+only after every record was acknowledged, and a batch whose records were refused is rewound and
+processed again. Snapshots go to the changelog at most every ``checkpoint_ms`` per partition
+(:mod:`dawnstream.streams.state`). Quix Streams keeps the same responsibilities in its
+``Checkpoint`` (``quixstreams/checkpointing/checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from dawnstream.errors import DawnstreamError
+from dawnstream.logs import event, get_logger
+from dawnstream.streams.clients import ClientStuck, WorkerClients, call_bounded
+from dawnstream.streams.kafka_errors import heals
+from dawnstream.streams.processor import BatchProcessor, BatchResult
+from dawnstream.streams.state import snapshot_key
+from dawnstream.topics.message import Encoded
+
+log = get_logger(__name__)
+
+
+class DeliveryFailed(DawnstreamError):
+    """The broker refused or timed out some produced records; the batch is not committed."""
+
+
+class Checkpoint:
+    """Produces micro-batch results and commits them with the consumed offsets.
+
+    Args:
+        clients: the worker's consumer and producer.
+        processor: where partition snapshots come from.
+        changelog: the state changelog topic (partition *p* holds input partition *p*'s snapshots).
+        checkpoint_ms: least time between two snapshots of a partition (0 = every batch).
+        skip_snapshot: partitions whose state must not be written (still being recovered).
+    """
+
+    def __init__(self, clients: WorkerClients, processor: BatchProcessor, changelog: str, checkpoint_ms: int,
+                 skip_snapshot: Callable[[int], bool] = lambda p: False) -> None:
+        self.clients = clients
+        self.processor = processor
+        self.changelog = changelog
+        self.every_s = checkpoint_ms / 1000.0
+        self.skip_snapshot = skip_snapshot
+        self.eos = clients.eos
+        self._last: dict[int, float] = {}
+
+    def forget(self, partition: int) -> None:
+        """The partition left this worker: its next snapshot is due at once."""
+        self._last.pop(partition, None)
+
+    # -- produce ------------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Open the transaction (exactly-once only).
+
+        Raises:
+            DawnstreamError: the producer was fenced or refused (:func:`~dawnstream.streams.kafka_errors.explain`).
+        """
+        if not self.eos:
+            return
+        try:
+            self.clients.producer.begin_transaction()
+        except KafkaException as e:
+            if heals(e.args[0]):
+                raise
+            raise self.clients.fatal_error(e.args[0], "beginning a transaction") from None
+
+    def produce(self, res: BatchResult) -> None:
+        """Produce a result's outputs and dead letters.
+
+        Raises:
+            DawnstreamError: the producer failed for good (fenced, refused), saying why.
+        """
+        try:
+            for topic, enc in res.outputs:
+                self._produce_encoded(topic, enc)
+            for topic, rec in res.dead_letters:
+                self._produce(topic, rec.value, rec.key, rec.headers)
+            self.clients.producer.poll(0)
+        except KafkaException as e:
+            if heals(e.args[0]):
+                raise
+            raise self.clients.fatal_error(e.args[0], "producing the batch's records") from None
+
+    def snapshots(self, last_offset: dict[int, int], force: bool = False) -> None:
+        """Produce the due snapshots (one per partition, at most every ``checkpoint_ms``), each saying
+        its state reflects every input offset up to ``last_offset[p]``."""
+        now = time.monotonic()
+        for p, off in last_offset.items():
+            if self.skip_snapshot(p):
+                continue
+            if force or now - self._last.get(p, -1e18) >= self.every_s:
+                self._produce(self.changelog, self.processor.snapshot(p, off + 1), snapshot_key(p), None, partition=p)
+                for key, value in self.processor.keyed_changes(p):  # value None: a tombstone
+                    self._produce(self.changelog, value, key, None, partition=p)  # type: ignore[arg-type]
+                self._last[p] = now
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, partition: int = -1) -> None:
+        """Produce one record, waiting for room in librdkafka's queue if it is full."""
+        producer = self.clients.producer
+        while True:
+            try:
+                if partition >= 0:
+                    producer.produce(topic, value, key, partition=partition)
+                else:
+                    producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.05)  # local queue full: let librdkafka send, then retry
+
+    def _produce_encoded(self, topic: str, enc: Encoded) -> None:
+        produce = self.clients.producer.produce
+        keys, per, topics = enc.keys, enc.record_headers, enc.topics
+        shared: Any = enc.headers
+        for i, value in enumerate(enc.values):
+            t = (topics[i] or topic) if topics is not None else topic
+            k = keys[i] if keys is not None else None
+            h: Any = per[i] if per is not None else shared
+            try:
+                produce(t, value, k, headers=h)
+            except BufferError:
+                self._produce(t, value, k, h)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every produced record is acknowledged.
+
+        Raises:
+            DeliveryFailed: some were refused or are still queued after ``timeout_s``.
+        """
+        remaining = self.clients.producer.flush(timeout_s)
+        errors = self.clients.delivery_errors
+        if remaining or errors:
+            errs = errors[:5]
+            errors.clear()
+            raise DeliveryFailed(f"{remaining} record(s) undelivered after {timeout_s}s; errors: {errs}")
+
+    # -- commit -------------------------------------------------------------------------------
+    def commit(self, offsets: list[TopicPartition], partitions: list[int], first_offsets: dict[int, int]) -> bool:
+        """Make the batch visible with its offsets (the next offset to read, per partition). Returns
+        False when it was not committed: the transaction was aborted (state is recovered and the input
+        re-read), or, at-least-once, some records were refused (the consumer is rewound to
+        ``first_offsets``, the batch's first offset per partition)."""
+        if self.eos:
+            return self._commit_transaction(offsets, partitions)
+        try:
+            self.flush()
+        except DeliveryFailed as e:
+            event(log, "batch.retry", error=str(e))
+            self._rewind(offsets[0].topic if offsets else "", first_offsets)
+            time.sleep(1.0)
+            return False
+        if offsets:
+            self.clients.consumer.commit(offsets=offsets, asynchronous=False)
+        return True
+
+    def commit_final(self) -> None:
+        """Commit what was produced outside a batch (the operators' flush at the end of a finite input)."""
+        if self.eos:
+            self.clients.producer.commit_transaction(60)
+        else:
+            self.flush()
+
+    def _rewind(self, topic: str, first_offsets: dict[int, int]) -> None:
+        for p, off in first_offsets.items():
+            try:
+                self.clients.consumer.seek(TopicPartition(topic, p, off))
+            except KafkaException as se:  # partition revoked meanwhile: its new owner re-reads it
+                event(log, "batch.seek_skipped", partition=p, error=str(se))
+
+    def _bounded(self, what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+        # librdkafka's own timeout plus a margin: past that the call is stuck, not slow.
+        return call_bounded(what, fn, timeout_s + 15)
+
+    def _commit_transaction(self, offsets: list[TopicPartition], partitions: list[int]) -> bool:
+        """Send the consumed offsets and commit; on an abortable error abort, and rejoin so the
+        partitions' state is recovered from the changelog and the input re-read from the committed
+        offsets. Returns True when committed."""
+        c = self.clients
+        step = "send_offsets"
+        attempts = 0
+        while True:
+            try:
+                if step == "send_offsets" and offsets:
+                    if not c.consumer.assignment():
+                        # The session expired (e.g. a broker outage) and librdkafka revoked the partitions:
+                        # these offsets can no longer be committed by this member.
+                        raise KafkaException(KafkaError(KafkaError._STATE, "consumer lost its assignment"))
+                    self._bounded("send_offsets_to_transaction", partial(
+                        c.producer.send_offsets_to_transaction, offsets, c.consumer.consumer_group_metadata(), 30), 30)
+                step = "commit"
+                self._bounded("commit_transaction", partial(c.producer.commit_transaction, 30), 30)
+                return True
+            except ClientStuck as e:
+                # Nothing of this transaction is visible unless the stuck commit completes; if it does,
+                # the recovered state and committed offsets agree with it either way.
+                c.replace(str(e))
+                return False
+            except KafkaException as e:
+                err = e.args[0]
+                attempts += 1
+                # A commit that timed out may still complete: retry it a few times. Offsets that could not
+                # be added usually mean the consumer lost its group generation during an outage; only a
+                # fresh consume() can rejoin, so abort instead of waiting for a group that will not answer.
+                if err.retriable() and not err.txn_requires_abort() and step == "commit" and attempts <= 3:
+                    event(log, "txn.retry", step=step, error=err.str())
+                    time.sleep(0.5)
+                    continue
+                if err.fatal():
+                    raise c.fatal_error(err, "committing a transaction") from None
+                event(log, "txn.abort", step=step, error=err.str())
+                self._abort_and_recover(partitions)
+                return False
+
+    def _abort_and_recover(self, partitions: list[int]) -> None:
+        """Abort the open transaction, then rejoin with a fresh consumer: assignment recovers every
+        partition from its changelog and resumes at the committed offsets."""
+        c = self.clients
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self._bounded("abort_transaction", partial(c.producer.abort_transaction, 30), 30)
+                break
+            except ClientStuck as e:
+                c.replace(str(e))
+                return
+            except KafkaException as e:
+                if e.args[0].fatal():
+                    raise c.fatal_error(e.args[0], "aborting a transaction") from None
+                if time.monotonic() > deadline:
+                    raise DawnstreamError(f"could not abort the transaction: {e.args[0].str()}") from None
+                time.sleep(1.0)
+        c.rebuild_consumer(f"transaction aborted for partitions {sorted(partitions)}")
