@@ -237,13 +237,13 @@ class KafkaRunner:
                 self.clients.consume_error(err)
                 continue
             p = m.partition()
-            if self.recovery.active(p):
-                continue  # fetched just before the pause took effect: read again once recovered
             lst = by_partition.get(p)
             if lst is None:
                 lst = by_partition[p] = []
                 first_offset[p] = m.offset()
             lst.append(KafkaMessage(m))
+        for p in [p for p in by_partition if self.recovery.active(p)]:
+            del by_partition[p]  # fetched just before the pause took effect: read again once recovered
         if not by_partition:
             return False
         self.clients.consumed()
