@@ -110,6 +110,7 @@ class WorkerMetrics:
             logging.getLogger(__name__).debug("lag unavailable: %s", e)
 
     def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the lag series of a partition this worker no longer owns."""
         try:
             self.lag.remove(self.topology, topic, str(partition))
         except KeyError:

@@ -102,6 +102,7 @@ class KafkaRunner:
 
     @property
     def consumer(self) -> Consumer:
+        """The worker's current group consumer (it is replaced after a fatal error or a hung call)."""
         return self.clients.consumer
 
     # -- group membership ---------------------------------------------------------------------
