@@ -112,7 +112,21 @@ class WorkerClients:
             self.producer_fatal = err
 
     def fatal_error(self, err: KafkaError, what: str) -> DawnstreamError:
-        """What to tell the user about a fatal producer error (the underlying one, when known)."""
+        """What to tell the user about a fatal producer error: the underlying one, not librdkafka's
+        generic ``_FATAL`` (``produce()`` raises that before the error callback has been served)."""
+        if self.producer_fatal is None and err.code() == KafkaError._FATAL:
+            try:
+                self.producer.poll(0)  # serve the queued error event that says why
+            except Exception:  # noqa: BLE001 - delivery callbacks of a dead producer may raise too
+                pass
+        if self.producer_fatal is None and err.code() == KafkaError._FATAL and self.eos:
+            try:
+                self.producer.abort_transaction(5)  # a fatal producer answers with the specific error
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError._FATAL:
+                    self.producer_fatal = e.args[0]
+            except Exception:  # noqa: BLE001
+                pass
         return explain(self.producer_fatal or err, what)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:

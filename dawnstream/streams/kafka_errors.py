@@ -81,7 +81,7 @@ def explain(err: KafkaError, what: str) -> DawnstreamError:
         what: what the worker was doing, e.g. ``"restoring partition 3 from state.x.changelog.v1"``.
     """
     code = err.code()
-    if code in FENCED:
+    if code in FENCED or "fenced" in err.str().lower():
         return DawnstreamError(
             f"{what}: this worker was fenced ({err.str()}): another worker with the same transactional id "
             "(same topology, host and worker index) started and owns its partitions now. Run each worker "
