@@ -69,9 +69,7 @@ class Checkpoint:
         try:
             self.clients.producer.begin_transaction()
         except KafkaException as e:
-            if heals(e.args[0]):
-                raise
-            raise self.clients.fatal_error(e.args[0], "beginning a transaction") from None
+            raise self._unless_heals(e, "beginning a transaction") from None
 
     def produce(self, res: BatchResult) -> None:
         """Produce a result's outputs and dead letters.
@@ -86,9 +84,11 @@ class Checkpoint:
                 self._produce(topic, rec.value, rec.key, rec.headers)
             self.clients.producer.poll(0)
         except KafkaException as e:
-            if heals(e.args[0]):
-                raise
-            raise self.clients.fatal_error(e.args[0], "producing the batch's records") from None
+            raise self._unless_heals(e, "producing the batch's records") from None
+
+    def _unless_heals(self, e: KafkaException, what: str) -> Exception:
+        """``e`` itself when it can heal (the caller's retry handles it), else what to tell the user."""
+        return e if heals(e.args[0]) else self.clients.fatal_error(e.args[0], what)
 
     def snapshots(self, last_offset: dict[int, int], force: bool = False) -> None:
         """Produce the due snapshots (one per partition, at most every ``checkpoint_ms``), each saying
@@ -154,7 +154,7 @@ class Checkpoint:
             self.flush()
         except DeliveryFailed as e:
             event(log, "batch.retry", error=str(e))
-            self._rewind(offsets[0].topic if offsets else "", first_offsets)
+            self._rewind(first_offsets)
             time.sleep(1.0)
             return False
         if offsets:
@@ -168,7 +168,8 @@ class Checkpoint:
         else:
             self.flush()
 
-    def _rewind(self, topic: str, first_offsets: dict[int, int]) -> None:
+    def _rewind(self, first_offsets: dict[int, int]) -> None:
+        topic = self.clients.topology.input.topic
         for p, off in first_offsets.items():
             try:
                 self.clients.consumer.seek(TopicPartition(topic, p, off))

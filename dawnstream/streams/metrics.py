@@ -105,9 +105,9 @@ class WorkerMetrics:
                 if high >= 0 and tp.offset >= 0:
                     self.lag.labels(self.topology, topic, str(tp.partition)).set(high - tp.offset)
         except Exception as e:  # noqa: BLE001 - metrics must never stop the worker
-            import logging
+            from dawnstream.logs import event, get_logger
 
-            logging.getLogger(__name__).debug("lag unavailable: %s", e)
+            event(get_logger(__name__), "lag.unavailable", error=str(e))
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the lag series of a partition this worker no longer owns."""

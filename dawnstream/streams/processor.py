@@ -56,6 +56,23 @@ def _make_output_codec(out: OutputSpec) -> Codec:
     return get_codec(out.codec)
 
 
+def _combine(parts: list[tuple[list[int], Decoded]], rejected: list[Rejected], schema: RowSchema) -> Decoded:
+    """One :class:`Decoded` from decodes of sub-lists of a batch (``parts``: the sub-list's indexes into
+    the batch, and its result), plus messages already ``rejected``."""
+    tables: list[pa.Table] = []
+    kept: list[int] = []
+    rows: list[int] = []
+    for idx, d in parts:
+        rejected.extend(d.rejected)
+        if d.table is not None:
+            tables.append(d.table)
+            kept.extend(idx[j] for j in d.kept)
+            rows.extend(d.rows_per_kept)
+    if not tables:
+        return Decoded(None, rejected=rejected)
+    return Decoded(schema.concat(tables), kept, rows, rejected)
+
+
 class BatchProcessor:
     """Decode -> chain -> encode for one topology; one chain (and schema) per input partition.
 
@@ -214,19 +231,8 @@ class BatchProcessor:
         if len(groups) == 1 and not rejected and not self.require_key:
             (name,) = groups
             return self._decode_safely(name, messages, schema)
-        tables: list[pa.Table] = []
-        kept: list[int] = []
-        rows: list[int] = []
-        for name, idx in groups.items():
-            d = self._decode_safely(name, [messages[i] for i in idx], schema)
-            rejected.extend(d.rejected)
-            if d.table is not None:
-                tables.append(d.table)
-                kept.extend(idx[j] for j in d.kept)
-                rows.extend(d.rows_per_kept)
-        if not tables:
-            return Decoded(None, rejected=rejected)
-        return Decoded(schema.concat(tables), kept, rows, rejected)
+        parts = [(idx, self._decode_safely(name, [messages[i] for i in idx], schema)) for name, idx in groups.items()]
+        return _combine(parts, rejected, schema)
 
     def _decode_safely(self, name: str, messages: list[Message], schema: RowSchema) -> Decoded:
         """``codec.decode``, and if the codec itself raises (a bug, or input it did not foresee),
@@ -236,24 +242,14 @@ class BatchProcessor:
             return codec.decode(messages, schema)
         except Exception:  # noqa: BLE001 - whatever a message contains must end as a dead letter
             pass
-        tables: list[pa.Table] = []
-        kept: list[int] = []
-        rows: list[int] = []
+        parts: list[tuple[list[int], Decoded]] = []
         rejected: list[Rejected] = []
         for i, m in enumerate(messages):
             try:
-                d = codec.decode([m], schema)
+                parts.append(([i], codec.decode([m], schema)))
             except Exception as e:  # noqa: BLE001
                 rejected.append(Rejected(m, f"the {name} decoder failed on this message: {type(e).__name__}: {e}"))
-                continue
-            rejected.extend(d.rejected)
-            if d.table is not None:
-                tables.append(d.table)
-                kept.append(i)
-                rows.extend(d.rows_per_kept)
-        if not tables:
-            return Decoded(None, rejected=rejected)
-        return Decoded(schema.concat(tables), kept, rows, rejected)
+        return _combine(parts, rejected, schema)
 
     # -- the whole step ---------------------------------------------------------------------
     def process(self, partition: int, messages: list[Message]) -> BatchResult:

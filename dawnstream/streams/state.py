@@ -77,13 +77,3 @@ def read_records(base: dict[str, Any], topic: str, partition: int,
                 break
     finally:
         c.close()
-
-
-def read_latest(base: dict[str, Any], topic: str, partition: int, timeout_s: float = 30.0) -> bytes | None:
-    """The latest committed snapshot blob of ``partition`` (None when there is none)."""
-    key = snapshot_key(partition)
-    latest: bytes | None = None
-    for k, v in read_records(base, topic, partition, timeout_s):
-        if k == key:
-            latest = v
-    return latest
