@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# MovieLens-100k ships inside the recbole wheel; --no-deps keeps torch and the rest out.
+	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 venv: $(STAMP)

