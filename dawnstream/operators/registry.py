@@ -12,6 +12,7 @@ from dawnstream.operators.filter import Filter
 from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
 from dawnstream.operators.select import Select
+from dawnstream.operators.serving.serve import Serve
 from dawnstream.operators.window_count import WindowCount
 
 OPERATORS: dict[str, type[Operator]] = {
@@ -22,6 +23,7 @@ OPERATORS: dict[str, type[Operator]] = {
     OutlierClassifier.kind: OutlierClassifier,
     StreamingExplainer.kind: StreamingExplainer,
     MergeExplanations.kind: MergeExplanations,
+    Serve.kind: Serve,
 }
 
 

@@ -16,12 +16,19 @@ from dawnstream.topics.schema import RowSchema
 
 CORRELATION_ID = "correlation-id"
 REPLY_TO = "reply-to"
+REQUEST_ERROR = "request_error"
+"""Column of the rows standing for requests whose body could not be read (the reason); the serving
+stage answers them with an error reply, so a caller is never left waiting."""
 
 
 class RequestsCodec(Codec):
     """Requests: one JSON object (one row) per message, with request headers added as columns.
 
     Decoded rows gain ``correlation_id`` (string) and ``reply_to`` (string, null when absent).
+    A message with a correlation-id and a ``reply-to`` whose body is malformed (not JSON, a value of
+    the wrong type) becomes a row with only those two columns and ``request_error`` (the reason),
+    in its place in message order: the caller gets an error reply instead of silence. Without
+    ``reply-to`` there is nobody to answer, and it goes to the dead-letter topic.
     ``encode`` writes one JSON response per row with the ``correlation-id`` header, addressed to the
     row's ``reply_to`` topic when set.
     """
@@ -43,17 +50,28 @@ class RequestsCodec(Codec):
                 ok_idx.append(i)
         sub = [messages[i] for i in ok_idx]
         inner = self._json.decode(sub, schema)
-        rejected.extend(inner.rejected)
-        if inner.table is None:
+        answer: list[tuple[int, str]] = []  # malformed requests that name a reply-to topic
+        where = {id(m): j for j, m in enumerate(sub)}
+        for r in inner.rejected:
+            if r.message.header(REPLY_TO):
+                answer.append((ok_idx[where[id(r.message)]], r.reason))
+            else:
+                rejected.append(r)
+        if inner.table is None and not answer:
             return Decoded(None, rejected=rejected)
         kept = [ok_idx[j] for j in inner.kept]
-        cids = [messages[i].header(CORRELATION_ID) for i in kept]
-        replies = [messages[i].header(REPLY_TO) for i in kept]
-        table = inner.table.append_column(
-            "correlation_id", pa.array([c.decode("utf-8", "replace") if c else None for c in cids])
-        ).append_column(
-            "reply_to", pa.array([r.decode("utf-8", "replace") if r else None for r in replies], pa.string())
-        )
+        table = inner.table.append_column("correlation_id", _header_column(messages, kept, CORRELATION_ID)) \
+            .append_column("reply_to", _header_column(messages, kept, REPLY_TO)) if inner.table is not None else None
+        if answer:
+            bad = [i for i, _ in answer]
+            errors = pa.table({"correlation_id": _header_column(messages, bad, CORRELATION_ID),
+                               "reply_to": _header_column(messages, bad, REPLY_TO),
+                               REQUEST_ERROR: pa.array([why for _, why in answer], pa.string())})
+            table = errors if table is None else pa.concat_tables([table, errors], promote_options="default")
+            kept = kept + bad
+            order = sorted(range(len(kept)), key=kept.__getitem__)  # back to message order
+            table = table.take(pa.array(order, pa.int64()))
+            kept = [kept[j] for j in order]
         return Decoded(table, kept, [1] * len(kept), rejected)
 
     def encode(self, batch: pa.RecordBatch, key_field: str | None = None) -> Encoded:
@@ -70,3 +88,8 @@ class RequestsCodec(Codec):
         enc.headers = None
         enc.topics = [str(r) if r else None for r in replies]
         return enc
+
+
+def _header_column(messages: list[Message], idx: list[int], name: str) -> pa.Array:
+    values = [messages[i].header(name) for i in idx]
+    return pa.array([v.decode("utf-8", "replace") if v else None for v in values], pa.string())

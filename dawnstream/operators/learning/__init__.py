@@ -1,0 +1,1 @@
+"""Online learning (Velox): offline features θ, per-user online weights, versioned swaps."""

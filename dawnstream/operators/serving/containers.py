@@ -1,0 +1,334 @@
+"""Model containers: one interface over the models a ``serve`` stage can answer with.
+
+Clipper's model containers (Crankshaw et al., NSDI'17, section 4.4) hide each framework behind
+``predict(batch)``; here a container also says whether it learns from feedback (``learn``), whether
+its answers may be cached (a fixed model version: same input, same answer) and whether it runs in the
+stage's thread (``inline``: models whose state feedback changes) or on a worker thread that the SLO
+may leave behind (a straggler). Kinds:
+
+- ``velox``: the hybrid model (:class:`~dawnstream.operators.learning.velox.VeloxModel`); θ is the
+  promoted version of a registry model (npz of a :class:`~dawnstream.models.mf.BiasedMF`).
+- ``onnx``: any ONNX graph in the registry taking ``user_id`` and ``item_id`` (int64 ``[n]``) and
+  returning one float per row, run by onnxruntime (one intra-op thread per container).
+- ``online_mf``: a biased MF learned fully online by SGD
+  (:class:`~dawnstream.operators.learning.online_mf.OnlineBiasedMF`); its user and item vectors live in
+  the keyed store. Item vectors are learned from the partition's own feedback.
+- ``mean``: the running mean of the feedback labels (the baseline every model must beat).
+
+Every container polls the registry for a newly promoted version between batches (``refresh``) and
+swaps to it without a pause: the new version is loaded before the old one is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import MutableMapping
+from typing import Any
+
+import numpy as np
+from cachetools import LRUCache
+
+from dawnstream.logs import event, get_logger
+from dawnstream.models.artifacts import onnx_session
+from dawnstream.models.mf import BiasedMF
+from dawnstream.models.registry import ModelError, Registry
+from dawnstream.operators.learning.online_mf import OnlineBiasedMF
+from dawnstream.operators.learning.velox import VeloxModel
+from dawnstream.operators.serving.aimd import AIMDBatcher
+
+log = get_logger(__name__)
+KINDS = ("velox", "onnx", "online_mf", "mean")
+
+
+class Container(ABC):
+    """One model behind the serving stage.
+
+    Args:
+        name: the arm's name (replies, bandit weights, metrics).
+        slo_ms: the SLO its AIMD batch size is tuned to.
+    """
+
+    kind = ""
+    inline = False
+    learns = False
+
+    def __init__(self, name: str, slo_ms: float) -> None:
+        self.name = name
+        self.aimd = AIMDBatcher(slo_ms)
+        self.version = 0
+        self.calls = 0
+        self.rows = 0
+        self.failures = 0
+
+    @abstractmethod
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predictions, float64 ``(n,)``, for int64 ``users`` and ``items`` ``(n,)``."""
+
+    def predict_one(self, user: int, item: int) -> float:
+        """One prediction (the feedback path scores one row at a time)."""
+        return float(self.predict(np.array([user], np.int64), np.array([item], np.int64))[0])
+
+    def learn(self, user: int, item: int, label: float) -> None:
+        """One piece of feedback (only containers with ``learns``); fixed models ignore it."""
+        return None
+
+    def refresh(self, registry: Registry | None, every_s: float = 1.0) -> bool:
+        """Swap to a newly promoted version if there is one; True when it swapped."""
+        return False
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state for the stage's snapshot."""
+        return {"aimd": self.aimd.size}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state`."""
+        self.aimd.size = int(state.get("aimd", self.aimd.size))
+
+
+class MeanContainer(Container):
+    """The running mean of the labels seen (``default`` before any)."""
+
+    kind = "mean"
+    inline = True
+    learns = True
+
+    def __init__(self, name: str, slo_ms: float, default: float = 0.0) -> None:
+        super().__init__(name, slo_ms)
+        self.count, self.total, self.default = 0, 0.0, float(default)
+
+    def value(self) -> float:
+        """The current mean (the default while nothing was learned)."""
+        return self.total / self.count if self.count else self.default
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.full(len(users), self.value())
+
+    def predict_one(self, user: int, item: int) -> float:
+        return self.value()
+
+    def learn(self, user: int, item: int, label: float) -> None:
+        self.count += 1
+        self.total += label
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "count": self.count, "total": self.total}
+
+    def load(self, state: dict[str, Any]) -> None:
+        super().load(state)
+        self.count, self.total = int(state.get("count", 0)), float(state.get("total", 0.0))
+
+
+class _Registered(Container):
+    """A container whose model comes from the registry (``model``: the registered name)."""
+
+    def __init__(self, name: str, slo_ms: float, model: str) -> None:
+        super().__init__(name, slo_ms)
+        self.model = model
+        self._checked = -1e18
+
+    def refresh(self, registry: Registry | None, every_s: float = 1.0) -> bool:
+        if registry is None or time.monotonic() - self._checked < every_s:
+            return False
+        self._checked = time.monotonic()
+        try:
+            v = registry.promoted_version(self.model)
+            if v is None or v == self.version:
+                return False
+            mv = registry.get(self.model, v)
+            self._swap(mv.read_bytes(), v)
+        except ModelError as e:
+            # A broken or half-deleted version must not take serving down: keep the current one.
+            event(log, "serve.swap_failed", container=self.name, model=self.model, error=str(e))
+            return False
+        event(log, "serve.swapped", container=self.name, model=self.model, version=v)
+        return True
+
+    @abstractmethod
+    def _swap(self, artifact: bytes, version: int) -> None: ...
+
+
+class OnnxContainer(_Registered):
+    """An ONNX graph run by onnxruntime; answers cached per (version, user, item) in an LRU."""
+
+    kind = "onnx"
+
+    def __init__(self, name: str, slo_ms: float, model: str, cache_size: int = 100_000) -> None:
+        super().__init__(name, slo_ms, model)
+        self.session: Any = None
+        self.cache: LRUCache[tuple[int, int, int], float] = LRUCache(maxsize=max(cache_size, 1))
+        self.hits = 0
+        self.misses = 0
+
+    def _swap(self, artifact: bytes, version: int) -> None:
+        session = onnx_session(artifact)
+        self.session, self.version = session, version  # one assignment each: readers see old or new
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        session, version = self.session, self.version
+        if session is None:
+            raise ModelError(f"no promoted version of {self.model!r} in the registry yet")
+        out = np.empty(len(users))
+        miss: list[int] = []
+        cache = self.cache
+        for j, (u, i) in enumerate(zip(users.tolist(), items.tolist(), strict=True)):
+            v = cache.get((version, u, i))
+            if v is None:
+                miss.append(j)
+            else:
+                out[j] = v
+        self.hits += len(users) - len(miss)
+        self.misses += len(miss)
+        if miss:
+            idx = np.asarray(miss)
+            got = session.run(None, {"user_id": users[idx].astype(np.int64), "item_id": items[idx].astype(np.int64)})
+            vals = np.asarray(got[0], dtype=np.float64).reshape(-1)
+            out[idx] = vals
+            for j, v in zip(miss, vals.tolist(), strict=True):
+                cache[(version, int(users[j]), int(items[j]))] = v
+        return out
+
+
+class VeloxContainer(_Registered):
+    """The Velox hybrid model; per-user weights live in the stage's keyed store (``velox/<user>``)."""
+
+    kind = "velox"
+    inline = True
+    learns = True
+
+    def __init__(self, name: str, slo_ms: float, model: str, lam: float = 8.0,
+                 rating_range: tuple[float, float] | None = None) -> None:
+        super().__init__(name, slo_ms, model)
+        self.vx = VeloxModel(None, 0, lam=lam, rating_range=rating_range)
+        self.store: MutableMapping[str, bytes] | None = None  # the stage's keyed store
+        self.learned = 0
+        self.learn_s = 0.0
+
+    def _swap(self, artifact: bytes, version: int) -> None:
+        self.vx.swap(BiasedMF.from_npz(artifact), version)
+        self.version = version
+
+    def _stored(self, user: int) -> bytes | None:
+        if self.store is None or user in self.vx.users:
+            return None
+        return self.store.get(f"{self.name}/{user}")
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        vx = self.vx
+        return np.array([vx.predict_one(u, i, self._stored(u))
+                         for u, i in zip(users.tolist(), items.tolist(), strict=True)])
+
+    def predict_one(self, user: int, item: int) -> float:
+        return self.vx.predict_one(user, item, self._stored(user))
+
+    def learn(self, user: int, item: int, label: float) -> None:
+        t0 = time.perf_counter()
+        self.vx.learn_one(user, item, label, self._stored(user))
+        self.learn_s += time.perf_counter() - t0
+        self.learned += 1
+
+    def flush_users(self) -> None:
+        """Write the users changed since the last call into the keyed store (before a checkpoint)."""
+        if self.store is None:
+            return
+        for u in self.vx.dirty:
+            self.store[f"{self.name}/{u}"] = self.vx.users[u].to_bytes()
+        self.vx.dirty.clear()
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "count": self.vx.count, "total": self.vx.total}
+
+    def load(self, state: dict[str, Any]) -> None:
+        super().load(state)
+        self.vx.count, self.vx.total = int(state.get("count", 0)), float(state.get("total", 0.0))
+        self.vx.users.clear()  # read back lazily from the restored store
+        self.vx.dirty.clear()
+
+
+class OnlineMFContainer(Container):
+    """Biased MF learned online by SGD; vectors in the stage's keyed store (``<name>/u<id>``, ``<name>/i<id>``)."""
+
+    kind = "online_mf"
+    inline = True
+    learns = True
+
+    def __init__(self, name: str, slo_ms: float, rating_range: tuple[float, float] | None = None) -> None:
+        super().__init__(name, slo_ms)
+        self.mf = OnlineBiasedMF(rating_range=rating_range)
+        self.store: MutableMapping[str, bytes] | None = None
+
+    def _load(self, user: int, item: int) -> None:
+        if self.store is None:
+            return
+        for table, key in ((self.mf.users, user), (self.mf.items, item)):
+            if key not in table:
+                data = self.store.get(f"{self.name}/{'u' if table is self.mf.users else 'i'}{key}")
+                if data is not None:
+                    table[key] = np.frombuffer(data, dtype=np.float64).copy()
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        out = np.empty(len(users))
+        for j, (u, i) in enumerate(zip(users.tolist(), items.tolist(), strict=True)):
+            self._load(u, i)
+            out[j] = self.mf.predict_one(u, i)
+        return out
+
+    def predict_one(self, user: int, item: int) -> float:
+        self._load(user, item)
+        return self.mf.predict_one(user, item)
+
+    def learn(self, user: int, item: int, label: float) -> None:
+        self._load(user, item)
+        self.mf.learn_one(user, item, label)
+
+    def flush_users(self) -> None:
+        """Write changed user and item vectors into the keyed store (before a checkpoint)."""
+        if self.store is None:
+            return
+        for u in self.mf.dirty_users:
+            self.store[f"{self.name}/u{u}"] = self.mf.users[u].tobytes()
+        for i in self.mf.dirty_items:
+            self.store[f"{self.name}/i{i}"] = self.mf.items[i].tobytes()
+        self.mf.dirty_users.clear()
+        self.mf.dirty_items.clear()
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "count": self.mf.count, "total": self.mf.total}
+
+    def load(self, state: dict[str, Any]) -> None:
+        super().load(state)
+        self.mf.count, self.mf.total = int(state.get("count", 0)), float(state.get("total", 0.0))
+        self.mf.users.clear()
+        self.mf.items.clear()
+        self.mf.dirty_users.clear()
+        self.mf.dirty_items.clear()
+
+
+def build_container(spec: dict[str, Any], slo_ms: float, rating_range: tuple[float, float] | None,
+                    cache_size: int, path: str) -> Container:
+    """One container from its topology entry (``{name, kind, model, lam}``).
+
+    Raises:
+        ValueError: unknown kind or a missing ``model`` (with the key path, for the config error).
+    """
+    from dawnstream.errors import ConfigError
+
+    if not isinstance(spec, dict):
+        raise ConfigError(path, "expected a mapping like {name: velox, kind: velox, model: movielens-theta}")
+    unknown = set(spec) - {"name", "kind", "model", "lam"}
+    if unknown:
+        raise ConfigError(f"{path}.{sorted(unknown)[0]}", "unknown key; expected name, kind, model, lam")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{path}.kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
+    name = str(spec.get("name") or kind)
+    if kind == "mean":
+        return MeanContainer(name, slo_ms)
+    if kind == "online_mf":
+        return OnlineMFContainer(name, slo_ms, rating_range)
+    model = spec.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{path}.model", f"a {kind} container needs the registry model name to serve")
+    if kind == "onnx":
+        return OnnxContainer(name, slo_ms, model, cache_size)
+    return VeloxContainer(name, slo_ms, model, float(spec.get("lam", 8.0)), rating_range)

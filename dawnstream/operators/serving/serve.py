@@ -1,0 +1,419 @@
+"""The ``serve`` stage: answer prediction requests, learn from feedback, within a latency SLO.
+
+Input rows come from the ``requests`` codec (``correlation_id``, ``reply_to`` and the JSON body). A
+row with a label (``rating``) is **feedback**; any other row is a **request**. Both arrive on the
+same topic, keyed by user, so one partition sees a user's requests and feedback in the order they
+were sent, and holds that user's weights (Kafka Streams calls this co-partitioning; here it is one
+topic, so it cannot be violated).
+
+Per micro-batch, in input order:
+
+- consecutive requests form a segment answered together: each model container predicts it in
+  chunks of its AIMD batch size (:mod:`.aimd`); containers that are not ``inline`` run on their own
+  thread, and whatever has not answered when the SLO expires is a straggler - the reply uses the
+  models that answered, or the default (the running mean) flagged ``default=true`` (Clipper, NSDI'17,
+  section 4.3.2);
+- feedback is first scored against every model's prediction made *before* learning it (progressive
+  validation), which drives the selection policy (Exp4 ensemble or Exp3, :mod:`.selection`), then
+  learned by the containers that learn (Velox, the mean);
+- a request whose body was malformed (``request_error`` from the codec) or lacks a user or item gets
+  an error reply with the reason.
+
+Replies are rows for the ``requests`` codec: it addresses each to its ``reply_to`` topic with the
+``correlation-id`` header echoed. Feedback gets a reply only when it names a ``reply-to`` (an ack
+carrying the prediction made before learning it).
+
+State: the selection weights, the containers' AIMD sizes and counters (the snapshot), and each
+user's Velox weights (the keyed store, ``<container>/<user>``), so the runner's checkpoints restore a
+partition after a crash with every piece of feedback applied once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from queue import SimpleQueue
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dawnstream.errors import ConfigError
+from dawnstream.models.registry import Registry
+from dawnstream.operators.base import Operator
+from dawnstream.operators.serving.containers import Container, OnlineMFContainer, VeloxContainer, build_container
+from dawnstream.operators.serving.selection import Exp3, Exp4
+
+POLICIES = ("exp4", "exp3")
+REPLY_SCHEMA = pa.schema([
+    ("correlation_id", pa.string()), ("reply_to", pa.string()), ("kind", pa.string()),
+    ("user_id", pa.int64()), ("item_id", pa.int64()), ("prediction", pa.float64()), ("model", pa.string()),
+    ("answered", pa.string()), ("default", pa.bool_()), ("versions", pa.string()), ("latency_ms", pa.float64()),
+    ("error", pa.string()),
+])
+"""Columns of every reply (``kind``: ``prediction``, ``feedback`` or ``error``)."""
+
+
+class _Worker:
+    """One daemon thread running a container's batches, so a slow model can be left behind."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = SimpleQueue()
+        self.current: Future[Any] | None = None
+        threading.Thread(target=self._loop, name=f"serve-{name}", daemon=True).start()
+
+    def busy(self) -> bool:
+        return self.current is not None and not self.current.done()
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self.current = fut
+        self.jobs.put((fut, fn))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            fut, fn = self.jobs.get()
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting stage as a straggler
+                fut.set_exception(e)
+
+
+class Serve(Operator):
+    """Clipper-style serving and Velox-style learning over one requests topic.
+
+    Args:
+        models: containers, e.g. ``[{name: velox, kind: velox, model: movielens-theta}, {name: svd,
+            kind: onnx, model: movielens-svd}, {kind: mean}]`` (see :mod:`.containers`).
+        policy: ``exp4`` (weighted ensemble of every model) or ``exp3`` (one model per request).
+        slo_ms: latency objective of a reply, ms from the moment its batch reaches the stage (default 20).
+        registry: registry root (default ``$DAWNSTREAM_REGISTRY`` or ``~/.local/share/dawnstream/registry``).
+        refresh_s: how often each container looks for a newly promoted version, s.
+        user_field, item_field, label_field: input columns (int64, int64, float64).
+        rating_range: ``[low, high]``: predictions are clipped to it and losses scaled by its width².
+        cache_size: LRU entries per ONNX container ((version, user, item) -> prediction).
+        eta: learning rate of the selection weights (default 0.5 for exp4, 0.05 for exp3).
+        gamma: Exp3's exploration share.
+
+    Raises:
+        ConfigError: an unknown policy or container kind, a missing ``model``, a bad range or SLO.
+    """
+
+    kind = "serve"
+    stateful = True
+    keyed_state = True
+
+    def __init__(self, models: list[dict[str, Any]], policy: str = "exp4", slo_ms: float = 20.0,
+                 registry: str | None = None, refresh_s: float = 1.0, user_field: str = "user_id",
+                 item_field: str = "item_id", label_field: str = "rating",
+                 rating_range: list[float] | None = None, cache_size: int = 100_000, eta: float | None = None,
+                 gamma: float = 0.03, discount: float = 0.001, name: str | None = None, _path: str = "stages") -> None:
+        super().__init__(name)
+        base = _path.rsplit(".", 1)[0] if "." in _path else _path
+        if policy not in POLICIES:
+            raise ConfigError(f"{base}.policy", f"expected one of {', '.join(POLICIES)}, got {policy!r}")
+        if not slo_ms > 0:
+            raise ConfigError(f"{base}.slo_ms", f"expected a positive number of ms, got {slo_ms!r}")
+        rr: tuple[float, float] | None = None
+        if rating_range is not None:
+            if len(rating_range) != 2 or not float(rating_range[0]) < float(rating_range[1]):
+                raise ConfigError(f"{base}.rating_range", f"expected [low, high] with low < high, got {rating_range!r}")
+            rr = (float(rating_range[0]), float(rating_range[1]))
+        if not isinstance(models, list) or not models:
+            raise ConfigError(f"{base}.models", "expected a non-empty list of model containers")
+        self.containers: list[Container] = [build_container(m, slo_ms, rr, cache_size, f"{base}.models.{j}")
+                                            for j, m in enumerate(models)]
+        names = [c.name for c in self.containers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{base}.models", f"container names must be unique, got {names}")
+        self.policy_name = policy
+        self.slo_s = float(slo_ms) / 1000.0
+        self.rating_range = rr
+        self.scale = (rr[1] - rr[0]) ** 2 if rr else 1.0
+        self.registry = Registry(registry) if registry else Registry()
+        self.refresh_s = float(refresh_s)
+        self.fields = (user_field, item_field, label_field)
+        self.policy: Exp4 | Exp3 = (Exp4(names, eta if eta is not None else 0.5, discount=discount)
+                                    if policy == "exp4"
+                                    else Exp3(names, eta if eta is not None else 0.05, gamma, discount=discount))
+        self._workers: dict[str, _Worker] = {}
+        self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0}
+        self.sq_err: dict[str, float] = {n: 0.0 for n in [*names, "served"]}
+        self.routed: dict[str, int] = {n: 0 for n in names}
+
+    # -- protocol -------------------------------------------------------------------------------
+    def required_columns(self) -> set[str]:
+        return set()  # validated row by row: a bad request gets an error reply, not a dead letter
+
+    def passes_through(self) -> bool:
+        return False
+
+    def produced_columns(self) -> set[str]:
+        return set(REPLY_SCHEMA.names)
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        t0 = time.perf_counter()
+        self._prepare()
+        names = batch.schema.names
+        u_f, i_f, l_f = self.fields
+
+        def col(name: str) -> list[Any]:
+            return batch.column(name).to_pylist() if name in names else [None] * batch.num_rows
+
+        cids, replies, users, items = col("correlation_id"), col("reply_to"), col(u_f), col(i_f)
+        labels, errors = col(l_f), col("request_error")
+        out: dict[str, list[Any]] = {f: [] for f in REPLY_SCHEMA.names}
+
+        def reply(j: int, kind: str, **values: Any) -> None:
+            for f in REPLY_SCHEMA.names:
+                out[f].append(values.get(f))
+            out["correlation_id"][-1], out["reply_to"][-1], out["kind"][-1] = cids[j], replies[j], kind
+            out["latency_ms"][-1] = (time.perf_counter() - t0) * 1000.0
+
+        feedback: list[int] = []
+        kinds: list[str] = []
+        for j in range(batch.num_rows):
+            problem = errors[j] or _bad_ids(users[j], items[j], u_f, i_f)
+            label = labels[j]
+            if problem is None and label is not None and not _finite(label):
+                problem = f"{l_f} must be a finite number, got {label!r}"
+            if problem is not None:
+                self.counters["errors"] += 1
+                reply(j, "error", user_id=_int_or_none(users[j]), item_id=_int_or_none(items[j]), error=problem,
+                      default=False)
+                kinds.append("error")
+            elif label is None:
+                kinds.append("request")
+            else:
+                kinds.append("feedback")
+                feedback.append(j)
+        fixed = self._fixed_predictions(feedback, users, items)
+        # Per-user order: a request is answered before any later feedback of *its* user is learned;
+        # feedback of other users may be learned first, so requests still batch across feedback.
+        segment: list[int] = []
+        waiting: set[int] = set()
+        for j, kind in enumerate(kinds):
+            if kind == "request":
+                segment.append(j)
+                waiting.add(users[j])
+            elif kind == "feedback":
+                if users[j] in waiting:
+                    self._answer(segment, users, items, cids, t0, reply)
+                    segment, waiting = [], set()
+                pred, model = self._feedback(int(users[j]), int(items[j]), float(labels[j]), str(cids[j]),
+                                             {name: vals[j] for name, vals in fixed.items()})
+                if replies[j]:
+                    reply(j, "feedback", user_id=int(users[j]), item_id=int(items[j]), prediction=pred, model=model,
+                          default=False, versions=self._versions())
+        if segment:
+            self._answer(segment, users, items, cids, t0, reply)
+        if not out["kind"]:
+            return []
+        return [pa.RecordBatch.from_pydict(out, schema=REPLY_SCHEMA)]
+
+    def _fixed_predictions(self, rows: list[int], users: list[Any], items: list[Any]) -> dict[str, dict[int, float]]:
+        """Predictions of the models feedback does not change, for every feedback row, one call each."""
+        if not rows:
+            return {}
+        u = np.asarray([users[j] for j in rows], dtype=np.int64)
+        i = np.asarray([items[j] for j in rows], dtype=np.int64)
+        out: dict[str, dict[int, float]] = {}
+        for c in self.containers:
+            if c.learns:
+                continue
+            try:
+                vals = c.predict(u, i)
+            except Exception:  # noqa: BLE001 - this model gives no answer to score
+                continue
+            out[c.name] = dict(zip(rows, vals.tolist(), strict=True))
+        return out
+
+    # -- requests -------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        for c in self.containers:
+            if isinstance(c, (VeloxContainer, OnlineMFContainer)):
+                c.store = self.store
+            c.refresh(self.registry, self.refresh_s)
+
+    def _answer(self, rows: list[int], users: list[Any], items: list[Any], cids: list[Any], t0: float,
+                reply: Callable[..., None]) -> None:
+        u = np.asarray([users[j] for j in rows], dtype=np.int64)
+        i = np.asarray([items[j] for j in rows], dtype=np.int64)
+        deadline = t0 + self.slo_s
+        preds: dict[str, np.ndarray] = {}
+        pending: dict[str, Future[Any]] = {}
+        for c in self.containers:
+            if c.inline:
+                continue
+            worker = self._workers.get(c.name)
+            if worker is None:
+                worker = self._workers[c.name] = _Worker(c.name)
+            if worker.busy():  # still on an earlier batch: a straggler for this one
+                self.counters["stragglers"] += 1
+                continue
+            pending[c.name] = worker.submit(functools.partial(_chunked, c, u, i, deadline))
+        for c in self.containers:
+            if c.inline:
+                try:
+                    preds[c.name] = _chunked(c, u, i, deadline)
+                except Exception:  # noqa: BLE001 - a model that raises is a straggler
+                    c.failures += 1
+                    self.counters["stragglers"] += 1
+        if pending:
+            wait(list(pending.values()), timeout=max(0.0, deadline - time.perf_counter()))
+        for name, fut in pending.items():
+            if fut.done() and fut.exception() is None:
+                preds[name] = fut.result()
+            else:
+                self.counters["stragglers"] += 1
+                if fut.done():
+                    next(c for c in self.containers if c.name == name).failures += 1
+        versions = self._versions()
+        fallback = self._default()
+        weights = self.policy.weights()
+        arms = self.policy.arms
+        for k, j in enumerate(rows):
+            got = {a: float(preds[a][k]) for a in arms if a in preds and math.isfinite(preds[a][k])}
+            self.counters["requests"] += 1
+            if not got:
+                self.counters["defaults"] += 1
+                reply(j, "prediction", user_id=int(u[k]), item_id=int(i[k]), prediction=fallback, model="default",
+                      answered="", default=True, versions=versions)
+                continue
+            if isinstance(self.policy, Exp4):
+                model = "exp4"
+                value = self.policy.combine(got)
+            else:
+                model, _ = self.policy.choose(str(cids[j]))
+                if model not in got:  # the drawn model straggled: the most trusted one that answered
+                    model = max(got, key=lambda a: weights[arms.index(a)])
+                value = got[model]
+                self.routed[model] += 1
+            reply(j, "prediction", user_id=int(u[k]), item_id=int(i[k]), prediction=self._clip(value), model=model,
+                  answered=",".join(got), default=False, versions=versions)
+
+    # -- feedback ---------------------------------------------------------------------------------
+    def _feedback(self, user: int, item: int, label: float, event_id: str,
+                  fixed: dict[str, float]) -> tuple[float, str]:
+        """Score every model on ``(user, item)`` before learning ``label`` (``fixed``: the answers of the
+        models that do not learn, computed for the whole batch); update the policy; learn."""
+        got: dict[str, float] = {}
+        for c in self.containers:
+            if not c.learns:
+                v = fixed.get(c.name, math.nan)
+            else:
+                try:
+                    v = c.predict_one(user, item)
+                except Exception:  # noqa: BLE001 - no answer from this model for this feedback
+                    continue
+            if math.isfinite(v):
+                got[c.name] = v
+        self.counters["feedback"] += 1
+        served, model = math.nan, "default"
+        if got:
+            if isinstance(self.policy, Exp4):
+                served, model = self.policy.combine(got), "exp4"
+                self.policy.update(got, label, self.scale)
+            else:
+                model, p = self.policy.choose(event_id)
+                if model in got:
+                    served = got[model]
+                    self.policy.update(model, served, label, p, self.scale)
+            for name, v in got.items():
+                self.sq_err[name] += (self._clip(v) - label) ** 2
+        served = self._clip(served if math.isfinite(served) else self._default())
+        self.sq_err["served"] += (served - label) ** 2
+        for c in self.containers:
+            if c.learns:
+                c.learn(user, item, label)
+        return served, model
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _versions(self) -> str:
+        return ",".join(f"{c.name}:{c.version}" for c in self.containers)
+
+    def _default(self) -> float:
+        for c in self.containers:
+            if c.kind == "mean":
+                return self._clip(c.predict_one(0, 0))
+        return self._clip(sum(self.rating_range) / 2 if self.rating_range else 0.0)
+
+    def _clip(self, v: float) -> float:
+        rr = self.rating_range
+        if rr is None:
+            return float(v)
+        return rr[0] if v < rr[0] else rr[1] if v > rr[1] else float(v)
+
+    def status(self) -> dict[str, Any]:
+        """Live numbers for displays: counters, RMSE per model and served (on feedback), AIMD batch
+        sizes, versions, cache hit rates and the policy's weights."""
+        n = max(self.counters["feedback"], 1)
+        return {
+            "counters": dict(self.counters),
+            "rmse": {k: math.sqrt(v / n) for k, v in self.sq_err.items()},
+            "batch": {c.name: c.aimd.size for c in self.containers},
+            "versions": {c.name: c.version for c in self.containers},
+            "weights": dict(zip(self.policy.arms, self.policy.weights().round(4).tolist(), strict=True)),
+            "routed": dict(self.routed),
+            "cache_hits": {c.name: getattr(c, "hits", 0) for c in self.containers},
+        }
+
+    def snapshot(self) -> bytes:
+        for c in self.containers:
+            if isinstance(c, (VeloxContainer, OnlineMFContainer)):
+                c.store = self.store
+                c.flush_users()
+        return super().snapshot()
+
+    def _state(self) -> Any:
+        return {"policy": self.policy.state(), "containers": {c.name: c.state() for c in self.containers},
+                "counters": self.counters, "sq_err": self.sq_err, "routed": self.routed}
+
+    def _load_state(self, state: Any) -> None:
+        if not state:
+            return
+        self.policy.load(state.get("policy", {}))
+        for c in self.containers:
+            c.load(state.get("containers", {}).get(c.name, {}))
+        self.counters.update(state.get("counters", {}))
+        self.sq_err.update(state.get("sq_err", {}))
+        self.routed.update(state.get("routed", {}))
+
+
+def _chunked(c: Container, users: np.ndarray, items: np.ndarray, deadline: float) -> np.ndarray:
+    """``c``'s predictions in chunks of its AIMD size; rows not reached by ``deadline`` stay NaN."""
+    out = np.full(len(users), np.nan)
+    start = 0
+    while start < len(users):
+        if start and time.perf_counter() >= deadline:
+            break
+        end = min(len(users), start + c.aimd.size)
+        t0 = time.perf_counter()
+        out[start:end] = c.predict(users[start:end], items[start:end])
+        c.aimd.observe(end - start, (time.perf_counter() - t0) * 1000.0)
+        c.calls += 1
+        c.rows += end - start
+        start = end
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _bad_ids(user: Any, item: Any, u_f: str, i_f: str) -> str | None:
+    for name, v in ((u_f, user), (i_f, item)):
+        if v is None:
+            return f"missing {name}"
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"{name} must be an integer id, got {v!r}"
+    return None
