@@ -71,9 +71,9 @@ class OnlineBiasedMF:
         u, i = self.users.get(user), self.items.get(item)
         out = mu
         if u is not None:
-            out += u[0]
+            out += float(u[0])
         if i is not None:
-            out += i[0]
+            out += float(i[0])
         if u is not None and i is not None:
             out += float(u[1:] @ i[1:])
         return out

@@ -21,6 +21,7 @@ swaps to it without a pause: the new version is loaded before the old one is dro
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
@@ -120,32 +121,63 @@ class MeanContainer(Container):
 
 
 class _Registered(Container):
-    """A container whose model comes from the registry (``model``: the registered name)."""
+    """A container whose model comes from the registry (``model``: the registered name).
+
+    The first version is loaded in the caller's thread (there is nothing to serve before it); later
+    ones are loaded and warmed up on a background thread, and :meth:`refresh` installs one between
+    batches with a single assignment, so a swap never pauses the requests in flight.
+    """
 
     def __init__(self, name: str, slo_ms: float, model: str) -> None:
         super().__init__(name, slo_ms)
         self.model = model
         self._checked = -1e18
+        self._ready: tuple[Any, int] | None = None
+        self._loading: threading.Thread | None = None
+        self._refused: set[int] = set()
 
     def refresh(self, registry: Registry | None, every_s: float = 1.0) -> bool:
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            self._install(*ready)
+            event(log, "serve.swapped", container=self.name, model=self.model, version=ready[1])
+            return True
         if registry is None or time.monotonic() - self._checked < every_s:
             return False
+        if self._loading is not None and self._loading.is_alive():
+            return False
         self._checked = time.monotonic()
+        if self.version == 0:
+            self._fetch(registry)
+            return self.refresh(None)
+        self._loading = threading.Thread(target=self._fetch, args=(registry,), name=f"load-{self.name}", daemon=True)
+        self._loading.start()
+        return False
+
+    def _fetch(self, registry: Registry) -> None:
+        v: int | None = None
         try:
             v = registry.promoted_version(self.model)
-            if v is None or v == self.version:
-                return False
-            mv = registry.get(self.model, v)
-            self._swap(mv.read_bytes(), v)
+            if v is None or v == self.version or v in self._refused:
+                return
+            self._ready = (self._load(registry.get(self.model, v).read_bytes(), v), v)
         except ModelError as e:
             # A broken or half-deleted version must not take serving down: keep the current one.
-            event(log, "serve.swap_failed", container=self.name, model=self.model, error=str(e))
-            return False
-        event(log, "serve.swapped", container=self.name, model=self.model, version=v)
-        return True
+            if v is not None:
+                self._refused.add(v)
+            event(log, "serve.swap_failed", container=self.name, model=self.model, version=v, error=str(e))
 
     @abstractmethod
-    def _swap(self, artifact: bytes, version: int) -> None: ...
+    def _load(self, artifact: bytes, version: int) -> Any:
+        """Build (and warm up) the model from its artifact; runs off the serving thread.
+
+        Raises:
+            ModelError: the artifact is not a model this container can serve.
+        """
+
+    @abstractmethod
+    def _install(self, model: Any, version: int) -> None:
+        """Start answering with ``model`` (cheap: between two batches)."""
 
 
 class OnnxContainer(_Registered):
@@ -160,9 +192,18 @@ class OnnxContainer(_Registered):
         self.hits = 0
         self.misses = 0
 
-    def _swap(self, artifact: bytes, version: int) -> None:
+    def _load(self, artifact: bytes, version: int) -> Any:
         session = onnx_session(artifact)
-        self.session, self.version = session, version  # one assignment each: readers see old or new
+        one = np.zeros(1, np.int64)
+        try:  # warm up before serving: a first run allocates, and must not count against a request's SLO
+            session.run(None, {"user_id": one, "item_id": one})
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+            raise ModelError(f"model {self.model!r} v{version} does not take (user_id, item_id) int64 inputs: "
+                             f"{e}") from None
+        return session
+
+    def _install(self, model: Any, version: int) -> None:
+        self.session, self.version = model, version  # one assignment each: a worker sees old or new
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         session, version = self.session, self.version
@@ -204,8 +245,11 @@ class VeloxContainer(_Registered):
         self.learned = 0
         self.learn_s = 0.0
 
-    def _swap(self, artifact: bytes, version: int) -> None:
-        self.vx.swap(BiasedMF.from_npz(artifact), version)
+    def _load(self, artifact: bytes, version: int) -> Any:
+        return BiasedMF.from_npz(artifact)
+
+    def _install(self, model: Any, version: int) -> None:
+        self.vx.swap(model, version)
         self.version = version
 
     def _stored(self, user: int) -> bytes | None:

@@ -63,7 +63,7 @@ class _LogWeights:
         self.updates += 1
 
     def state(self) -> dict[str, Any]:
-        return {"arms": self.arms, "logw": list(self.logw), "updates": self.updates}
+        return {"arms": self.arms, "logw": [float(v) for v in self.logw], "updates": self.updates}
 
     def load(self, state: dict[str, Any]) -> None:
         if state.get("arms") == self.arms:

@@ -253,9 +253,11 @@ class Serve(Operator):
             worker = self._workers.get(c.name)
             if worker is None:
                 worker = self._workers[c.name] = _Worker(c.name)
-            if worker.busy():  # still on an earlier batch: a straggler for this one
-                self.counters["stragglers"] += 1
-                continue
+            if worker.busy():  # still on an earlier batch: give it until this batch's deadline
+                wait([worker.current], timeout=max(0.0, deadline - time.perf_counter()))  # type: ignore[list-item]
+                if worker.busy():
+                    self.counters["stragglers"] += 1
+                    continue
             pending[c.name] = worker.submit(functools.partial(_chunked, c, u, i, deadline))
         for c in self.containers:
             if c.inline:
@@ -372,7 +374,8 @@ class Serve(Operator):
 
     def _state(self) -> Any:
         return {"policy": self.policy.state(), "containers": {c.name: c.state() for c in self.containers},
-                "counters": self.counters, "sq_err": self.sq_err, "routed": self.routed}
+                "counters": self.counters, "sq_err": {k: float(v) for k, v in self.sq_err.items()},
+                "routed": self.routed}
 
     def _load_state(self, state: Any) -> None:
         if not state:
