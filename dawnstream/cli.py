@@ -241,6 +241,12 @@ from dawnstream.outliers_cli import explain as _explain  # noqa: E402
 app.command("explain")(_explain)
 app.command("detect")(_detect)
 
+from dawnstream.models_cli import models_app as _models_app  # noqa: E402
+from dawnstream.models_cli import predict as _predict  # noqa: E402
+
+app.add_typer(_models_app, name="models")
+app.command("predict")(_predict)
+
 accel_app = typer.Typer(help="The accel layer: fused, compiled operator chains.", no_args_is_help=True)
 app.add_typer(accel_app, name="accel")
 

@@ -43,10 +43,22 @@ def base_settings(bootstrap: str | None = None, settings: Mapping[str, str] | No
     return conf
 
 
+PRODUCER_ONLY = ("linger.ms", "queue.buffering.max.ms", "batch.size", "batch.num.messages", "acks",
+                 "compression.type", "compression.codec", "partitioner", "enable.idempotence")
+"""Settings librdkafka warns about when a consumer gets them (a topology's ``kafka.settings`` serve both)."""
+
+
+def client_only(conf: Mapping[str, Any], consumer: bool) -> dict[str, Any]:
+    """``conf`` less the settings meant for the other kind of client (a consumer's or a producer's)."""
+    if consumer:
+        return {k: v for k, v in conf.items() if k not in PRODUCER_ONLY}
+    return {k: v for k, v in conf.items() if not k.startswith(("fetch.", "isolation.", "auto.offset", "group."))}
+
+
 def consumer_settings(base: Mapping[str, Any], group: str, start: str = "earliest", **extra: Any) -> dict[str, Any]:
     """Consumer for micro-batches: manual commits after delivery, offsets stored by us,
     ``read_committed`` so transactional outputs upstream are seen only once committed."""
-    conf: dict[str, Any] = dict(base)
+    conf: dict[str, Any] = {}
     conf.update(
         {
             "group.id": group,
@@ -62,17 +74,24 @@ def consumer_settings(base: Mapping[str, Any], group: str, start: str = "earlies
             "heartbeat.interval.ms": 1500,
         }
     )
+    conf.update(client_only(base, consumer=True))  # `kafka.settings` (and DAWNSTREAM_KAFKA_*) win over these defaults,
+    # except what the delivery guarantees rest on: offsets are committed by the runner, never automatically.
+    conf.update({"group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False})
     conf.update(extra)
     return conf
 
 
 def producer_settings(base: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """Producer tuned for throughput on one host: idempotent, acks=all, 5 ms linger, 1 MiB batches."""
-    conf: dict[str, Any] = dict(base)
+    """Producer tuned for throughput on one host: idempotent, acks=all, 5 ms linger, 1 MiB batches.
+    The topology's ``kafka.settings`` win (a serving topology sets ``linger.ms: 0``)."""
+    conf: dict[str, Any] = {}
     conf.update(
         {
             "enable.idempotence": True,
             "acks": "all",
+            # Java's partitioner (murmur2): a key lands on the same partition whichever client sent it, so a
+            # user's requests from a kafka-python or Java producer meet the state our workers keep for them.
+            "partitioner": "murmur2_random",
             "linger.ms": 5,
             "batch.size": 1 << 20,
             "message.max.bytes": 16 << 20,
@@ -80,6 +99,8 @@ def producer_settings(base: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
             "queue.buffering.max.kbytes": 1 << 20,
         }
     )
+    conf.update(client_only(base, consumer=False))
+    conf.update({"enable.idempotence": True, "acks": "all"})  # retries must not duplicate records
     conf.update(extra)
     return conf
 
@@ -88,7 +109,7 @@ class TopicAdmin:
     """Create, list and describe topics (``confluent_kafka.admin.AdminClient``)."""
 
     def __init__(self, bootstrap: str | None = None, settings: Mapping[str, str] | None = None) -> None:
-        conf = base_settings(bootstrap, settings)
+        conf = client_only(base_settings(bootstrap, settings), consumer=False)
         self.bootstrap = conf["bootstrap.servers"]
         self.admin = AdminClient(conf)
 

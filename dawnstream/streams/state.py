@@ -57,7 +57,10 @@ def read_records(base: dict[str, Any], topic: str, partition: int,
     without records ends the read (read_committed skips transaction markers, so the position may
     stop short of the high watermark).
     """
-    c = Consumer({**base, "group.id": f"dawnstream.restore.{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+    from dawnstream.streams.kafka_clients import client_only  # kafka_clients imports this module
+
+    c = Consumer({**client_only(base, consumer=True), "group.id": f"dawnstream.restore.{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False,
                   "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
     try:
         tp = TopicPartition(topic, partition)

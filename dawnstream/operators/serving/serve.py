@@ -144,11 +144,15 @@ class Serve(Operator):
         self._workers: dict[str, _Worker] = {}
         self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0}
         self.sq_err: dict[str, float] = {n: 0.0 for n in [*names, "served"]}
+        self.scored: dict[str, int] = {n: 0 for n in [*names, "served"]}  # feedback each model answered
         self.routed: dict[str, int] = {n: 0 for n in names}
 
     # -- protocol -------------------------------------------------------------------------------
     def required_columns(self) -> set[str]:
         return set()  # validated row by row: a bad request gets an error reply, not a dead letter
+
+    def numeric_columns(self) -> set[str]:
+        return {self.fields[2]}  # the label, on feedback only: learned as float64 whatever the first rows say
 
     def passes_through(self) -> bool:
         return False
@@ -328,8 +332,10 @@ class Serve(Operator):
                     self.policy.update(model, served, label, p, self.scale)
             for name, v in got.items():
                 self.sq_err[name] += (self._clip(v) - label) ** 2
+                self.scored[name] += 1
         served = self._clip(served if math.isfinite(served) else self._default())
         self.sq_err["served"] += (served - label) ** 2
+        self.scored["served"] += 1
         for c in self.containers:
             if c.learns:
                 c.learn(user, item, label)
@@ -354,10 +360,10 @@ class Serve(Operator):
     def status(self) -> dict[str, Any]:
         """Live numbers for displays: counters, RMSE per model and served (on feedback), AIMD batch
         sizes, versions, cache hit rates and the policy's weights."""
-        n = max(self.counters["feedback"], 1)
         return {
             "counters": dict(self.counters),
-            "rmse": {k: math.sqrt(v / n) for k, v in self.sq_err.items()},
+            "rmse": {k: math.sqrt(v / self.scored[k]) if self.scored[k] else math.nan for k, v in self.sq_err.items()},
+            "scored": dict(self.scored),
             "batch": {c.name: c.aimd.size for c in self.containers},
             "versions": {c.name: c.version for c in self.containers},
             "weights": dict(zip(self.policy.arms, self.policy.weights().round(4).tolist(), strict=True)),
@@ -375,7 +381,7 @@ class Serve(Operator):
     def _state(self) -> Any:
         return {"policy": self.policy.state(), "containers": {c.name: c.state() for c in self.containers},
                 "counters": self.counters, "sq_err": {k: float(v) for k, v in self.sq_err.items()},
-                "routed": self.routed}
+                "scored": self.scored, "routed": self.routed}
 
     def _load_state(self, state: Any) -> None:
         if not state:
@@ -385,15 +391,17 @@ class Serve(Operator):
             c.load(state.get("containers", {}).get(c.name, {}))
         self.counters.update(state.get("counters", {}))
         self.sq_err.update(state.get("sq_err", {}))
+        self.scored.update(state.get("scored", {}))
         self.routed.update(state.get("routed", {}))
 
 
 def _chunked(c: Container, users: np.ndarray, items: np.ndarray, deadline: float) -> np.ndarray:
-    """``c``'s predictions in chunks of its AIMD size; rows not reached by ``deadline`` stay NaN."""
+    """``c``'s predictions in chunks of its AIMD size; rows not reached by ``deadline`` stay NaN (for
+    models on their own thread: an inline model's few µs per row are cheaper than a default answer)."""
     out = np.full(len(users), np.nan)
     start = 0
     while start < len(users):
-        if start and time.perf_counter() >= deadline:
+        if start and not c.inline and time.perf_counter() >= deadline:
             break
         end = min(len(users), start + c.aimd.size)
         t0 = time.perf_counter()

@@ -1,0 +1,273 @@
+"""``make demo-serve``: prediction serving and hybrid learning on MovieLens-100k, end to end through Kafka.
+
+Runs ``topologies/movie-ratings.yaml`` (the ``serve`` stage: Velox, ONNX, online MF and mean
+containers under an Exp4 ensemble) on the broker, a background :class:`~dawnstream.streams.retrain.Retrainer`
+that retrains θ from the topic and registers each version in a fresh registry, and a
+:class:`~dawnstream.streams.request_reply.PredictClient` that replays the 100,000 ratings in time
+order as feedback (each acknowledged with the prediction made *before* it was learned: progressive
+validation) with prediction requests for random users and items in between. The live view shows RMSE,
+request latency percentiles, AIMD batch sizes, the ensemble's weights and the model versions.
+
+:func:`run_serve_demo` is what ``make demo-serve`` runs and what ``tests/kafka/test_demo_serve.py``
+checks (on a prefix of the ratings); :func:`main` exits 0 only when every request and every
+acknowledged feedback got its reply and the models beat the global mean.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from dawnstream.errors import DawnstreamError
+from dawnstream.logs import configure
+from dawnstream.models.registry import REGISTRY_ENV
+from dawnstream.operators.serving.serve import Serve
+from dawnstream.sources import movielens
+from dawnstream.streams.config import Topology, load_topology
+from dawnstream.streams.kafka_clients import TopicAdmin
+from dawnstream.streams.request_reply import PredictClient
+from dawnstream.streams.retrain import Retrainer
+from dawnstream.streams.runner import KafkaRunner
+from dawnstream.streams.state import changelog_spec
+
+TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "movie-ratings.yaml"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """``q``-th percentile (0-100) of ``values``; NaN when empty."""
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def serving_status(runner: KafkaRunner) -> dict[str, Any]:
+    """The ``serve`` stages of every partition of ``runner``, summed: counters, per-model RMSE on
+    feedback, mean AIMD batch size, summed routing, mean weights, versions (call it in the runner's thread)."""
+    ops = [op for chain in runner.processor.chains.values() for op in chain.operators if isinstance(op, Serve)]
+    if not ops:
+        return {}
+    sts = [op.status() for op in ops]
+    names = list(sts[0]["batch"])
+    sq = {k: sum(op.sq_err[k] for op in ops) for k in ops[0].sq_err}
+    cnt = {k: sum(op.scored[k] for op in ops) for k in ops[0].scored}
+    return {
+        "counters": {k: sum(s["counters"][k] for s in sts) for k in sts[0]["counters"]},
+        "rmse": {k: float(np.sqrt(v / cnt[k])) if cnt[k] else float("nan") for k, v in sq.items()},
+        "batch": {k: max(s["batch"][k] for s in sts) for k in names},
+        "weights": {k: float(np.mean([s["weights"][k] for s in sts])) for k in names},
+        "versions": {k: max(s["versions"][k] for s in sts) for k in names},
+        "routed": {k: sum(s["routed"][k] for s in sts) for k in names},
+        "cache_hits": {k: sum(s["cache_hits"][k] for s in sts) for k in names},
+    }
+
+
+@dataclass
+class ServeDemoResult:
+    """What one run did.
+
+    Attributes:
+        ratings: feedback events sent; requests: prediction requests sent.
+        lost: requests or acknowledged feedback without a reply at the end.
+        rmse_test: RMSE of the acknowledged predictions over the last 20% of the ratings (each made
+            before that rating was learned); rmse_mean: the global-mean anchor on the same ratings.
+        latency_ms: request latency percentiles (p50, p99), client side, through the broker.
+        versions: θ versions registered by the retrainer. status: :func:`serving_status` at the end.
+        error: why the run failed, or None.
+    """
+
+    ratings: int = 0
+    requests: int = 0
+    lost: int = 0
+    rmse_test: float = float("nan")
+    rmse_mean: float = float("nan")
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    versions: int = 0
+    seconds: float = 0.0
+    status: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class _Job(threading.Thread):
+    def __init__(self, name: str, target: Callable[[], Any]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as e:  # noqa: BLE001 - reported by the demo
+            self.error = e
+
+
+def prepare(registry: Path) -> Topology:
+    """Load the serving topology against a fresh ``registry`` and reset its topics and changelog."""
+    shutil.rmtree(registry, ignore_errors=True)
+    registry.mkdir(parents=True)
+    os.environ[REGISTRY_ENV] = str(registry)
+    topo = load_topology(TOPOLOGY)
+    spec = topo.input.spec()
+    TopicAdmin(topo.kafka.bootstrap, topo.kafka.settings).reset(
+        [spec, spec.dlq(), topo.outputs[0].spec(topo.input.partitions),
+         changelog_spec(topo.name, topo.input.partitions)])
+    return topo
+
+
+def run_serve_demo(console: Console | None = None, limit: int | None = None, request_every: int = 4,
+                   rate: float = 3000.0, max_inflight: int = 1000, retrain_every: int = 10_000) -> ServeDemoResult:
+    """Replay MovieLens through the serving topology and report.
+
+    Args:
+        limit: replay only the first ``limit`` ratings (tests); default all 100,000.
+        request_every: one prediction request (random user and item seen so far) per this many ratings.
+        rate: ratings sent per second (requests come on top).
+        max_inflight: the client waits when this many replies are outstanding (back-pressure).
+        retrain_every: θ is retrained after this many new ratings (the first after half of that).
+
+    Raises:
+        DawnstreamError: the broker cannot be reached.
+    """
+    console = console or Console()
+    registry = Path.home() / ".cache" / "dawnstream" / "demo-serve" / "registry"
+    topo = prepare(registry)
+    table = movielens()
+    if limit is not None:
+        table = table.slice(0, limit)
+    users, items = table.column("user_id").to_pylist(), table.column("item_id").to_pylist()
+    ratings = table.column("rating").to_pylist()
+    n = len(ratings)
+    console.print(f"[bold]dawnstream demo-serve[/]: {n:,} MovieLens ratings through {topo.input.topic} "
+                  f"at {topo.kafka.bootstrap}; registry {registry}")
+    seen: dict[str, Any] = {"status": {}}
+
+    def on_batch(r: KafkaRunner, _res: object) -> None:
+        seen["status"] = serving_status(r)
+
+    runner = KafkaRunner(topo, metrics_port=-1, on_batch=on_batch)
+    retrainer = Retrainer(topo, every=retrain_every, min_ratings=max(retrain_every // 2, 100))
+    jobs = [_Job("serving worker", runner.run), _Job("retrainer", retrainer.run)]
+    for j in jobs:
+        j.start()
+    client = PredictClient(topo.kafka.bootstrap, topo.input.topic, topo.outputs[0].topic,
+                           key_field="user_id", settings=topo.kafka.settings)
+    result = ServeDemoResult()
+    acks: dict[str, int] = {}  # correlation id of acknowledged feedback -> rating index
+    reqs: list[str] = []
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    progress = {"k": 0}
+
+    def view() -> Group:
+        st = seen["status"]
+        dt = max(time.perf_counter() - t0, 1e-9)
+        k = progress["k"]
+        recent = [i for i in list(acks)[-5000:] if i in client.replies]
+        errs = [client.replies[i]["prediction"] - ratings[acks[i]] for i in recent]
+        lat = [(client.arrived[i] - client.sent[i]) * 1000 for i in reqs[-5000:] if i in client.arrived]
+        head = Table(title="movie-ratings: Clipper-style serving + Velox hybrid learning through Kafka")
+        for col in ("elapsed", "ratings sent", "events/s", "RMSE (last 5k)", "request p50 ms", "p99 ms", "θ versions"):
+            head.add_column(col, justify="right")
+        head.add_row(f"{dt:.1f}s", f"{k:,}/{n:,}", f"{(k + len(reqs)) / dt:,.0f}",
+                     f"{np.sqrt(np.mean(np.square(errs))):.3f}" if errs else "-",
+                     f"{percentile(lat, 50):.1f}", f"{percentile(lat, 99):.1f}", str(len(retrainer.versions)))
+        models = Table(title="models (RMSE on feedback, scored before learning it)")
+        for col in ("model", "RMSE", "Exp4 weight", "AIMD batch", "version"):
+            models.add_column(col, justify="right")
+        for name in st.get("batch", {}):
+            models.add_row(name, f"{st['rmse'][name]:.3f}", f"{st['weights'][name]:.3f}", str(st["batch"][name]),
+                           str(st["versions"][name]))
+        if st:
+            models.add_row("[bold]ensemble[/]", f"{st['rmse']['served']:.3f}", "", "", "")
+        return Group(head, models)
+
+    def failure() -> str | None:
+        return next((f"{j.name} failed: {type(j.error).__name__}: {j.error}" for j in jobs if j.error), None)
+
+    try:
+        with Live(view(), console=console, refresh_per_second=4) as live:
+            last_view = 0.0
+            for k in range(n):
+                ahead = k / rate - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+                while len(client.sent) - len(client.replies) - (k - len(acks)) > max_inflight:
+                    if failure():
+                        break
+                    time.sleep(0.002)
+                if failure():
+                    break
+                cid = client.feedback(users[k], items[k], ratings[k], ack=True)
+                acks[cid] = k
+                if k % request_every == 0 and k:
+                    who, what = int(rng.integers(0, k)), int(rng.integers(0, k))
+                    reqs.append(client.send({"user_id": users[who], "item_id": items[what]}))
+                progress["k"] = k + 1
+                if time.perf_counter() - last_view > 0.25:
+                    live.update(view())
+                    last_view = time.perf_counter()
+            want = list(acks) + reqs
+            deadline = time.monotonic() + 60
+            while failure() is None and time.monotonic() < deadline and any(i not in client.replies for i in want):
+                time.sleep(0.1)
+                live.update(view())
+            live.update(view())
+    finally:
+        runner.stop()
+        retrainer.stop()
+        for j in jobs:
+            j.join(30)
+        client.close()
+    result.seconds = time.perf_counter() - t0
+    result.ratings, result.requests = len(acks), len(reqs)
+    result.lost = sum(1 for i in list(acks) + reqs if i not in client.replies)
+    cut = int(0.8 * n)
+    test = [i for i, k in acks.items() if k >= cut and i in client.replies]
+    y = np.asarray([ratings[acks[i]] for i in test])
+    if len(y):
+        pred = np.asarray([client.replies[i]["prediction"] for i in test])
+        result.rmse_test = float(np.sqrt(np.mean((pred - y) ** 2)))
+        result.rmse_mean = float(np.sqrt(np.mean((y - np.mean(ratings[:cut])) ** 2)))
+    lat = [(client.arrived[i] - client.sent[i]) * 1000 for i in reqs if i in client.arrived]
+    result.latency_ms = {"p50": percentile(lat, 50), "p99": percentile(lat, 99)}
+    result.versions = len(retrainer.versions)
+    result.status = seen["status"]
+    result.error = failure()
+    if result.error is None and result.lost:
+        result.error = f"{result.lost} of {len(acks) + len(reqs)} messages got no reply within 60 s"
+    if result.error is None and not result.rmse_test < result.rmse_mean:
+        result.error = f"RMSE {result.rmse_test:.3f} does not beat the global mean's {result.rmse_mean:.3f}"
+    console.print(f"{result.ratings:,} ratings and {result.requests:,} requests in {result.seconds:.1f}s; "
+                  f"RMSE on the last 20%: [bold]{result.rmse_test:.3f}[/] (global mean {result.rmse_mean:.3f}); "
+                  f"request latency p50 {result.latency_ms['p50']:.1f} ms, p99 {result.latency_ms['p99']:.1f} ms; "
+                  f"{result.versions} θ versions registered; {result.lost} replies lost; "
+                  f"{client.duplicates} duplicate replies ignored")
+    return result
+
+
+def main() -> int:
+    """``make demo-serve``: exit status 0 only when every reply came back and the models beat the mean."""
+    configure("WARNING")
+    console = Console()
+    try:
+        result = run_serve_demo(console)
+    except DawnstreamError as e:
+        console.print(f"[bold red]demo-serve failed:[/] {e}")
+        return 1
+    if result.error is not None:
+        console.print(f"[bold red]demo-serve failed:[/] {result.error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

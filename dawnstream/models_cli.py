@@ -1,0 +1,137 @@
+"""``dawnstream models …`` (the registry) and ``dawnstream predict`` (request/reply from the shell)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dawnstream.errors import DawnstreamError
+
+console = Console(stderr=True)
+out = Console()
+models_app = typer.Typer(help="The model registry: versions, lineage, promotion, rollback, retraining.",
+                         no_args_is_help=True)
+RegistryOpt = Annotated[Path | None, typer.Option(
+    envvar="DAWNSTREAM_REGISTRY", help="Registry root (default ~/.local/share/dawnstream/registry).")]
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+def _registry(root: Path | None) -> Any:
+    from dawnstream.models.registry import Registry
+
+    return Registry(root)
+
+
+@models_app.command("list")
+def models_list(registry: RegistryOpt = None) -> None:
+    """Every model: versions, the promoted one, format and size of the latest."""
+    try:
+        reg = _registry(registry)
+        table = Table(title=f"models in {reg.root}")
+        for col in ("model", "versions", "promoted", "latest", "format", "bytes", "created"):
+            table.add_column(col)
+        for name in reg.names():
+            versions = reg.versions(name)
+            if not versions:
+                continue
+            last = versions[-1]
+            table.add_row(name, str(len(versions)), str(reg.promoted_version(name) or "-"), str(last.version),
+                          last.format, f"{last.size_bytes:,}",
+                          dt.datetime.fromtimestamp(last.created_at).isoformat(timespec="seconds"))
+        out.print(table)
+    except DawnstreamError as e:
+        _fail(e)
+
+
+@models_app.command("show")
+def models_show(name: str, version: Annotated[int | None, typer.Option(help="Default: the promoted one.")] = None,
+                registry: RegistryOpt = None) -> None:
+    """One version's metadata as JSON: content hash, parent, training data (topic, offsets), metrics."""
+    try:
+        reg = _registry(registry)
+        mv = reg.get(name, version)
+        typer.echo(json.dumps({**mv.to_json(), "path": str(mv.path), "promoted": reg.promoted_version(name)},
+                              indent=2))
+    except DawnstreamError as e:
+        _fail(e)
+
+
+@models_app.command("promote")
+def models_promote(name: str, version: int, registry: RegistryOpt = None) -> None:
+    """Serve ``version`` from now on (workers swap it in between batches, within about a second)."""
+    try:
+        mv = _registry(registry).promote(name, version)
+        typer.echo(json.dumps({"model": name, "promoted": mv.version}))
+    except DawnstreamError as e:
+        _fail(e)
+
+
+@models_app.command("rollback")
+def models_rollback(name: str, registry: RegistryOpt = None) -> None:
+    """Serve the previously promoted version again."""
+    try:
+        mv = _registry(registry).rollback(name)
+        typer.echo(json.dumps({"model": name, "promoted": mv.version}))
+    except DawnstreamError as e:
+        _fail(e)
+
+
+@models_app.command("retrain")
+def models_retrain(
+    topology: Annotated[Path, typer.Argument(help="A serving topology (with a `serve` stage).")],
+    every: Annotated[int, typer.Option(min=1, help="Retrain after this many new ratings.")] = 10_000,
+    min_ratings: Annotated[int, typer.Option(min=1, help="No model before this many ratings.")] = 1_000,
+    max_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without input.")] = None,
+    once: Annotated[bool, typer.Option(help="Train once on what the topic holds, then stop.")] = False,
+) -> None:
+    """Retrain θ from the feedback on the topology's topic, register and promote it; runs until Ctrl-C."""
+    from dawnstream.streams.config import load_topology
+    from dawnstream.streams.retrain import Retrainer
+
+    try:
+        r = Retrainer(load_topology(topology), every=every, min_ratings=min_ratings)
+        versions = r.run(max_idle_s=2.0 if once else max_idle, max_versions=1 if once else None)
+        if once and not versions and len(r.data.labels) >= 1:
+            versions = [r.train()]
+    except DawnstreamError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        versions = r.versions
+    typer.echo(json.dumps({"ratings": len(r.data.labels),
+                           "versions": [{k: v.version for k, v in vs.items()} for vs in versions]}))
+
+
+def predict(
+    topology: Annotated[Path, typer.Argument(help="The serving topology (its topics and bootstrap).")],
+    request: Annotated[str, typer.Argument(help='JSON request, e.g. \'{"user_id": 196, "item_id": 242}\'.')],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 10.0,
+    reply_topic: Annotated[str | None, typer.Option(help="Reply topic (default: the topology's output).")] = None,
+) -> None:
+    """Send one request (or feedback, with a label) through Kafka and print the reply as JSON."""
+    from dawnstream.streams.config import load_topology
+    from dawnstream.streams.request_reply import PredictClient
+
+    try:
+        row = json.loads(request)
+    except json.JSONDecodeError as e:
+        _fail(DawnstreamError(f"the request is not JSON ({e}); e.g. '{{\"user_id\": 196, \"item_id\": 242}}'"))
+    if not isinstance(row, dict):
+        _fail(DawnstreamError("the request must be a JSON object"))
+    try:
+        t = load_topology(topology)
+        with PredictClient(t.kafka.bootstrap, t.input.topic, reply_topic or t.outputs[0].topic,
+                           key_field=t.input.key_field or "user_id", settings=t.kafka.settings) as client:
+            reply = client.request(row, timeout)
+    except DawnstreamError as e:
+        _fail(e)
+    typer.echo(json.dumps(reply))

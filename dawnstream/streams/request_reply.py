@@ -1,0 +1,175 @@
+"""Request/reply over Kafka: a client that sends prediction requests and feedback and collects replies.
+
+The shape of Spring Kafka's ``ReplyingKafkaTemplate`` and Faust's ``agent.ask``: each request carries
+a ``correlation-id`` and a ``reply-to`` topic; the serving workers answer on that topic with the same
+``correlation-id`` (:mod:`dawnstream.topics.codecs.requests`). Requests are keyed by user, with Java's
+partitioner, so any client's requests for a user reach the partition holding that user's state.
+
+A reply consumer that joins a group can miss replies sent before its partitions are assigned (the
+complaint about ``ReplyingKafkaTemplate``). This client takes no group: it reads the reply topic's
+end offsets and ``assign()``s them explicitly before the first request leaves, so every reply produced
+after that is seen.
+
+>>> # doctest: +SKIP
+>>> with PredictClient("127.0.0.1:9092", "serving.movielens.events.v1", "serving.movielens.replies.v1") as c:
+...     c.request({"user_id": 196, "item_id": 242})["prediction"]
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from dawnstream.errors import DawnstreamError
+from dawnstream.streams.kafka_clients import PRODUCER_ONLY, base_settings
+from dawnstream.topics.codecs.requests import CORRELATION_ID, REPLY_TO
+
+
+class ReplyTimeout(DawnstreamError):
+    """No reply arrived in time (is a worker running the topology? `dawnstream run <topology>`)."""
+
+
+class PredictClient:
+    """Sends requests/feedback to ``requests_topic`` and reads replies from ``reply_topic``.
+
+    Args:
+        bootstrap: Kafka bootstrap address (``$DAWNSTREAM_KAFKA_BOOTSTRAP`` overrides).
+        requests_topic: the serving topology's input topic.
+        reply_topic: where replies should go (the topology's output topic, or one of the caller's own).
+        key_field: request field used as the message key (the topology's ``key_field``).
+        settings: extra librdkafka settings for both clients.
+
+    Replies are collected by a background thread into :attr:`replies` (``correlation_id -> reply``,
+    the first reply wins: a repeated reply after a worker restart is the same answer) with the
+    monotonic time each arrived in :attr:`arrived`.
+    """
+
+    def __init__(self, bootstrap: str | None, requests_topic: str, reply_topic: str, key_field: str = "user_id",
+                 settings: dict[str, str] | None = None) -> None:
+        base = base_settings(bootstrap, settings)
+        pbase = {k: v for k, v in base.items() if not k.startswith("fetch.")}
+        cbase = {k: v for k, v in base.items() if k not in PRODUCER_ONLY}
+        self.requests_topic, self.reply_topic, self.key_field = requests_topic, reply_topic, key_field
+        self.producer = Producer({**pbase, "linger.ms": 0, "enable.idempotence": True, "acks": "all",
+                                  "partitioner": "murmur2_random", "socket.nagle.disable": True})
+        self.consumer = Consumer({**cbase, "group.id": f"dawnstream.reply.{uuid.uuid4().hex[:8]}",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+                                  "socket.nagle.disable": True})
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.arrived: dict[str, float] = {}
+        self.duplicates = 0
+        self.sent: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._assign_at_end()
+        self._reader = threading.Thread(target=self._read, name="reply-reader", daemon=True)
+        self._reader.start()
+
+    def _assign_at_end(self) -> None:
+        md = self.consumer.list_topics(self.reply_topic, timeout=30).topics.get(self.reply_topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise DawnstreamError(f"reply topic {self.reply_topic!r} does not exist; start the serving topology "
+                                  f"first (`dawnstream run <topology>` creates it) or create it")
+        tps = []
+        for p in sorted(md.partitions):
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.reply_topic, p), timeout=30)
+            tps.append(TopicPartition(self.reply_topic, p, high))
+        self.consumer.assign(tps)  # explicit offsets: ready now, nothing produced from here on is missed
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            for m in self.consumer.consume(1000, timeout=0.05):
+                if m.error() is not None:
+                    continue
+                now = time.monotonic()
+                try:
+                    body = orjson.loads(m.value() or b"null")
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(body, dict):
+                    continue
+                cid = dict(m.headers() or []).get(CORRELATION_ID)
+                key = cid.decode() if isinstance(cid, bytes) else body.get("correlation_id")
+                if key is None:
+                    continue
+                with self._cond:
+                    if key in self.replies:
+                        self.duplicates += 1
+                        continue
+                    body["correlation_id"] = key
+                    self.replies[key] = body
+                    self.arrived[key] = now
+                    self._cond.notify_all()
+
+    # -- sending ----------------------------------------------------------------------------------
+    def send(self, row: dict[str, Any], correlation_id: str | None = None, reply: bool = True) -> str:
+        """Produce one request (or feedback, when ``row`` has the label); returns its correlation id."""
+        cid = correlation_id or uuid.uuid4().hex
+        headers: list[tuple[str, str | bytes | None]] = [(CORRELATION_ID, cid.encode())]
+        if reply:
+            headers.append((REPLY_TO, self.reply_topic.encode()))
+        key = row.get(self.key_field)
+        while True:
+            try:
+                self.producer.produce(self.requests_topic, orjson.dumps(row),
+                                      None if key is None else str(key).encode(), headers=headers)
+                break
+            except BufferError:
+                self.producer.poll(0.01)
+        self.sent[cid] = time.monotonic()
+        self.producer.poll(0)
+        return cid
+
+    def feedback(self, user: int, item: int, rating: float, ack: bool = False, **fields: Any) -> str:
+        """Send one piece of feedback (``ack``: ask for a reply carrying the prediction made before it)."""
+        return self.send({self.key_field: user, "item_id": item, "rating": rating, **fields}, reply=ack)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every sent message is acknowledged by the broker."""
+        self.producer.flush(timeout_s)
+
+    # -- receiving --------------------------------------------------------------------------------
+    def wait(self, ids: Iterable[str], timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+        """Replies for ``ids`` (those that arrived within ``timeout_s``)."""
+        want = list(ids)
+        deadline = time.monotonic() + timeout_s
+        self.producer.flush(timeout_s)
+        with self._cond:
+            while any(i not in self.replies for i in want):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.1))
+            return {i: self.replies[i] for i in want if i in self.replies}
+
+    def request(self, row: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+        """Send one request and wait for its reply.
+
+        Raises:
+            ReplyTimeout: no reply within ``timeout_s``.
+        """
+        cid = self.send(row)
+        got = self.wait([cid], timeout_s)
+        if cid not in got:
+            raise ReplyTimeout(f"no reply to {cid} on {self.reply_topic} within {timeout_s} s: is a worker running "
+                               f"the topology that reads {self.requests_topic}? (`dawnstream run <topology>`)")
+        return got[cid]
+
+    def close(self) -> None:
+        """Stop reading replies, flush and close both clients."""
+        self._stop.set()
+        self._reader.join(timeout=5)
+        self.producer.flush(10)
+        self.consumer.close()
+
+    def __enter__(self) -> PredictClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
