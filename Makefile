@@ -7,7 +7,7 @@ BROKER_PORT ?= 9092
 export DAWNSTREAM_LOG_LEVEL ?= WARNING
 export DAWNSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo test lint unit kafka broker broker-stop bench clean
+.PHONY: demo demo-serve test lint unit kafka broker broker-stop bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m dawnstream.demo
 
+## make demo-serve: prediction serving + hybrid online/offline learning on MovieLens-100k, through Kafka.
+demo-serve: $(STAMP)
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
+	$(BIN)/python -m dawnstream.demo_serve
+
 lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks
 	$(BIN)/mypy dawnstream
@@ -44,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/passthrough.py
 	$(BIN)/python benchmarks/outliers.py
 	$(BIN)/python benchmarks/eos_overhead.py --json
+	$(BIN)/python benchmarks/serving.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

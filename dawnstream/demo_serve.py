@@ -1,12 +1,13 @@
 """``make demo-serve``: prediction serving and hybrid learning on MovieLens-100k, end to end through Kafka.
 
-Runs ``topologies/movie-ratings.yaml`` (the ``serve`` stage: Velox, ONNX, online MF and mean
-containers under an Exp4 ensemble) on the broker, a background :class:`~dawnstream.streams.retrain.Retrainer`
-that retrains θ from the topic and registers each version in a fresh registry, and a
+Runs ``dawnstream run topologies/movie-ratings.yaml`` (the ``serve`` stage: Velox, ONNX, online MF and
+mean containers under an Exp4 ensemble) and ``dawnstream models retrain`` (θ retrained from the topic,
+each version registered and promoted in a fresh registry) as processes of their own, and a
 :class:`~dawnstream.streams.request_reply.PredictClient` that replays the 100,000 ratings in time
 order as feedback (each acknowledged with the prediction made *before* it was learned: progressive
 validation) with prediction requests for random users and items in between. The live view shows RMSE,
-request latency percentiles, AIMD batch sizes, the ensemble's weights and the model versions.
+request latency percentiles, and, scraped from the worker's ``/metrics``, per-model RMSE, AIMD batch
+sizes, the ensemble's weights and the model versions.
 
 :func:`run_serve_demo` is what ``make demo-serve`` runs and what ``tests/kafka/test_demo_serve.py``
 checks (on a prefix of the ratings); :func:`main` exits 0 only when every request and every
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,15 @@ from rich.table import Table
 
 from dawnstream.errors import DawnstreamError
 from dawnstream.logs import configure
-from dawnstream.models.registry import REGISTRY_ENV
-from dawnstream.operators.serving.serve import Serve
+from dawnstream.models.registry import REGISTRY_ENV, Registry
 from dawnstream.sources import movielens
 from dawnstream.streams.config import Topology, load_topology
 from dawnstream.streams.kafka_clients import TopicAdmin
 from dawnstream.streams.request_reply import PredictClient
-from dawnstream.streams.retrain import Retrainer
-from dawnstream.streams.runner import KafkaRunner
 from dawnstream.streams.state import changelog_spec
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "movie-ratings.yaml"
+THETA = "movielens-theta"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,24 +49,65 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def serving_status(runner: KafkaRunner) -> dict[str, Any]:
-    """The ``serve`` stages of every partition of ``runner``, summed: counters, per-model RMSE on
-    feedback, mean AIMD batch size, summed routing, mean weights, versions (call it in the runner's thread)."""
-    ops = [op for chain in runner.processor.chains.values() for op in chain.operators if isinstance(op, Serve)]
-    if not ops:
+def worker_ready(url: str) -> bool:
+    """True once the worker behind ``url`` (its ``/metrics``) owns at least one partition."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own worker on localhost
+            lines = r.read().decode().splitlines()
+    except OSError:
+        return False
+    return any(line.startswith("dawnstream_assigned_partitions{") and float(line.rsplit(" ", 1)[1]) > 0
+               for line in lines)
+
+
+def scrape_status(url: str) -> dict[str, Any]:
+    """The ``serve`` stage's gauges from a worker's ``/metrics`` (``dawnstream_stage_value``), over every
+    partition: counters summed, RMSE weighted by the feedback each model scored, weights averaged, AIMD
+    batch sizes and versions at their maximum. Empty when the worker does not answer (yet)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own worker on localhost
+            text = r.read().decode()
+    except OSError:
         return {}
-    sts = [op.status() for op in ops]
-    names = list(sts[0]["batch"])
-    sq = {k: sum(op.sq_err[k] for op in ops) for k in ops[0].sq_err}
-    cnt = {k: sum(op.scored[k] for op in ops) for k in ops[0].scored}
+    per: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "dawnstream_stage_value":
+            continue
+        for sample in fam.samples:
+            per.setdefault(sample.labels["partition"], {})[sample.labels["name"]] = sample.value
+    if not per:
+        return {}
+    parts = list(per.values())
+
+    def group(prefix: str) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for g in parts:
+            for k, v in g.items():
+                if k.startswith(prefix + "."):
+                    out.setdefault(k[len(prefix) + 1:], []).append(v)
+        return out
+
+    scored = {m: [g.get(f"scored.{m}", 0.0) for g in parts] for m in group("rmse")}
+    rmse = {}
+    for m in scored:
+        num = sum(g.get(f"rmse.{m}", 0.0) ** 2 * g.get(f"scored.{m}", 0.0) for g in parts
+                  if g.get(f"scored.{m}", 0.0) > 0)
+        den = sum(scored[m])
+        rmse[m] = float(np.sqrt(num / den)) if den else float("nan")
     return {
-        "counters": {k: sum(s["counters"][k] for s in sts) for k in sts[0]["counters"]},
-        "rmse": {k: float(np.sqrt(v / cnt[k])) if cnt[k] else float("nan") for k, v in sq.items()},
-        "batch": {k: max(s["batch"][k] for s in sts) for k in names},
-        "weights": {k: float(np.mean([s["weights"][k] for s in sts])) for k in names},
-        "versions": {k: max(s["versions"][k] for s in sts) for k in names},
-        "routed": {k: sum(s["routed"][k] for s in sts) for k in names},
-        "cache_hits": {k: sum(s["cache_hits"][k] for s in sts) for k in names},
+        "counters": {k: sum(g.get(k, 0.0) for g in parts) for k in
+                     ("requests", "feedback", "errors", "defaults", "stragglers")},
+        "rmse": rmse,
+        "batch": {m: max(v) for m, v in group("batch").items()},
+        "weights": {m: float(np.mean(v)) for m, v in group("weight").items()},
+        "versions": {m: max(v) for m, v in group("version").items()},
+        "routed": {m: sum(v) for m, v in group("routed").items()},
     }
 
 
@@ -97,19 +137,6 @@ class ServeDemoResult:
     error: str | None = None
 
 
-class _Job(threading.Thread):
-    def __init__(self, name: str, target: Callable[[], Any]) -> None:
-        super().__init__(name=name, daemon=True)
-        self._fn = target
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._fn()
-        except BaseException as e:  # noqa: BLE001 - reported by the demo
-            self.error = e
-
-
 def prepare(registry: Path) -> Topology:
     """Load the serving topology against a fresh ``registry`` and reset its topics and changelog."""
     shutil.rmtree(registry, ignore_errors=True)
@@ -124,7 +151,7 @@ def prepare(registry: Path) -> Topology:
 
 
 def run_serve_demo(console: Console | None = None, limit: int | None = None, request_every: int = 4,
-                   rate: float = 3000.0, max_inflight: int = 1000, retrain_every: int = 10_000) -> ServeDemoResult:
+                   rate: float = 1200.0, max_inflight: int = 1000, retrain_every: int = 10_000) -> ServeDemoResult:
     """Replay MovieLens through the serving topology and report.
 
     Args:
@@ -148,16 +175,21 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
     n = len(ratings)
     console.print(f"[bold]dawnstream demo-serve[/]: {n:,} MovieLens ratings through {topo.input.topic} "
                   f"at {topo.kafka.bootstrap}; registry {registry}")
-    seen: dict[str, Any] = {"status": {}}
-
-    def on_batch(r: KafkaRunner, _res: object) -> None:
-        seen["status"] = serving_status(r)
-
-    runner = KafkaRunner(topo, metrics_port=-1, on_batch=on_batch)
-    retrainer = Retrainer(topo, every=retrain_every, min_ratings=max(retrain_every // 2, 100))
-    jobs = [_Job("serving worker", runner.run), _Job("retrainer", retrainer.run)]
-    for j in jobs:
-        j.start()
+    env = {**os.environ, REGISTRY_ENV: str(registry), "DAWNSTREAM_LOG_LEVEL": os.environ.get("DAWNSTREAM_LOG_LEVEL",
+                                                                                           "WARNING")}
+    # The worker and the retrainer run as the user would run them, in processes of their own: latencies
+    # measured here are not those of threads sharing this interpreter's GIL.
+    worker = subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(TOPOLOGY)], env=env)
+    retrainer = subprocess.Popen([sys.executable, "-m", "dawnstream", "models", "retrain", str(TOPOLOGY),
+                                  "--every", str(retrain_every), "--min-ratings", str(max(retrain_every // 2, 100))],
+                                 env=env, stdout=subprocess.DEVNULL)
+    procs = {"serving worker": worker, "retrainer": retrainer}
+    metrics_url = f"http://{topo.metrics.host}:{topo.metrics.port}/metrics"
+    reg = Registry(registry)
+    seen: dict[str, Any] = {"status": {}, "at": 0.0}
+    deadline = time.monotonic() + 120
+    while not worker_ready(metrics_url) and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     client = PredictClient(topo.kafka.bootstrap, topo.input.topic, topo.outputs[0].topic,
                            key_field="user_id", settings=topo.kafka.settings)
     result = ServeDemoResult()
@@ -168,6 +200,8 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
     progress = {"k": 0}
 
     def view() -> Group:
+        if time.monotonic() - seen["at"] > 1.0:
+            seen["status"], seen["at"] = scrape_status(metrics_url) or seen["status"], time.monotonic()
         st = seen["status"]
         dt = max(time.perf_counter() - t0, 1e-9)
         k = progress["k"]
@@ -179,7 +213,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
             head.add_column(col, justify="right")
         head.add_row(f"{dt:.1f}s", f"{k:,}/{n:,}", f"{(k + len(reqs)) / dt:,.0f}",
                      f"{np.sqrt(np.mean(np.square(errs))):.3f}" if errs else "-",
-                     f"{percentile(lat, 50):.1f}", f"{percentile(lat, 99):.1f}", str(len(retrainer.versions)))
+                     f"{percentile(lat, 50):.1f}", f"{percentile(lat, 99):.1f}", str(len(reg.versions(THETA))))
         models = Table(title="models (RMSE on feedback, scored before learning it)")
         for col in ("model", "RMSE", "Exp4 weight", "AIMD batch", "version"):
             models.add_column(col, justify="right")
@@ -191,7 +225,8 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
         return Group(head, models)
 
     def failure() -> str | None:
-        return next((f"{j.name} failed: {type(j.error).__name__}: {j.error}" for j in jobs if j.error), None)
+        return next((f"the {name} exited with status {p.returncode}" for name, p in procs.items()
+                     if p.poll() is not None), None)
 
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
@@ -221,12 +256,19 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
                 time.sleep(0.1)
                 live.update(view())
             live.update(view())
+        time.sleep(2.5)  # the worker refreshes its gauges every 2 s
+        seen["at"] = 0.0
+        view()  # the final numbers
     finally:
-        runner.stop()
-        retrainer.stop()
-        for j in jobs:
-            j.join(30)
         client.close()
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
     result.seconds = time.perf_counter() - t0
     result.ratings, result.requests = len(acks), len(reqs)
     result.lost = sum(1 for i in list(acks) + reqs if i not in client.replies)
@@ -239,9 +281,10 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
         result.rmse_mean = float(np.sqrt(np.mean((y - np.mean(ratings[:cut])) ** 2)))
     lat = [(client.arrived[i] - client.sent[i]) * 1000 for i in reqs if i in client.arrived]
     result.latency_ms = {"p50": percentile(lat, 50), "p99": percentile(lat, 99)}
-    result.versions = len(retrainer.versions)
+    result.versions = len(reg.versions(THETA))
     result.status = seen["status"]
-    result.error = failure()
+    result.error = next((f"the {name} stopped with status {p.returncode}" for name, p in procs.items()
+                         if p.returncode not in (0, -signal.SIGTERM)), None)
     if result.error is None and result.lost:
         result.error = f"{result.lost} of {len(acks) + len(reqs)} messages got no reply within 60 s"
     if result.error is None and not result.rmse_test < result.rmse_mean:

@@ -66,6 +66,11 @@ class Operator(ABC):
         (compiled by the accel layer, or interpreted). Operators with an accel lowering override it."""
         return f"stage {self.name} ({self.kind}): interpreted (no accel lowering)"
 
+    def gauges(self) -> dict[str, float]:
+        """Live numbers for ``/metrics`` (``dawnstream_stage_value{name=...}``), read every few seconds by
+        the runner's thread. Default: none."""
+        return {}
+
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
         """Time-driven emission (wall clock ``now_ms``); default emits nothing."""
         return []
@@ -154,6 +159,11 @@ class Chain:
                 s[2] += sum(b.num_rows for b in nxt)
             batches = [b for b in nxt if b.num_rows]
         return batches
+
+    def gauges(self) -> dict[str, float]:
+        """Live numbers for ``/metrics`` (``dawnstream_stage_value{name=...}``), read every few seconds by
+        the runner's thread. Default: none."""
+        return {}
 
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
         """Tick every stage; what a stage emits flows through the stages after it."""

@@ -60,6 +60,9 @@ class WorkerMetrics:
                                        ["topology"], buckets=LATENCY_BUCKETS, registry=r)
         self.lag = Gauge("dawnstream_consumer_lag", "High watermark minus committed position, messages",
                          ["topology", "topic", "partition"], registry=r)
+        self.stage_value = Gauge("dawnstream_stage_value", "A stage's own live numbers (e.g. serve: rmse.<model>, "
+                                 "weight.<model>, batch.<model>, version.<model>, stragglers), per partition",
+                                 ["topology", "stage", "partition", "name"], registry=r)
         self.assigned = Gauge("dawnstream_assigned_partitions", "Partitions assigned to this worker",
                               ["topology"], registry=r)
         self.started = time.time()
@@ -93,6 +96,14 @@ class WorkerMetrics:
             self.stage_in.labels(name, stage).inc(rin)
             self.stage_out.labels(name, stage).inc(rout)
 
+    def refresh(self, consumer: Any, topic: str, partitions: list[int], chains: dict[int, Any]) -> None:
+        """Periodic gauges: consumer lag (:meth:`refresh_lag`) and each stage's ``gauges()`` per partition."""
+        self.refresh_lag(consumer, topic, partitions)
+        for p, chain in list(chains.items()):
+            for op in chain.operators:
+                for key, value in op.gauges().items():
+                    self.stage_value.labels(self.topology, op.name, str(p), key).set(value)
+
     def refresh_lag(self, consumer: Any, topic: str, partitions: list[int]) -> None:
         """Set ``dawnstream_consumer_lag`` from the consumer's positions and cached high watermarks."""
         from confluent_kafka import TopicPartition
@@ -115,6 +126,8 @@ class WorkerMetrics:
             self.lag.remove(self.topology, topic, str(partition))
         except KeyError:
             pass
+        for labels in [k for k in self.stage_value._metrics if k[2] == str(partition)]:  # noqa: SLF001
+            self.stage_value.remove(*labels)
 
     def health(self) -> dict[str, Any]:
         return {"topology": self.topology, "worker": int(self.worker), "uptime_s": round(time.time() - self.started, 1),

@@ -186,7 +186,7 @@ class KafkaRunner:
                 elif max_idle_s is not None and now - last_msg > max_idle_s:
                     break
                 if now - last_lag > LAG_REFRESH_S:
-                    self.metrics.refresh_lag(self.consumer, t.input.topic, sorted(self._position))
+                    self.metrics.refresh(self.consumer, t.input.topic, sorted(self._position), self.processor.chains)
                     last_lag = now
                 self._tick()
                 if max_rows is not None and self.stats.rows_in >= max_rows:

@@ -371,6 +371,17 @@ class Serve(Operator):
             "cache_hits": {c.name: getattr(c, "hits", 0) for c in self.containers},
         }
 
+    def gauges(self) -> dict[str, float]:
+        """``/metrics`` series: the counters, and per model ``rmse.``, ``scored.``, ``weight.``, ``batch.``
+        (AIMD rows), ``version.``, ``cache_hits.``, ``routed.`` (Exp3); ``rmse.served`` for the answers given."""
+        st = self.status()
+        out: dict[str, float] = {k: float(v) for k, v in st["counters"].items()}
+        for key in ("rmse", "scored", "weights", "batch", "versions", "cache_hits", "routed"):
+            name = {"weights": "weight", "versions": "version"}.get(key, key)
+            for model, v in st[key].items():
+                out[f"{name}.{model}"] = float(v)
+        return out
+
     def snapshot(self) -> bytes:
         for c in self.containers:
             if isinstance(c, (VeloxContainer, OnlineMFContainer)):
