@@ -3,7 +3,9 @@
 Exactly-once: everything goes in one Kafka transaction (``send_offsets_to_transaction`` carries the
 offsets), so it all becomes visible together or not at all. At-least-once: the offsets are committed
 only after every record was acknowledged, and a batch whose records were refused is rewound and
-processed again. Snapshots go to the changelog at most every ``checkpoint_ms`` per partition
+processed again; its snapshots are written after its outputs are acknowledged and before its offsets
+commit (:mod:`~dawnstream.streams.recovery` resumes from a snapshot found ahead of the commit).
+Snapshots go to the changelog at most every ``checkpoint_ms`` per partition
 (:mod:`dawnstream.streams.state`). Quix Streams keeps the same responsibilities in its
 ``Checkpoint`` (``quixstreams/checkpointing/checkpoint.py``).
 """
@@ -22,7 +24,7 @@ from dawnstream.logs import event, get_logger
 from dawnstream.streams.clients import ClientStuck, WorkerClients, call_bounded
 from dawnstream.streams.kafka_errors import heals
 from dawnstream.streams.processor import BatchProcessor, BatchResult
-from dawnstream.streams.state import snapshot_key
+from dawnstream.streams.state import snapshot_key, tag_keyed
 from dawnstream.topics.message import Encoded
 
 log = get_logger(__name__)
@@ -52,10 +54,12 @@ class Checkpoint:
         self.skip_snapshot = skip_snapshot
         self.eos = clients.eos
         self._last: dict[int, float] = {}
+        self._due: dict[int, int] = {}  # at-least-once: snapshots to write once the batch is acknowledged
 
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next snapshot is due at once."""
         self._last.pop(partition, None)
+        self._due.pop(partition, None)
 
     # -- produce ------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -92,16 +96,27 @@ class Checkpoint:
 
     def snapshots(self, last_offset: dict[int, int], force: bool = False) -> None:
         """Produce the due snapshots (one per partition, at most every ``checkpoint_ms``), each saying
-        its state reflects every input offset up to ``last_offset[p]``."""
+        its state reflects every input offset up to ``last_offset[p]``.
+
+        At-least-once, they are only noted here and written by :meth:`commit` once the batch's outputs
+        are acknowledged, so a snapshot never gets ahead of outputs that could still be lost."""
         now = time.monotonic()
-        for p, off in last_offset.items():
-            if self.skip_snapshot(p):
-                continue
-            if force or now - self._last.get(p, -1e18) >= self.every_s:
-                self._produce(self.changelog, self.processor.snapshot(p, off + 1), snapshot_key(p), None, partition=p)
-                for key, value in self.processor.keyed_changes(p):  # value None: a tombstone
-                    self._produce(self.changelog, value, key, None, partition=p)  # type: ignore[arg-type]
-                self._last[p] = now
+        due = {p: off for p, off in last_offset.items()
+               if not self.skip_snapshot(p) and (force or now - self._last.get(p, -1e18) >= self.every_s)}
+        if not self.eos:
+            self._due.update(due)
+            return
+        self._write_snapshots(due)
+
+    def _write_snapshots(self, due: dict[int, int]) -> None:
+        now = time.monotonic()
+        for p, off in due.items():
+            # Keyed records first, the blob last: a crash in between leaves records the restore ignores.
+            for key, value in self.processor.keyed_changes(p):  # value None: a tombstone
+                self._produce(self.changelog, tag_keyed(value, off + 1), key, None,  # type: ignore[arg-type]
+                              partition=p)
+            self._produce(self.changelog, self.processor.snapshot(p, off + 1), snapshot_key(p), None, partition=p)
+            self._last[p] = now
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, partition: int = -1) -> None:
         """Produce one record, waiting for room in librdkafka's queue if it is full."""
@@ -150,8 +165,12 @@ class Checkpoint:
         ``first_offsets``, the batch's first offset per partition)."""
         if self.eos:
             return self._commit_transaction(offsets, partitions)
+        due, self._due = self._due, {}
         try:
             self.flush()
+            if due:
+                self._write_snapshots(due)
+                self.flush()
         except DeliveryFailed as e:
             event(log, "batch.retry", error=str(e))
             self._rewind(first_offsets)

@@ -25,7 +25,7 @@ from dawnstream.streams.config import Topology
 from dawnstream.streams.kafka_clients import consumer_settings
 from dawnstream.streams.kafka_errors import MISSING_GRACE_S, explain, heals, is_missing
 from dawnstream.streams.processor import BatchProcessor
-from dawnstream.streams.state import read_records, snapshot_key
+from dawnstream.streams.state import keyed_at, read_records, snapshot_key, untag_keyed
 from dawnstream.topics.message import KafkaMessage
 
 log = get_logger(__name__)
@@ -135,18 +135,28 @@ class Recovery:
     def _advance(self, task: _Task) -> None:
         p = task.partition
         if task.start is None:
-            blob_key, data, keyed = snapshot_key(p), None, {}
+            blob_key, data = snapshot_key(p), None
+            versions: dict[bytes, list[tuple[int, bytes | None]]] = {}
             for key, value in read_records(self.base, self.changelog, p):
                 if key == blob_key:
                     data = value
                 elif key is not None:
-                    keyed[key] = value  # later records win; tombstones (None) delete
+                    kept = versions.setdefault(key, [])
+                    kept.append(untag_keyed(value))  # later records win; tombstones (None) delete
+                    del kept[:-2]
             if data is None:
                 return self._finish(task, None)
             task.start = self.processor.restore(p, data)
-            self.processor.apply_keyed(p, keyed)
+            self.processor.apply_keyed(p, keyed_at(versions, task.start))
             tp = self.consumer().committed([TopicPartition(self.topology.input.topic, p)], timeout=30)[0]
             task.end = int(tp.offset)
+            if task.end < task.start and self.topology.guarantee == "at_least_once":
+                # At-least-once writes a snapshot only after the outputs of every offset below it were
+                # acknowledged; the offsets commit just after. A crash between the two leaves this state
+                # ahead: it is right, and the input resumes from it.
+                self.consumer().seek(TopicPartition(self.topology.input.topic, p, task.start))
+                event(log, "state.ahead_of_commit", partition=p, snapshot_offset=task.start, committed=task.end)
+                return self._finish(task, task.start)
             if task.end < task.start:
                 # Snapshots commit in the same transaction as offsets at or past theirs, so this state is
                 # from an earlier life of the input topic or consumer group (deleted and re-created).

@@ -80,3 +80,33 @@ def read_records(base: dict[str, Any], topic: str, partition: int,
                 break
     finally:
         c.close()
+
+
+KEYED_TAG = b"DSK1"
+"""Prefix of a keyed-store record's value: magic + the snapshot offset (8 bytes, big-endian) it belongs to."""
+
+
+def tag_keyed(value: bytes | None, offset: int) -> bytes | None:
+    """A keyed record's value as written to the changelog: tagged with the snapshot offset (tombstones stay
+    None). Without transactions (at-least-once) a crash can leave keyed records of a snapshot whose blob
+    never got written; the tag lets a restore ignore them."""
+    return None if value is None else KEYED_TAG + offset.to_bytes(8, "big") + value
+
+
+def untag_keyed(value: bytes | None) -> tuple[int, bytes | None]:
+    """``(snapshot offset, value)`` of a changelog record (offset 0 for untagged values and tombstones)."""
+    if value is None or not value.startswith(KEYED_TAG) or len(value) < 12:
+        return 0, value
+    return int.from_bytes(value[4:12], "big"), value[12:]
+
+
+def keyed_at(versions: dict[bytes, list[tuple[int, bytes | None]]], offset: int) -> dict[bytes, bytes | None]:
+    """For each key, its latest version written for a snapshot at or before ``offset`` (keys with none are
+    left out: they did not exist in that snapshot)."""
+    out: dict[bytes, bytes | None] = {}
+    for key, vs in versions.items():
+        for tag, value in reversed(vs):
+            if tag <= offset:
+                out[key] = value
+                break
+    return out

@@ -21,7 +21,7 @@ from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import OPERATORS, build_chain
 from dawnstream.streams.processor import OPERATOR_DATA_ERRORS
 
-VOLATILE = {"emit_time"}  # wall-clock columns
+VOLATILE = {"emit_time", "latency_ms"}  # wall-clock columns
 
 
 def rows(n: int, seed: int = 7, start: int = 0) -> pa.RecordBatch:
@@ -48,6 +48,22 @@ def summaries() -> list[pa.RecordBatch]:
     return [b for b in table.to_batches(max_chunksize=2)]
 
 
+def ratings() -> list[pa.RecordBatch]:
+    """Feedback and requests for ``serve`` (a feedback row carries a rating; requests a reply-to)."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    is_request = rng.random(n) < 0.3
+    rating = np.where(is_request, np.nan, rng.integers(1, 6, n).astype(float))
+    table = pa.table({"correlation_id": [f"c{i}" for i in range(n)],
+                      "reply_to": pa.array(np.where(is_request, "replies", None), pa.string()),
+                      "user_id": rng.integers(1, 60, n), "item_id": rng.integers(1, 90, n),
+                      "rating": pa.array(rating, from_pandas=True)})
+    return table.to_batches(max_chunksize=500)
+
+
+SERVE = {"models": [{"name": "velox", "kind": "velox", "model": "absent-theta"}, {"kind": "online_mf"},
+                    {"kind": "mean"}], "rating_range": [1, 5], "registry": "/nonexistent/dawnstream-registry"}
+
 # kind -> (parameters, input batches, a column whose values may be made the wrong type, or None)
 EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]] = {
     "filter": ({"expr": "x > 0.5 and k != 'a'"}, stream, "x"),
@@ -59,6 +75,8 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "explain": ({"attributes": ["k"], "emit_every": 700, "period": 300, "min_support": 0.05, "min_ratio": 1.5},
                 stream, "is_outlier"),
     "merge_explanations": ({"attributes": ["k"], "min_support": 0.05, "min_ratio": 1.5}, summaries, "O"),
+    # serve answers values of the wrong type with an error reply (the caller must not wait), never raises
+    "serve": (SERVE, ratings, None),
 }
 KINDS = sorted(EXAMPLES)
 

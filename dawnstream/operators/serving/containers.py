@@ -61,10 +61,28 @@ class Container(ABC):
         self.calls = 0
         self.rows = 0
         self.failures = 0
+        self.recent_ms = 10.0  # unknown until measured: not "fast"; a failure sets it back (see fail())
 
     @abstractmethod
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predictions, float64 ``(n,)``, for int64 ``users`` and ``items`` ``(n,)``."""
+
+    def fast(self) -> bool:
+        """True while this model's recent batches took under 1 ms and none failed lately: small batches may
+        then run on the stage's thread (a hung call would block it, so a slow or failing model never does)."""
+        return self.recent_ms < 1.0
+
+    def fail(self) -> None:
+        """Account a call that raised: the model runs on its own thread until it is fast again."""
+        self.failures += 1
+        self.recent_ms = 10.0
+
+    def observe(self, rows: int, ms: float) -> None:
+        """Account one batch call (AIMD sizing and the latency :meth:`fast` looks at)."""
+        self.aimd.observe(rows, ms)
+        self.recent_ms = 0.8 * self.recent_ms + 0.2 * ms
+        self.calls += 1
+        self.rows += rows
 
     def predict_one(self, user: int, item: int) -> float:
         """One prediction (the feedback path scores one row at a time)."""

@@ -30,6 +30,7 @@ partition after a crash with every piece of feedback applied once.
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import threading
@@ -49,6 +50,9 @@ from dawnstream.operators.serving.containers import Container, OnlineMFContainer
 from dawnstream.operators.serving.selection import Exp3, Exp4
 
 POLICIES = ("exp4", "exp3")
+INLINE_ROWS = 8
+"""Segments up to this many rows call a model on the stage's thread when its last calls were fast
+(:meth:`~.containers.Container.fast`): a thread handoff costs more than such a call."""
 REPLY_SCHEMA = pa.schema([
     ("correlation_id", pa.string()), ("reply_to", pa.string()), ("kind", pa.string()),
     ("user_id", pa.int64()), ("item_id", pa.int64()), ("prediction", pa.float64()), ("model", pa.string()),
@@ -197,18 +201,17 @@ class Serve(Operator):
                 kinds.append("feedback")
                 feedback.append(j)
         fixed = self._fixed_predictions(feedback, users, items)
-        # Per-user order: a request is answered before any later feedback of *its* user is learned;
-        # feedback of other users may be learned first, so requests still batch across feedback.
+        # Input order, strictly: a request is answered with the state left by the feedback before it and
+        # none after it (item vectors, the mean and the weights are shared by all users), so answers do
+        # not depend on where micro-batches are cut - a replay after a crash gives the same replies.
         segment: list[int] = []
-        waiting: set[int] = set()
         for j, kind in enumerate(kinds):
             if kind == "request":
                 segment.append(j)
-                waiting.add(users[j])
             elif kind == "feedback":
-                if users[j] in waiting:
+                if segment:
                     self._answer(segment, users, items, cids, t0, reply)
-                    segment, waiting = [], set()
+                    segment = []
                 pred, model = self._feedback(int(users[j]), int(items[j]), float(labels[j]), str(cids[j]),
                                              {name: vals[j] for name, vals in fixed.items()})
                 if replies[j]:
@@ -239,6 +242,8 @@ class Serve(Operator):
 
     # -- requests -------------------------------------------------------------------------------
     def _prepare(self) -> None:
+        if self.store is None:
+            self.store = {}  # outside a runner (tests, `dawnstream process`): kept in the snapshot blob
         for c in self.containers:
             if isinstance(c, (VeloxContainer, OnlineMFContainer)):
                 c.store = self.store
@@ -251,8 +256,9 @@ class Serve(Operator):
         deadline = t0 + self.slo_s
         preds: dict[str, np.ndarray] = {}
         pending: dict[str, Future[Any]] = {}
+        small = len(rows) <= INLINE_ROWS
         for c in self.containers:
-            if c.inline:
+            if c.inline or (small and c.fast()):
                 continue
             worker = self._workers.get(c.name)
             if worker is None:
@@ -264,11 +270,11 @@ class Serve(Operator):
                     continue
             pending[c.name] = worker.submit(functools.partial(_chunked, c, u, i, deadline))
         for c in self.containers:
-            if c.inline:
+            if c.inline or (small and c.name not in pending and c.fast()):
                 try:
                     preds[c.name] = _chunked(c, u, i, deadline)
                 except Exception:  # noqa: BLE001 - a model that raises is a straggler
-                    c.failures += 1
+                    c.fail()
                     self.counters["stragglers"] += 1
         if pending:
             wait(list(pending.values()), timeout=max(0.0, deadline - time.perf_counter()))
@@ -278,7 +284,7 @@ class Serve(Operator):
             else:
                 self.counters["stragglers"] += 1
                 if fut.done():
-                    next(c for c in self.containers if c.name == name).failures += 1
+                    next(c for c in self.containers if c.name == name).fail()
         versions = self._versions()
         fallback = self._default()
         weights = self.policy.weights()
@@ -383,6 +389,8 @@ class Serve(Operator):
         return out
 
     def snapshot(self) -> bytes:
+        if self.store is None:
+            self.store = {}
         for c in self.containers:
             if isinstance(c, (VeloxContainer, OnlineMFContainer)):
                 c.store = self.store
@@ -390,9 +398,12 @@ class Serve(Operator):
         return super().snapshot()
 
     def _state(self) -> Any:
-        return {"policy": self.policy.state(), "containers": {c.name: c.state() for c in self.containers},
-                "counters": self.counters, "sq_err": {k: float(v) for k, v in self.sq_err.items()},
-                "scored": self.scored, "routed": self.routed}
+        state = {"policy": self.policy.state(), "containers": {c.name: c.state() for c in self.containers},
+                 "counters": self.counters, "sq_err": {k: float(v) for k, v in self.sq_err.items()},
+                 "scored": self.scored, "routed": self.routed}
+        if isinstance(self.store, dict):  # no keyed store from a runner: the records travel in the blob
+            state["store"] = {k: base64.b64encode(v).decode() for k, v in self.store.items()}
+        return state
 
     def _load_state(self, state: Any) -> None:
         if not state:
@@ -402,6 +413,8 @@ class Serve(Operator):
             c.load(state.get("containers", {}).get(c.name, {}))
         self.counters.update(state.get("counters", {}))
         self.sq_err.update(state.get("sq_err", {}))
+        if "store" in state and (self.store is None or isinstance(self.store, dict)):
+            self.store = {k: base64.b64decode(v) for k, v in state["store"].items()}
         self.scored.update(state.get("scored", {}))
         self.routed.update(state.get("routed", {}))
 
@@ -417,9 +430,7 @@ def _chunked(c: Container, users: np.ndarray, items: np.ndarray, deadline: float
         end = min(len(users), start + c.aimd.size)
         t0 = time.perf_counter()
         out[start:end] = c.predict(users[start:end], items[start:end])
-        c.aimd.observe(end - start, (time.perf_counter() - t0) * 1000.0)
-        c.calls += 1
-        c.rows += end - start
+        c.observe(end - start, (time.perf_counter() - t0) * 1000.0)
         start = end
     return out
 
