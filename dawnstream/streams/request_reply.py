@@ -46,8 +46,9 @@ class PredictClient:
         settings: extra librdkafka settings for both clients.
 
     Replies are collected by a background thread into :attr:`replies` (``correlation_id -> reply``,
-    the first reply wins: a repeated reply after a worker restart is the same answer) with the
-    monotonic time each arrived in :attr:`arrived`.
+    the first reply wins: a repeated reply after a worker restart is the same answer; :attr:`duplicates`
+    counts repeats and :attr:`conflicts` those whose answer differed) with the monotonic time each
+    arrived in :attr:`arrived`.
     """
 
     def __init__(self, bootstrap: str | None, requests_topic: str, reply_topic: str, key_field: str = "user_id",
@@ -64,6 +65,7 @@ class PredictClient:
         self.replies: dict[str, dict[str, Any]] = {}
         self.arrived: dict[str, float] = {}
         self.duplicates = 0
+        self.conflicts = 0  # repeated replies whose answer differs from the first (idempotence broken)
         self.sent: dict[str, float] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -101,6 +103,9 @@ class PredictClient:
                 with self._cond:
                     if key in self.replies:
                         self.duplicates += 1
+                        first = self.replies[key]
+                        if (first.get("kind"), first.get("prediction")) != (body.get("kind"), body.get("prediction")):
+                            self.conflicts += 1
                         continue
                     body["correlation_id"] = key
                     self.replies[key] = body
