@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dawnstream.errors import DawnstreamError
 from dawnstream.streams.kafka_clients import PRODUCER_ONLY, base_settings
@@ -79,8 +79,17 @@ class PredictClient:
             raise DawnstreamError(f"reply topic {self.reply_topic!r} does not exist; start the serving topology "
                                   f"first (`dawnstream run <topology>` creates it) or create it")
         tps = []
+        deadline = time.monotonic() + 30
         for p in sorted(md.partitions):
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.reply_topic, p), timeout=30)
+            while True:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(self.reply_topic, p), timeout=10)
+                    break
+                except KafkaException as e:  # a topic created a moment ago may still be electing its leaders
+                    if not e.args[0].retriable() and e.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION \
+                            or time.monotonic() > deadline:
+                        raise DawnstreamError(f"cannot read the end of {self.reply_topic}: {e.args[0].str()}") from None
+                    time.sleep(0.2)
             tps.append(TopicPartition(self.reply_topic, p, high))
         self.consumer.assign(tps)  # explicit offsets: ready now, nothing produced from here on is missed
 

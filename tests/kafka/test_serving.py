@@ -170,6 +170,7 @@ def test_a_theta_swap_mid_stream_loses_and_repeats_nothing(kafka_bootstrap, regi
                 sent.append(client.feedback(u, i, r, ack=True))
                 sent.append(client.send({"user_id": u, "item_id": i}))
                 if n == 1500:  # promote a retrained θ while requests are in flight
+                    client.wait(sent[:1000], timeout_s=60)  # the worker is mid-stream, answering with v1
                     uu, ii, rr = (np.asarray(c) for c in zip(*ratings[:1500], strict=True))
                     theta = fit_als(uu, ii, rr, k=8, iters=6)
                     registry.promote("movielens-theta", registry.register("movielens-theta", theta.to_npz(), "npz",
