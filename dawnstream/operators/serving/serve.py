@@ -56,10 +56,12 @@ INLINE_ROWS = 8
 REPLY_SCHEMA = pa.schema([
     ("correlation_id", pa.string()), ("reply_to", pa.string()), ("kind", pa.string()),
     ("user_id", pa.int64()), ("item_id", pa.int64()), ("prediction", pa.float64()), ("model", pa.string()),
-    ("answered", pa.string()), ("default", pa.bool_()), ("versions", pa.string()), ("latency_ms", pa.float64()),
-    ("error", pa.string()),
+    ("answered", pa.string()), ("scores", pa.string()), ("default", pa.bool_()), ("versions", pa.string()),
+    ("latency_ms", pa.float64()), ("error", pa.string()),
 ])
-"""Columns of every reply (``kind``: ``prediction``, ``feedback`` or ``error``)."""
+"""Columns of every reply (``kind``: ``prediction``, ``feedback`` or ``error``). ``answered``: the models that
+answered in time; ``scores``: what each of them said (``velox=3.912,svd=3.801``); ``model``: the policy's
+pick (``exp4`` for the ensemble, the arm under Exp3, ``default`` when none answered)."""
 
 
 class _Worker:
@@ -103,6 +105,9 @@ class Serve(Operator):
         cache_size: LRU entries per ONNX container ((version, user, item) -> prediction).
         eta: learning rate of the selection weights (default 0.5 for exp4, 0.05 for exp3).
         gamma: Exp3's exploration share.
+        discount: per-feedback decay of the selection weights towards uniform (forgets after ~1/discount).
+        max_batch: the largest batch AIMD may give a model (1 turns batching off: the baseline it is
+            measured against).
 
     Raises:
         ConfigError: an unknown policy or container kind, a missing ``model``, a bad range or SLO.
@@ -116,7 +121,8 @@ class Serve(Operator):
                  registry: str | None = None, refresh_s: float = 1.0, user_field: str = "user_id",
                  item_field: str = "item_id", label_field: str = "rating",
                  rating_range: list[float] | None = None, cache_size: int = 100_000, eta: float | None = None,
-                 gamma: float = 0.03, discount: float = 0.001, name: str | None = None, _path: str = "stages") -> None:
+                 gamma: float = 0.03, discount: float = 0.001, max_batch: int = 4096, name: str | None = None,
+                 _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
         if policy not in POLICIES:
@@ -130,8 +136,13 @@ class Serve(Operator):
             rr = (float(rating_range[0]), float(rating_range[1]))
         if not isinstance(models, list) or not models:
             raise ConfigError(f"{base}.models", "expected a non-empty list of model containers")
+        if int(max_batch) < 1:
+            raise ConfigError(f"{base}.max_batch", f"expected at least 1 row, got {max_batch!r}")
         self.containers: list[Container] = [build_container(m, slo_ms, rr, cache_size, f"{base}.models.{j}")
                                             for j, m in enumerate(models)]
+        for c in self.containers:
+            c.aimd.max_size = int(max_batch)
+            c.aimd.size = min(c.aimd.size, c.aimd.max_size)
         names = [c.name for c in self.containers]
         if len(set(names)) != len(names):
             raise ConfigError(f"{base}.models", f"container names must be unique, got {names}")
@@ -212,11 +223,11 @@ class Serve(Operator):
                 if segment:
                     self._answer(segment, users, items, cids, t0, reply)
                     segment = []
-                pred, model = self._feedback(int(users[j]), int(items[j]), float(labels[j]), str(cids[j]),
-                                             {name: vals[j] for name, vals in fixed.items()})
+                pred, model, got = self._feedback(int(users[j]), int(items[j]), float(labels[j]), str(cids[j]),
+                                                  {name: vals[j] for name, vals in fixed.items()})
                 if replies[j]:
                     reply(j, "feedback", user_id=int(users[j]), item_id=int(items[j]), prediction=pred, model=model,
-                          default=False, versions=self._versions())
+                          answered=",".join(got), scores=_scores(got), default=False, versions=self._versions())
         if segment:
             self._answer(segment, users, items, cids, t0, reply)
         if not out["kind"]:
@@ -307,11 +318,11 @@ class Serve(Operator):
                 value = got[model]
                 self.routed[model] += 1
             reply(j, "prediction", user_id=int(u[k]), item_id=int(i[k]), prediction=self._clip(value), model=model,
-                  answered=",".join(got), default=False, versions=versions)
+                  answered=",".join(got), scores=_scores(got), default=False, versions=versions)
 
     # -- feedback ---------------------------------------------------------------------------------
     def _feedback(self, user: int, item: int, label: float, event_id: str,
-                  fixed: dict[str, float]) -> tuple[float, str]:
+                  fixed: dict[str, float]) -> tuple[float, str, dict[str, float]]:
         """Score every model on ``(user, item)`` before learning ``label`` (``fixed``: the answers of the
         models that do not learn, computed for the whole batch); update the policy; learn."""
         got: dict[str, float] = {}
@@ -345,7 +356,7 @@ class Serve(Operator):
         for c in self.containers:
             if c.learns:
                 c.learn(user, item, label)
-        return served, model
+        return served, model, got
 
     # -- helpers ----------------------------------------------------------------------------------
     def _versions(self) -> str:
@@ -433,6 +444,10 @@ def _chunked(c: Container, users: np.ndarray, items: np.ndarray, deadline: float
         c.observe(end - start, (time.perf_counter() - t0) * 1000.0)
         start = end
     return out
+
+
+def _scores(got: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:.4f}" for k, v in got.items())
 
 
 def _finite(v: Any) -> bool:
