@@ -2,10 +2,10 @@
 
 Exactly-once: everything goes in one Kafka transaction (``send_offsets_to_transaction`` carries the
 offsets), so it all becomes visible together or not at all. At-least-once: the offsets are committed
-only after every record was acknowledged, and a batch whose records were refused is rewound and
-processed again; its snapshots are written after its outputs are acknowledged and before its offsets
-commit (:mod:`~dawnstream.streams.recovery` resumes from a snapshot found ahead of the commit).
-Snapshots go to the changelog at most every ``checkpoint_ms`` per partition
+every ``checkpoint_ms``, only after every record was acknowledged (records refused: the state is
+recovered and the input re-read from the last commit); snapshots are written after the outputs are
+acknowledged and before the offsets commit (:mod:`~dawnstream.streams.recovery` resumes from a
+snapshot found ahead of the commit). Snapshots go to the changelog at most every ``checkpoint_ms`` per partition
 (:mod:`dawnstream.streams.state`). Quix Streams keeps the same responsibilities in its
 ``Checkpoint`` (``quixstreams/checkpointing/checkpoint.py``).
 """
@@ -28,6 +28,11 @@ from dawnstream.streams.state import snapshot_key, tag_keyed
 from dawnstream.topics.message import Encoded
 
 log = get_logger(__name__)
+
+
+REBALANCED = (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS,
+              KafkaError._ASSIGNMENT_LOST)
+"""Commit errors that mean the consumer group rebalanced under an at-least-once batch (nothing is lost)."""
 
 
 class DeliveryFailed(DawnstreamError):
@@ -55,11 +60,22 @@ class Checkpoint:
         self.eos = clients.eos
         self._last: dict[int, float] = {}
         self._due: dict[int, int] = {}  # at-least-once: snapshots to write once the batch is acknowledged
+        self._uncommitted: dict[int, int] = {}  # at-least-once: offsets committed asynchronously
+        self._pending: dict[int, int] = {}  # at-least-once: offsets processed, not yet committed
+        self._committed_at = time.monotonic()
 
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next snapshot is due at once."""
         self._last.pop(partition, None)
         self._due.pop(partition, None)
+        off = self._pending.pop(partition, None)
+        if off is not None and not self.eos:  # commit what was processed before the partition moves
+            try:
+                self.flush(10.0)
+                self.clients.consumer.commit(offsets=[TopicPartition(self.clients.topology.input.topic, partition,
+                                                                     off)], asynchronous=False)
+            except (DeliveryFailed, KafkaException) as e:  # the new owner re-reads from the last commit
+                event(log, "revoke.commit_skipped", partition=partition, error=str(e))
 
     # -- produce ------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -160,25 +176,71 @@ class Checkpoint:
     # -- commit -------------------------------------------------------------------------------
     def commit(self, offsets: list[TopicPartition], partitions: list[int], first_offsets: dict[int, int]) -> bool:
         """Make the batch visible with its offsets (the next offset to read, per partition). Returns
-        False when it was not committed: the transaction was aborted (state is recovered and the input
-        re-read), or, at-least-once, some records were refused (the consumer is rewound to
-        ``first_offsets``, the batch's first offset per partition)."""
+        False when it was not committed: the transaction was aborted, or, at-least-once, some records were
+        refused; either way the partitions' state is recovered and their input re-read from the last commit.
+
+        At-least-once commits at most every ``checkpoint_ms`` (as Kafka Streams does): outputs are produced
+        without waiting, then flushed, the due snapshots written, and the offsets committed together. A crash
+        replays at most that much input; no batch waits for the broker's acknowledgement in between.
+        """
         if self.eos:
             return self._commit_transaction(offsets, partitions)
+        self._pending.update({tp.partition: tp.offset for tp in offsets})
+        self.clients.producer.poll(0)  # delivery reports
+        if not self._due and not self.clients.delivery_errors and time.monotonic() - self._committed_at < self.every_s:
+            return True
+        return self._flush_and_commit()
+
+    def _flush_and_commit(self) -> bool:
         due, self._due = self._due, {}
+        pending, self._pending = self._pending, {}
         try:
             self.flush()
             if due:
                 self._write_snapshots(due)
                 self.flush()
         except DeliveryFailed as e:
+            # Operator state has moved past records that were lost: recover it and re-read from the commit.
             event(log, "batch.retry", error=str(e))
-            self._rewind(first_offsets)
             time.sleep(1.0)
+            self.clients.rebuild_consumer(f"records were refused: {e}")
             return False
-        if offsets:
-            self.clients.consumer.commit(offsets=offsets, asynchronous=False)
+        self._committed_at = time.monotonic()
+        if pending:
+            topic = self.clients.topology.input.topic
+            try:
+                # Asynchronous: the outputs are acknowledged, so a commit lost in a crash only means a
+                # replay; waiting would add a round trip.
+                self.clients.consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in pending.items()],
+                                             asynchronous=True)
+                self._uncommitted.update(pending)
+            except KafkaException as e:
+                if e.args[0].code() not in REBALANCED:
+                    raise
+                # The group moved on: these partitions belong to a newer generation, whose owner re-reads
+                # them from the last commit (at-least-once).
+                event(log, "batch.commit_skipped", error=e.args[0].str())
+                return False
         return True
+
+    def close_consumer(self) -> None:
+        """Leave the group; at-least-once, first commit the last offsets once more, synchronously (the
+        asynchronous commits of the last batches may still be in flight)."""
+        consumer = self.clients.consumer
+        if self._pending:  # the runner flushed the producer before closing: these outputs are acknowledged
+            self._uncommitted.update(self._pending)
+            self._pending.clear()
+        if self._uncommitted and consumer.assignment():
+            topic = self.clients.topology.input.topic
+            owned = {tp.partition for tp in consumer.assignment()}
+            last = [TopicPartition(topic, p, off) for p, off in self._uncommitted.items() if p in owned]
+            try:
+                if last:
+                    consumer.commit(offsets=last, asynchronous=False)
+            except KafkaException as e:
+                event(log, "close.commit_skipped", error=e.args[0].str())
+        self._uncommitted.clear()
+        consumer.close()
 
     def commit_final(self) -> None:
         """Commit what was produced outside a batch (the operators' flush at the end of a finite input)."""
@@ -186,14 +248,6 @@ class Checkpoint:
             self.clients.producer.commit_transaction(60)
         else:
             self.flush()
-
-    def _rewind(self, first_offsets: dict[int, int]) -> None:
-        topic = self.clients.topology.input.topic
-        for p, off in first_offsets.items():
-            try:
-                self.clients.consumer.seek(TopicPartition(topic, p, off))
-            except KafkaException as se:  # partition revoked meanwhile: its new owner re-reads it
-                event(log, "batch.seek_skipped", partition=p, error=str(se))
 
     def _bounded(self, what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
         # librdkafka's own timeout plus a margin: past that the call is stuck, not slow.

@@ -95,12 +95,16 @@ class PredictClient:
 
     def _read(self) -> None:
         while not self._stop.is_set():
-            for m in self.consumer.consume(1000, timeout=0.05):
+            # poll() returns as soon as one reply is there; consume(n, t) would wait for n or for t.
+            first = self.consumer.poll(0.05)
+            if first is None:
+                continue
+            for m in [first, *self.consumer.consume(1000, timeout=0)]:
                 if m.error() is not None:
                     continue
                 now = time.monotonic()
                 try:
-                    body = orjson.loads(m.value() or b"null")
+                    body: Any = orjson.loads(m.value() or b"null")
                 except orjson.JSONDecodeError:
                     continue
                 if not isinstance(body, dict):
@@ -112,8 +116,8 @@ class PredictClient:
                 with self._cond:
                     if key in self.replies:
                         self.duplicates += 1
-                        first = self.replies[key]
-                        if (first.get("kind"), first.get("prediction")) != (body.get("kind"), body.get("prediction")):
+                        prior = self.replies[key]
+                        if (prior.get("kind"), prior.get("prediction")) != (body.get("kind"), body.get("prediction")):
                             self.conflicts += 1
                         continue
                     body["correlation_id"] = key

@@ -287,7 +287,7 @@ class KafkaRunner:
         # After a failure the clients may be unusable (a fenced producer's flush fails inside the
         # library): nothing here may replace the error that ended the loop.
         for what, fn in (("producer.flush", lambda: self.clients.producer.flush(30)),
-                         ("consumer.close", self.clients.consumer.close)):
+                         ("consumer.close", self.checkpoint.close_consumer)):
             try:
                 fn()
             except Exception as e:  # noqa: BLE001

@@ -51,6 +51,25 @@ class JobOutcome:
     error: str | None = None
 
 
+def _stop_when_orphaned(runner: Any, every_s: float = 0.5) -> None:
+    """Stop the worker (finish the batch, commit, leave the group) if its supervisor dies, even by
+    SIGKILL: an orphan would keep consuming as a group member nobody supervises or can stop."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                event(log, "worker.orphaned", parent=parent)
+                runner.stop()
+                return
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, bootstrap: str | None,
                  failures: Any) -> None:
     import faulthandler
@@ -67,6 +86,7 @@ def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, boot
             topo.kafka.bootstrap = bootstrap
         runner = KafkaRunner(topo, worker=worker, create_topics=False)  # the parent created them
         runner.install_signal_handlers()
+        _stop_when_orphaned(runner)
         runner.run(max_idle_s=max_idle_s)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides for the job
         from dawnstream.errors import DawnstreamError

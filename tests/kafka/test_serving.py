@@ -185,6 +185,16 @@ def test_a_theta_swap_mid_stream_loses_and_repeats_nothing(kafka_bootstrap, regi
         worker.stop()
 
 
+def worker_process(supervisor: int) -> int | None:
+    """The pid of the worker process `dawnstream run` started (its child), or None yet."""
+    try:
+        kids = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        workers = [int(k) for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    except OSError:
+        return None
+    return workers[0] if workers else None  # (the other child is multiprocessing's resource tracker)
+
+
 def _replay_reference(bootstrap: str, doc: dict, registry: Registry, probes: list[dict]) -> dict[str, float]:
     """What an uninterrupted worker answers to ``probes``: each partition's messages, as stored in the
     input topic, fed in order to a fresh ``serve`` stage."""
@@ -240,9 +250,12 @@ def test_kill_9_of_a_serving_worker_loses_no_reply_and_applies_feedback_once(kaf
                 if n == 2500:
                     client.flush()
                     time.sleep(3)  # mid-stream, with batches and checkpoints behind it
-                    worker.send_signal(signal.SIGKILL)
-                    worker.wait(30)
-                    worker = start()
+                    child = worker_process(worker.pid)
+                    os.kill(child, signal.SIGKILL)  # the worker itself; its supervisor starts another
+                    deadline = time.monotonic() + 60
+                    while worker_process(worker.pid) in (child, None):
+                        assert time.monotonic() < deadline and worker.poll() is None, "no replacement worker"
+                        time.sleep(0.2)
                 if n % 200 == 0:
                     time.sleep(0.05)
             got = client.wait(sent, timeout_s=180)

@@ -1,0 +1,373 @@
+"""Serving and hybrid learning on MovieLens-100k, through the real broker (issue 11's benchmark).
+
+Every number comes from this run; serving workers run as `dawnstream run` processes of their own, the
+client (request/reply over Kafka) in this one. Parts:
+
+1. accuracy: θ = ALS (k=20) on the first 80% of the ratings (in time order), registered; the worker
+   learns the first 80% as feedback, then gets the last 20% as acknowledged feedback - each ack carries
+   every model's prediction made *before* the rating was learned. RMSE per model and for the Exp4
+   ensemble, next to the anchors computed in this process on the same split: global mean, static SVD,
+   SVD retrained every 2,000 ratings, the Velox hybrid in-process (and its µs per update), river's
+   BiasedMF (the reference online MF).
+2. Exp3: the same stream under ``policy: exp3`` (60% as warm-up, then a request and a piece of
+   feedback per rating); regret against the best single model in hindsight; then the best arm (Velox)
+   breaks half-way (a θ of noise is promoted) and the share of requests it still gets over the last
+   5,000 is reported.
+3. latency: open-loop request rates of 100, 500 and 2,000/s with batching off (one message per micro-
+   batch, one row per model call) and with AIMD; then the highest rate whose p99 stays within the SLO.
+4. a θ swap under 500 requests/s (replies lost, repeated, p99 around the swap), and a ``kill -9`` of
+   the worker under the same load (lost, repeated, conflicting replies; the longest wait).
+
+    python benchmarks/serving.py [--json] [--bootstrap 127.0.0.1:9092] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dawnstream.logs import configure
+from dawnstream.models.mf import BiasedMF, fit_als
+from dawnstream.models.registry import Registry
+from dawnstream.operators.learning.velox import VeloxModel
+from dawnstream.sources import movielens
+from dawnstream.streams.config import parse_topology
+from dawnstream.streams.kafka_clients import TopicAdmin, ensure_job_topics
+from dawnstream.streams.request_reply import PredictClient
+from dawnstream.streams.state import changelog_topic
+
+ROOT = Path(__file__).resolve().parents[1]
+SLO_MS = 20.0
+THETA, SVD = "movielens-theta", "movielens-svd"
+
+
+def rmse(pred: np.ndarray, y: np.ndarray) -> float:
+    return round(float(np.sqrt(np.mean((np.asarray(pred, float) - y) ** 2))), 4)
+
+
+def pct(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    return {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2)}
+
+
+def parse_scores(text: str | None) -> dict[str, float]:
+    out = {}
+    for part in (text or "").split(","):
+        if "=" in part:
+            k, v = part.split("=")
+            out[k] = float(v)
+    return out
+
+
+# -- anchors (in this process) -------------------------------------------------------------------
+def anchors(u: np.ndarray, i: np.ndarray, r: np.ndarray, theta: BiasedMF, quick: bool) -> dict[str, Any]:
+    n = int(0.8 * len(r))
+    y = r[n:]
+    out: dict[str, Any] = {"global_mean": rmse(np.full(len(y), r[:n].mean()), y),
+                           "static_svd": rmse(np.clip(theta.predict(u[n:], i[n:]), 1, 5), y)}
+    every = 2000 if not quick else 5000
+    preds, fit_s = [], 0.0
+    for s in range(n, len(r), every):
+        t0 = time.perf_counter()
+        m = fit_als(u[:s], i[:s], r[:s])
+        fit_s += time.perf_counter() - t0
+        preds.append(np.clip(m.predict(u[s:s + every], i[s:s + every]), 1, 5))
+    out[f"svd_retrained_every_{every}"] = rmse(np.concatenate(preds), y)
+    out["svd_retraining_fit_s"] = round(fit_s, 1)
+    vx = VeloxModel(theta, 1, rating_range=(1.0, 5.0))
+    for a, b, c in zip(u[:n].tolist(), i[:n].tolist(), r[:n].tolist(), strict=True):
+        vx.learn_one(a, b, c)
+    err, spent = [], 0.0
+    for a, b, c in zip(u[n:].tolist(), i[n:].tolist(), r[n:].tolist(), strict=True):
+        err.append(vx.predict_one(a, b) - c)
+        t0 = time.perf_counter()
+        vx.learn_one(a, b, c)
+        spent += time.perf_counter() - t0
+    out["velox_in_process"] = round(float(np.sqrt(np.mean(np.square(err)))), 4)
+    out["velox_update_us"] = round(spent / len(err) * 1e6, 2)
+    try:
+        from river import optim, reco
+
+        mf = reco.BiasedMF(n_factors=10, bias_optimizer=optim.SGD(0.025), latent_optimizer=optim.SGD(0.05),
+                           latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=71))
+        pr, t_river = [], 0.0
+        for k, (a, b, c) in enumerate(zip(u.tolist(), i.tolist(), r.tolist(), strict=True)):
+            if k >= n:
+                pr.append(min(max(mf.predict_one(str(a), str(b)), 1.0), 5.0))
+            t0 = time.perf_counter()
+            mf.learn_one(str(a), str(b), c)
+            t_river += time.perf_counter() - t0
+        out["river_biased_mf"] = rmse(np.asarray(pr), y)
+        out["river_update_us"] = round(t_river / len(r) * 1e6, 2)
+    except ImportError:
+        out["river_biased_mf"] = None
+    return out
+
+
+# -- workers ---------------------------------------------------------------------------------------
+class Job:
+    """A serving topology in a temporary file, its worker process, and a client."""
+
+    def __init__(self, bootstrap: str, workdir: Path, registry: Registry, models: list[dict], **stage: Any) -> None:
+        doc = yaml.safe_load((ROOT / "topologies" / "movie-ratings.yaml").read_text())
+        tag = uuid.uuid4().hex[:8]
+        doc["name"] = f"bench-serve-{tag}"
+        doc["input"]["topic"] = f"bench.serve-{tag}.events.v1"
+        doc["outputs"][0]["topic"] = f"bench.serve-{tag}.replies.v1"
+        doc["kafka"]["bootstrap"] = bootstrap
+        doc["metrics"]["port"] = 0
+        doc["stages"][0].update({"registry": str(registry.root), "models": models, **stage})
+        if stage.pop("max_batch", None) == 1:
+            doc["batch"]["max_messages"] = 1
+        self.doc, self.topo = doc, parse_topology(doc)
+        self.path = workdir / f"{doc['name']}.yaml"
+        self.path.write_text(yaml.safe_dump(doc))
+        ensure_job_topics(self.topo)
+        self.proc = self.start()
+        self.client = PredictClient(bootstrap, self.topo.input.topic, self.topo.outputs[0].topic)
+        probe = self.client.send({"user_id": 1, "item_id": 1})
+        if probe not in self.client.wait([probe], timeout_s=180):
+            raise RuntimeError("the serving worker did not answer within 180 s")
+
+    def start(self) -> subprocess.Popen:
+        env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING"}
+        return subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(self.path)], env=env)
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        t = self.topo
+        TopicAdmin(t.kafka.bootstrap).delete([t.input.topic, t.input.topic + ".dlq", t.outputs[0].topic,
+                                              changelog_topic(t.name)])
+
+
+def open_loop(job: Job, rate: float, seconds: float, users: np.ndarray, items: np.ndarray,
+              during: Any = None) -> tuple[list[str], list[float]]:
+    """Send requests at ``rate``/s for ``seconds`` (``during(t)`` called as time passes); return the ids and
+    the send times (monotonic)."""
+    rng = np.random.default_rng(int(rate))
+    ids, times = [], []
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+    for k in range(n):
+        at = t0 + k / rate
+        now = time.monotonic()
+        if at > now:
+            time.sleep(at - now)
+        j = int(rng.integers(0, len(users)))
+        ids.append(job.client.send({"user_id": int(users[j]), "item_id": int(items[j])}))
+        times.append(time.monotonic())
+        if during is not None:
+            during(time.monotonic() - t0)
+    return ids, times
+
+
+def latencies(job: Job, ids: list[str], timeout_s: float = 60.0) -> tuple[list[float], int]:
+    got = job.client.wait(ids, timeout_s)
+    lat = [(job.client.arrived[c] - job.client.sent[c]) * 1000.0 for c in ids if c in got]
+    return lat, len(ids) - len(got)
+
+
+# -- parts -----------------------------------------------------------------------------------------
+FULL = [{"name": "velox", "kind": "velox", "model": THETA}, {"name": "svd", "kind": "onnx", "model": SVD},
+        {"name": "online_mf", "kind": "online_mf"}, {"name": "mean", "kind": "mean"}]
+
+
+def accuracy(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str, Any]:
+    n = int(0.8 * len(r))
+    job = Job(bootstrap, workdir, registry, FULL, policy="exp4")
+    try:
+        t0 = time.perf_counter()
+        for a, b, c in zip(u[:n].tolist(), i[:n].tolist(), r[:n].tolist(), strict=True):
+            job.client.feedback(a, b, c)
+        acks = [job.client.feedback(a, b, c, ack=True)
+                for a, b, c in zip(u[n:].tolist(), i[n:].tolist(), r[n:].tolist(), strict=True)]
+        got = job.client.wait(acks, timeout_s=600)
+        seconds = time.perf_counter() - t0
+    finally:
+        job.close()
+    y = r[n:]
+    scores = [parse_scores(got[c]["scores"]) if c in got else {} for c in acks]
+    out: dict[str, Any] = {"events": len(r), "seconds": round(seconds, 1), "events_per_s": round(len(r) / seconds),
+                           "acks_missing": len(acks) - len(got)}
+    for m in ("velox", "svd", "online_mf", "mean"):
+        have = [k for k, s in enumerate(scores) if m in s]
+        out[f"rmse_{m}"] = rmse(np.asarray([scores[k][m] for k in have]), y[have]) if have else None
+    out["rmse_exp4"] = rmse(np.asarray([got[c]["prediction"] for c in acks if c in got]),
+                            y[[k for k, c in enumerate(acks) if c in got]])
+    return out
+
+
+def exp3(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str, Any]:
+    warm = int(0.6 * len(r))
+    job = Job(bootstrap, workdir, registry, FULL, policy="exp3")
+    half = warm + (len(r) - warm) // 2
+    try:
+        for a, b, c in zip(u[:warm].tolist(), i[:warm].tolist(), r[:warm].tolist(), strict=True):
+            job.client.feedback(a, b, c)
+        reqs, acks = [], []
+        for k in range(warm, len(r)):
+            if k == half:
+                job.client.wait(acks[-200:], timeout_s=300)
+                rng = np.random.default_rng(9)
+                theta = BiasedMF.from_npz(registry.get(THETA).read_bytes())
+                noise = BiasedMF(theta.mu, theta.user_ids, theta.P, theta.bu, theta.item_ids,
+                                 rng.normal(0, 3.0, theta.Q.shape), rng.normal(0, 2.0, len(theta.bi)))
+                mv = registry.register(THETA, noise.to_npz(), "npz", parent=registry.promoted_version(THETA),
+                                       metrics={"note": "noise: the best arm breaks"})
+                registry.promote(THETA, mv.version)
+            reqs.append(job.client.send({"user_id": int(u[k]), "item_id": int(i[k])}))
+            acks.append(job.client.feedback(int(u[k]), int(i[k]), float(r[k]), ack=True))
+        got = job.client.wait(reqs + acks, timeout_s=600)
+    finally:
+        job.close()
+    before = [c for c in acks[: half - warm] if c in got]
+    chosen = [(got[c]["prediction"] - r[warm + k]) ** 2 for k, c in enumerate(acks[: half - warm]) if c in got]
+    per_arm: dict[str, float] = {}
+    for k, c in enumerate(acks[: half - warm]):
+        if c in got:
+            for arm, v in parse_scores(got[c]["scores"]).items():
+                per_arm[arm] = per_arm.get(arm, 0.0) + (v - r[warm + k]) ** 2
+    best = min(per_arm, key=per_arm.__getitem__)
+    last = [got[c]["model"] for c in reqs[-5000:] if c in got]
+    first = [got[c]["model"] for c in reqs[max(0, half - warm - 5000): half - warm] if c in got]
+    return {"feedback_scored": len(before), "best_arm": best,
+            "regret_squared_error": round(float(np.sum(chosen) - per_arm[best]), 1),
+            "regret_per_round": round(float((np.sum(chosen) - per_arm[best]) / max(len(chosen), 1)), 4),
+            "rmse_exp3": round(float(np.sqrt(np.mean(chosen))), 4),
+            "rmse_best_arm": round(float(np.sqrt(per_arm[best] / max(len(chosen), 1))), 4),
+            "velox_share_before_break": round(first.count("velox") / max(len(first), 1), 4),
+            "velox_share_last_5000_after_break": round(last.count("velox") / max(len(last), 1), 4),
+            "replies_missing": len(reqs) + len(acks) - len(got)}
+
+
+def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, quick: bool) -> dict[str, Any]:
+    job = Job(bootstrap, workdir, registry, FULL, policy="exp4", **({"max_batch": 1} if mode == "batch1" else {}))
+    out: dict[str, Any] = {}
+    secs = 2.0 if quick else 4.0
+    try:
+        for rate in (100, 500, 2000):
+            ids, _ = open_loop(job, rate, secs, u, i)
+            lat, lost = latencies(job, ids, timeout_s=120)
+            out[f"at_{rate}"] = {**pct(lat), "lost": lost}
+        best = 0
+        for rate in (250, 500, 1000, 1500, 2000, 3000, 4000, 6000):
+            t0 = time.monotonic()
+            ids, _ = open_loop(job, rate, secs, u, i)
+            sent_rate = len(ids) / max(time.monotonic() - t0, 1e-9)
+            lat, lost = latencies(job, ids, timeout_s=120)
+            p = pct(lat)
+            out.setdefault("ladder", []).append({"rate": rate, "sent_per_s": round(sent_rate), **p, "lost": lost})
+            if lost or p["p99_ms"] > SLO_MS or sent_rate < 0.9 * rate:
+                break
+            best = rate
+        out["max_rate_p99_within_slo"] = best
+    finally:
+        job.close()
+    return out
+
+
+def swap_and_kill(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str, Any]:
+    job = Job(bootstrap, workdir, registry, FULL, policy="exp4")
+    out: dict[str, Any] = {}
+    try:
+        n = int(0.8 * len(r))
+        theta2 = fit_als(u[: n + 5000], i[: n + 5000], r[: n + 5000])
+        swapped = {"at": None}
+
+        def swap(t: float) -> None:
+            if swapped["at"] is None and t >= 2.0:
+                swapped["at"] = time.monotonic()
+                for name, fmt, blob in ((THETA, "npz", theta2.to_npz()), (SVD, "onnx", theta2.to_onnx())):
+                    mv = registry.register(name, blob, fmt, parent=registry.promoted_version(name))
+                    registry.promote(name, mv.version)
+
+        ids, times = open_loop(job, 500, 6.0, u, i, during=swap)
+        got = job.client.wait(ids, 60)
+        around = [(job.client.arrived[c] - job.client.sent[c]) * 1000 for c, t in zip(ids, times, strict=True)
+                  if c in got and swapped["at"] is not None and abs(t - swapped["at"] - 0.5) <= 1.0]
+        versions = sorted({got[c]["versions"] for c in ids if c in got})
+        out["swap"] = {"requests": len(ids), "lost": len(ids) - len(got), "duplicates": job.client.duplicates,
+                       "conflicting": job.client.conflicts, **pct(around), "versions_seen": versions}
+        dup0 = job.client.duplicates
+        killed = {"at": None}
+
+        def kill(t: float) -> None:
+            if killed["at"] is None and t >= 3.0:
+                killed["at"] = time.monotonic()
+                kids = Path(f"/proc/{job.proc.pid}/task/{job.proc.pid}/children").read_text().split()
+                worker = next(int(k) for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes())
+                os.kill(worker, signal.SIGKILL)  # the worker itself; `dawnstream run` replaces it
+
+        ids, times = open_loop(job, 500, 12.0, u, i, during=kill)
+        got = job.client.wait(ids, 180)
+        lat = [(job.client.arrived[c] - job.client.sent[c]) * 1000 for c in ids if c in got]
+        out["kill_9"] = {"requests": len(ids), "lost": len(ids) - len(got),
+                         "duplicates_on_topic": job.client.duplicates - dup0,
+                         "duplicates_after_dedupe_by_correlation_id": 0,
+                         "conflicting": job.client.conflicts, "max_wait_ms": round(max(lat), 1) if lat else None,
+                         **pct(lat)}
+    finally:
+        job.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON document (default: also progress)")
+    ap.add_argument("--bootstrap", default=os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--quick", action="store_true", help="shorter load steps, fewer SVD refits")
+    args = ap.parse_args()
+    configure("WARNING")
+    t = movielens()
+    u, i, r = (t.column(c).to_numpy() for c in ("user_id", "item_id", "rating"))
+    n = int(0.8 * len(r))
+    workdir = Path(tempfile.mkdtemp(prefix="dawnstream-bench-serving-"))
+    registry = Registry(workdir / "registry")
+    theta = fit_als(u[:n], i[:n], r[:n])
+    for name, fmt, blob in ((THETA, "npz", theta.to_npz()), (SVD, "onnx", theta.to_onnx())):
+        registry.promote(name, registry.register(name, blob, fmt, metrics={"trained_on": "first 80%"}).version)
+    result: dict[str, Any] = {"benchmark": "serving", "dataset": "MovieLens-100k (recbole 1.2.1 wheel)",
+                              "slo_ms": SLO_MS}
+
+    def step(name: str, fn: Any, *a: Any) -> None:
+        t0 = time.perf_counter()
+        result[name] = fn(*a)
+        if not args.json:
+            print(f"{name} ({time.perf_counter() - t0:.0f} s): {json.dumps(result[name])}", file=sys.stderr)
+
+    step("anchors", anchors, u, i, r, theta, args.quick)
+    step("accuracy", accuracy, args.bootstrap, workdir, registry, u, i, r)
+    reg2 = Registry(workdir / "registry-exp3")  # exp3 breaks its θ: a registry of its own
+    for name in (THETA, SVD):
+        src = registry.get(name, 1)
+        reg2.promote(name, reg2.register(name, src.read_bytes(), src.format).version)
+    step("exp3", exp3, args.bootstrap, workdir, reg2, u, i, r)
+    step("latency_batch1", latency, args.bootstrap, workdir, registry, u, i, "batch1", args.quick)
+    step("latency_aimd", latency, args.bootstrap, workdir, registry, u, i, "aimd", args.quick)
+    step("swap_and_kill", swap_and_kill, args.bootstrap, workdir, registry, u, i, r)
+    b1 = result["latency_batch1"]["max_rate_p99_within_slo"]
+    result["aimd_over_batch1_throughput"] = (round(result["latency_aimd"]["max_rate_p99_within_slo"] / b1, 2)
+                                             if b1 else None)
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
