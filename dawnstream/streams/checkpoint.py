@@ -127,11 +127,13 @@ class Checkpoint:
     def _write_snapshots(self, due: dict[int, int]) -> None:
         now = time.monotonic()
         for p, off in due.items():
-            # Keyed records first, the blob last: a crash in between leaves records the restore ignores.
+            # The blob is taken first (an operator may move state into its keyed store as it snapshots), its
+            # keyed records are written before it: a crash in between leaves records the restore ignores.
+            blob = self.processor.snapshot(p, off + 1)
             for key, value in self.processor.keyed_changes(p):  # value None: a tombstone
                 self._produce(self.changelog, tag_keyed(value, off + 1), key, None,  # type: ignore[arg-type]
                               partition=p)
-            self._produce(self.changelog, self.processor.snapshot(p, off + 1), snapshot_key(p), None, partition=p)
+            self._produce(self.changelog, blob, snapshot_key(p), None, partition=p)
             self._last[p] = now
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, partition: int = -1) -> None:
