@@ -114,7 +114,7 @@ def models_retrain(
 def predict(
     topology: Annotated[Path, typer.Argument(help="The serving topology (its topics and bootstrap).")],
     request: Annotated[str, typer.Argument(help='JSON request, e.g. \'{"user_id": 196, "item_id": 242}\'.')],
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 30.0,
     reply_topic: Annotated[str | None, typer.Option(help="Reply topic (default: the topology's output).")] = None,
 ) -> None:
     """Send one request (or feedback, with a label) through Kafka and print the reply as JSON."""

@@ -193,6 +193,12 @@ class Checkpoint:
             return True
         return self._flush_and_commit()
 
+    def idle(self) -> None:
+        """At-least-once, between batches: commit what is still pending once ``checkpoint_ms`` has passed
+        (a worker whose input stopped must not keep its last offsets uncommitted)."""
+        if self._pending and time.monotonic() - self._committed_at >= self.every_s:
+            self._flush_and_commit()
+
     def _flush_and_commit(self) -> bool:
         due, self._due = self._due, {}
         pending, self._pending = self._pending, {}

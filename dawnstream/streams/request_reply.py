@@ -10,9 +10,10 @@ complaint about ``ReplyingKafkaTemplate``). This client takes no group: it reads
 end offsets and ``assign()``s them explicitly before the first request leaves, so every reply produced
 after that is seen.
 
->>> # doctest: +SKIP
->>> with PredictClient("127.0.0.1:9092", "serving.movielens.events.v1", "serving.movielens.replies.v1") as c:
-...     c.request({"user_id": 196, "item_id": 242})["prediction"]
+Example (needs a broker and a worker running ``topologies/movie-ratings.yaml``)::
+
+    with PredictClient("127.0.0.1:9092", "serving.movielens.events.v1", "serving.movielens.replies.v1") as c:
+        c.request({"user_id": 196, "item_id": 242})["prediction"]
 """
 
 from __future__ import annotations
@@ -73,11 +74,16 @@ class PredictClient:
         self._reader = threading.Thread(target=self._read, name="reply-reader", daemon=True)
         self._reader.start()
 
-    def _assign_at_end(self) -> None:
-        md = self.consumer.list_topics(self.reply_topic, timeout=30).topics.get(self.reply_topic)
-        if md is None or md.error is not None or not md.partitions:
-            raise DawnstreamError(f"reply topic {self.reply_topic!r} does not exist; start the serving topology "
-                                  f"first (`dawnstream run <topology>` creates it) or create it")
+    def _assign_at_end(self, wait_s: float = 30.0) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:  # a worker starting next to us may be creating it
+            md = self.consumer.list_topics(self.reply_topic, timeout=30).topics.get(self.reply_topic)
+            if md is not None and md.error is None and md.partitions:
+                break
+            if time.monotonic() > deadline:
+                raise DawnstreamError(f"reply topic {self.reply_topic!r} does not exist after {wait_s:.0f} s; start "
+                                      f"the serving topology first (`dawnstream run <topology>` creates it)")
+            time.sleep(0.5)
         tps = []
         deadline = time.monotonic() + 30
         for p in sorted(md.partitions):

@@ -215,18 +215,17 @@ class KafkaRunner:
     def _tick(self) -> None:
         """Wall-clock emissions (e.g. ``emit_seconds``). Under exactly-once they are a transaction of
         their own together with fresh snapshots of every live partition, so a restart neither repeats
-        nor loses them."""
+        nor loses them. At-least-once, also the commit an idle worker still owes (``Checkpoint.idle``)."""
         tick = self.processor.tick(int(time.time() * 1000))
-        if not tick.outputs:
-            return
         if not self.eos:
             self.checkpoint.produce(tick)
-            return
-        self.checkpoint.begin()
-        self.checkpoint.produce(tick)
-        self.checkpoint.snapshots({p: off - 1 for p, off in self._position.items()}, force=True)
-        if self.checkpoint.commit([], sorted(self._position), {}):
-            self._account([tick], 0.0)
+            self.checkpoint.idle()
+        elif tick.outputs:
+            self.checkpoint.begin()
+            self.checkpoint.produce(tick)
+            self.checkpoint.snapshots({p: off - 1 for p, off in self._position.items()}, force=True)
+            if self.checkpoint.commit([], sorted(self._position), {}):
+                self._account([tick], 0.0)
 
     def _process(self, msgs: list[Any]) -> bool:
         t0 = time.perf_counter()

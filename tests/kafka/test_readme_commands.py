@@ -50,11 +50,13 @@ def readme_commands() -> list[list[str]]:
 
 
 def key(cmd: list[str]) -> str:
-    return " ".join(cmd[1:3]) if cmd[1] in ("broker", "topics", "accel") else cmd[1]
+    name = " ".join(cmd[1:3]) if cmd[1] in ("broker", "topics", "accel", "models") else cmd[1]
+    return name + " &" if cmd[-1] == "&" else name
 
 
 CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
-           "broker logs", "broker stop", "explain", "detect", "accel plan"}
+           "broker logs", "broker stop", "explain", "detect", "accel plan", "run &", "predict", "models retrain",
+           "models list", "models show", "models rollback", "models promote"}
 
 
 def test_every_readme_command_is_checked() -> None:
@@ -71,12 +73,18 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
     pq.write_table(weather(), tmp_path / "data.parquet")
     shutil.copy(shared_data / "macrobase/legacy/sensor10k.csv.gz", tmp_path)
     shutil.copy(shared_data / "macrobase/lib/sample.csv", tmp_path)
-    env = {**os.environ, "DAWNSTREAM_KAFKA_BOOTSTRAP": boot, "DAWNSTREAM_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DAWNSTREAM_KAFKA_BOOTSTRAP": boot, "DAWNSTREAM_LOG_LEVEL": "WARNING",
+           "DAWNSTREAM_REGISTRY": str(tmp_path / "registry")}
+    background: list[subprocess.Popen] = []
     late = pc.sum(pc.greater(flights().column("dep_delay"), 60)).as_py()
     ran: list[str] = []
 
     def run(cmd: list[str]) -> str:
         args = list(cmd[1:])
+        if args[-1] == "&":  # a worker the next commands talk to: started, and stopped at the end
+            background.append(subprocess.Popen([sys.executable, "-m", "dawnstream", *args[:-1]], env=env))
+            ran.append(key(cmd))
+            return ""
         if args[0] == "broker":
             args += ["--port", str(PORT)]
         if args[0] == "run":
@@ -116,9 +124,28 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert pq.read_table(cmd[cmd.index("--out") + 1]).num_rows == 10_479
             elif k == "accel plan":
                 assert "fused" in out
+            elif k == "predict":
+                reply = json.loads(out)
+                assert reply["kind"] == ("feedback" if "rating" in cmd[3] else "prediction")
+                assert 1.0 <= reply["prediction"] <= 5.0
+            elif k == "models retrain":
+                assert json.loads(out)["versions"]
+            elif k == "models list":
+                assert "movielens-theta" in out and "movielens-svd" in out
+            elif k == "models show":
+                meta = json.loads(out)
+                assert meta["name"] == cmd[3] and len(meta["sha256"]) == 64 and meta["training_data"]["topic"]
+            elif k in ("models rollback", "models promote"):
+                assert json.loads(out)["promoted"] == (1 if k == "models rollback" else int(cmd[4]))
+        for p in background:
+            p.terminate()
+            assert p.wait(60) == 0
         for cmd in stop:
             assert "stopped" in run(cmd)
     finally:
+        for p in background:
+            if p.poll() is None:
+                p.kill()
         subprocess.run([sys.executable, "-m", "dawnstream", "broker", "stop", "--port", str(PORT)],
                        capture_output=True, env=env, timeout=120)
     assert set(ran) == CHECKED
