@@ -122,7 +122,10 @@ class Checkpoint:
         if not self.eos:
             self._due.update(due)
             return
-        self._write_snapshots(due)
+        try:
+            self._write_snapshots(due)
+        except KafkaException as e:
+            raise self._unless_heals(e, "writing state snapshots") from None
 
     def _write_snapshots(self, due: dict[int, int]) -> None:
         now = time.monotonic()
@@ -207,6 +210,8 @@ class Checkpoint:
             if due:
                 self._write_snapshots(due)
                 self.flush()
+        except KafkaException as e:
+            raise self._unless_heals(e, "writing state snapshots") from None
         except DeliveryFailed as e:
             # Operator state has moved past records that were lost: recover it and re-read from the commit.
             event(log, "batch.retry", error=str(e))

@@ -89,9 +89,6 @@ def producer_settings(base: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
         {
             "enable.idempotence": True,
             "acks": "all",
-            # Java's partitioner (murmur2): a key lands on the same partition whichever client sent it, so a
-            # user's requests from a kafka-python or Java producer meet the state our workers keep for them.
-            "partitioner": "murmur2_random",
             "linger.ms": 5,
             "batch.size": 1 << 20,
             "message.max.bytes": 16 << 20,

@@ -55,6 +55,7 @@ class PredictClient:
     def __init__(self, bootstrap: str | None, requests_topic: str, reply_topic: str, key_field: str = "user_id",
                  settings: dict[str, str] | None = None) -> None:
         base = base_settings(bootstrap, settings)
+        self.bootstrap = base["bootstrap.servers"]
         pbase = {k: v for k, v in base.items() if not k.startswith("fetch.")}
         cbase = {k: v for k, v in base.items() if k not in PRODUCER_ONLY}
         self.requests_topic, self.reply_topic, self.key_field = requests_topic, reply_topic, key_field
@@ -77,7 +78,11 @@ class PredictClient:
     def _assign_at_end(self, wait_s: float = 30.0) -> None:
         deadline = time.monotonic() + wait_s
         while True:  # a worker starting next to us may be creating it
-            md = self.consumer.list_topics(self.reply_topic, timeout=30).topics.get(self.reply_topic)
+            try:
+                md = self.consumer.list_topics(self.reply_topic, timeout=30).topics.get(self.reply_topic)
+            except KafkaException as e:
+                raise DawnstreamError(f"cannot reach Kafka at {self.bootstrap}: {e.args[0].str()}; is the broker "
+                                      f"running (`dawnstream broker start`)?") from None
             if md is not None and md.error is None and md.partitions:
                 break
             if time.monotonic() > deadline:

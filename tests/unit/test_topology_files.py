@@ -27,11 +27,29 @@ SOURCES = {
     "flight-delays.yaml": ("flights", "summaries.jsonl"),
     "flight-delays-merge.yaml": ("out:summaries.jsonl", "explanations.jsonl"),
     "device-telemetry.yaml": ("shared:" + SENSOR10K, "devices.jsonl"),
+    "movie-ratings.yaml": ("gen:movielens-events.jsonl", "replies.jsonl"),
 }
 
 
+def movielens_events(path: Path, n: int = 3000) -> int:
+    """The first ``n`` MovieLens ratings as feedback rows, with a request (``reply_to`` set) after every
+    third; returns the number of requests."""
+    from dawnstream.sources import movielens
+
+    rows, asks = [], 0
+    for k, r in enumerate(movielens().slice(0, n).to_pylist()):
+        rows.append({"correlation_id": f"f{k}", "reply_to": None, "user_id": r["user_id"], "item_id": r["item_id"],
+                     "rating": r["rating"]})
+        if k % 3 == 0:
+            asks += 1
+            rows.append({"correlation_id": f"q{k}", "reply_to": "replies", "user_id": r["user_id"],
+                         "item_id": r["item_id"], "rating": None})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return asks
+
+
 def process(topology: str, source: str, out: Path) -> dict:
-    env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING", "DAWNSTREAM_REGISTRY": str(out.parent / "registry")}
     r = subprocess.run([sys.executable, "-m", "dawnstream", "process", str(ROOT / "topologies" / topology), source,
                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -49,12 +67,18 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
             source = str(tmp_path / source[4:])
         elif source.startswith("shared:"):
             source = str(shared_data / source[7:])
+        elif source.startswith("gen:"):
+            asks = movielens_events(tmp_path / source[4:])
+            source = str(tmp_path / source[4:])
         results[topology] = process(topology, source, tmp_path / out)
         assert results[topology]["rows_out"] > 0, topology
     table = flights()
     late = pc.sum(pc.greater(table.column("dep_delay"), 60)).as_py()
     assert results["flights-late.yaml"] == {"rows_in": 336_776, "rows_out": late, "out": str(tmp_path / "late.parquet")}
     assert results["device-telemetry.yaml"]["rows_in"] == 10_479
+    # serve: a reply per request (no registry here: velox answers with the running mean, svd straggles)
+    assert results["movie-ratings.yaml"] == {"rows_in": 3000 + asks, "rows_out": asks,
+                                             "out": str(tmp_path / "replies.jsonl")}
     rows = [json.loads(line) for line in (tmp_path / "explanations.jsonl").read_text().splitlines()]
     final = [r for r in rows if r["emitted_rows"] == 336_776]
     assert (int(final[0]["month"]), int(final[0]["day"])) == (3, 8)  # the nor'easter, even on one partition
