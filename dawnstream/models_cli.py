@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from rich.table import Table
 from dawnstream.errors import DawnstreamError
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # piped: no names cut to the default 80 columns
 models_app = typer.Typer(help="The model registry: versions, lineage, promotion, rollback, retraining.",
                          no_args_is_help=True)
 RegistryOpt = Annotated[Path | None, typer.Option(
@@ -39,7 +40,7 @@ def models_list(registry: RegistryOpt = None) -> None:
         reg = _registry(registry)
         table = Table(title=f"models in {reg.root}")
         for col in ("model", "versions", "promoted", "latest", "format", "bytes", "created"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=True)
         for name in reg.names():
             versions = reg.versions(name)
             if not versions:
