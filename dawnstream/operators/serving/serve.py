@@ -103,9 +103,11 @@ class Serve(Operator):
         user_field, item_field, label_field: input columns (int64, int64, float64).
         rating_range: ``[low, high]``: predictions are clipped to it and losses scaled by its width².
         cache_size: LRU entries per ONNX container ((version, user, item) -> prediction).
-        eta: learning rate of the selection weights (default 0.5 for exp4, 0.05 for exp3).
+        eta: learning rate of the selection weights (default 2.0 for exp4, 0.05 for exp3).
         gamma: Exp3's exploration share.
-        discount: per-feedback decay of the selection weights towards uniform (forgets after ~1/discount).
+        discount: per-feedback decay of the selection weights towards uniform (forgets after ~1/discount
+            pieces of feedback; default 0.01 for exp4, which then tracks the best mix of the moment, 0.001
+            for exp3, whose importance-weighted losses need the longer memory).
         max_batch: the largest batch AIMD may give a model (1 turns batching off: the baseline it is
             measured against).
 
@@ -121,7 +123,7 @@ class Serve(Operator):
                  registry: str | None = None, refresh_s: float = 1.0, user_field: str = "user_id",
                  item_field: str = "item_id", label_field: str = "rating",
                  rating_range: list[float] | None = None, cache_size: int = 100_000, eta: float | None = None,
-                 gamma: float = 0.03, discount: float = 0.001, max_batch: int = 4096, name: str | None = None,
+                 gamma: float = 0.03, discount: float | None = None, max_batch: int = 4096, name: str | None = None,
                  _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
@@ -153,9 +155,10 @@ class Serve(Operator):
         self.registry = Registry(registry) if registry else Registry()
         self.refresh_s = float(refresh_s)
         self.fields = (user_field, item_field, label_field)
-        self.policy: Exp4 | Exp3 = (Exp4(names, eta if eta is not None else 0.5, discount=discount)
-                                    if policy == "exp4"
-                                    else Exp3(names, eta if eta is not None else 0.05, gamma, discount=discount))
+        self.policy: Exp4 | Exp3 = (
+            Exp4(names, eta if eta is not None else 2.0, discount=discount if discount is not None else 0.01)
+            if policy == "exp4" else
+            Exp3(names, eta if eta is not None else 0.05, gamma, discount=discount if discount is not None else 0.001))
         self._workers: dict[str, _Worker] = {}
         self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0}
         self.sq_err: dict[str, float] = {n: 0.0 for n in [*names, "served"]}
