@@ -87,6 +87,9 @@ def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, boot
         runner = KafkaRunner(topo, worker=worker, create_topics=False)  # the parent created them
         runner.install_signal_handlers()
         _stop_when_orphaned(runner)
+        import gc
+
+        gc.freeze()  # the startup's objects (modules, compiled kernels) need no more collections: shorter GC pauses
         runner.run(max_idle_s=max_idle_s)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides for the job
         from dawnstream.errors import DawnstreamError
