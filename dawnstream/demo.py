@@ -243,19 +243,25 @@ def run_demo(console: Console | None = None, max_idle_s: float = 60.0) -> DemoRe
     return result
 
 
-def main() -> int:
-    """``make demo``: run the demo on the terminal; exit status 0 only when it produced explanations."""
+def exit_status(run: Callable[[Console], Any], name: str) -> int:
+    """Run a demo (``run(console)`` returns a result with ``error``) on the terminal: 0 when it succeeded,
+    1 with the reason printed otherwise."""
     configure("WARNING")
     console = Console()
     try:
-        result = run_demo(console)
+        result = run(console)
     except DawnstreamError as e:
-        console.print(f"[bold red]demo failed:[/] {e}")
+        console.print(f"[bold red]{name} failed:[/] {e}")
         return 1
     if result.error is not None:
-        console.print(f"[bold red]demo failed:[/] {result.error}")
+        console.print(f"[bold red]{name} failed:[/] {result.error}")
         return 1
     return 0
+
+
+def main() -> int:
+    """``make demo``: run the demo on the terminal; exit status 0 only when it produced explanations."""
+    return exit_status(run_demo, "demo")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from dawnstream.errors import DawnstreamError
-from dawnstream.logs import configure
+from dawnstream.demo import exit_status
 from dawnstream.models.registry import REGISTRY_ENV, Registry
 from dawnstream.sources import movielens
 from dawnstream.streams.config import Topology, load_topology
@@ -299,17 +298,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
 
 def main() -> int:
     """``make demo-serve``: exit status 0 only when every reply came back and the models beat the mean."""
-    configure("WARNING")
-    console = Console()
-    try:
-        result = run_serve_demo(console)
-    except DawnstreamError as e:
-        console.print(f"[bold red]demo-serve failed:[/] {e}")
-        return 1
-    if result.error is not None:
-        console.print(f"[bold red]demo-serve failed:[/] {result.error}")
-        return 1
-    return 0
+    return exit_status(run_serve_demo, "demo-serve")
 
 
 if __name__ == "__main__":

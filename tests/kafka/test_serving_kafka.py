@@ -3,6 +3,7 @@ a θ swap mid-stream, and a serving worker killed with SIGKILL (no reply lost, t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -82,6 +83,19 @@ class Worker:
         assert self.error is None, self.error
 
 
+@contextlib.contextmanager
+def serving(doc: dict):
+    """A worker on ``doc``, with its partitions assigned, and a client; the worker is stopped after."""
+    topo = parse_topology(doc)
+    worker = Worker(doc)
+    try:
+        wait_assigned(worker, topo.input.partitions)
+        with PredictClient(topo.kafka.bootstrap, topo.input.topic, topo.outputs[0].topic) as client:
+            yield topo, client
+    finally:
+        worker.stop()
+
+
 def wait_assigned(worker: Worker, partitions: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while len(worker.runner.assigned) < partitions or worker.runner.recovery.pending:
@@ -90,28 +104,23 @@ def wait_assigned(worker: Worker, partitions: int, timeout_s: float = 60) -> Non
 
 
 def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, ratings, reader) -> None:
-    doc = topology_doc(registry)
-    topo = parse_topology(doc)
-    worker = Worker(doc)
-    try:
-        wait_assigned(worker, 2)
-        with PredictClient(kafka_bootstrap, topo.input.topic, topo.outputs[0].topic) as client:
-            acks = [client.feedback(u, i, r, ack=True) for u, i, r in ratings[:500]]
-            asks = [client.send({"user_id": u, "item_id": i}) for u, i, _ in ratings[500:700]]
-            cold = client.send({"user_id": 10_000_000, "item_id": ratings[0][1]})  # a user never seen
-            bad = client.send({"user_id": 1, "item_id": "not-an-id"})
-            missing = client.send({"user_id": 1})
-            got = client.wait(acks + asks + [cold, bad, missing], timeout_s=60)
-            assert len(got) == len(acks) + len(asks) + 3  # nobody is left waiting
-            for cid in asks + [cold]:
-                reply = got[cid]
-                assert reply["kind"] == "prediction" and 1.0 <= reply["prediction"] <= 5.0 and not reply["default"]
-                assert "svd" in reply["versions"]
-            assert all(got[c]["kind"] == "feedback" for c in acks)
-            assert got[bad]["kind"] == "error" and "item_id" in got[bad]["error"]
-            assert got[missing]["kind"] == "error" and "item_id" in got[missing]["error"]
-            errs = [got[c]["prediction"] - r for c, (_, _, r) in zip(acks, ratings[:500], strict=True)]
-            assert np.sqrt(np.mean(np.square(errs))) < 1.2
+    with serving(topology_doc(registry)) as (topo, client):
+        acks = [client.feedback(u, i, r, ack=True) for u, i, r in ratings[:500]]
+        asks = [client.send({"user_id": u, "item_id": i}) for u, i, _ in ratings[500:700]]
+        cold = client.send({"user_id": 10_000_000, "item_id": ratings[0][1]})  # a user never seen
+        bad = client.send({"user_id": 1, "item_id": "not-an-id"})
+        missing = client.send({"user_id": 1})
+        got = client.wait(acks + asks + [cold, bad, missing], timeout_s=60)
+        assert len(got) == len(acks) + len(asks) + 3  # nobody is left waiting
+        for cid in asks + [cold]:
+            reply = got[cid]
+            assert reply["kind"] == "prediction" and 1.0 <= reply["prediction"] <= 5.0 and not reply["default"]
+            assert "svd" in reply["versions"]
+        assert all(got[c]["kind"] == "feedback" for c in acks)
+        assert got[bad]["kind"] == "error" and "item_id" in got[bad]["error"]
+        assert got[missing]["kind"] == "error" and "item_id" in got[missing]["error"]
+        errs = [got[c]["prediction"] - r for c, (_, _, r) in zip(acks, ratings[:500], strict=True)]
+        assert np.sqrt(np.mean(np.square(errs))) < 1.2
         # A request without a correlation-id cannot be answered: it is dead-lettered with the reason.
         p = Producer({"bootstrap.servers": kafka_bootstrap})
         p.produce(topo.input.topic, orjson.dumps({"user_id": 1, "item_id": 2}), b"1",
@@ -119,8 +128,6 @@ def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, rating
         p.flush(10)
         dead = reader(f"{topo.input.topic}.dlq", expected=1)
         assert len(dead) == 1 and b"correlation-id" in dict(dead[0].headers())["dlq.error"]
-    finally:
-        worker.stop()
 
 
 def test_a_kafka_python_client_gets_its_reply(kafka_bootstrap, registry) -> None:
@@ -159,30 +166,23 @@ def test_a_kafka_python_client_gets_its_reply(kafka_bootstrap, registry) -> None
 
 
 def test_a_theta_swap_mid_stream_loses_and_repeats_nothing(kafka_bootstrap, registry, ratings) -> None:
-    doc = topology_doc(registry)
-    topo = parse_topology(doc)
-    worker = Worker(doc)
-    try:
-        wait_assigned(worker, 2)
-        with PredictClient(kafka_bootstrap, topo.input.topic, topo.outputs[0].topic) as client:
-            sent = []
-            for n, (u, i, r) in enumerate(ratings[:3000]):
-                sent.append(client.feedback(u, i, r, ack=True))
-                sent.append(client.send({"user_id": u, "item_id": i}))
-                if n == 1500:  # promote a retrained θ while requests are in flight
-                    client.wait(sent[:1000], timeout_s=60)  # the worker is mid-stream, answering with v1
-                    uu, ii, rr = (np.asarray(c) for c in zip(*ratings[:1500], strict=True))
-                    theta = fit_als(uu, ii, rr, k=8, iters=6)
-                    registry.promote("movielens-theta", registry.register("movielens-theta", theta.to_npz(), "npz",
-                                                                          parent=1).version)
-                    registry.promote("movielens-svd", registry.register("movielens-svd", theta.to_onnx(), "onnx",
-                                                                        parent=1).version)
-            got = client.wait(sent, timeout_s=90)
-            assert len(got) == len(sent) and client.conflicts == 0
-            versions = {got[c]["versions"] for c in sent}
-            assert any("velox:2" in v for v in versions) and any("velox:1" in v for v in versions)
-    finally:
-        worker.stop()
+    with serving(topology_doc(registry)) as (_topo, client):
+        sent = []
+        for n, (u, i, r) in enumerate(ratings[:3000]):
+            sent.append(client.feedback(u, i, r, ack=True))
+            sent.append(client.send({"user_id": u, "item_id": i}))
+            if n == 1500:  # promote a retrained θ while requests are in flight
+                client.wait(sent[:1000], timeout_s=60)  # the worker is mid-stream, answering with v1
+                uu, ii, rr = (np.asarray(c) for c in zip(*ratings[:1500], strict=True))
+                theta = fit_als(uu, ii, rr, k=8, iters=6)
+                registry.promote("movielens-theta", registry.register("movielens-theta", theta.to_npz(), "npz",
+                                                                      parent=1).version)
+                registry.promote("movielens-svd", registry.register("movielens-svd", theta.to_onnx(), "onnx",
+                                                                    parent=1).version)
+        got = client.wait(sent, timeout_s=90)
+        assert len(got) == len(sent) and client.conflicts == 0
+        versions = {got[c]["versions"] for c in sent}
+        assert any("velox:2" in v for v in versions) and any("velox:1" in v for v in versions)
 
 
 def worker_process(supervisor: int) -> int | None:
