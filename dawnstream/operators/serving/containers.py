@@ -62,6 +62,7 @@ class Container(ABC):
         self.rows = 0
         self.failures = 0
         self.recent_ms = 10.0  # unknown until measured: not "fast"; a failure sets it back (see fail())
+        self.store: MutableMapping[str, bytes] | None = None  # the stage's keyed store (per-key state)
 
     @abstractmethod
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -90,6 +91,11 @@ class Container(ABC):
 
     def learn(self, user: int, item: int, label: float) -> None:
         """One piece of feedback (only containers with ``learns``); fixed models ignore it."""
+        return None
+
+    def flush_users(self) -> None:
+        """Write the per-key state changed since the last call into :attr:`store` (before a checkpoint);
+        containers without per-key state have nothing to write."""
         return None
 
     def refresh(self, registry: Registry | None, every_s: float = 1.0) -> bool:
@@ -259,7 +265,6 @@ class VeloxContainer(_Registered):
                  rating_range: tuple[float, float] | None = None) -> None:
         super().__init__(name, slo_ms, model)
         self.vx = VeloxModel(None, 0, lam=lam, rating_range=rating_range)
-        self.store: MutableMapping[str, bytes] | None = None  # the stage's keyed store
         self.learned = 0
         self.learn_s = 0.0
 
@@ -317,7 +322,6 @@ class OnlineMFContainer(Container):
     def __init__(self, name: str, slo_ms: float, rating_range: tuple[float, float] | None = None) -> None:
         super().__init__(name, slo_ms)
         self.mf = OnlineBiasedMF(rating_range=rating_range)
-        self.store: MutableMapping[str, bytes] | None = None
 
     def _load(self, user: int, item: int) -> None:
         if self.store is None:

@@ -46,7 +46,7 @@ import pyarrow as pa
 from dawnstream.errors import ConfigError
 from dawnstream.models.registry import Registry
 from dawnstream.operators.base import Operator
-from dawnstream.operators.serving.containers import Container, OnlineMFContainer, VeloxContainer, build_container
+from dawnstream.operators.serving.containers import Container, build_container
 from dawnstream.operators.serving.selection import Exp3, Exp4
 
 POLICIES = ("exp4", "exp3")
@@ -259,8 +259,7 @@ class Serve(Operator):
         if self.store is None:
             self.store = {}  # outside a runner (tests, `dawnstream process`): kept in the snapshot blob
         for c in self.containers:
-            if isinstance(c, (VeloxContainer, OnlineMFContainer)):
-                c.store = self.store
+            c.store = self.store
             c.refresh(self.registry, self.refresh_s)
 
     def _answer(self, rows: list[int], users: list[Any], items: list[Any], cids: list[Any], t0: float,
@@ -406,9 +405,8 @@ class Serve(Operator):
         if self.store is None:
             self.store = {}
         for c in self.containers:
-            if isinstance(c, (VeloxContainer, OnlineMFContainer)):
-                c.store = self.store
-                c.flush_users()
+            c.store = self.store
+            c.flush_users()
         return super().snapshot()
 
     def _state(self) -> Any:
