@@ -81,10 +81,35 @@ def value_fits(value: Any, t: pa.DataType) -> str | None:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return None if isinstance(value, str) else f"{type(value).__name__} {value!r:.40} is not a string"
     try:
-        pa.array([value]).cast(t)
+        cast_json_values(pa.array([value]), t)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
         return f"{value!r:.40} does not convert to {t}: {e}"
     return None
+
+
+def cast_json_values(arr: pa.Array, t: pa.DataType) -> pa.Array:
+    """Cast ``arr`` (values parsed from JSON) to ``t`` the way pyarrow's JSON reader converts them, so
+    the row-by-row decode path accepts exactly what the bulk path accepts: an ISO 8601 string with a
+    zone offset (``2013-01-03T13:00:00+00:00``) becomes a zone-less timestamp in UTC, which Arrow's
+    plain string cast refuses.
+
+    Raises:
+        pyarrow.ArrowInvalid / ArrowTypeError / ArrowNotImplementedError: a value does not convert.
+    """
+    try:
+        return arr.cast(t)
+    except pa.ArrowInvalid:
+        if not (pa.types.is_timestamp(t) and t.tz is None and pa.types.is_string(arr.type)):
+            raise
+    utc = pa.timestamp(t.unit, "UTC")
+    out = []
+    for v in arr.to_pylist():  # a mix of zone-less and offset strings: each one by its own form
+        one = pa.array([v], pa.string())
+        try:
+            out.append(one.cast(t))
+        except pa.ArrowInvalid:
+            out.append(one.cast(utc).cast(t))
+    return pa.concat_arrays(out)
 
 
 def _exact_float(v: int) -> bool:

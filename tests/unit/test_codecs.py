@@ -110,6 +110,22 @@ def test_learned_schema_rejects_later_type_changes_and_never_widens() -> None:
     assert d.table is not None and d.table.column("x").to_pylist() == [4]
 
 
+def test_timestamps_with_a_zone_offset_decode_the_same_on_both_paths() -> None:
+    """Rows a small batch (all-null floats) or a bad neighbour sends down the row-by-row path are
+    accepted exactly as the bulk path accepts them (flights' time_hour carries +00:00)."""
+    schema = RowSchema({"d": "float64"})
+    codec = get_codec("json")
+    first = codec.decode(msgs([b'{"t": "2013-01-03T13:00:00+00:00", "d": 1.5}']), schema)
+    assert schema.fields["t"] == pa.timestamp("s") and not first.rejected
+    nulls = codec.decode(msgs([b'{"t": "2013-01-03T14:00:00+00:00", "d": null}']), schema)
+    assert not nulls.rejected and nulls.table is not None
+    mixed = codec.decode(msgs([b'{"t": "2013-01-03T15:00:00+02:00", "d": 2}', b"not json",
+                               b'{"t": "2013-01-03T16:00:00", "d": 3}', b'{"t": "soon", "d": 4}']), schema)
+    assert [r.message.offset for r in mixed.rejected] == [1, 3]
+    assert mixed.table is not None
+    assert [str(v) for v in mixed.table.column("t").to_pylist()] == ["2013-01-03 13:00:00", "2013-01-03 16:00:00"]
+
+
 def test_numeric_hint_rejects_strings_even_in_the_first_batch() -> None:
     schema = RowSchema(required={"x"}, numeric={"x"})
     d = get_codec("json").decode(msgs([b'{"x": "abc"}', b'{"x": 2}']), schema)

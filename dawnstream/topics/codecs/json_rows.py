@@ -20,7 +20,7 @@ import pyarrow.json as pajson
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
 from dawnstream.topics.message import Encoded, Message, Rejected
-from dawnstream.topics.schema import RowSchema, beyond_exact_float
+from dawnstream.topics.schema import RowSchema, beyond_exact_float, cast_json_values
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError)
 
@@ -160,7 +160,10 @@ class JsonRowsCodec(Codec):
             return None
         for f in table.schema:
             # NaN / Infinity are not JSON; pyarrow accepts them, so let the strict path name the rows.
-            if pa.types.is_floating(f.type) and not pc.all(pc.is_finite(table.column(f.name)), skip_nulls=True).as_py():
+            # (min_count=0: a column of nulls only is all finite, not unknown)
+            if pa.types.is_floating(f.type) and not pc.all(
+                pc.is_finite(table.column(f.name)), skip_nulls=True, min_count=0
+            ).as_py():
                 return None
             # The parser rounds an integer literal beyond 2**53 into a float column: the strict path
             # checks such rows one by one.
@@ -256,7 +259,7 @@ class JsonRowsCodec(Codec):
             try:
                 arrays.append(pa.array(values, type=t))
             except _ARROW_ERRORS:
-                arrays.append(pa.array(values).cast(t))
+                arrays.append(cast_json_values(pa.array(values), t))
         return pa.Table.from_arrays(arrays, names=list(schema.fields))
 
     # -- encode -----------------------------------------------------------------------------
