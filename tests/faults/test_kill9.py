@@ -75,8 +75,8 @@ def test_kill9_five_times_gives_the_uninterrupted_output(kind: str, kafka_bootst
     tag = uuid.uuid4().hex[:8]
     table = rows()
     # The killed run reads a copy of the input that arrives in slices, one more before each kill and the
-    # last after the fifth, so the stream cannot finish before the fifth kill however fast the worker is. Keys fix the partitions,
-    # so each partition sees the same rows in the same order as the reference run's.
+    # last after the fifth, so the stream cannot finish before the fifth kill however fast the worker
+    # is. Keys fix the partitions, so each partition sees the reference run's rows in the same order.
     slices = [table.slice(o, N // 7 + 1) for o in range(0, N, N // 7 + 1)]
     assert len(slices) == 7
     srcs = {run: f"test.kill9-{tag}.{run}-rows.v1" for run in ("reference", "killed")}
