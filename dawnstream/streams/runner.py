@@ -36,6 +36,7 @@ from dawnstream.streams.kafka_clients import base_settings, describe_settings, e
 from dawnstream.streams.metrics import MetricsServer, RunnerStats, WorkerMetrics
 from dawnstream.streams.processor import BatchProcessor, BatchResult
 from dawnstream.streams.recovery import Recovery
+from dawnstream.streams.reply_fence import ReplyFence
 from dawnstream.streams.state import changelog_topic
 from dawnstream.topics.message import KafkaMessage, Message
 
@@ -87,6 +88,7 @@ class KafkaRunner:
         self.clients = WorkerClients(t, worker, self.base, self._forget_all)
         self.checkpoint = Checkpoint(self.clients, self.processor, self.changelog, t.checkpoint_ms,
                                      skip_snapshot=self.recovery.active)
+        self.fence = ReplyFence(self.base, t.input.topic, enabled=not self.eos)
         event(log, "runner.clients", worker=worker, settings=describe_settings(self.base))
         self.metrics.init_series(t.input.topic, self._outputs, [op.name for op in t.build_chain().operators])
         port = (t.metrics.port + worker if t.metrics.port else -1) if metrics_port is None else metrics_port
@@ -127,6 +129,7 @@ class KafkaRunner:
         self.assigned.discard(partition)
         self.processor.drop_partition(partition)
         self.checkpoint.forget(partition)
+        self.fence.forget(partition)
         self._position.pop(partition, None)
         self.metrics.forget_partition(self.topology.input.topic, partition)
 
@@ -135,6 +138,7 @@ class KafkaRunner:
             self._forget(p)
 
     def _recovered(self, partition: int, position: int | None) -> None:
+        self.fence.recovered(self.clients.consumer, partition, position)
         if position is not None:
             self._position[partition] = position
 
@@ -249,12 +253,12 @@ class KafkaRunner:
         self.clients.consumed()
         last_offset = {p: lst[-1].offset for p, lst in by_partition.items()}
         self._position.update({p: off + 1 for p, off in last_offset.items()})
-        topic = self.topology.input.topic
-        offsets = [TopicPartition(topic, p, off + 1) for p, off in last_offset.items()]
+        offsets = [TopicPartition(self.topology.input.topic, p, off + 1) for p, off in last_offset.items()]
         self.checkpoint.begin()
         results = []
         for p, pmsgs in by_partition.items():
             res = self.processor.process(p, pmsgs)
+            self.fence.filter(p, pmsgs, res.outputs)
             self.checkpoint.produce(res)
             results.append(res)
         self.checkpoint.snapshots(last_offset)
@@ -279,9 +283,7 @@ class KafkaRunner:
         """Flush what is queued, leave the group, stop the metrics endpoint (idempotent)."""
         if getattr(self, "_closed", False):
             return
-        self._closed = True
-        if self.failure is None:
-            self.metrics.status = {"state": "stopping"}
+        self._closed, self.metrics.status = True, self.metrics.status if self.failure else {"state": "stopping"}
         self.recovery.clear()
         # After a failure the clients may be unusable (a fenced producer's flush fails inside the
         # library): nothing here may replace the error that ended the loop.
@@ -295,4 +297,4 @@ class KafkaRunner:
             self.metrics_server.stop()
         s = self.stats
         event(log, "runner.stop", worker=self.worker, rows_in=s.rows_in, rows_out=s.rows_out,
-              rows_dead=s.rows_dead, batches=s.batches)
+              rows_dead=s.rows_dead, batches=s.batches, replies_fenced=self.fence.dropped)
