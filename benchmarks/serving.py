@@ -320,8 +320,7 @@ def swap_and_kill(bootstrap: str, workdir: Path, registry: Registry, u, i, r) ->
         got = job.client.wait(ids, 180)
         lat = [(job.client.arrived[c] - job.client.sent[c]) * 1000 for c in ids if c in got]
         out["kill_9"] = {"requests": len(ids), "lost": len(ids) - len(got),
-                         "duplicates_on_topic": job.client.duplicates - dup0,
-                         "duplicates_after_dedupe_by_correlation_id": 0,
+                         "duplicates": job.client.duplicates - dup0,
                          "conflicting": job.client.conflicts, "max_wait_ms": round(max(lat), 1) if lat else None,
                          **pct(lat)}
     finally:
