@@ -17,6 +17,9 @@ client (request/reply over Kafka) in this one. Parts:
    batch, one row per model call) and with AIMD; then the highest rate whose p99 stays within the SLO.
 4. a θ swap under 500 requests/s (replies lost, repeated, p99 around the swap), and a ``kill -9`` of
    the worker under the same load (lost, repeated, conflicting replies; the longest wait).
+5. stage batching, no broker: the serving stage's µs per request when micro-batches hold 1, 8, 64 and
+   256 requests (the same processor the worker runs, fed pre-encoded request messages): how much of
+   batching's gain the stage itself gets, apart from the broker and client that share this machine.
 
     python benchmarks/serving.py [--json] [--bootstrap 127.0.0.1:9092] [--quick]
 """
@@ -284,6 +287,37 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, 
     return out
 
 
+def stage_batching(registry: Registry, u, i) -> dict[str, Any]:
+    from dawnstream.streams.processor import BatchProcessor
+    from dawnstream.topics.message import Message
+
+    doc = yaml.safe_load((ROOT / "topologies" / "movie-ratings.yaml").read_text())
+    doc["stages"][0].update({"registry": str(registry.root), "models": FULL, "policy": "exp4"})
+    proc = BatchProcessor(parse_topology(doc))
+    out: dict[str, Any] = {}
+    k = 0
+    for size in (1, 8, 64, 256):
+        batches = []
+        for _ in range(max(40, 8000 // size)):
+            msgs = []
+            for _ in range(size):
+                j = k % len(u)
+                msgs.append(Message(f'{{"user_id":{int(u[j])},"item_id":{int(i[j])}}}'.encode(), None,
+                                    [("correlation-id", str(k).encode()), ("reply-to", b"bench.replies")],
+                                    "bench.requests", 0, k))
+                k += 1
+            batches.append(msgs)
+        proc.process(0, batches[0])
+        time.sleep(1.0)  # the models load on a background thread
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            proc.process(0, b)
+        us = (time.perf_counter() - t0) / ((len(batches) - 1) * size) * 1e6
+        out[f"batch_{size}"] = {"us_per_request": round(us, 1), "requests_per_s": round(1e6 / us)}
+    out["batch_256_over_batch_1"] = round(out["batch_1"]["us_per_request"] / out["batch_256"]["us_per_request"], 1)
+    return out
+
+
 def swap_and_kill(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str, Any]:
     job = Job(bootstrap, workdir, registry, FULL, policy="exp4")
     out: dict[str, Any] = {}
@@ -334,7 +368,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--quick", action="store_true", help="shorter load steps, fewer SVD refits")
     ap.add_argument("--only", nargs="*", default=None, metavar="PART",
-                    help="run only these parts (anchors accuracy exp3 latency_batch1 latency_aimd swap_and_kill)")
+                    help="run only these parts (anchors accuracy exp3 latency_batch1 latency_aimd swap_and_kill "
+                         "stage_batching)")
     args = ap.parse_args()
     configure("WARNING")
     t = movielens()
@@ -369,6 +404,7 @@ def main() -> None:
     step("latency_batch1", latency, args.bootstrap, workdir, registry, u, i, "batch1", args.quick)
     step("latency_aimd", latency, args.bootstrap, workdir, registry, u, i, "aimd", args.quick)
     step("swap_and_kill", swap_and_kill, args.bootstrap, workdir, registry, u, i, r)
+    step("stage_batching", stage_batching, registry, u, i)
     if "latency_batch1" in result and "latency_aimd" in result:
         b1 = result["latency_batch1"]["max_rate_p99_within_slo"]
         result["aimd_over_batch1_throughput"] = (round(result["latency_aimd"]["max_rate_p99_within_slo"] / b1, 2)
