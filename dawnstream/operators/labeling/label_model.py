@@ -1,0 +1,202 @@
+"""Label models fitted from vote statistics: snorkel's matrix-completion model and FlyingSquid's triplets.
+
+Both take a :class:`~dawnstream.operators.labeling.votes.VoteStats` (``S = Uᵀ U`` and *n*), never the
+rows, so a refit costs the same after a thousand rows or a million, and statistics summed over
+partitions give the same model as one partition.
+
+- :func:`fit_matrix_completion`: Ratner et al., "Training Complex Models with Multi-Task Weak
+  Supervision" (AAAI'19), as snorkel 0.10's ``LabelModel.fit`` implements it: ``μ[j·k+y', y] =
+  P(λ_j = y' | Y = y)`` minimising ``‖(O − μPμᵀ)∘M‖² + ‖μP1 − diag(O)‖²`` (``M`` masks each LF's own
+  block) by SGD with momentum 0.9, lr 0.01, 100 steps from ``μ0 = clamp(diag(O)·prec/p)`` scaled by
+  the seed's first uniform draw; then clamped to ``[ε, 1−ε]`` and the column permutation that trusts
+  the LFs most (Hungarian assignment). Same arithmetic as snorkel, in float64 numpy instead of
+  float32 torch.
+- :func:`fit_triplets`: Fu et al., "Fast and Three-rious" (FlyingSquid, ICML'20), binary case: with
+  votes in ±1 and ``a_j = E[λ_j Y | λ_j ≠ 0]``, conditionally independent LFs give
+  ``E[λ_i λ_j] = a_i a_j``, so ``|a_i| = sqrt(|M_ij M_ik / M_jk|)`` in closed form, averaged (median)
+  over triplets.
+
+Prediction is the same for both (snorkel's ``predict_proba``):
+``P(Y=y | λ) ∝ p_y Π_{j voted} μ[j·k+λ_j, y]``; a row where every LF abstains gets the prior ``p``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats, one_hot
+
+
+@dataclass
+class LabelModelParams:
+    """A fitted label model: ``mu`` ``(m·k, k)`` = P(λ_j = y' | Y = y) and the class prior ``p`` ``(k,)``."""
+
+    mu: np.ndarray
+    p: np.ndarray
+    coverage: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return len(self.p)
+
+    def predict_proba(self, L: np.ndarray) -> np.ndarray:
+        """``(n, m)`` votes -> ``(n, k)`` float64 class probabilities (all abstain: the prior)."""
+        U = one_hot(L, self.k)
+        logits = U @ np.log(self.mu) + np.log(self.p)
+        logits -= logits.max(axis=1, keepdims=True)
+        X = np.exp(logits)
+        return X / X.sum(axis=1, keepdims=True)
+
+    def accuracies(self) -> np.ndarray:
+        """Per LF, the estimated P(λ_j = Y | λ_j ≠ 0), ``(m,)`` (snorkel's ``get_weights``)."""
+        k = self.k
+        m = len(self.mu) // k
+        acc = np.array([np.sum(np.diag(self.mu[j * k:(j + 1) * k]) * self.p) for j in range(m)])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.clip(np.nan_to_num(acc / self.coverage), 1e-6, 1.0)
+
+    def state(self) -> dict:
+        return {"mu": self.mu.tolist(), "p": self.p.tolist(), "coverage": self.coverage.tolist()}
+
+    @classmethod
+    def from_state(cls, s: dict) -> LabelModelParams:
+        return cls(np.asarray(s["mu"], float), np.asarray(s["p"], float), np.asarray(s["coverage"], float))
+
+
+def _prior(stats: VoteStats, class_balance: np.ndarray | list[float] | None) -> np.ndarray:
+    if class_balance is None:
+        return np.full(stats.k, 1.0 / stats.k)
+    p = np.asarray(class_balance, float)
+    if p.shape != (stats.k,) or np.any(p <= 0):
+        raise ValueError(f"class_balance must be {stats.k} positive shares, got {p.tolist()}")
+    return p / p.sum()
+
+
+def fit_matrix_completion(stats: VoteStats, class_balance: np.ndarray | list[float] | None = None,
+                          seed: int = 0, n_epochs: int = 100, lr: float = 0.01, l2: float = 0.0,
+                          prec_init: float = 0.7, momentum: float = 0.9,
+                          mu_eps: float | None = None) -> LabelModelParams:
+    """Snorkel's ``LabelModel.fit`` on the statistics of the rows (see the module docstring).
+
+    Args:
+        class_balance: P(Y = y), ``(k,)``; ``None``: uniform (snorkel's default).
+        seed: snorkel's ``seed``; the initial μ is scaled by ``numpy.random.RandomState(seed).random_sample()``.
+
+    Raises:
+        ValueError: fewer than 3 LFs (as snorkel), no rows, or a bad ``class_balance``.
+    """
+    m, k = stats.m, stats.k
+    if m < 3:
+        raise ValueError("the label model needs at least 3 labeling functions")
+    if stats.n <= 0:
+        raise ValueError("no rows to fit the label model on")
+    p = _prior(stats, class_balance)
+    P = np.diag(p)
+    moments = stats.moments
+    d = m * k
+    lps = np.diag(moments)
+    mu_init = np.zeros((d, k))
+    for j in range(m):
+        for y in range(k):
+            mu_init[j * k + y, y] = np.clip(lps[j * k + y] * prec_init / p[y], 0.0, 1.0)
+    mu = mu_init * np.random.RandomState(seed).random_sample()
+    mask = np.ones((d, d))
+    for j in range(m):
+        mask[j * k:(j + 1) * k, j * k:(j + 1) * k] = 0.0
+    diag_o = np.diag(moments)
+    velocity = None
+    for _ in range(n_epochs):
+        R = (moments - mu @ P @ mu.T) * mask
+        r2 = (mu @ P).sum(axis=1) - diag_o
+        grad = -4.0 * R @ mu @ P + 2.0 * np.outer(r2, p) + 2.0 * l2 * l2 * (mu - mu_init) + l2 * mu
+        velocity = grad if velocity is None else momentum * velocity + grad
+        mu = mu - lr * velocity
+    eps = mu_eps if mu_eps is not None else min(0.01, 1.0 / 10 ** np.ceil(np.log10(stats.n)))
+    mu = np.clip(mu, eps, 1.0 - eps)
+    mu = _break_permutation_symmetry(mu, p, m, k)
+    return LabelModelParams(mu, p, stats.coverage())
+
+
+def _break_permutation_symmetry(mu: np.ndarray, p: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Among column permutations that leave the loss unchanged (classes with equal prior), pick the one
+    maximising Σ_j Σ_y P(λ_j = y, Y = y): the LFs are trusted to be better than adversarial."""
+    from scipy.optimize import linear_sum_assignment
+
+    probs_sum = sum(mu[j * k:(j + 1) * k] for j in range(m)) @ np.diag(p)
+    Z = np.zeros((k, k))
+    groups: dict[float, list[int]] = {}
+    for i, f in enumerate(p):
+        groups.setdefault(round(float(f), 3), []).append(i)
+    for group in groups.values():
+        if len(group) == 1:
+            Z[group[0], group[0]] = 1.0
+            continue
+        proj = probs_sum[np.ix_(group, group)]
+        rows, cols = linear_sum_assignment(-proj.T)
+        for i, j in zip(rows, cols, strict=True):
+            Z[group[i], group[j]] = 1.0
+    return mu @ Z
+
+
+def fit_triplets(stats: VoteStats, class_balance: np.ndarray | list[float] | None = None,
+                 mu_eps: float = 0.01) -> LabelModelParams:
+    """FlyingSquid's closed-form estimate for two classes (see the module docstring).
+
+    Each LF's accuracy ``(1 + a_j)/2`` on the rows it labels becomes ``μ[j·k+y, y] = cov_j·acc_j`` and
+    ``μ[j·k+y', y] = cov_j·(1 − acc_j)`` (abstaining independently of Y, FlyingSquid's assumption).
+
+    Raises:
+        ValueError: ``k != 2``, fewer than 3 LFs, or no rows.
+    """
+    m, k = stats.m, stats.k
+    if k != 2:
+        raise ValueError("the triplet label model handles two classes")
+    if m < 3:
+        raise ValueError("the label model needs at least 3 labeling functions")
+    if stats.n <= 0:
+        raise ValueError("no rows to fit the label model on")
+    p = _prior(stats, class_balance)
+    S = stats.S
+    both = np.zeros((m, m))
+    agree = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            block = S[i * 2:(i + 1) * 2, j * 2:(j + 1) * 2]
+            both[i, j] = block.sum()
+            agree[i, j] = block[0, 0] + block[1, 1] - block[0, 1] - block[1, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        M = np.where(both > 0, agree / np.maximum(both, 1e-12), 0.0)
+    a = np.full(m, 0.4)  # accuracy 0.7 when no triplet says anything (snorkel's prec_init)
+    for i in range(m):
+        est = []
+        for j, h in itertools.combinations([x for x in range(m) if x != i], 2):
+            if abs(M[j, h]) > 1e-3 and both[i, j] > 0 and both[i, h] > 0 and both[j, h] > 0:
+                est.append(np.sqrt(abs(M[i, j] * M[i, h] / M[j, h])))
+        if est:
+            a[i] = float(np.median(est))
+    acc = np.clip((1.0 + a) / 2.0, 0.5 + mu_eps, 1.0 - mu_eps)
+    cov = stats.coverage()
+    mu = np.zeros((2 * m, 2))
+    for j in range(m):
+        for y in range(2):
+            mu[j * 2 + y, y] = cov[j] * acc[j]
+            mu[j * 2 + (1 - y), y] = cov[j] * (1.0 - acc[j])
+    return LabelModelParams(np.clip(mu, mu_eps * 1e-2, 1.0), p, cov)
+
+
+def majority_vote(L: np.ndarray, k: int) -> np.ndarray:
+    """Class probabilities by majority vote, ``(n, k)``: the share of non-abstaining votes per class
+    (all abstain: uniform). Ties are split evenly, as snorkel's ``MajorityLabelVoter`` breaks them at random."""
+    L = np.asarray(L)
+    counts = np.stack([(L == y).sum(axis=1) for y in range(k)], axis=1).astype(float)
+    top = counts.max(axis=1, keepdims=True)
+    winners = (counts == top) & (top > 0)
+    out = np.where(winners, 1.0, 0.0)
+    out[top[:, 0] == 0] = 1.0
+    return out / out.sum(axis=1, keepdims=True)
+
+
+__all__ = ["ABSTAIN", "LabelModelParams", "fit_matrix_completion", "fit_triplets", "majority_vote"]

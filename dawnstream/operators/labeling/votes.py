@@ -1,0 +1,96 @@
+"""Label matrices and their mergeable sufficient statistics.
+
+A label matrix ``L`` is ``(n, m)`` int8: row *i*, labeling function *j*, value in ``0..k-1`` or
+:data:`ABSTAIN` (-1). Its one-hot form ``U`` is ``(n, m·k)`` with ``U[i, j·k + y] = 1`` when LF *j*
+voted *y* on row *i* (an abstain is a row of zeros in LF *j*'s block): snorkel's ``_create_L_ind``
+(``snorkel/labeling/model/label_model.py``). Everything the label models need is the Gram matrix
+``S = Uᵀ U`` and the row count *n*: both are sums over rows, so partitions add them up, and a decay
+factor forgets old rows for drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ABSTAIN = -1
+"""The vote of a labeling function that does not label the row."""
+CHUNK_ROWS = 1 << 16
+
+
+def one_hot(L: np.ndarray, k: int) -> np.ndarray:
+    """``(n, m)`` votes -> ``(n, m·k)`` float64 indicators (abstains: zeros).
+
+    Raises:
+        ValueError: a vote outside ``-1..k-1``.
+    """
+    L = np.asarray(L)
+    n, m = L.shape
+    if L.size and (L.min() < ABSTAIN or L.max() >= k):
+        raise ValueError(f"votes must be in -1..{k - 1}; found {int(L.min())}..{int(L.max())}")
+    U = np.zeros((n, m * k))
+    rows = np.repeat(np.arange(n), m)
+    cols = (np.arange(m) * k)[None, :] + L
+    voted = (L != ABSTAIN).ravel()
+    U[rows[voted], cols.ravel()[voted]] = 1.0
+    return U
+
+
+@dataclass
+class VoteStats:
+    """``S = Uᵀ U`` (``(m·k, m·k)`` float64) and ``n`` rows, summed as batches arrive.
+
+    Args:
+        m: number of labeling functions.
+        k: number of classes (cardinality).
+        decay: each :meth:`add` first multiplies the old sums by ``1 - decay`` (0: remember all).
+    """
+
+    m: int
+    k: int
+    decay: float = 0.0
+    n: float = 0.0
+    S: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    def __post_init__(self) -> None:
+        if self.S.size == 0:
+            self.S = np.zeros((self.m * self.k, self.m * self.k))
+
+    def add(self, L: np.ndarray) -> None:
+        """Add a batch of votes, ``(rows, m)`` int8 (in chunks of :data:`CHUNK_ROWS`: the one-hot form
+        of a million rows would take hundreds of MB)."""
+        if len(L) == 0:
+            return
+        if self.decay:
+            self.S *= 1.0 - self.decay
+            self.n *= 1.0 - self.decay
+        for start in range(0, len(L), CHUNK_ROWS):
+            # float32 products are exact here (counts below 2**24 per chunk); the sum is kept in float64
+            U = one_hot(L[start:start + CHUNK_ROWS], self.k).astype(np.float32)
+            self.S += (U.T @ U).astype(np.float64)
+        self.n += len(L)
+
+    def merge(self, other: VoteStats) -> VoteStats:
+        """The statistics of both sets of rows (partitions), as one."""
+        if (other.m, other.k) != (self.m, self.k):
+            raise ValueError(f"cannot merge statistics of {other.m} LFs x {other.k} classes into {self.m} x {self.k}")
+        return VoteStats(self.m, self.k, self.decay, self.n + other.n, self.S + other.S)
+
+    @property
+    def moments(self) -> np.ndarray:
+        """``S / n``: the observed second moments (snorkel's ``O``)."""
+        return self.S / max(self.n, 1e-12)
+
+    def coverage(self) -> np.ndarray:
+        """Per LF, the share of rows it labels, ``(m,)``."""
+        d = np.diag(self.S).reshape(self.m, self.k).sum(axis=1)
+        return d / max(self.n, 1e-12)
+
+    def state(self) -> dict:
+        return {"m": self.m, "k": self.k, "decay": self.decay, "n": self.n, "S": self.S.ravel().tolist()}
+
+    @classmethod
+    def from_state(cls, s: dict) -> VoteStats:
+        m, k = int(s["m"]), int(s["k"])
+        return cls(m, k, float(s["decay"]), float(s["n"]), np.asarray(s["S"], float).reshape(m * k, m * k))
