@@ -9,6 +9,7 @@ from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain, Operator
 from dawnstream.operators.derive import Derive
 from dawnstream.operators.filter import Filter
+from dawnstream.operators.labeling.label import Label
 from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
 from dawnstream.operators.select import Select
@@ -24,6 +25,7 @@ OPERATORS: dict[str, type[Operator]] = {
     StreamingExplainer.kind: StreamingExplainer,
     MergeExplanations.kind: MergeExplanations,
     Serve.kind: Serve,
+    Label.kind: Label,
 }
 
 

@@ -128,12 +128,14 @@ def test_majority_vote_agrees_with_snorkels_where_there_is_a_majority() -> None:
     assert clear.sum() > 1000 and np.allclose(ours[clear], ref[clear])
 
 
-def test_decay_forgets_old_rows() -> None:
+def test_scaling_forgets_old_rows() -> None:
     old, _ = synthetic(3, 1000, 4, 2)
-    stats = VoteStats(4, 2, decay=0.5)
+    stats = VoteStats(4, 2)
     stats.add(old)
+    stats.scale(0.5)
     stats.add(old[:10])
     assert stats.n == pytest.approx(510)
+    assert stats.coverage() == pytest.approx(((old != -1).sum(0) * 0.5 + (old[:10] != -1).sum(0)) / 510)
 
 
 def test_bad_votes_and_too_few_lfs_say_what_is_wrong() -> None:

@@ -4,8 +4,8 @@ A label matrix ``L`` is ``(n, m)`` int8: row *i*, labeling function *j*, value i
 :data:`ABSTAIN` (-1). Its one-hot form ``U`` is ``(n, m·k)`` with ``U[i, j·k + y] = 1`` when LF *j*
 voted *y* on row *i* (an abstain is a row of zeros in LF *j*'s block): snorkel's ``_create_L_ind``
 (``snorkel/labeling/model/label_model.py``). Everything the label models need is the Gram matrix
-``S = Uᵀ U`` and the row count *n*: both are sums over rows, so partitions add them up, and a decay
-factor forgets old rows for drift.
+``S = Uᵀ U`` and the row count *n*: both are sums over rows, so partitions add them up, and scaling
+them down forgets old rows for drift.
 """
 
 from __future__ import annotations
@@ -44,12 +44,10 @@ class VoteStats:
     Args:
         m: number of labeling functions.
         k: number of classes (cardinality).
-        decay: each :meth:`add` first multiplies the old sums by ``1 - decay`` (0: remember all).
     """
 
     m: int
     k: int
-    decay: float = 0.0
     n: float = 0.0
     S: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
@@ -62,20 +60,22 @@ class VoteStats:
         of a million rows would take hundreds of MB)."""
         if len(L) == 0:
             return
-        if self.decay:
-            self.S *= 1.0 - self.decay
-            self.n *= 1.0 - self.decay
         for start in range(0, len(L), CHUNK_ROWS):
             # float32 products are exact here (counts below 2**24 per chunk); the sum is kept in float64
             U = one_hot(L[start:start + CHUNK_ROWS], self.k).astype(np.float32)
             self.S += (U.T @ U).astype(np.float64)
         self.n += len(L)
 
+    def scale(self, factor: float) -> None:
+        """Multiply the sums by ``factor`` (``1 - decay``: old rows weigh less, for drift)."""
+        self.S *= factor
+        self.n *= factor
+
     def merge(self, other: VoteStats) -> VoteStats:
         """The statistics of both sets of rows (partitions), as one."""
         if (other.m, other.k) != (self.m, self.k):
             raise ValueError(f"cannot merge statistics of {other.m} LFs x {other.k} classes into {self.m} x {self.k}")
-        return VoteStats(self.m, self.k, self.decay, self.n + other.n, self.S + other.S)
+        return VoteStats(self.m, self.k, self.n + other.n, self.S + other.S)
 
     @property
     def moments(self) -> np.ndarray:
@@ -88,9 +88,9 @@ class VoteStats:
         return d / max(self.n, 1e-12)
 
     def state(self) -> dict:
-        return {"m": self.m, "k": self.k, "decay": self.decay, "n": self.n, "S": self.S.ravel().tolist()}
+        return {"m": self.m, "k": self.k, "n": self.n, "S": self.S.ravel().tolist()}
 
     @classmethod
     def from_state(cls, s: dict) -> VoteStats:
         m, k = int(s["m"]), int(s["k"])
-        return cls(m, k, float(s["decay"]), float(s["n"]), np.asarray(s["S"], float).reshape(m * k, m * k))
+        return cls(m, k, float(s["n"]), np.asarray(s["S"], float).reshape(m * k, m * k))

@@ -1,0 +1,279 @@
+"""The ``label`` stage: labeling functions on every row, LF statistics and a label model kept online,
+a probabilistic label per row (Snorkel, Ratner et al., VLDB'18, run as a stream).
+
+Per micro-batch: every LF votes on every row (the label matrix, :class:`~.lf.LFBatch` shares one
+tokenization); the LF statistics (:class:`~.lf_stats.LFStats`, snorkel's ``LFAnalysis``) and the
+vote statistics (:class:`~.votes.VoteStats`) take the rows in; each row gets class probabilities
+from the label model fitted on the rows *before* it. The model is refitted from the statistics
+every ``refit_every`` rows of the partition, at exact row counts (not at batch ends), so the
+probabilities do not depend on how the stream was cut into batches - a partition replayed after a
+crash gets the same labels. Before the first fit, rows get majority-vote probabilities.
+
+Models (``model``): ``matrix_completion`` (snorkel's LabelModel, fitted from the statistics; the
+default), ``triplets`` (FlyingSquid, closed form, two classes), ``majority`` (majority vote, no fit).
+
+Output, one row per input row: ``id``, the text, ``probs`` (list of k float64), ``label`` (argmax,
+int8), ``label_name``, ``abstained`` (every LF abstained: the probabilities are the class prior),
+``votes`` (the row of the label matrix, list of int8), and ``gold`` when the input has it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dawnstream.errors import ConfigError
+from dawnstream.operators.base import Operator
+from dawnstream.operators.labeling.label_model import (
+    LabelModelParams,
+    fit_matrix_completion,
+    fit_triplets,
+    majority_vote,
+)
+from dawnstream.operators.labeling.lf import LabelingFunction, LFBatch
+from dawnstream.operators.labeling.lf_stats import LFStats
+from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats
+
+MODELS = ("matrix_completion", "triplets", "majority")
+
+
+def load_lfs(modules: list[str], path: str = "lfs") -> list[LabelingFunction]:
+    """The LFs of the named modules, in order: each module's ``LFS`` list, else its module-level
+    :class:`~.lf.LabelingFunction` objects in definition order. Only code installed with the worker
+    runs: a module is imported by name, never loaded from a topic or a file a user sent.
+
+    Raises:
+        ConfigError: a module cannot be imported, defines no LF, or two LFs share a name.
+    """
+    out: list[LabelingFunction] = []
+    if not isinstance(modules, list) or not modules:
+        raise ConfigError(path, "expected a non-empty list of module import paths, e.g. "
+                                "[dawnstream.operators.labeling.lfs.sentiment]")
+    for i, name in enumerate(modules):
+        try:
+            mod = importlib.import_module(str(name))
+        except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module
+            raise ConfigError(f"{path}.{i}", f"cannot import LF module {name!r}: {type(e).__name__}: {e}") from None
+        found = getattr(mod, "LFS", None)
+        if found is None:
+            found = [v for v in vars(mod).values() if isinstance(v, LabelingFunction)]
+        found = [lf for lf in found if isinstance(lf, LabelingFunction)]
+        if not found:
+            raise ConfigError(f"{path}.{i}", f"module {name!r} defines no labeling function (an LFS list, or "
+                                             "functions decorated with @labeling_function)")
+        out.extend(found)
+    names = [lf.name for lf in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(path, f"labeling function names must be unique; repeated: {dupes}")
+    return out
+
+
+class Label(Operator):
+    """Labels rows with LFs and an online label model (module docstring).
+
+    Args:
+        lfs: import paths of LF modules.
+        classes: class names, index = class (e.g. ``[rotten, fresh]``).
+        text: the text column LFs tokenize.
+        id: the row id column copied to the output.
+        gold: optional column of gold classes (index or name; null: none) for empirical accuracies.
+        model: ``matrix_completion``, ``triplets`` or ``majority``.
+        refit_every: rows of the partition between refits.
+        class_balance: the class prior: a list of k shares, ``uniform`` (snorkel's default), or
+            ``estimate`` (from the gold labels seen so far; uniform until there are some).
+        decay: at each refit the statistics are multiplied by ``1 - decay`` (0: remember every row).
+        seed: the label model's seed (snorkel's ``seed``).
+
+    Raises:
+        ConfigError: bad parameters, naming the key.
+    """
+
+    kind = "label"
+    stateful = True
+
+    def __init__(self, lfs: list[str], classes: list[str], text: str = "text", id: str = "id",  # noqa: A002
+                 gold: str | None = None, model: str = "matrix_completion", refit_every: int = 500,
+                 class_balance: list[float] | str = "uniform", decay: float = 0.0, seed: int = 0,
+                 name: str | None = None, _path: str = "stages") -> None:
+        super().__init__(name)
+        base = _path.rsplit(".", 1)[0] if "." in _path else _path
+        self.lfs = load_lfs(lfs, f"{base}.lfs")
+        if not isinstance(classes, list) or len(classes) < 2:
+            raise ConfigError(f"{base}.classes", "expected a list of at least two class names")
+        if model not in MODELS:
+            raise ConfigError(f"{base}.model", f"expected one of {', '.join(MODELS)}, got {model!r}")
+        if model == "triplets" and len(classes) != 2:
+            raise ConfigError(f"{base}.model", "the triplets model handles two classes; use matrix_completion")
+        if model != "majority" and len(self.lfs) < 3:
+            raise ConfigError(f"{base}.lfs", f"a label model needs at least 3 LFs, got {len(self.lfs)}")
+        if int(refit_every) < 1:
+            raise ConfigError(f"{base}.refit_every", f"expected at least 1 row, got {refit_every!r}")
+        if not 0.0 <= float(decay) < 1.0:
+            raise ConfigError(f"{base}.decay", f"expected a number in [0, 1), got {decay!r}")
+        self.prior: np.ndarray | None = None
+        if isinstance(class_balance, list):
+            p = np.asarray(class_balance, float)
+            if p.shape != (len(classes),) or np.any(p <= 0):
+                raise ConfigError(f"{base}.class_balance",
+                                  f"expected {len(classes)} positive shares, got {class_balance!r}")
+            self.prior = p / p.sum()
+        elif class_balance not in ("uniform", "estimate"):
+            raise ConfigError(f"{base}.class_balance",
+                              f"expected a list of shares, uniform or estimate, got {class_balance!r}")
+        self.classes = [str(c) for c in classes]
+        self.k = len(classes)
+        self.text, self.id, self.gold = text, id, gold
+        self.model, self.refit_every, self.decay, self.seed = model, int(refit_every), float(decay), int(seed)
+        self.estimate_balance = class_balance == "estimate"
+        names = [lf.name for lf in self.lfs]
+        self.votes = VoteStats(len(self.lfs), self.k)
+        self.stats = LFStats(names, self.k)
+        self.gold_counts = np.zeros(self.k, np.int64)
+        self.params: LabelModelParams | None = None
+        self.rows = 0  # rows of this partition so far
+        self.refits = 0
+
+    def required_columns(self) -> set[str]:
+        return {self.text, self.id}
+
+    def produced_columns(self) -> set[str]:
+        return {"probs", "label", "label_name", "abstained", "votes"}
+
+    def passes_through(self) -> bool:
+        return False
+
+    # -- processing ---------------------------------------------------------------------------
+    def label_matrix(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, m)`` int8 votes and ``(rows, m)`` bool errors of every LF on ``batch``."""
+        lb = LFBatch(batch, self.text)
+        L = np.empty((batch.num_rows, len(self.lfs)), np.int8)
+        errors = np.zeros((batch.num_rows, len(self.lfs)), bool)
+        for j, lf in enumerate(self.lfs):
+            votes, err = lf.apply(lb)
+            bad = (votes < ABSTAIN) | (votes >= self.k)
+            L[:, j] = np.where(bad, ABSTAIN, votes)  # a vote outside the classes counts as an error
+            errors[:, j] = err | bad
+        return L, errors
+
+    def _gold(self, batch: pa.RecordBatch) -> np.ndarray | None:
+        if self.gold is None or self.gold not in batch.schema.names:
+            return None
+        col = batch.column(self.gold)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            idx = pc.index_in(col, value_set=pa.array(self.classes))
+            return pc.fill_null(idx, -1).to_numpy().astype(np.int64)
+        vals = pc.fill_null(pc.cast(col, pa.int64(), safe=False), -1).to_numpy()
+        return np.where((vals >= 0) & (vals < self.k), vals, -1)
+
+    def _predict(self, L: np.ndarray) -> np.ndarray:
+        if self.params is None or self.model == "majority":
+            probs = majority_vote(L, self.k)
+            if self.prior is not None or self.estimate_balance:
+                none = (L == ABSTAIN).all(axis=1)
+                probs[none] = self._class_prior()
+            return probs
+        return self.params.predict_proba(L)
+
+    def _class_prior(self) -> np.ndarray:
+        if self.prior is not None:
+            return self.prior
+        if self.estimate_balance and self.gold_counts.sum() > 0:
+            smoothed = self.gold_counts + 1.0
+            return smoothed / smoothed.sum()
+        return np.full(self.k, 1.0 / self.k)
+
+    def refit(self) -> None:
+        """Fit the label model on the statistics so far (no-op for ``majority`` and before any row)."""
+        if self.model == "majority" or self.votes.n <= 0:
+            return
+        p = self._class_prior()
+        if self.model == "triplets":
+            self.params = fit_triplets(self.votes, p)
+        else:
+            self.params = fit_matrix_completion(self.votes, p, seed=self.seed)
+        self.refits += 1
+
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        n = batch.num_rows
+        if n == 0:
+            return []
+        L, errors = self.label_matrix(batch)
+        gold = self._gold(batch)
+        probs = np.empty((n, self.k))
+        start = 0
+        while start < n:
+            # Up to the next multiple of refit_every: the same refits however the stream is batched.
+            stop = min(n, start + self.refit_every - self.rows % self.refit_every)
+            seg = L[start:stop]
+            probs[start:stop] = self._predict(seg)
+            self.votes.add(seg)
+            self.stats.add(seg, None if gold is None else gold[start:stop], errors[start:stop])
+            if gold is not None:
+                g = gold[start:stop]
+                self.gold_counts += np.bincount(g[g >= 0], minlength=self.k)
+            self.rows += stop - start
+            if self.rows % self.refit_every == 0:
+                self.refit()
+                if self.decay:
+                    self.votes.scale(1.0 - self.decay)
+            start = stop
+        return [self._output(batch, L, probs, gold)]
+
+    def _output(self, batch: pa.RecordBatch, L: np.ndarray, probs: np.ndarray,
+                gold: np.ndarray | None) -> pa.RecordBatch:
+        label = probs.argmax(axis=1).astype(np.int8)
+        k, m = self.k, L.shape[1]
+        cols: dict[str, pa.Array] = {
+            self.id: batch.column(self.id),
+            self.text: batch.column(self.text),
+            "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel(), pa.float64()), k).cast(
+                pa.list_(pa.float64())),
+            "label": pa.array(label, pa.int8()),
+            "label_name": pa.array(np.asarray(self.classes, dtype=object)[label], pa.string()),
+            "abstained": pa.array((L == ABSTAIN).all(axis=1), pa.bool_()),
+            "votes": pa.FixedSizeListArray.from_arrays(pa.array(L.ravel(), pa.int8()), m).cast(pa.list_(pa.int8())),
+        }
+        if gold is not None:
+            cols["gold"] = pa.array(np.where(gold >= 0, gold, 0), pa.int8(), mask=gold < 0)
+        return pa.RecordBatch.from_pydict(cols)
+
+    # -- observability and state --------------------------------------------------------------
+    def summary(self) -> list[dict[str, Any]]:
+        """The LF table: snorkel's ``lf_summary`` columns, plus the label model's estimated accuracy."""
+        rows = self.stats.summary()
+        if self.params is not None:
+            for row, acc in zip(rows, self.params.accuracies(), strict=True):
+                row["learned_accuracy"] = float(acc)
+        return rows
+
+    def gauges(self) -> dict[str, float]:
+        """``/metrics`` series: ``rows``, ``refits``, and per LF ``coverage.``, ``overlaps.``, ``conflicts.``,
+        ``errors.``, ``learned_accuracy.`` and (with gold) ``emp_accuracy.``."""
+        out = {"rows": float(self.rows), "refits": float(self.refits)}
+        for row in self.summary():
+            for key in ("coverage", "overlaps", "conflicts", "errors", "learned_accuracy", "emp_accuracy"):
+                if key in row:
+                    out[f"{key}.{row['lf']}"] = float(row[key])
+        return out
+
+    def _state(self) -> Any:
+        return {"votes": self.votes.state(), "stats": self.stats.state(), "rows": self.rows, "refits": self.refits,
+                "gold_counts": self.gold_counts.tolist(),
+                "params": None if self.params is None else self.params.state()}
+
+    def _load_state(self, state: Any) -> None:
+        if not state:
+            return
+        if state["stats"]["names"] != self.stats.names:
+            raise ValueError(f"the snapshot's LFs {state['stats']['names']} are not this stage's {self.stats.names}: "
+                             "a changed LF set starts a new label model (use a new topology name)")
+        self.votes = VoteStats.from_state(state["votes"])
+        self.stats = LFStats.from_state(state["stats"])
+        self.rows, self.refits = int(state["rows"]), int(state["refits"])
+        self.gold_counts = np.asarray(state["gold_counts"], np.int64)
+        self.params = None if state["params"] is None else LabelModelParams.from_state(state["params"])

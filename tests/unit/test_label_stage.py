@@ -1,0 +1,140 @@
+"""The ``label`` stage on Rotten Tomatoes snippets: online label model, LF statistics, batching-independent
+labels, snapshot/restore, failing LFs, bad config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dawnstream.errors import ConfigError
+from dawnstream.operators.labeling.label import Label
+from dawnstream.operators.labeling.label_model import fit_matrix_completion
+from dawnstream.operators.labeling.lf import ABSTAIN, labeling_function
+from dawnstream.operators.labeling.votes import VoteStats
+from dawnstream.operators.registry import build_operator
+from dawnstream.sources import rotten_tomatoes
+
+SENTIMENT = ["dawnstream.operators.labeling.lfs.sentiment"]
+
+
+@pytest.fixture(scope="module")
+def reviews() -> pa.Table:
+    return rotten_tomatoes().slice(0, 3000)
+
+
+def stage(**kw) -> Label:
+    return Label(lfs=SENTIMENT, classes=["rotten", "fresh"], refit_every=kw.pop("refit_every", 500), **kw)
+
+
+def one_batch(table: pa.Table) -> pa.RecordBatch:
+    return table.combine_chunks().to_batches()[0]
+
+
+def run(op: Label, table: pa.Table, cuts: list[int]) -> pa.Table:
+    edges = [0, *sorted(set(cuts)), table.num_rows]
+    out = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        if b > a:
+            out.extend(op.process(one_batch(table.slice(a, b - a))))
+    return pa.Table.from_batches(out)
+
+
+def test_each_row_is_labelled_by_the_model_fitted_on_the_rows_before_it(reviews) -> None:
+    op = stage()
+    got = run(op, reviews, [700, 1800])
+    L = op.label_matrix(one_batch(reviews))[0].astype(np.int64)
+    stats = VoteStats(L.shape[1], 2)
+    stats.add(L[:2500])
+    model = fit_matrix_completion(stats, [0.5, 0.5], seed=0)
+    probs = np.array(got.column("probs").to_pylist())
+    assert np.allclose(probs[2500:], model.predict_proba(L[2500:]), atol=1e-12)
+    assert op.refits == 6 and op.rows == 3000
+    assert got.column("id").to_pylist() == reviews.column("id").to_pylist()
+    summary = {r["lf"]: r for r in op.summary()}
+    assert summary["pan_words"]["coverage"] == pytest.approx(float((L[:, 7] != ABSTAIN).mean()))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.integers(1, 2999), max_size=12))
+def test_labels_do_not_depend_on_where_batches_are_cut(reviews, cuts) -> None:
+    whole = run(stage(refit_every=400), reviews, [])
+    cut = run(stage(refit_every=400), reviews, cuts)
+    assert cut.column("probs").to_pylist() == whole.column("probs").to_pylist()
+
+
+def test_a_restored_snapshot_continues_as_if_nothing_happened(reviews) -> None:
+    ref = run(stage(), reviews, [1234])
+    first = stage()
+    head = run(first, reviews.slice(0, 1234), [])
+    second = stage()
+    second.restore(first.snapshot())
+    tail = run(second, reviews.slice(1234), [])
+    assert pa.concat_tables([head, tail]).column("probs").to_pylist() == ref.column("probs").to_pylist()
+    assert second.summary() == stage_after(reviews).summary()
+
+
+def stage_after(reviews: pa.Table) -> Label:
+    op = stage()
+    run(op, reviews, [])
+    return op
+
+
+def test_rows_where_every_lf_abstains_get_the_prior_and_are_flagged() -> None:
+    op = stage(class_balance=[0.42, 0.58], refit_every=50)
+    texts = ["A wonderful, moving and brilliant film!", "Dull, tedious and boring.", "The film runs 93 minutes."] * 40
+    out = run(op, pa.table({"id": list(range(len(texts))), "text": texts}), [])
+    last = out.slice(100).to_pylist()
+    neutral = [r for r in last if r["text"].startswith("The film")]
+    assert neutral and all(r["abstained"] for r in neutral)
+    assert all(r["probs"] == pytest.approx([0.42, 0.58]) for r in neutral)
+    assert all(r["label_name"] == "fresh" for r in last if r["text"].startswith("A wonderful"))
+    assert all(r["label_name"] == "rotten" for r in last if r["text"].startswith("Dull"))
+
+
+@labeling_function(name="fragile")
+def fragile(row):
+    if "explode" in row["text"]:
+        raise RuntimeError("boom")
+    return 1
+
+
+def test_an_lf_that_raises_abstains_on_that_row_and_counts_the_error(monkeypatch) -> None:
+    import sys
+    import types
+
+    mod = types.ModuleType("fragile_lfs")
+    mod.LFS = [fragile]
+    monkeypatch.setitem(sys.modules, "fragile_lfs", mod)
+    op = Label(lfs=["fragile_lfs"], classes=["no", "yes"], model="majority")
+    out = run(op, pa.table({"id": [1, 2, 3], "text": ["fine", "explode here", "fine too"]}), [])
+    assert out.column("votes").to_pylist() == [[1], [-1], [1]]
+    assert out.num_rows == 3 and op.summary()[0]["errors"] == 1
+
+
+def test_gold_labels_give_empirical_accuracies(reviews) -> None:
+    op = stage(gold="label", class_balance="estimate")
+    out = run(op, reviews, [])
+    y = reviews.column("label").to_numpy()
+    votes = np.array(out.column("votes").to_pylist())
+    row = {r["lf"]: r for r in op.summary()}["praise_words"]
+    covered = votes[:, 6] != -1
+    assert row["emp_accuracy"] == pytest.approx(float((votes[covered, 6] == y[covered]).mean()))
+    assert out.column("gold").to_pylist() == y.tolist()
+    assert op._class_prior() == pytest.approx([(np.sum(y == 0) + 1) / 3002, (np.sum(y == 1) + 1) / 3002])
+
+
+@pytest.mark.parametrize(("params", "path", "says"), [
+    ({"lfs": ["no.such.module"], "classes": ["a", "b"]}, "stages.0.lfs.0", "cannot import LF module"),
+    ({"lfs": ["json"], "classes": ["a", "b"]}, "stages.0.lfs.0", "defines no labeling function"),
+    ({"lfs": SENTIMENT, "classes": ["a"]}, "stages.0.classes", "at least two"),
+    ({"lfs": SENTIMENT, "classes": ["a", "b"], "model": "em"}, "stages.0.model", "expected one of"),
+    ({"lfs": SENTIMENT, "classes": ["a", "b"], "class_balance": [1, 0]}, "stages.0.class_balance", "positive"),
+    ({"lfs": SENTIMENT, "classes": ["a", "b", "c"], "model": "triplets"}, "stages.0.model", "two classes"),
+])
+def test_bad_config_names_the_key(params, path, says) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_operator("label", params, None, "stages.0")
+    assert e.value.path == path and says in e.value.message
