@@ -63,6 +63,7 @@ def test_labels_do_not_depend_on_where_batches_are_cut(reviews, cuts) -> None:
     whole = run(stage(refit_every=400), reviews, [])
     cut = run(stage(refit_every=400), reviews, cuts)
     assert cut.column("probs").to_pylist() == whole.column("probs").to_pylist()
+    assert cut.column("review").to_pylist() == whole.column("review").to_pylist()
 
 
 def test_a_restored_snapshot_continues_as_if_nothing_happened(reviews) -> None:
@@ -114,16 +115,33 @@ def test_an_lf_that_raises_abstains_on_that_row_and_counts_the_error(monkeypatch
     assert out.num_rows == 3 and op.summary()[0]["errors"] == 1
 
 
-def test_gold_labels_give_empirical_accuracies(reviews) -> None:
-    op = stage(gold="label", class_balance="estimate")
-    out = run(op, reviews, [])
+def test_gold_rows_move_the_accuracies_and_the_prior_not_the_model(reviews) -> None:
     y = reviews.column("label").to_numpy()
+    dev = np.arange(len(y)) % 4 == 0  # every fourth row comes with its gold class
+    table = reviews.append_column("gold", pa.array(np.where(dev, y, 0), pa.int8(), mask=~dev))
+    op = stage(gold="gold", class_balance="estimate")
+    out = run(op, table, [1000])
     votes = np.array(out.column("votes").to_pylist())
     row = {r["lf"]: r for r in op.summary()}["praise_words"]
-    covered = votes[:, 6] != -1
+    covered = (votes[:, 6] != -1) & dev
     assert row["emp_accuracy"] == pytest.approx(float((votes[covered, 6] == y[covered]).mean()))
-    assert out.column("gold").to_pylist() == y.tolist()
-    assert op._class_prior() == pytest.approx([(np.sum(y == 0) + 1) / 3002, (np.sum(y == 1) + 1) / 3002])
+    assert row["coverage"] == pytest.approx(float((votes[~dev, 6] != -1).mean()))
+    assert op.votes.n == (~dev).sum() and op.stats.n == (~dev).sum()
+    n0, n1 = np.sum(y[dev] == 0), np.sum(y[dev] == 1)
+    assert op._class_prior() == pytest.approx([(n0 + 1) / (n0 + n1 + 2), (n1 + 1) / (n0 + n1 + 2)])
+    assert not any(out.filter(pa.array(dev)).column("review").to_pylist())
+
+
+def test_the_review_queue_takes_the_least_certain_share_of_rows(reviews) -> None:
+    op = stage(review_share=0.05)
+    out = run(op, reviews, [])
+    later = out.slice(1000)
+    flagged = later.filter(later.column("review"))
+    covered = later.filter(pa.compute.invert(later.column("abstained")))
+    share = flagged.num_rows / covered.num_rows
+    assert 0.02 < share < 0.12
+    margin = lambda t: np.abs(np.diff(np.array(t.column("probs").to_pylist()), axis=1))[:, 0]  # noqa: E731
+    assert margin(flagged).max() < np.median(margin(covered))
 
 
 @pytest.mark.parametrize(("params", "path", "says"), [

@@ -14,7 +14,12 @@ default), ``triplets`` (FlyingSquid, closed form, two classes), ``majority`` (ma
 
 Output, one row per input row: ``id``, the text, ``probs`` (list of k float64), ``label`` (argmax,
 int8), ``label_name``, ``abstained`` (every LF abstained: the probabilities are the class prior),
-``votes`` (the row of the label matrix, list of int8), and ``gold`` when the input has it.
+``votes`` (the row of the label matrix, list of int8), ``review`` (for the review queue: among the
+``review_share`` of rows the model is least sure about), and ``gold`` when the input has it.
+
+Rows that carry a gold class (a dev set, or rows back from the review queue) are not training rows:
+they move the LFs' empirical accuracies and the estimated class balance only, as snorkel keeps
+``L_dev`` apart from ``L_train``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from dawnstream.operators.labeling.lf_stats import LFStats
 from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats
 
 MODELS = ("matrix_completion", "triplets", "majority")
+MARGIN_BINS = 200
+MIN_REVIEW_HISTORY = 100
+"""Covered rows seen before the review queue opens (a threshold from fewer would be noise)."""
 
 
 def load_lfs(modules: list[str], path: str = "lfs") -> list[LabelingFunction]:
@@ -88,6 +96,8 @@ class Label(Operator):
             ``estimate`` (from the gold labels seen so far; uniform until there are some).
         decay: at each refit the statistics are multiplied by ``1 - decay`` (0: remember every row).
         seed: the label model's seed (snorkel's ``seed``).
+        review_share: the share of covered rows flagged ``review`` for a human: those with the smallest
+            margin between the two likeliest classes (0 turns the queue off).
 
     Raises:
         ConfigError: bad parameters, naming the key.
@@ -99,7 +109,7 @@ class Label(Operator):
     def __init__(self, lfs: list[str], classes: list[str], text: str = "text", id: str = "id",  # noqa: A002
                  gold: str | None = None, model: str = "matrix_completion", refit_every: int = 500,
                  class_balance: list[float] | str = "uniform", decay: float = 0.0, seed: int = 0,
-                 name: str | None = None, _path: str = "stages") -> None:
+                 review_share: float = 0.02, name: str | None = None, _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
         self.lfs = load_lfs(lfs, f"{base}.lfs")
@@ -113,6 +123,8 @@ class Label(Operator):
             raise ConfigError(f"{base}.lfs", f"a label model needs at least 3 LFs, got {len(self.lfs)}")
         if int(refit_every) < 1:
             raise ConfigError(f"{base}.refit_every", f"expected at least 1 row, got {refit_every!r}")
+        if not 0.0 <= float(review_share) < 1.0:
+            raise ConfigError(f"{base}.review_share", f"expected a share in [0, 1), got {review_share!r}")
         if not 0.0 <= float(decay) < 1.0:
             raise ConfigError(f"{base}.decay", f"expected a number in [0, 1), got {decay!r}")
         self.prior: np.ndarray | None = None
@@ -137,12 +149,15 @@ class Label(Operator):
         self.params: LabelModelParams | None = None
         self.rows = 0  # rows of this partition so far
         self.refits = 0
+        self.review_share = float(review_share)
+        self._margins = np.zeros(MARGIN_BINS)  # margins of the rows before the last refit
+        self._pending = np.zeros(MARGIN_BINS)  # since then (folded in at the next refit)
 
     def required_columns(self) -> set[str]:
         return {self.text, self.id}
 
     def produced_columns(self) -> set[str]:
-        return {"probs", "label", "label_name", "abstained", "votes"}
+        return {"probs", "label", "label_name", "abstained", "votes", "review"}
 
     def passes_through(self) -> bool:
         return False
@@ -204,28 +219,51 @@ class Label(Operator):
             return []
         L, errors = self.label_matrix(batch)
         gold = self._gold(batch)
+        has_gold = np.zeros(n, bool) if gold is None else gold >= 0
         probs = np.empty((n, self.k))
+        review = np.zeros(n, bool)
         start = 0
         while start < n:
             # Up to the next multiple of refit_every: the same refits however the stream is batched.
             stop = min(n, start + self.refit_every - self.rows % self.refit_every)
-            seg = L[start:stop]
+            seg, train = L[start:stop], ~has_gold[start:stop]
             probs[start:stop] = self._predict(seg)
-            self.votes.add(seg)
-            self.stats.add(seg, None if gold is None else gold[start:stop], errors[start:stop])
-            if gold is not None:
-                g = gold[start:stop]
-                self.gold_counts += np.bincount(g[g >= 0], minlength=self.k)
+            review[start:stop] = self._review(seg, probs[start:stop]) & train
+            self.votes.add(seg[train])
+            self.stats.add(seg[train], errors[start:stop][train])
+            if gold is not None and not train.all():
+                g = gold[start:stop][~train]
+                self.stats.add_gold(seg[~train], g)
+                self.gold_counts += np.bincount(g, minlength=self.k)
             self.rows += stop - start
             if self.rows % self.refit_every == 0:
                 self.refit()
                 if self.decay:
                     self.votes.scale(1.0 - self.decay)
+                self._margins = self._margins * (1.0 - self.decay) + self._pending
+                self._pending = np.zeros(MARGIN_BINS)
             start = stop
-        return [self._output(batch, L, probs, gold)]
+        return [self._output(batch, L, probs, gold, review)]
+
+    def _review(self, L: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Rows for the review queue: covered rows whose margin (top probability minus the next) is
+        among the lowest ``review_share`` of the margins seen so far (a histogram, so the threshold
+        tunes itself to the stream). The histogram moves only between refits: batching-independent."""
+        covered = (L != ABSTAIN).any(axis=1)
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
+        flagged = np.zeros(len(L), bool)
+        total = self._margins.sum()
+        if self.review_share > 0 and total >= MIN_REVIEW_HISTORY:
+            cdf = np.cumsum(self._margins) / total
+            edge = (int(np.searchsorted(cdf, self.review_share)) + 1) / MARGIN_BINS
+            flagged = covered & (margin < edge)
+        m = margin[covered]
+        self._pending += np.bincount(np.minimum((m * MARGIN_BINS).astype(int), MARGIN_BINS - 1), minlength=MARGIN_BINS)
+        return flagged
 
     def _output(self, batch: pa.RecordBatch, L: np.ndarray, probs: np.ndarray,
-                gold: np.ndarray | None) -> pa.RecordBatch:
+                gold: np.ndarray | None, review: np.ndarray) -> pa.RecordBatch:
         label = probs.argmax(axis=1).astype(np.int8)
         k, m = self.k, L.shape[1]
         cols: dict[str, pa.Array] = {
@@ -237,6 +275,7 @@ class Label(Operator):
             "label_name": pa.array(np.asarray(self.classes, dtype=object)[label], pa.string()),
             "abstained": pa.array((L == ABSTAIN).all(axis=1), pa.bool_()),
             "votes": pa.FixedSizeListArray.from_arrays(pa.array(L.ravel(), pa.int8()), m).cast(pa.list_(pa.int8())),
+            "review": pa.array(review, pa.bool_()),
         }
         if gold is not None:
             cols["gold"] = pa.array(np.where(gold >= 0, gold, 0), pa.int8(), mask=gold < 0)
@@ -263,7 +302,8 @@ class Label(Operator):
 
     def _state(self) -> Any:
         return {"votes": self.votes.state(), "stats": self.stats.state(), "rows": self.rows, "refits": self.refits,
-                "gold_counts": self.gold_counts.tolist(),
+                "gold_counts": self.gold_counts.tolist(), "margins": self._margins.tolist(),
+                "pending": self._pending.tolist(),
                 "params": None if self.params is None else self.params.state()}
 
     def _load_state(self, state: Any) -> None:
@@ -276,4 +316,5 @@ class Label(Operator):
         self.stats = LFStats.from_state(state["stats"])
         self.rows, self.refits = int(state["rows"]), int(state["refits"])
         self.gold_counts = np.asarray(state["gold_counts"], np.int64)
+        self._margins, self._pending = np.asarray(state["margins"], float), np.asarray(state["pending"], float)
         self.params = None if state["params"] is None else LabelModelParams.from_state(state["params"])

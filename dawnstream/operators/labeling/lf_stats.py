@@ -49,12 +49,11 @@ class LFStats:
         if self.voted.size == 0:
             self.voted = np.zeros((m, self.k), np.int64)
 
-    def add(self, L: np.ndarray, gold: np.ndarray | None = None, errors: np.ndarray | None = None) -> None:
-        """Count a batch.
+    def add(self, L: np.ndarray, errors: np.ndarray | None = None) -> None:
+        """Count a batch of rows.
 
         Args:
             L: ``(rows, m)`` votes in ``-1..k-1``.
-            gold: ``(rows,)`` gold class per row, ``-1`` where there is none.
             errors: ``(rows, m)`` bool, True where the LF raised on the row.
         """
         L = np.asarray(L)
@@ -71,14 +70,23 @@ class LFStats:
         self.conflicted += (votes & conflict[:, None]).sum(axis=0)
         for y in range(self.k):
             self.voted[:, y] += (L == y).sum(axis=0)
-        if gold is not None:
-            g = np.asarray(gold)
-            has = g >= 0
-            self.gold_n += int(has.sum())
-            self.gold_covered += (votes & has[:, None]).sum(axis=0)
-            self.gold_correct += (votes & has[:, None] & (L == g[:, None])).sum(axis=0)
         if errors is not None:
             self.errors += np.asarray(errors).sum(axis=0)
+
+    def add_gold(self, L: np.ndarray, gold: np.ndarray) -> None:
+        """Count the votes on rows whose gold class is known (a dev set, or rows back from review):
+        only the accuracy counters move, as snorkel keeps ``L_dev`` apart from ``L_train``.
+
+        Args:
+            L: ``(rows, m)`` votes.
+            gold: ``(rows,)`` gold class per row (``-1``: none, ignored).
+        """
+        L, g = np.asarray(L), np.asarray(gold)
+        has = g >= 0
+        votes = (L != ABSTAIN) & has[:, None]
+        self.gold_n += int(has.sum())
+        self.gold_covered += votes.sum(axis=0)
+        self.gold_correct += (votes & (L == g[:, None])).sum(axis=0)
 
     def merge(self, other: LFStats) -> LFStats:
         """The statistics of both sets of rows."""
