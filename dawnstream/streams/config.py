@@ -159,7 +159,9 @@ class InputSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    """One output topic; ``max_rows_per_message`` applies to the Arrow codec."""
+    """One output topic; ``max_rows_per_message`` applies to the Arrow codec; ``where`` (a boolean
+    expression, as ``filter`` takes) sends only the rows where it is true to this topic, e.g. a
+    review queue next to the full stream."""
 
     topic: str
     codec: str = "json"
@@ -167,6 +169,7 @@ class OutputSpec(_Strict):
     key_field: str | None = None
     max_rows_per_message: int = Field(default=10_000, ge=1)
     config: dict[str, str] = Field(default_factory=dict)
+    where: str | None = None
 
     _topic = field_validator("topic")(topic_field)
     _codec = field_validator("codec")(codec_field)
@@ -295,6 +298,11 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
         raise ConfigError(path, f"{msg}; got {shown!r:.80}{more}" if err["type"] != "missing"
                           else msg + more) from None
     topo.build_chain()  # fail fast on bad stage parameters
+    from dawnstream.operators.filter import Filter
+
+    for i, o in enumerate(topo.outputs):
+        if o.where is not None:
+            Filter(expr=o.where, _path=f"outputs.{i}.where")  # fail fast on a bad expression
     names = [o.topic for o in topo.outputs]
     if topo.input.topic in names:
         raise ConfigError("outputs", f"output topic {topo.input.topic!r} is the input topic: that loops forever")

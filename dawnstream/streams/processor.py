@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from dawnstream.errors import DATA_ERRORS
 from dawnstream.operators.base import Chain, StageStats
+from dawnstream.operators.filter import Filter
 from dawnstream.streams.config import OutputSpec, Topology
 from dawnstream.streams.store import KeyedStore
 from dawnstream.topics.codecs import CODECS, Codec, Decoded, codec_for_content_type, get_codec
@@ -96,6 +97,7 @@ class BatchProcessor:
         self.codecs["json"] = get_codec("json", max_message_bytes=limit)
         self.codecs["requests"] = get_codec("requests", max_message_bytes=limit)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
+        self.routes = [Filter(expr=o.where) if o.where is not None else None for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}
         self.require_key = topology.input.require_key
 
@@ -310,8 +312,11 @@ class BatchProcessor:
             res.rows_out += b.num_rows
             if self.keep_batches:
                 res.out_batches.append(b)
-            for spec, codec in self.outputs:
-                enc = codec.encode(b, spec.key_field)
+            for (spec, codec), route in zip(self.outputs, self.routes, strict=True):
+                rows = b if route is None else route.process(b)[0]
+                if not rows.num_rows:
+                    continue
+                enc = codec.encode(rows, spec.key_field)
                 n_records += len(enc)
                 res.outputs.append((spec.topic, enc))
         s = res.stage_stats.setdefault("encode", [0.0, 0, 0])

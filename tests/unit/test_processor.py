@@ -99,3 +99,20 @@ def test_partitions_keep_separate_state() -> None:
     bp.process(1, [Message(b'{"k": "a", "t": 2}', None, [], IN, 1, 0)])
     flushed = bp.flush()
     assert [r["count"] for b in flushed.out_batches for r in b.to_pylist()] == [1, 1]
+
+
+def test_an_output_with_where_gets_only_the_rows_where_it_is_true() -> None:
+    from dawnstream.errors import ConfigError
+
+    doc = {"name": "p", "input": {"topic": IN}, "stages": [],
+           "outputs": [{"topic": "test.proc.all.v1"}, {"topic": "test.proc.big.v1", "where": "x > 2"}]}
+    msgs = [Message(orjson.dumps({"x": x}), None, [], IN, 0, x) for x in range(5)]
+    res = LocalRunner(parse_topology(doc), batch_rows=2).run_messages(msgs)
+    by_topic: dict[str, list[int]] = {}
+    for topic, rec in res.records:
+        by_topic.setdefault(topic, []).append(orjson.loads(rec.value)["x"])
+    assert by_topic == {"test.proc.all.v1": [0, 1, 2, 3, 4], "test.proc.big.v1": [3, 4]}
+    doc["outputs"][1]["where"] = "x >"
+    with pytest.raises(ConfigError) as e:
+        parse_topology(doc)
+    assert e.value.path.startswith("outputs.1.where")

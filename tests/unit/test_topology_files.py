@@ -28,6 +28,7 @@ SOURCES = {
     "flight-delays-merge.yaml": ("out:summaries.jsonl", "explanations.jsonl"),
     "device-telemetry.yaml": ("shared:" + SENSOR10K, "devices.jsonl"),
     "movie-ratings.yaml": ("gen:movielens-events.jsonl", "replies.jsonl"),
+    "review-sentiment.yaml": ("rotten_tomatoes", "labels.jsonl"),
 }
 
 
@@ -79,6 +80,9 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
     # serve: a reply per request (no registry here: velox answers with the running mean, svd straggles)
     assert results["movie-ratings.yaml"] == {"rows_in": 3000 + asks, "rows_out": asks,
                                              "out": str(tmp_path / "replies.jsonl")}
+    assert results["review-sentiment.yaml"]["rows_in"] == results["review-sentiment.yaml"]["rows_out"] == 12_808
+    labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().split("\n") if line]
+    assert sum(r["review"] for r in labels) > 100 and sum(r["abstained"] for r in labels) < 0.4 * len(labels)
     rows = [json.loads(line) for line in (tmp_path / "explanations.jsonl").read_text().splitlines()]
     final = [r for r in rows if r["emitted_rows"] == 336_776]
     assert (int(final[0]["month"]), int(final[0]["day"])) == (3, 8)  # the nor'easter, even on one partition

@@ -47,6 +47,9 @@ MODELS = ("matrix_completion", "triplets", "majority")
 MARGIN_BINS = 200
 MIN_REVIEW_HISTORY = 100
 """Covered rows seen before the review queue opens (a threshold from fewer would be noise)."""
+REVIEW_BLOCK = 100
+"""The margin histogram takes in new rows every this many rows of the partition (exact counts, so the
+review flags, like the labels, do not depend on batching)."""
 
 
 def load_lfs(modules: list[str], path: str = "lfs") -> list[LabelingFunction]:
@@ -150,8 +153,8 @@ class Label(Operator):
         self.rows = 0  # rows of this partition so far
         self.refits = 0
         self.review_share = float(review_share)
-        self._margins = np.zeros(MARGIN_BINS)  # margins of the rows before the last refit
-        self._pending = np.zeros(MARGIN_BINS)  # since then (folded in at the next refit)
+        self._margins = np.zeros(MARGIN_BINS)  # margins of the rows before the last block boundary
+        self._pending = np.zeros(MARGIN_BINS)  # since then (folded in at the next one)
 
     def required_columns(self) -> set[str]:
         return {self.text, self.id}
@@ -225,7 +228,8 @@ class Label(Operator):
         start = 0
         while start < n:
             # Up to the next multiple of refit_every: the same refits however the stream is batched.
-            stop = min(n, start + self.refit_every - self.rows % self.refit_every)
+            stop = min(n, start + self.refit_every - self.rows % self.refit_every,
+                       start + REVIEW_BLOCK - self.rows % REVIEW_BLOCK)
             seg, train = L[start:stop], ~has_gold[start:stop]
             probs[start:stop] = self._predict(seg)
             review[start:stop] = self._review(seg, probs[start:stop]) & train
@@ -236,19 +240,21 @@ class Label(Operator):
                 self.stats.add_gold(seg[~train], g)
                 self.gold_counts += np.bincount(g, minlength=self.k)
             self.rows += stop - start
+            if self.rows % REVIEW_BLOCK == 0:
+                self._margins += self._pending
+                self._pending = np.zeros(MARGIN_BINS)
             if self.rows % self.refit_every == 0:
                 self.refit()
                 if self.decay:
                     self.votes.scale(1.0 - self.decay)
-                self._margins = self._margins * (1.0 - self.decay) + self._pending
-                self._pending = np.zeros(MARGIN_BINS)
+                    self._margins *= 1.0 - self.decay
             start = stop
         return [self._output(batch, L, probs, gold, review)]
 
     def _review(self, L: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Rows for the review queue: covered rows whose margin (top probability minus the next) is
         among the lowest ``review_share`` of the margins seen so far (a histogram, so the threshold
-        tunes itself to the stream). The histogram moves only between refits: batching-independent."""
+        tunes itself to the stream). The histogram moves every :data:`REVIEW_BLOCK` rows: batching-independent."""
         covered = (L != ABSTAIN).any(axis=1)
         top2 = np.sort(probs, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
@@ -258,6 +264,8 @@ class Label(Operator):
             cdf = np.cumsum(self._margins) / total
             edge = (int(np.searchsorted(cdf, self.review_share)) + 1) / MARGIN_BINS
             flagged = covered & (margin < edge)
+        if self.params is None and self.model != "majority":
+            return flagged  # majority-vote margins (before the first fit) say nothing of the model's
         m = margin[covered]
         self._pending += np.bincount(np.minimum((m * MARGIN_BINS).astype(int), MARGIN_BINS - 1), minlength=MARGIN_BINS)
         return flagged

@@ -1,0 +1,96 @@
+"""topologies/review-sentiment.yaml through the broker on Rotten Tomatoes snippets: a probabilistic label per
+row, a review queue, gold rows, bad rows in the dead-letter topic."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from dawnstream.sources import rotten_tomatoes
+from dawnstream.streams.config import parse_topology
+from dawnstream.streams.runner import KafkaRunner
+from dawnstream.topics.dlq import dlq_reason
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 3000
+
+
+def topology_doc(bootstrap: str, topic_name) -> dict:
+    doc = yaml.safe_load((ROOT / "topologies" / "review-sentiment.yaml").read_text())
+    doc["name"] = f"labels-{topic_name('x')}"
+    doc["input"]["topic"] = topic_name("rows", "labels")
+    doc["outputs"][0]["topic"] = topic_name("probabilistic", "labels")
+    doc["outputs"][1]["topic"] = topic_name("review-queue", "labels")
+    doc["kafka"]["bootstrap"], doc["metrics"]["port"] = bootstrap, 0
+    return doc
+
+
+def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_bootstrap, topic_name, reader) -> None:
+    doc = topology_doc(kafka_bootstrap, topic_name)
+    topo = parse_topology(doc)
+    runner = KafkaRunner(topo, metrics_port=-1)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    rows = rotten_tomatoes().slice(0, N).to_pylist()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 16 << 20})
+    src = topo.input.topic
+    for r in rows:
+        body = {"id": r["id"], "text": r["text"]}
+        if r["id"] % 10 == 0:
+            body["gold"] = r["label"]  # a dev row: its gold class moves the LFs' accuracies
+        producer.produce(src, orjson.dumps(body), str(r["id"]).encode())
+    bad = [(b'{"id": 90001}', "missing required column(s) ['text']"),
+           (b'{"id": 90002, "text": 42}', "is not a string"),
+           (orjson.dumps({"id": 90003, "text": "x" * (5 << 20)}), "exceeds max_message_bytes")]
+    for value, _ in bad:
+        producer.produce(src, value, b"bad")
+    producer.flush(30)
+    deadline = time.monotonic() + 120
+    while runner.stats.rows_in + runner.stats.rows_dead < N + len(bad):
+        assert time.monotonic() < deadline, f"only {runner.stats.rows_in} rows processed"
+        time.sleep(0.2)
+    gauges = [c.operators[0].gauges() for c in list(runner.processor.chains.values())]
+    runner.stop()
+    thread.join(60)
+    assert len(gauges) == 4 and sum(g["rows"] for g in gauges) == N
+    assert all(g["emp_accuracy.praise_words"] > 0.6 and g["refits"] >= 1 for g in gauges)
+
+    labels = [orjson.loads(m.value()) for m in reader(doc["outputs"][0]["topic"], N)]
+    assert sorted(r["id"] for r in labels) == [r["id"] for r in rows]
+    assert all(len(r["probs"]) == 2 and abs(sum(r["probs"]) - 1) < 1e-9 for r in labels)
+    truth = {r["id"]: r["label"] for r in rows}
+    covered = [r for r in labels if not r["abstained"] and r.get("gold") is None]
+    accuracy = sum(r["label"] == truth[r["id"]] for r in covered) / len(covered)
+    assert 0.6 < accuracy < 0.9 and 0.5 < len(covered) / N < 0.8
+    assert all(r["gold"] == truth[r["id"]] for r in labels if r.get("gold") is not None)
+    queue = [orjson.loads(m.value()) for m in reader(doc["outputs"][1]["topic"])]
+    assert queue and all(q["review"] for q in queue) and len(queue) < 0.1 * N
+    assert {q["id"] for q in queue} == {r["id"] for r in labels if r["review"]}
+    dead = reader(src + ".dlq", len(bad))
+    reasons = [dlq_reason(m.headers())["dlq.error"] for m in dead]
+    assert len(reasons) == len(bad)
+    for _, why in bad:
+        assert any(why in got for got in reasons), (why, reasons)
+
+
+@pytest.mark.parametrize("model", ["triplets", "majority"])
+def test_other_label_models_run_through_the_broker(kafka_bootstrap, topic_name, reader, model) -> None:
+    doc = topology_doc(kafka_bootstrap, topic_name)
+    doc["stages"][0]["model"] = model
+    topo = parse_topology(doc)
+    runner = KafkaRunner(topo, metrics_port=-1)
+    thread = threading.Thread(target=runner.run, kwargs={"max_rows": 1000}, daemon=True)
+    thread.start()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for r in rotten_tomatoes().slice(0, 1000).to_pylist():
+        producer.produce(topo.input.topic, orjson.dumps({"id": r["id"], "text": r["text"]}), str(r["id"]).encode())
+    producer.flush(30)
+    thread.join(120)
+    assert runner.stats.rows_in == 1000
+    assert len(reader(doc["outputs"][0]["topic"], 1000)) == 1000
