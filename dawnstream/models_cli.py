@@ -112,6 +112,31 @@ def models_retrain(
                            "versions": [{k: v.version for k, v in vs.items()} for vs in versions]}))
 
 
+@models_app.command("train-end-model")
+def models_train_end_model(
+    topology: Annotated[Path, typer.Argument(help="A labeling topology (a `label` stage with `end_model`).")],
+    every: Annotated[int, typer.Option(min=1, help="Retrain after this many new labelled rows.")] = 2000,
+    min_rows: Annotated[int, typer.Option(min=1, help="No model before this many usable rows.")] = 500,
+    max_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without input.")] = None,
+    once: Annotated[bool, typer.Option(help="Train once on what the topic holds, then stop.")] = False,
+) -> None:
+    """Train the noise-aware end model from the probabilistic labels topic; register and promote each fit."""
+    from dawnstream.streams.config import load_topology
+    from dawnstream.streams.end_model import EndModelTrainer
+
+    try:
+        t = EndModelTrainer(load_topology(topology), every=every, min_rows=min_rows)
+        versions = t.run(max_idle_s=2.0 if once else max_idle, max_versions=1 if once else None)
+        if once and not versions and t.rows.texts:
+            versions = [t.train()]
+    except DawnstreamError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        versions = t.versions
+    typer.echo(json.dumps({"rows": len(t.rows.texts), "model": t.name,
+                           "versions": [{"version": v.version, **v.metrics} for v in versions]}))
+
+
 def predict(
     topology: Annotated[Path, typer.Argument(help="The serving topology (its topics and bootstrap).")],
     request: Annotated[str, typer.Argument(help='JSON request, e.g. \'{"user_id": 196, "item_id": 242}\'.')],

@@ -41,6 +41,7 @@ def test_kill9_mid_stream_gives_the_same_probabilistic_labels(kafka_bootstrap: s
     replay_table(table, srcs["reference"], key="id", bootstrap=kafka_bootstrap)
     replay_table(slices[0], srcs["killed"], key="id", bootstrap=kafka_bootstrap)
     base = yaml.safe_load((ROOT / "topologies" / "review-sentiment.yaml").read_text())
+    base["stages"][0]["end_model"] = None  # its versions arrive at wall-clock times: not replayable
     results = {}
     rng = random.Random(11)
     for run, src in srcs.items():

@@ -31,8 +31,10 @@ def topology_doc(bootstrap: str, topic_name) -> dict:
     return doc
 
 
-def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_bootstrap, topic_name, reader) -> None:
+def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_bootstrap, topic_name, reader,
+                                                                    tmp_path) -> None:
     doc = topology_doc(kafka_bootstrap, topic_name)
+    doc["stages"][0]["registry"] = str(tmp_path / "registry")
     topo = parse_topology(doc)
     runner = KafkaRunner(topo, metrics_port=-1)
     thread = threading.Thread(target=runner.run, daemon=True)
@@ -77,6 +79,17 @@ def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_boots
     assert len(reasons) == len(bad)
     for _, why in bad:
         assert any(why in got for got in reasons), (why, reasons)
+
+    # The end model, trained in the background from the probabilistic labels, registered and promoted.
+    from dawnstream.streams.end_model import EndModelTrainer
+
+    trainer = EndModelTrainer(topo, every=10_000, min_rows=500)
+    versions = trainer.run(max_idle_s=3, max_versions=1)
+    assert len(versions) == 1 and trainer.registry.promoted_version("review-sentiment-end-model") == 1
+    mv = versions[0]
+    assert mv.training_data["topic"] == doc["outputs"][0]["topic"] and mv.training_data["offsets"]
+    assert mv.metrics["holdout_gold_rows"] == 60 and 0.5 < mv.metrics["holdout_gold_accuracy"] <= 1.0
+    assert mv.metrics["rows"] == sum(1 for r in labels if not r["abstained"] or r.get("gold") is not None) - 60
 
 
 @pytest.mark.parametrize("model", ["triplets", "majority"])

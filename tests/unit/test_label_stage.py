@@ -156,3 +156,23 @@ def test_bad_config_names_the_key(params, path, says) -> None:
     with pytest.raises(ConfigError) as e:
         build_operator("label", params, None, "stages.0")
     assert e.value.path == path and says in e.value.message
+
+
+def test_a_promoted_end_model_labels_the_rows_no_lf_covers(reviews, tmp_path) -> None:
+    from dawnstream.models.registry import Registry
+    from dawnstream.models.text_model import HashedTextModel
+
+    registry = Registry(tmp_path / "registry")
+    op = stage(end_model="reviews-end", registry=str(registry.root), refresh_s=0.0)
+    before = run(op, reviews.slice(0, 500), [])
+    assert set(before.filter(before.column("abstained")).column("labeled_by").to_pylist()) == {"prior"}
+    texts = reviews.column("text").to_pylist()[:2000]
+    model = HashedTextModel.fit(texts, np.eye(2)[reviews.column("label").to_numpy()[:2000]])
+    registry.promote("reviews-end", registry.register("reviews-end", model.to_npz(), "npz").version)
+    after = run(op, reviews.slice(500, 1000), [])
+    uncovered = after.filter(after.column("abstained"))
+    assert uncovered.num_rows > 100 and set(uncovered.column("labeled_by").to_pylist()) == {"end_model:1"}
+    expected = model.predict_proba(uncovered.column("text").to_pylist())
+    assert np.allclose(np.array(uncovered.column("probs").to_pylist()), expected)
+    covered = after.filter(pa.compute.invert(after.column("abstained")))
+    assert set(covered.column("labeled_by").to_pylist()) == {"matrix_completion"}

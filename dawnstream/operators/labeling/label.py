@@ -14,7 +14,9 @@ default), ``triplets`` (FlyingSquid, closed form, two classes), ``majority`` (ma
 
 Output, one row per input row: ``id``, the text, ``probs`` (list of k float64), ``label`` (argmax,
 int8), ``label_name``, ``abstained`` (every LF abstained: the probabilities are the class prior),
-``votes`` (the row of the label matrix, list of int8), ``review`` (for the review queue: among the
+``votes`` (the row of the label matrix, list of int8), ``labeled_by`` (the model that gave the
+probabilities: ``matrix_completion``, ``triplets``, ``majority``, ``prior`` for a row no LF covers, or
+``end_model:<version>`` once an end model labels those), ``review`` (for the review queue: among the
 ``review_share`` of rows the model is least sure about), and ``gold`` when the input has it.
 
 Rows that carry a gold class (a dev set, or rows back from the review queue) are not training rows:
@@ -25,6 +27,7 @@ they move the LFs' empirical accuracies and the estimated class balance only, as
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dawnstream.errors import ConfigError
+from dawnstream.logs import event, get_logger
+from dawnstream.models.registry import ModelError, Registry
+from dawnstream.models.text_model import HashedTextModel
 from dawnstream.operators.base import Operator
 from dawnstream.operators.labeling.label_model import (
     LabelModelParams,
@@ -43,6 +49,7 @@ from dawnstream.operators.labeling.lf import LabelingFunction, LFBatch
 from dawnstream.operators.labeling.lf_stats import LFStats
 from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats
 
+log = get_logger(__name__)
 MODELS = ("matrix_completion", "triplets", "majority")
 MARGIN_BINS = 200
 MIN_REVIEW_HISTORY = 100
@@ -101,6 +108,10 @@ class Label(Operator):
         seed: the label model's seed (snorkel's ``seed``).
         review_share: the share of covered rows flagged ``review`` for a human: those with the smallest
             margin between the two likeliest classes (0 turns the queue off).
+        end_model: registered name of the end model (:mod:`dawnstream.streams.end_model` trains it):
+            once a version is promoted, rows no LF covers get its probabilities instead of the prior.
+        registry: registry root (default ``$DAWNSTREAM_REGISTRY`` or ``~/.local/share/dawnstream/registry``).
+        refresh_s: how often the promoted end-model version is looked up, s.
 
     Raises:
         ConfigError: bad parameters, naming the key.
@@ -112,7 +123,8 @@ class Label(Operator):
     def __init__(self, lfs: list[str], classes: list[str], text: str = "text", id: str = "id",  # noqa: A002
                  gold: str | None = None, model: str = "matrix_completion", refit_every: int = 500,
                  class_balance: list[float] | str = "uniform", decay: float = 0.0, seed: int = 0,
-                 review_share: float = 0.02, name: str | None = None, _path: str = "stages") -> None:
+                 review_share: float = 0.02, end_model: str | None = None, registry: str | None = None,
+                 refresh_s: float = 2.0, name: str | None = None, _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
         self.lfs = load_lfs(lfs, f"{base}.lfs")
@@ -155,12 +167,18 @@ class Label(Operator):
         self.review_share = float(review_share)
         self._margins = np.zeros(MARGIN_BINS)  # margins of the rows before the last block boundary
         self._pending = np.zeros(MARGIN_BINS)  # since then (folded in at the next one)
+        self.end_model = end_model or None
+        self.registry = (Registry(registry) if registry else Registry()) if self.end_model else None
+        self.refresh_s = float(refresh_s)
+        self._end: HashedTextModel | None = None
+        self.end_version = 0
+        self._end_checked = -1e18
 
     def required_columns(self) -> set[str]:
         return {self.text, self.id}
 
     def produced_columns(self) -> set[str]:
-        return {"probs", "label", "label_name", "abstained", "votes", "review"}
+        return {"probs", "label", "label_name", "abstained", "votes", "review", "labeled_by"}
 
     def passes_through(self) -> bool:
         return False
@@ -225,6 +243,7 @@ class Label(Operator):
         has_gold = np.zeros(n, bool) if gold is None else gold >= 0
         probs = np.empty((n, self.k))
         review = np.zeros(n, bool)
+        by = np.empty(n, dtype=object)
         start = 0
         while start < n:
             # Up to the next multiple of refit_every: the same refits however the stream is batched.
@@ -232,6 +251,7 @@ class Label(Operator):
                        start + REVIEW_BLOCK - self.rows % REVIEW_BLOCK)
             seg, train = L[start:stop], ~has_gold[start:stop]
             probs[start:stop] = self._predict(seg)
+            by[start:stop] = "majority" if self.params is None or self.model == "majority" else self.model
             review[start:stop] = self._review(seg, probs[start:stop]) & train
             self.votes.add(seg[train])
             self.stats.add(seg[train], errors[start:stop][train])
@@ -249,7 +269,30 @@ class Label(Operator):
                     self.votes.scale(1.0 - self.decay)
                     self._margins *= 1.0 - self.decay
             start = stop
-        return [self._output(batch, L, probs, gold, review)]
+        uncovered = (L == ABSTAIN).all(axis=1)
+        by[uncovered] = "prior"
+        end = self._end_model()
+        if end is not None and uncovered.any():
+            texts = pc.fill_null(batch.column(self.text), "").filter(pa.array(uncovered)).to_pylist()
+            probs[uncovered] = end.predict_proba(texts)
+            by[uncovered] = f"end_model:{self.end_version}"
+        return [self._output(batch, L, probs, gold, review, by)]
+
+    def _end_model(self) -> HashedTextModel | None:
+        """The promoted end model, looked up every ``refresh_s`` (a version that fails to load is skipped)."""
+        if self.registry is None or self.end_model is None:
+            return None
+        now = time.monotonic()
+        if now - self._end_checked >= self.refresh_s:
+            self._end_checked = now
+            try:
+                v = self.registry.promoted_version(self.end_model)
+                if v is not None and v != self.end_version:
+                    self._end = HashedTextModel.from_npz(self.registry.get(self.end_model, v).read_bytes())
+                    self.end_version = v
+            except (ModelError, OSError) as e:
+                event(log, "label.end_model_unavailable", model=self.end_model, error=str(e))
+        return self._end
 
     def _review(self, L: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Rows for the review queue: covered rows whose margin (top probability minus the next) is
@@ -271,7 +314,7 @@ class Label(Operator):
         return flagged
 
     def _output(self, batch: pa.RecordBatch, L: np.ndarray, probs: np.ndarray,
-                gold: np.ndarray | None, review: np.ndarray) -> pa.RecordBatch:
+                gold: np.ndarray | None, review: np.ndarray, by: np.ndarray) -> pa.RecordBatch:
         label = probs.argmax(axis=1).astype(np.int8)
         k, m = self.k, L.shape[1]
         cols: dict[str, pa.Array] = {
@@ -284,6 +327,7 @@ class Label(Operator):
             "abstained": pa.array((L == ABSTAIN).all(axis=1), pa.bool_()),
             "votes": pa.FixedSizeListArray.from_arrays(pa.array(L.ravel(), pa.int8()), m).cast(pa.list_(pa.int8())),
             "review": pa.array(review, pa.bool_()),
+            "labeled_by": pa.array(by, pa.string()),
         }
         if gold is not None:
             cols["gold"] = pa.array(np.where(gold >= 0, gold, 0), pa.int8(), mask=gold < 0)
@@ -301,7 +345,7 @@ class Label(Operator):
     def gauges(self) -> dict[str, float]:
         """``/metrics`` series: ``rows``, ``refits``, and per LF ``coverage.``, ``overlaps.``, ``conflicts.``,
         ``errors.``, ``learned_accuracy.`` and (with gold) ``emp_accuracy.``."""
-        out = {"rows": float(self.rows), "refits": float(self.refits)}
+        out = {"rows": float(self.rows), "refits": float(self.refits), "end_model_version": float(self.end_version)}
         for row in self.summary():
             for key in ("coverage", "overlaps", "conflicts", "errors", "learned_accuracy", "emp_accuracy"):
                 if key in row:
