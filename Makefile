@@ -7,7 +7,7 @@ BROKER_PORT ?= 9092
 export DAWNSTREAM_LOG_LEVEL ?= WARNING
 export DAWNSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo demo-serve test lint unit kafka broker broker-stop bench clean
+.PHONY: demo demo-serve demo-labels test lint unit kafka broker broker-stop bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ demo: $(STAMP)
 demo-serve: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m dawnstream.demo_serve
+
+## make demo-labels: labeling functions + an online label model + the end model on Rotten Tomatoes, through Kafka.
+demo-labels: $(STAMP)
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
+	$(BIN)/python -m dawnstream.demo_labels
 
 lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks

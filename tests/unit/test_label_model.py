@@ -79,7 +79,7 @@ def test_lf_statistics_equal_snorkels_lf_analysis(data, seed) -> None:
     gold = np.where(np.random.default_rng(seed).random(len(y)) < 0.5, y, -1)
     stats = LFStats([f"lf{j}" for j in range(L.shape[1])], k)
     half = len(L) // 3
-    stats.add(L[:half])
+    stats.add(L[:half].astype(np.int8))  # the stage's label matrices are int8
     stats.add_gold(L[:half], gold[:half])
     rest = LFStats(stats.names, k)
     rest.add(L[half:])

@@ -56,13 +56,13 @@ class LFStats:
             L: ``(rows, m)`` votes in ``-1..k-1``.
             errors: ``(rows, m)`` bool, True where the LF raised on the row.
         """
-        L = np.asarray(L)
+        L = np.asarray(L, np.int64)  # (the label matrix is int8: a sentinel must fit the dtype)
         if L.size == 0:
             return
         votes = L != ABSTAIN
         per_row = votes.sum(axis=1)
         hi = np.where(votes, L, -1).max(axis=1)
-        lo = np.where(votes, L, np.iinfo(np.int64).max).min(axis=1)
+        lo = np.where(votes, L, self.k).min(axis=1)
         conflict = (per_row > 1) & (hi != lo)
         self.n += len(L)
         self.covered += votes.sum(axis=0)
