@@ -281,7 +281,8 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
     if result.error is None and not result.end_model_versions:
         result.error = "no end model was trained"
     console.print(f"{result.labelled:,}/{n - result.dev_rows:,} snippets labelled in {result.seconds:.1f}s; "
-                  f"label model accuracy on the {result.covered_share:.0%} covered: [bold]{result.covered_accuracy:.3f}[/]; end model "
+                  f"label model accuracy on the {result.covered_share:.0%} covered: "
+                  f"[bold]{result.covered_accuracy:.3f}[/]; end model "
                   f"({result.end_model_versions} versions) on {result.end_model_rows:,} uncovered rows: "
                   f"{result.end_model_accuracy:.3f}; {result.reviewed} rows reviewed")
     return result
