@@ -176,13 +176,13 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
 
     def drain() -> None:
         for m in readers[labels_topic].consume(5000, timeout=0):
-            if m.error() is None:
-                row = orjson.loads(m.value())
+            if m.error() is None and m.value():
+                row = orjson.loads(m.value() or b"{}")
                 if row.get("gold") is None:
                     got[row["id"]] = row
         for m in readers[queue_topic].consume(1000, timeout=0):
-            if m.error() is None:
-                row = orjson.loads(m.value())
+            if m.error() is None and m.value():
+                row = orjson.loads(m.value() or b"{}")
                 if row["id"] not in reviewed:  # the human's answer goes back on the input topic
                     reviewed.add(row["id"])
                     producer.produce(topo.input.topic, orjson.dumps({"id": row["id"], "text": row["text"],
