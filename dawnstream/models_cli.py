@@ -126,8 +126,10 @@ def models_train_end_model(
 
     try:
         t = EndModelTrainer(load_topology(topology), every=every, min_rows=min_rows)
-        versions = t.run(max_idle_s=2.0 if once else max_idle, max_versions=1 if once else None)
-        if once and not versions and t.rows.texts:
+        # --once: read until the topic has been quiet for max_idle (10 s by default: workers may still be starting)
+        idle = (max_idle if max_idle is not None else 10.0) if once else max_idle
+        versions = t.run(max_idle_s=idle, train=not once)
+        if once and len(t.rows.texts) >= min_rows:
             versions = [t.train()]
     except DawnstreamError as e:
         _fail(e)

@@ -107,8 +107,10 @@ class EndModelTrainer:
         """Ask :meth:`run` to return after the current step."""
         self._stop.set()
 
-    def run(self, max_idle_s: float | None = None, max_versions: int | None = None) -> list[ModelVersion]:
-        """Read the labels topic and train as rows arrive, until :meth:`stop` (or idle / enough versions)."""
+    def run(self, max_idle_s: float | None = None, max_versions: int | None = None,
+            train: bool = True) -> list[ModelVersion]:
+        """Read the labels topic and train as rows arrive (``train``; else only read), until :meth:`stop`
+        (or idle / enough versions)."""
         t = self.topology
         base = client_only(base_settings(t.kafka.bootstrap, t.kafka.settings), consumer=True)
         consumer = Consumer({**base, "group.id": f"dawnstream.{t.name}.end-model-{uuid.uuid4().hex[:6]}",
@@ -133,8 +135,8 @@ class EndModelTrainer:
                     idle = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle > max_idle_s:
                     break
-                n = len(self.rows.texts)
-                if n >= self.min_rows and self.rows.seen - self.trained_at >= (self.every if self.versions else 0):
+                due = self.rows.seen - self.trained_at >= (self.every if self.versions else 0)
+                if train and len(self.rows.texts) >= self.min_rows and due:
                     self.train()
                     if max_versions is not None and len(self.versions) >= max_versions:
                         break

@@ -56,7 +56,7 @@ def key(cmd: list[str]) -> str:
 
 CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
            "broker logs", "broker stop", "explain", "detect", "accel plan", "run &", "predict", "models retrain",
-           "models list", "models show", "models rollback", "models promote"}
+           "models list", "models show", "models rollback", "models promote", "models train-end-model"}
 
 
 def test_every_readme_command_is_checked() -> None:
@@ -106,7 +106,7 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert out.strip() == boot
             elif k == "replay":
                 rows = json.loads(out.strip().splitlines()[-1])["rows"]
-                assert rows == (336_776 if cmd[2] == "flights" else weather().num_rows)
+                assert rows == {"flights": 336_776, "rotten_tomatoes": 12_808}.get(cmd[2], weather().num_rows)
             elif k == "process":
                 assert json.loads(out.strip().splitlines()[-1])["rows_out"] == late
             elif k == "topics describe":
@@ -130,6 +130,9 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert 1.0 <= reply["prediction"] <= 5.0
             elif k == "models retrain":
                 assert json.loads(out)["versions"]
+            elif k == "models train-end-model":
+                doc = json.loads(out)
+                assert doc["versions"] and doc["rows"] > 6000 and doc["model"] == "review-sentiment-end-model"
             elif k == "models list":
                 assert "movielens-theta" in out and "movielens-svd" in out
             elif k == "models show":
