@@ -176,3 +176,16 @@ def test_a_promoted_end_model_labels_the_rows_no_lf_covers(reviews, tmp_path) ->
     assert np.allclose(np.array(uncovered.column("probs").to_pylist()), expected)
     covered = after.filter(pa.compute.invert(after.column("abstained")))
     assert set(covered.column("labeled_by").to_pylist()) == {"matrix_completion"}
+
+
+def test_the_shipped_lfs_vote_as_their_row_wise_reference(reviews) -> None:
+    """Vectorized (pyarrow.compute, shared tokens) and plain-Python row-wise forms of the twelve sentiment LFs."""
+    from dawnstream.operators.labeling.lf import LFBatch
+    from dawnstream.operators.labeling.lfs.sentiment import LFS, row_wise
+
+    batch = LFBatch(one_batch(reviews))
+    for fast, slow in zip(LFS, row_wise(), strict=True):
+        assert fast.name == slow.name
+        votes = fast.apply(batch)[0]
+        assert np.array_equal(votes, slow.apply(batch)[0]), fast.name
+        assert (votes != ABSTAIN).any(), fast.name
