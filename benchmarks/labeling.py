@@ -6,7 +6,8 @@ Every number comes from this run. Parts:
    12,808 snippets went through the broker in 500-row chunks, vs snorkel's ``LFAnalysis`` on the same
    label matrix: the largest difference.
 2. label_model: held-out (last 20%) covered accuracy and F1 of the label models fitted on the first 80%:
-   ours (matrix completion from the vote statistics; FlyingSquid triplets), snorkel's LabelModel, and
+   ours (matrix completion from the vote statistics; the dependency-aware variant, with the pairs it
+   found; FlyingSquid triplets), snorkel's LabelModel, and
    majority vote; with a uniform class balance (snorkel's default) and with the balance estimated from a
    5% dev set.
 3. online: agreement (argmax, on the held-out rows) of the model the stage refits online after 500,
@@ -40,7 +41,12 @@ import numpy as np
 import orjson
 
 from dawnstream.logs import configure
-from dawnstream.operators.labeling.label_model import fit_matrix_completion, fit_triplets, majority_vote
+from dawnstream.operators.labeling.label_model import (
+    fit_dependency_aware,
+    fit_matrix_completion,
+    fit_triplets,
+    majority_vote,
+)
 from dawnstream.operators.labeling.lf import LFBatch
 from dawnstream.operators.labeling.votes import VoteStats
 from dawnstream.sources import rotten_tomatoes
@@ -125,6 +131,9 @@ def lf_stats_vs_snorkel(merged, L: np.ndarray) -> dict[str, Any]:  # noqa: ANN00
 def label_models(L: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     from snorkel.labeling.model import LabelModel
 
+    from dawnstream.operators.labeling.lfs.sentiment import LFS
+
+    names = [lf.name for lf in LFS]
     n = int(0.8 * len(y))
     train, test, yt = L[:n], L[n:], y[n:]
     covered = (test != -1).any(axis=1)
@@ -143,9 +152,13 @@ def label_models(L: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         t0 = time.perf_counter()
         ours = fit_matrix_completion(stats, p, seed=0)
         ours_s = time.perf_counter() - t0
+        aware = fit_dependency_aware(stats, p, seed=0)
         out[name] = {"ours_matrix_completion": {**scores(ours.predict_proba(test), yt, covered),
                                                 "refit_ms": round(ours_s * 1000, 2)},
                      "ours_triplets": scores(fit_triplets(stats, p).predict_proba(test), yt, covered),
+                     "ours_dependency_aware": {**scores(aware.predict_proba(test), yt, covered),
+                                               "dependent_pairs": [[names[i], names[j]]
+                                                                   for i, j in aware.dependent or []]},
                      "snorkel_label_model": {**scores(ref.predict_proba(test), yt, covered),
                                              "fit_ms": round(fit_s * 1000, 1)},
                      "snorkel_learned_accuracies": [round(float(a), 3) for a in ref.get_weights()],

@@ -147,3 +147,30 @@ def test_bad_votes_and_too_few_lfs_say_what_is_wrong() -> None:
     stats.add(np.array([[0, 1]]))
     with pytest.raises(ValueError, match="at least 3 labeling functions"):
         fit_matrix_completion(stats)
+
+
+def test_dependency_aware_model_finds_copied_lfs_and_beats_the_independent_fit() -> None:
+    from dawnstream.operators.labeling.label_model import fit_dependency_aware
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    y = rng.integers(0, 2, n)
+    cols = []
+    for acc in (0.85, 0.8, 0.75, 0.8, 0.7):
+        v = rng.random(n) < 0.5
+        col = np.full(n, -1)
+        col[v] = np.where(rng.random(v.sum()) < acc, y[v], 1 - y[v])
+        cols.append(col)
+    v = rng.random(n) < 0.6
+    bad = np.full(n, -1)
+    bad[v] = np.where(rng.random(v.sum()) < 0.58, y[v], 1 - y[v])
+    L = np.stack([*cols, bad, bad, bad], axis=1)  # one weak LF written three times
+    stats = VoteStats(L.shape[1], 2)
+    stats.add(L)
+    plain = fit_matrix_completion(stats, seed=0)
+    aware = fit_dependency_aware(stats, seed=0)
+    assert {(5, 6), (5, 7), (6, 7)} <= set(aware.dependent or [])
+    assert aware.weights is not None and aware.weights[5:].max() < aware.weights[:5].min()
+    covered = (L != -1).any(axis=1)
+    acc = lambda m: (m.predict_proba(L)[covered].argmax(1) == y[covered]).mean()  # noqa: E731
+    assert acc(aware) > acc(plain) + 0.01

@@ -10,7 +10,9 @@ probabilities do not depend on how the stream was cut into batches - a partition
 crash gets the same labels. Before the first fit, rows get majority-vote probabilities.
 
 Models (``model``): ``matrix_completion`` (snorkel's LabelModel, fitted from the statistics; the
-default), ``triplets`` (FlyingSquid, closed form, two classes), ``majority`` (majority vote, no fit).
+default), ``dependency_aware`` (the same, with the LF pairs that are not conditionally independent
+found from the statistics, left out of the loss and down-weighted), ``triplets`` (FlyingSquid, closed
+form, two classes), ``majority`` (majority vote, no fit).
 
 Output, one row per input row: ``id``, the text, ``probs`` (list of k float64), ``label`` (argmax,
 int8), ``label_name``, ``abstained`` (every LF abstained: the probabilities are the class prior),
@@ -41,6 +43,7 @@ from dawnstream.models.text_model import HashedTextModel
 from dawnstream.operators.base import Operator
 from dawnstream.operators.labeling.label_model import (
     LabelModelParams,
+    fit_dependency_aware,
     fit_matrix_completion,
     fit_triplets,
     majority_vote,
@@ -50,7 +53,7 @@ from dawnstream.operators.labeling.lf_stats import LFStats
 from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats
 
 log = get_logger(__name__)
-MODELS = ("matrix_completion", "triplets", "majority")
+MODELS = ("matrix_completion", "dependency_aware", "triplets", "majority")
 MARGIN_BINS = 200
 MIN_REVIEW_HISTORY = 100
 """Covered rows seen before the review queue opens (a threshold from fewer would be noise)."""
@@ -100,7 +103,7 @@ class Label(Operator):
         text: the text column LFs tokenize.
         id: the row id column copied to the output.
         gold: optional column of gold classes (index or name; null: none) for empirical accuracies.
-        model: ``matrix_completion``, ``triplets`` or ``majority``.
+        model: ``matrix_completion``, ``dependency_aware``, ``triplets`` or ``majority``.
         refit_every: rows of the partition between refits.
         class_balance: the class prior: a list of k shares, ``uniform`` (snorkel's default), or
             ``estimate`` (from the gold labels seen so far; uniform until there are some).
@@ -230,6 +233,8 @@ class Label(Operator):
         p = self._class_prior()
         if self.model == "triplets":
             self.params = fit_triplets(self.votes, p)
+        elif self.model == "dependency_aware":
+            self.params = fit_dependency_aware(self.votes, p, seed=self.seed)
         else:
             self.params = fit_matrix_completion(self.votes, p, seed=self.seed)
         self.refits += 1

@@ -16,7 +16,11 @@ partitions give the same model as one partition.
   ``E[λ_i λ_j] = a_i a_j``, so ``|a_i| = sqrt(|M_ij M_ik / M_jk|)`` in closed form, averaged (median)
   over triplets.
 
-Prediction is the same for both (snorkel's ``predict_proba``):
+- :func:`fit_dependency_aware`: LFs built on overlapping lexicons are correlated, which the two above
+  assume away (snorkel then clamps their accuracies to 1.0). The pairs the independent fit explains
+  worst are found from S itself, taken out of the loss, and their votes down-weighted.
+
+Prediction is the same for all (snorkel's ``predict_proba``, with per-LF weights on the log-likelihoods):
 ``P(Y=y | λ) ∝ p_y Π_{j voted} μ[j·k+λ_j, y]``; a row where every LF abstains gets the prior ``p``.
 """
 
@@ -32,11 +36,15 @@ from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats, one_hot
 
 @dataclass
 class LabelModelParams:
-    """A fitted label model: ``mu`` ``(m·k, k)`` = P(λ_j = y' | Y = y) and the class prior ``p`` ``(k,)``."""
+    """A fitted label model: ``mu`` ``(m·k, k)`` = P(λ_j = y' | Y = y), the class prior ``p`` ``(k,)``,
+    and per-LF ``weights`` ``(m,)`` on each vote's log-likelihood (1: independent LFs; below 1 for LFs
+    found dependent on others, :func:`fit_dependency_aware`)."""
 
     mu: np.ndarray
     p: np.ndarray
     coverage: np.ndarray
+    weights: np.ndarray | None = None
+    dependent: list[tuple[int, int]] | None = None
 
     @property
     def k(self) -> int:
@@ -45,7 +53,10 @@ class LabelModelParams:
     def predict_proba(self, L: np.ndarray) -> np.ndarray:
         """``(n, m)`` votes -> ``(n, k)`` float64 class probabilities (all abstain: the prior)."""
         U = one_hot(L, self.k)
-        logits = U @ np.log(self.mu) + np.log(self.p)
+        log_mu = np.log(self.mu)
+        if self.weights is not None:
+            log_mu = log_mu * np.repeat(self.weights, self.k)[:, None]
+        logits = U @ log_mu + np.log(self.p)
         logits -= logits.max(axis=1, keepdims=True)
         X = np.exp(logits)
         return X / X.sum(axis=1, keepdims=True)
@@ -59,11 +70,17 @@ class LabelModelParams:
             return np.clip(np.nan_to_num(acc / self.coverage), 1e-6, 1.0)
 
     def state(self) -> dict:
-        return {"mu": self.mu.tolist(), "p": self.p.tolist(), "coverage": self.coverage.tolist()}
+        return {"mu": self.mu.tolist(), "p": self.p.tolist(), "coverage": self.coverage.tolist(),
+                "weights": None if self.weights is None else self.weights.tolist(),
+                "dependent": None if self.dependent is None else [list(d) for d in self.dependent]}
 
     @classmethod
     def from_state(cls, s: dict) -> LabelModelParams:
-        return cls(np.asarray(s["mu"], float), np.asarray(s["p"], float), np.asarray(s["coverage"], float))
+        w = s.get("weights")
+        dep = s.get("dependent")
+        return cls(np.asarray(s["mu"], float), np.asarray(s["p"], float), np.asarray(s["coverage"], float),
+                   None if w is None else np.asarray(w, float),
+                   None if dep is None else [(int(a), int(b)) for a, b in dep])
 
 
 def _prior(stats: VoteStats, class_balance: np.ndarray | list[float] | None) -> np.ndarray:
@@ -78,12 +95,15 @@ def _prior(stats: VoteStats, class_balance: np.ndarray | list[float] | None) -> 
 def fit_matrix_completion(stats: VoteStats, class_balance: np.ndarray | list[float] | None = None,
                           seed: int = 0, n_epochs: int = 100, lr: float = 0.01, l2: float = 0.0,
                           prec_init: float = 0.7, momentum: float = 0.9,
-                          mu_eps: float | None = None) -> LabelModelParams:
+                          mu_eps: float | None = None,
+                          dependent: list[tuple[int, int]] | None = None) -> LabelModelParams:
     """Snorkel's ``LabelModel.fit`` on the statistics of the rows (see the module docstring).
 
     Args:
         class_balance: P(Y = y), ``(k,)``; ``None``: uniform (snorkel's default).
         seed: snorkel's ``seed``; the initial μ is scaled by ``numpy.random.RandomState(seed).random_sample()``.
+        dependent: LF pairs not assumed conditionally independent: their blocks of O leave the loss (as
+            snorkel masks the cliques of a given dependency graph).
 
     Raises:
         ValueError: fewer than 3 LFs (as snorkel), no rows, or a bad ``class_balance``.
@@ -106,6 +126,9 @@ def fit_matrix_completion(stats: VoteStats, class_balance: np.ndarray | list[flo
     mask = np.ones((d, d))
     for j in range(m):
         mask[j * k:(j + 1) * k, j * k:(j + 1) * k] = 0.0
+    for i, j in dependent or ():
+        mask[i * k:(i + 1) * k, j * k:(j + 1) * k] = 0.0
+        mask[j * k:(j + 1) * k, i * k:(i + 1) * k] = 0.0
     diag_o = np.diag(moments)
     velocity = None
     for _ in range(n_epochs):
@@ -118,6 +141,91 @@ def fit_matrix_completion(stats: VoteStats, class_balance: np.ndarray | list[flo
     mu = np.clip(mu, eps, 1.0 - eps)
     mu = _break_permutation_symmetry(mu, p, m, k)
     return LabelModelParams(mu, p, stats.coverage())
+
+
+def _agreement(stats: VoteStats) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes: ``M[i, j] = E[λ_i λ_j | both vote]`` in ±1 votes, and how many rows both voted on."""
+    m, S = stats.m, stats.S
+    both = np.zeros((m, m))
+    agree = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            block = S[i * 2:(i + 1) * 2, j * 2:(j + 1) * 2]
+            both[i, j] = block.sum()
+            agree[i, j] = block[0, 0] + block[1, 1] - block[0, 1] - block[1, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(both > 0, agree / np.maximum(both, 1e-12), 0.0), both
+
+
+def _accuracy_without(M: np.ndarray, both: np.ndarray, i: int, skip: set[int]) -> float | None:
+    """FlyingSquid's ``|a_i|`` as the median over triplets (i, j, h) whose j, h are not in ``skip``."""
+    others = [x for x in range(len(M)) if x != i and x not in skip]
+    est = [np.sqrt(abs(M[i, j] * M[i, h] / M[j, h])) for j, h in itertools.combinations(others, 2)
+           if abs(M[j, h]) > 1e-3 and both[i, j] > 0 and both[i, h] > 0]
+    return float(np.median(est)) if est else None
+
+
+def dependent_pairs(stats: VoteStats, model: LabelModelParams | None = None, factor: float = 5.0,
+                    min_gap: float = 0.1) -> list[tuple[int, int]]:
+    """LF pairs that are not conditionally independent given the class, found two ways from S:
+
+    - **excess agreement** (LFs that vote both ways, two classes): ``E[λ_i λ_j]`` on rows both voted,
+      in ±1 votes, against ``a_i a_j``, each accuracy estimated in closed form (FlyingSquid) from
+      triplets that leave the other LF of the pair out, so near-copies cannot vouch for each other; a
+      gap above ``min_gap`` and ``factor`` times the median pair's is a dependency;
+    - **co-voting** (any LFs, e.g. two one-way lexicon LFs that share most of their words): the pair's
+      block of ``O`` against the independent ``model``'s ``μPμᵀ``; a residual above ``factor`` times the
+      median pair's is a dependency.
+
+    The thresholds are set by the LFs at hand, not by the user.
+    """
+    m, k = stats.m, stats.k
+    found: set[tuple[int, int]] = set()
+    if k == 2:
+        M, both = _agreement(stats)
+        two_way: np.ndarray = np.asarray((np.diag(stats.S).reshape(m, 2) > 0).all(axis=1))
+        gaps: dict[tuple[int, int], float] = {}
+        for i, j in itertools.combinations(range(m), 2):
+            if both[i, j] < 30 or not (two_way[i] and two_way[j]):
+                continue  # too few co-votes, or a one-way LF (its agreement is all or nothing): see co-voting
+            ai, aj = _accuracy_without(M, both, i, {j}), _accuracy_without(M, both, j, {i})
+            if ai is not None and aj is not None:
+                gaps[(i, j)] = abs(M[i, j]) - ai * aj
+        if gaps:
+            edge = max(min_gap, factor * float(np.median(np.maximum(list(gaps.values()), 0.0))))
+            found |= {pair for pair, gap in gaps.items() if gap > edge}
+    if model is not None:
+        residual = np.abs(stats.moments - model.mu @ np.diag(model.p) @ model.mu.T)
+        pairs = list(itertools.combinations(range(m), 2))
+        r = np.array([residual[i * k:(i + 1) * k, j * k:(j + 1) * k].sum() for i, j in pairs])
+        if len(r):
+            edge = factor * max(float(np.median(r)), 1e-12)
+            found |= {pair for pair, v in zip(pairs, r, strict=True) if v > edge}
+    return sorted(found)
+
+
+def fit_dependency_aware(stats: VoteStats, class_balance: np.ndarray | list[float] | None = None, seed: int = 0,
+                         factor: float = 5.0, shrink: float = 0.5) -> LabelModelParams:
+    """Matrix completion that learns which LFs are dependent from the statistics themselves: find the
+    dependent pairs (:func:`dependent_pairs`), fit with those pairs' blocks out of the loss, and weigh
+    each LF's vote by ``1 / (1 + shrink · its dependent pairs)`` so that a group of near-copies counts
+    as less than that many independent votes.
+
+    Raises:
+        ValueError: as :func:`fit_matrix_completion`.
+    """
+    first = fit_matrix_completion(stats, class_balance, seed=seed)
+    pairs = dependent_pairs(stats, first, factor)
+    if not pairs:
+        return first
+    model = fit_matrix_completion(stats, class_balance, seed=seed, dependent=pairs)
+    degree = np.zeros(stats.m)
+    for i, j in pairs:
+        degree[i] += 1
+        degree[j] += 1
+    model.weights = 1.0 / (1.0 + shrink * degree)
+    model.dependent = pairs
+    return model
 
 
 def _break_permutation_symmetry(mu: np.ndarray, p: np.ndarray, m: int, k: int) -> np.ndarray:
@@ -159,16 +267,7 @@ def fit_triplets(stats: VoteStats, class_balance: np.ndarray | list[float] | Non
     if stats.n <= 0:
         raise ValueError("no rows to fit the label model on")
     p = _prior(stats, class_balance)
-    S = stats.S
-    both = np.zeros((m, m))
-    agree = np.zeros((m, m))
-    for i in range(m):
-        for j in range(m):
-            block = S[i * 2:(i + 1) * 2, j * 2:(j + 1) * 2]
-            both[i, j] = block.sum()
-            agree[i, j] = block[0, 0] + block[1, 1] - block[0, 1] - block[1, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        M = np.where(both > 0, agree / np.maximum(both, 1e-12), 0.0)
+    M, both = _agreement(stats)
     a = np.full(m, 0.4)  # accuracy 0.7 when no triplet says anything (snorkel's prec_init)
     for i in range(m):
         est = []
@@ -199,4 +298,5 @@ def majority_vote(L: np.ndarray, k: int) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-__all__ = ["ABSTAIN", "LabelModelParams", "fit_matrix_completion", "fit_triplets", "majority_vote"]
+__all__ = ["ABSTAIN", "LabelModelParams", "dependent_pairs", "fit_dependency_aware", "fit_matrix_completion",
+           "fit_triplets", "majority_vote"]
