@@ -19,8 +19,6 @@ chance on covered rows, and an end model was trained and used.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -37,12 +35,10 @@ from rich.live import Live
 from rich.table import Table
 
 from dawnstream.demo import exit_status
-from dawnstream.demo_serve import worker_ready
+from dawnstream.demo_jobs import exited, failed, fresh_job, stop, worker_ready
 from dawnstream.models.registry import REGISTRY_ENV, Registry
 from dawnstream.sources import rotten_tomatoes
-from dawnstream.streams.config import Topology, load_topology
-from dawnstream.streams.kafka_clients import TopicAdmin, base_settings, client_only
-from dawnstream.streams.state import changelog_spec
+from dawnstream.streams.kafka_clients import base_settings, client_only
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "review-sentiment.yaml"
 LF_COLUMNS = ("coverage", "overlaps", "conflicts", "learned_accuracy", "emp_accuracy")
@@ -104,19 +100,6 @@ class LabelsDemoResult:
     error: str | None = None
 
 
-def prepare(registry: Path) -> Topology:
-    """Load the topology against a fresh ``registry`` and reset its topics and changelog."""
-    shutil.rmtree(registry, ignore_errors=True)
-    registry.mkdir(parents=True)
-    os.environ[REGISTRY_ENV] = str(registry)
-    topo = load_topology(TOPOLOGY)
-    spec = topo.input.spec()
-    TopicAdmin(topo.kafka.bootstrap, topo.kafka.settings).reset(
-        [spec, spec.dlq(), *(o.spec(topo.input.partitions) for o in topo.outputs),
-         changelog_spec(topo.name, topo.input.partitions)])
-    return topo
-
-
 def run_labels_demo(console: Console | None = None, limit: int | None = None, rate: float = 500.0,
                     train_every: int = 3000, dev_share: float = 0.05) -> LabelsDemoResult:
     """Stream Rotten Tomatoes through the labeling topology and report.
@@ -134,7 +117,7 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
     """
     console = console or Console()
     registry = Path.home() / ".cache" / "dawnstream" / "demo-labels" / "registry"
-    topo = prepare(registry)
+    topo = fresh_job(TOPOLOGY, registry)
     table = rotten_tomatoes()
     if limit is not None:
         table = table.slice(0, limit)
@@ -216,10 +199,6 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
             lfs.add_row(name, *(f"{st[c]:.3f}" if c in st else "-" for c in LF_COLUMNS))
         return Group(head, lfs)
 
-    def failure() -> str | None:
-        return next((f"the {name} exited with status {p.returncode}" for name, p in procs.items()
-                     if p.poll() is not None), None)
-
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
             last = 0.0
@@ -227,7 +206,7 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
                 ahead = k / rate - (time.perf_counter() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
-                if failure():
+                if exited(procs):
                     break
                 body = {"id": ids[k], "text": texts[k]}
                 if dev[k]:
@@ -241,7 +220,7 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
                     last = time.perf_counter()
             producer.flush(30)
             deadline = time.monotonic() + 90
-            while failure() is None and time.monotonic() < deadline and len(got) < n - int(dev.sum()):
+            while exited(procs) is None and time.monotonic() < deadline and len(got) < n - int(dev.sum()):
                 drain()
                 producer.flush(5)
                 live.update(view())
@@ -254,14 +233,7 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
         producer.flush(10)
         for c in readers.values():
             c.close()
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     rows = list(got.values())
     covered = [r for r in rows if not r["abstained"]]
     by_end = [r for r in rows if r["labeled_by"].startswith("end_model")]
@@ -271,8 +243,7 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
     result.end_model_accuracy, result.end_model_rows = accuracy(by_end), len(by_end)
     result.end_model_versions = len(reg.versions(end_name)) if end_name in reg.names() else 0
     result.lf_table = state["lf"]
-    result.error = next((f"the {name} stopped with status {p.returncode}" for name, p in procs.items()
-                         if p.returncode not in (0, -signal.SIGTERM)), None)
+    result.error = failed(procs)
     result.dev_rows = int(dev.sum())
     if result.error is None and result.labelled < n - result.dev_rows:
         result.error = f"{n - result.dev_rows - result.labelled} of {n} snippets got no label within 90 s"

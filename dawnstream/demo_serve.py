@@ -17,8 +17,6 @@ acknowledged feedback got its reply and the models beat the global mean.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,12 +30,10 @@ from rich.live import Live
 from rich.table import Table
 
 from dawnstream.demo import exit_status
+from dawnstream.demo_jobs import exited, failed, fresh_job, stop, worker_ready
 from dawnstream.models.registry import REGISTRY_ENV, Registry
 from dawnstream.sources import movielens
-from dawnstream.streams.config import Topology, load_topology
-from dawnstream.streams.kafka_clients import TopicAdmin
 from dawnstream.streams.request_reply import PredictClient
-from dawnstream.streams.state import changelog_spec
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "movie-ratings.yaml"
 THETA = "movielens-theta"
@@ -46,19 +42,6 @@ THETA = "movielens-theta"
 def percentile(values: list[float], q: float) -> float:
     """``q``-th percentile (0-100) of ``values``; NaN when empty."""
     return float(np.percentile(values, q)) if values else float("nan")
-
-
-def worker_ready(url: str) -> bool:
-    """True once the worker behind ``url`` (its ``/metrics``) owns at least one partition."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own worker on localhost
-            lines = r.read().decode().splitlines()
-    except OSError:
-        return False
-    return any(line.startswith("dawnstream_assigned_partitions{") and float(line.rsplit(" ", 1)[1]) > 0
-               for line in lines)
 
 
 def scrape_status(url: str) -> dict[str, Any]:
@@ -136,19 +119,6 @@ class ServeDemoResult:
     error: str | None = None
 
 
-def prepare(registry: Path) -> Topology:
-    """Load the serving topology against a fresh ``registry`` and reset its topics and changelog."""
-    shutil.rmtree(registry, ignore_errors=True)
-    registry.mkdir(parents=True)
-    os.environ[REGISTRY_ENV] = str(registry)
-    topo = load_topology(TOPOLOGY)
-    spec = topo.input.spec()
-    TopicAdmin(topo.kafka.bootstrap, topo.kafka.settings).reset(
-        [spec, spec.dlq(), topo.outputs[0].spec(topo.input.partitions),
-         changelog_spec(topo.name, topo.input.partitions)])
-    return topo
-
-
 def run_serve_demo(console: Console | None = None, limit: int | None = None, request_every: int = 4,
                    rate: float = 1200.0, max_inflight: int = 1000, retrain_every: int = 10_000) -> ServeDemoResult:
     """Replay MovieLens through the serving topology and report.
@@ -165,7 +135,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
     """
     console = console or Console()
     registry = Path.home() / ".cache" / "dawnstream" / "demo-serve" / "registry"
-    topo = prepare(registry)
+    topo = fresh_job(TOPOLOGY, registry)
     table = movielens()
     if limit is not None:
         table = table.slice(0, limit)
@@ -223,10 +193,6 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
             models.add_row("[bold]ensemble[/]", f"{st['rmse']['served']:.3f}", "", "", "")
         return Group(head, models)
 
-    def failure() -> str | None:
-        return next((f"the {name} exited with status {p.returncode}" for name, p in procs.items()
-                     if p.poll() is not None), None)
-
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
             last_view = 0.0
@@ -235,10 +201,10 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
                 if ahead > 0:
                     time.sleep(ahead)
                 while len(client.sent) - len(client.replies) - (k - len(acks)) > max_inflight:
-                    if failure():
+                    if exited(procs):
                         break
                     time.sleep(0.002)
-                if failure():
+                if exited(procs):
                     break
                 cid = client.feedback(users[k], items[k], ratings[k], ack=True)
                 acks[cid] = k
@@ -251,7 +217,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
                     last_view = time.perf_counter()
             want = list(acks) + reqs
             deadline = time.monotonic() + 60
-            while failure() is None and time.monotonic() < deadline and any(i not in client.replies for i in want):
+            while exited(procs) is None and time.monotonic() < deadline and any(i not in client.replies for i in want):
                 time.sleep(0.1)
                 live.update(view())
             live.update(view())
@@ -260,14 +226,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
         view()  # the final numbers
     finally:
         client.close()
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
     result.seconds = time.perf_counter() - t0
     result.ratings, result.requests = len(acks), len(reqs)
     result.lost = sum(1 for i in list(acks) + reqs if i not in client.replies)
@@ -282,8 +241,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
     result.latency_ms = {"p50": percentile(lat, 50), "p99": percentile(lat, 99)}
     result.versions = len(reg.versions(THETA))
     result.status = seen["status"]
-    result.error = next((f"the {name} stopped with status {p.returncode}" for name, p in procs.items()
-                         if p.returncode not in (0, -signal.SIGTERM)), None)
+    result.error = failed(procs)
     if result.error is None and result.lost:
         result.error = f"{result.lost} of {len(acks) + len(reqs)} messages got no reply within 60 s"
     if result.error is None and not result.rmse_test < result.rmse_mean:
