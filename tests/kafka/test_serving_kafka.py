@@ -179,6 +179,15 @@ def test_a_theta_swap_mid_stream_loses_and_repeats_nothing(kafka_bootstrap, regi
                                                                       parent=1).version)
                 registry.promote("movielens-svd", registry.register("movielens-svd", theta.to_onnx(), "onnx",
                                                                     parent=1).version)
+        # The worker looks for a new version every second and loads it on a thread: keep asking until it answers
+        # with it (a fast worker may have answered everything above before the swap).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            probe = client.send({"user_id": ratings[0][0], "item_id": ratings[0][1]})
+            sent.append(probe)
+            if "velox:2" in client.wait([probe], timeout_s=30).get(probe, {}).get("versions", ""):
+                break
+            time.sleep(0.2)
         got = client.wait(sent, timeout_s=90)
         assert len(got) == len(sent) and client.conflicts == 0
         versions = {got[c]["versions"] for c in sent}

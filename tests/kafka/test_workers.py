@@ -43,7 +43,7 @@ def test_two_workers_share_partitions_and_stop_cleanly_on_sigterm(
     kafka_bootstrap: str, topic_name, reader, tmp_path: Path
 ) -> None:
     src, dst = topic_name("rows", "workers"), topic_name("out", "workers")
-    n, parts, port = 40_000, 4, 39411
+    n, parts, port = 40_000, 4, 29411  # below the ephemeral range (32768+): no client socket can hold it
     TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=parts)])
     replay_table(pa.table({"i": list(range(n)), "k": [f"k{i % 13}" for i in range(n)]}), src, key="k",
                  bootstrap=kafka_bootstrap)

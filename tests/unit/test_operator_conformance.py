@@ -61,6 +61,17 @@ def ratings() -> list[pa.RecordBatch]:
     return table.to_batches(max_chunksize=500)
 
 
+def reviews() -> list[pa.RecordBatch]:
+    """Review snippets for ``label`` (with an id; every fifth row with its gold class)."""
+    from dawnstream.sources import rotten_tomatoes
+
+    t = rotten_tomatoes().slice(0, 1500)
+    y = t.column("label").to_numpy()
+    dev = np.arange(t.num_rows) % 5 == 0
+    t = t.select(["id", "text"]).append_column("gold", pa.array(np.where(dev, y, 0), pa.int8(), mask=~dev))
+    return t.combine_chunks().to_batches(max_chunksize=500)
+
+
 SERVE = {"models": [{"name": "velox", "kind": "velox", "model": "absent-theta"}, {"kind": "online_mf"},
                     {"kind": "mean"}], "rating_range": [1, 5], "registry": "/nonexistent/dawnstream-registry"}
 
@@ -77,6 +88,8 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "merge_explanations": ({"attributes": ["k"], "min_support": 0.05, "min_ratio": 1.5}, summaries, "O"),
     # serve answers values of the wrong type with an error reply (the caller must not wait), never raises
     "serve": (SERVE, ratings, None),
+    "label": ({"lfs": ["dawnstream.operators.labeling.lfs.sentiment"], "classes": ["rotten", "fresh"],
+               "gold": "gold", "refit_every": 300, "class_balance": "estimate"}, reviews, "gold"),
 }
 KINDS = sorted(EXAMPLES)
 

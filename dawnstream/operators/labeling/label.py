@@ -163,7 +163,8 @@ class Label(Operator):
         names = [lf.name for lf in self.lfs]
         self.votes = VoteStats(len(self.lfs), self.k)
         self.stats = LFStats(names, self.k)
-        self.gold_counts = np.zeros(self.k, np.int64)
+        self.gold_counts = np.zeros(self.k, np.int64)  # gold classes seen, up to the last block boundary
+        self._gold_pending = np.zeros(self.k, np.int64)
         self.params: LabelModelParams | None = None
         self.rows = 0  # rows of this partition so far
         self.refits = 0
@@ -203,11 +204,18 @@ class Label(Operator):
         if self.gold is None or self.gold not in batch.schema.names:
             return None
         col = batch.column(self.gold)
+        if pa.types.is_null(col.type):
+            return None
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            idx = pc.index_in(col, value_set=pa.array(self.classes))
-            return pc.fill_null(idx, -1).to_numpy().astype(np.int64)
-        vals = pc.fill_null(pc.cast(col, pa.int64(), safe=False), -1).to_numpy()
-        return np.where((vals >= 0) & (vals < self.k), vals, -1)
+            idx = pc.fill_null(pc.index_in(col, value_set=pa.array(self.classes)), -1).to_numpy().astype(np.int64)
+            bad = (idx < 0) & col.is_valid().to_numpy(zero_copy_only=False)
+        else:
+            idx = pc.fill_null(pc.cast(col, pa.int64()), -1).to_numpy()
+            bad = ((idx < 0) | (idx >= self.k)) & col.is_valid().to_numpy(zero_copy_only=False)
+        if bad.any():
+            raise ValueError(f"column {self.gold!r}: {col[int(np.flatnonzero(bad)[0])].as_py()!r} is not a class; "
+                             f"expected one of {self.classes} or 0..{self.k - 1}")
+        return idx
 
     def _predict(self, L: np.ndarray) -> np.ndarray:
         if self.params is None or self.model == "majority":
@@ -243,6 +251,9 @@ class Label(Operator):
         n = batch.num_rows
         if n == 0:
             return []
+        t = batch.schema.field(self.text).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            raise TypeError(f"column {self.text!r} is {t}: the label stage's LFs read text (strings)")
         L, errors = self.label_matrix(batch)
         gold = self._gold(batch)
         has_gold = np.zeros(n, bool) if gold is None else gold >= 0
@@ -263,11 +274,13 @@ class Label(Operator):
             if gold is not None and not train.all():
                 g = gold[start:stop][~train]
                 self.stats.add_gold(seg[~train], g)
-                self.gold_counts += np.bincount(g, minlength=self.k)
+                self._gold_pending += np.bincount(g, minlength=self.k)
             self.rows += stop - start
-            if self.rows % REVIEW_BLOCK == 0:
+            if self.rows % REVIEW_BLOCK == 0:  # what predictions use moves only here: batching-independent
                 self._margins += self._pending
                 self._pending = np.zeros(MARGIN_BINS)
+                self.gold_counts += self._gold_pending
+                self._gold_pending = np.zeros(self.k, np.int64)
             if self.rows % self.refit_every == 0:
                 self.refit()
                 if self.decay:
@@ -360,7 +373,7 @@ class Label(Operator):
     def _state(self) -> Any:
         return {"votes": self.votes.state(), "stats": self.stats.state(), "rows": self.rows, "refits": self.refits,
                 "gold_counts": self.gold_counts.tolist(), "margins": self._margins.tolist(),
-                "pending": self._pending.tolist(),
+                "pending": self._pending.tolist(), "gold_pending": self._gold_pending.tolist(),
                 "params": None if self.params is None else self.params.state()}
 
     def _load_state(self, state: Any) -> None:
@@ -374,4 +387,5 @@ class Label(Operator):
         self.rows, self.refits = int(state["rows"]), int(state["refits"])
         self.gold_counts = np.asarray(state["gold_counts"], np.int64)
         self._margins, self._pending = np.asarray(state["margins"], float), np.asarray(state["pending"], float)
+        self._gold_pending = np.asarray(state["gold_pending"], np.int64)
         self.params = None if state["params"] is None else LabelModelParams.from_state(state["params"])
