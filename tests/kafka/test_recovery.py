@@ -103,7 +103,7 @@ def test_a_revocation_mid_recovery_loses_and_duplicates_nothing(kafka_bootstrap:
         else:
             # B restores all four partitions by replaying ~N rows; C joins while B is mid-way.
             b, c = Worker(topo, 1, max_idle_s=8), Worker(topo, 2, max_idle_s=8)
-            b.runner.recovery.chunk_messages = 25  # a long recovery: ~3,200 turns of the loop
+            b.runner.recovery.chunk_messages = 5  # a long recovery: ~16,000 turns of the loop, seconds long
             b.start()
             wait(lambda b=b: replaying(b.runner), 60, "B to be replaying")
             c.start()
