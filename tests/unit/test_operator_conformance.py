@@ -72,6 +72,16 @@ def reviews() -> list[pa.RecordBatch]:
     return t.combine_chunks().to_batches(max_chunksize=500)
 
 
+def camera_frames() -> list[pa.RecordBatch]:
+    """JPEG frames of vtest from two cameras, interleaved (the frames codec's columns)."""
+    from dawnstream.video_source import jpeg, read_frames, vtest
+
+    rows = [(cam, i, jpeg(f)) for i, _, f in read_frames(vtest(), stop=40) for cam in ("lawn", "gate")]
+    table = pa.table({"camera_id": [r[0] for r in rows], "frame_index": [r[1] for r in rows],
+                      "image": pa.array([r[2] for r in rows], pa.binary())})
+    return table.to_batches(max_chunksize=20)
+
+
 SERVE = {"models": [{"name": "velox", "kind": "velox", "model": "absent-theta"}, {"kind": "online_mf"},
                     {"kind": "mean"}], "rating_range": [1, 5], "registry": "/nonexistent/dawnstream-registry"}
 
@@ -88,6 +98,8 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "merge_explanations": ({"attributes": ["k"], "min_support": 0.05, "min_ratio": 1.5}, summaries, "O"),
     # serve answers values of the wrong type with an error reply (the caller must not wait), never raises
     "serve": (SERVE, ratings, None),
+    "difference": ({"threshold": 60.0, "against": "reference", "reference_frames": 5, "blocks": [2, 2]},
+                   camera_frames, "image"),
     "label": ({"lfs": ["dawnstream.operators.labeling.lfs.sentiment"], "classes": ["rotten", "fresh"],
                "gold": "gold", "refit_every": 300, "class_balance": "estimate"}, reviews, "gold"),
 }

@@ -1,0 +1,1 @@
+"""Video: NoScope-style specialized-model frame filters over camera topics (difference detector first)."""
