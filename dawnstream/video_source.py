@@ -64,6 +64,11 @@ def vtest() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dawnstream-vtest-") as tmp:
         r = subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+            # A fresh machine may have no package lists yet: fetch them once (as root) and retry.
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+            r = subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, capture_output=True, text=True,
+                               timeout=600)
         debs = sorted(Path(tmp).glob("opencv-doc_*.deb"))
         if r.returncode != 0 or not debs:
             raise DawnstreamError(f"`apt-get download opencv-doc` failed ({r.stderr.strip()[-300:]}); run "
