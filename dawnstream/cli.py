@@ -191,7 +191,8 @@ def process(
 @app.command("replay")
 def replay(
     source: Annotated[
-        str, typer.Argument(help="File (.csv/.csv.gz/.zip/.parquet/.jsonl) or dataset: flights, weather.")
+        str, typer.Argument(help="File (.csv/.csv.gz/.zip/.parquet/.jsonl), dataset (flights, weather, movielens, "
+                                 "rotten_tomatoes), or video (.avi/.mp4/..., or vtest): JPEG frames, key = camera.")
     ],
     topic: Annotated[str, typer.Option(help="Topic to produce to.")],
     fmt: Annotated[str, typer.Option("--format", help="json (one row per message) or arrow (batches).")] = "json",
@@ -200,14 +201,26 @@ def replay(
     key: Annotated[str | None, typer.Option(help="Column used as message key.")] = None,
     limit: Annotated[int | None, typer.Option(help="Replay only the first N rows.")] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions if the topic must be created.")] = 1,
+    camera: Annotated[str | None, typer.Option(help="Video: the camera id (default: the file's name).")] = None,
     bootstrap: BootstrapOpt = "127.0.0.1:9092",
 ) -> None:
-    """Produce a file or a real dataset to a topic, with a progress bar (rows/s)."""
+    """Produce a file, a real dataset or a video's frames to a topic, with a progress bar (rows/s)."""
     from dawnstream.sources import read_table
     from dawnstream.streams.kafka_clients import TopicAdmin
     from dawnstream.streams.replay import replay_table
+    from dawnstream.streams.replay_video import is_video, replay_video
     from dawnstream.topics.spec import TopicSpec
 
+    if is_video(source):
+        try:
+            spec = TopicSpec(name=topic, partitions=partitions, codec="frames")
+            TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
+            stats = replay_video(source, topic, camera, bootstrap, rate, limit)
+        except DawnstreamError as e:
+            _fail(e)
+        typer.echo(json.dumps({"topic": topic, "frames": stats.rows, "bytes": stats.bytes,
+                               "seconds": round(stats.seconds, 3), "frames_per_s": round(stats.rows_per_s)}))
+        return
     try:
         spec = TopicSpec(name=topic, partitions=partitions, codec=fmt if fmt in ("json", "arrow") else "json")
         table = read_table(source)
