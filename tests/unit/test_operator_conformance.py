@@ -21,7 +21,7 @@ from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import OPERATORS, build_chain
 from dawnstream.streams.processor import OPERATOR_DATA_ERRORS
 
-VOLATILE = {"emit_time", "latency_ms"}  # wall-clock columns
+VOLATILE = {"emit_time", "latency_ms", "reference_ms"}  # wall-clock columns
 
 
 def rows(n: int, seed: int = 7, start: int = 0) -> pa.RecordBatch:
@@ -82,6 +82,11 @@ def camera_frames() -> list[pa.RecordBatch]:
     return table.to_batches(max_chunksize=20)
 
 
+def few_frames() -> list[pa.RecordBatch]:
+    """Six vtest frames in batches of two (the reference model costs ~50 ms a frame)."""
+    return [b.slice(0, 4) for b in camera_frames()[:3]]
+
+
 SERVE = {"models": [{"name": "velox", "kind": "velox", "model": "absent-theta"}, {"kind": "online_mf"},
                     {"kind": "mean"}], "rating_range": [1, 5], "registry": "/nonexistent/dawnstream-registry"}
 
@@ -100,6 +105,7 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "serve": (SERVE, ratings, None),
     "difference": ({"threshold": 60.0, "against": "reference", "reference_frames": 5, "blocks": [2, 2]},
                    camera_frames, "image"),
+    "detect": ({"detector": {"kind": "hog"}, "query": {"region": [0, 380, 560, 576]}}, few_frames, "image"),
     "label": ({"lfs": ["dawnstream.operators.labeling.lfs.sentiment"], "classes": ["rotten", "fresh"],
                "gold": "gold", "refit_every": 300, "class_balance": "estimate"}, reviews, "gold"),
 }
