@@ -95,16 +95,30 @@ def train_grid(X: np.ndarray, y: np.ndarray, configs: list[SpecConfig] | None = 
     Raises:
         ValueError: shapes do not match, or only one class in ``y``.
     """
-    import torch
-
     configs = list(configs or GRID)
     X, y = np.asarray(X, np.float32), np.asarray(y, np.float32)
     if X.ndim != 4 or X.shape[1:] != (3, THUMB, THUMB) or len(X) != len(y):
         raise ValueError(f"expected (n, 3, {THUMB}, {THUMB}) thumbnails and n labels, got {X.shape} and {y.shape}")
     if len(np.unique(y)) < 2:
         raise ValueError("the labels hold one class only: nothing to learn")
-    torch.set_num_threads(1)
     models = [_init(c, seed + i) for i, c in enumerate(configs)]
+    seconds = _fit(models, X, y, epochs, batch, lr, seed)
+    return dict(zip(configs, models, strict=True)), seconds
+
+
+def train_one(X: np.ndarray, y: np.ndarray, config: SpecConfig, epochs: int = 8, batch: int = 64, lr: float = 1e-3,
+              seed: int = 0, position: int = 0) -> tuple[Any, float]:
+    """One candidate alone, as it sits at ``position`` of a grid: the baseline the pack is measured against."""
+    m = _init(config, seed + position)
+    return m, _fit([m], np.asarray(X, np.float32), np.asarray(y, np.float32), epochs, batch, lr, seed)
+
+
+def _fit(models: list[Any], X: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float, seed: int) -> float:
+    """Adam on each model, every minibatch seen by all of them in one pass (their losses summed: the
+    parameters are disjoint, so each gets its own gradient); returns the seconds it took."""
+    import torch
+
+    torch.set_num_threads(1)
     opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
     loss = torch.nn.BCEWithLogitsLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -117,33 +131,11 @@ def train_grid(X: np.ndarray, y: np.ndarray, configs: list[SpecConfig] | None = 
             xb, yb = Xt[idx], yt[idx]
             for o in opts:
                 o.zero_grad()
-            total = sum(loss(m(xb).squeeze(1), yb) for m in models)  # independent parameters: summed losses
+            total = sum(loss(m(xb).squeeze(1), yb) for m in models)
             total.backward()
             for o in opts:
                 o.step()
-    return dict(zip(configs, models, strict=True)), time.perf_counter() - t0
-
-
-def train_one(X: np.ndarray, y: np.ndarray, config: SpecConfig, epochs: int = 8, batch: int = 64, lr: float = 1e-3,
-              seed: int = 0, position: int = 0) -> tuple[Any, float]:
-    """One candidate alone, as it sits at ``position`` of a grid: the baseline the pack is measured against."""
-    import torch
-
-    torch.set_num_threads(1)
-    m = _init(config, seed + position)
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    loss = torch.nn.BCEWithLogitsLoss()
-    Xt, yt = torch.from_numpy(np.asarray(X, np.float32)), torch.from_numpy(np.asarray(y, np.float32))
-    order = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.from_numpy(order.permutation(len(X)))
-        for start in range(0, len(X), batch):
-            idx = perm[start:start + batch]
-            opt.zero_grad()
-            loss(m(Xt[idx]).squeeze(1), yt[idx]).backward()
-            opt.step()
-    return m, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 def predict_torch(model: Any, X: np.ndarray) -> np.ndarray:
