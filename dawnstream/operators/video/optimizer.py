@@ -1,0 +1,110 @@
+"""NoScope's cost-based optimizer: pick the cascade's thresholds from the user's error targets alone.
+
+The cascade (Kang et al., VLDB'17, sections 3 and 6), per frame in order:
+
+1. **difference detector**: score below ``delta`` -> the frame repeats the last decided label;
+2. **specialized model**: P(true) below ``c_low`` -> false, above ``c_high`` -> true;
+3. **reference model** otherwise.
+
+Given, on held-out frames, each frame's difference score, the specialized model's probability and the
+reference label, plus the measured per-frame costs (ms) of the three stages, :func:`choose` searches
+``delta`` and ``(c_low, c_high)`` over quantiles of the observed scores and returns the plan that sends
+the fewest frames to the reference model (then: least expected time) while the false-negative and
+false-positive rates against the reference stay within the targets. Because the least reference share
+is chosen first, tightening a target can only shrink the feasible set, so it never lowers the reference
+share. :func:`simulate` runs a plan over frames: the same rule the streaming cascade applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Thresholds of one cascade and what they gave on the frames they were chosen on."""
+
+    delta: float
+    c_low: float
+    c_high: float
+    reference_share: float = 1.0
+    skipped_share: float = 0.0
+    fn_rate: float = 0.0
+    fp_rate: float = 0.0
+    ms_per_frame: float = 0.0
+
+
+def simulate(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, delta: float, c_low: float,
+             c_high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels the cascade gives ``(n,)`` bool, and which stage decided each frame ``(n,)`` int8
+    (0 skipped by the difference detector, 1 specialized model, 2 reference). ``truth`` is what the
+    reference model would say (used only where the reference is called). A NaN difference (a camera's
+    first frame) is never skipped."""
+    n = len(diff)
+    labels = np.zeros(n, bool)
+    stage = np.zeros(n, np.int8)
+    last = False
+    for i in range(n):
+        if not np.isnan(diff[i]) and diff[i] < delta and i > 0:
+            labels[i], stage[i] = last, 0
+        elif prob[i] < c_low:
+            labels[i], stage[i] = False, 1
+        elif prob[i] > c_high:
+            labels[i], stage[i] = True, 1
+        else:
+            labels[i], stage[i] = bool(truth[i]), 2
+        last = labels[i]
+    return labels, stage
+
+
+def rates(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """False-negative rate (of the true frames) and false-positive rate (of the false ones)."""
+    t = truth.astype(bool)
+    fn = float((~labels & t).sum() / max(t.sum(), 1))
+    fp = float((labels & ~t).sum() / max((~t).sum(), 1))
+    return fn, fp
+
+
+def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple[float, float, float],
+           fn_target: float = 0.01, fp_target: float = 0.01, grid: int = 12) -> Plan:
+    """The cheapest plan within the targets (module docstring).
+
+    Args:
+        diff, prob, truth: per frame, in order, ``(n,)``: difference score, specialized P(true), reference label.
+        cost_ms: (difference detector, specialized model, reference model) ms per frame.
+        fn_target, fp_target: the largest false-negative and false-positive rates allowed.
+        grid: candidate values per threshold (quantiles of the observed scores).
+
+    Returns:
+        The plan; when nothing but the reference meets the targets, ``delta = 0`` and ``c_low = c_high =``
+        the band that sends everything to the reference (``reference_share = 1``).
+
+    Raises:
+        ValueError: arrays of different lengths, or no frames.
+    """
+    diff, prob, truth = np.asarray(diff, float), np.asarray(prob, float), np.asarray(truth, bool)
+    if not (len(diff) == len(prob) == len(truth)) or len(diff) == 0:
+        raise ValueError("diff, prob and truth must be equal-length, non-empty arrays")
+    t_diff, t_spec, t_ref = cost_ms
+    qs = np.linspace(0, 1, grid)
+    finite = diff[~np.isnan(diff)]
+    deltas = np.unique(np.concatenate([[0.0], np.quantile(finite, qs[:-1]) if len(finite) else []]))
+    cuts = np.unique(np.concatenate([[-1.0, 2.0], np.quantile(prob, qs)]))
+    best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, t_diff + t_spec + t_ref)
+    best_key = (1.0, best.ms_per_frame)
+    for delta in deltas:
+        for lo_i, c_low in enumerate(cuts):
+            for c_high in cuts[lo_i:]:
+                labels, stage = simulate(diff, prob, truth, float(delta), float(c_low), float(c_high))
+                fn, fp = rates(labels, truth)
+                if fn > fn_target or fp > fp_target:
+                    continue
+                ref = float((stage == 2).mean())
+                ms = t_diff + float((stage > 0).mean()) * t_spec + ref * t_ref
+                key = (ref, ms)
+                if key < best_key:
+                    best_key = key
+                    best = Plan(float(delta), float(c_low), float(c_high), ref, float((stage == 0).mean()), fn, fp, ms)
+    return best

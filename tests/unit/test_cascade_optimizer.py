@@ -1,0 +1,62 @@
+"""The cost-based optimizer on a synthetic stream with known labels: targets met on held-out frames, and a
+tighter target never lowers the reference share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dawnstream.operators.video.optimizer import choose, rates, simulate
+
+COST = (0.5, 2.0, 50.0)  # ms: difference detector, specialized model, reference model
+
+
+def stream(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of positive and negative frames; the difference score is low inside a run; a specialized model that
+    is right and sure on most frames, unsure on some."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(n, bool)
+    i = 0
+    while i < n:
+        run = int(rng.integers(20, 120))
+        truth[i:i + run] = rng.random() < 0.3
+        i += run
+    change = np.r_[True, truth[1:] != truth[:-1]]
+    diff = np.where(change, rng.uniform(50, 100, n), rng.gamma(2.0, 5.0, n))
+    diff[0] = np.nan
+    sure = rng.random(n) < 0.85
+    prob = np.where(truth, np.where(sure, rng.uniform(0.8, 1.0, n), rng.uniform(0.2, 0.8, n)),
+                    np.where(sure, rng.uniform(0.0, 0.2, n), rng.uniform(0.2, 0.8, n)))
+    return diff, prob, truth
+
+
+def test_the_chosen_plan_meets_the_targets_on_held_out_frames_and_saves_most_reference_calls() -> None:
+    plan = choose(*stream(1), COST, fn_target=0.02, fp_target=0.01)
+    assert plan.reference_share < 0.5 and plan.fn_rate <= 0.02 and plan.fp_rate <= 0.01
+    diff, prob, truth = stream(2)
+    labels, stage = simulate(diff, prob, truth, plan.delta, plan.c_low, plan.c_high)
+    fn, fp = rates(labels, truth)
+    assert fn <= 0.03 and fp <= 0.015  # held out: near the targets chosen on other frames
+    assert (stage == 2).mean() < 0.5 and (stage == 0).mean() > 0.2
+    assert plan.ms_per_frame < COST[2] / 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 1000), st.sampled_from([0.0, 0.005, 0.01, 0.02, 0.05]), st.sampled_from([0.0, 0.01, 0.03]))
+def test_a_tighter_target_never_lowers_the_reference_share(seed, fn, fp) -> None:
+    diff, prob, truth = stream(seed, 600)
+    loose = choose(diff, prob, truth, COST, fn_target=fn + 0.02, fp_target=fp + 0.02, grid=8)
+    tight = choose(diff, prob, truth, COST, fn_target=fn, fp_target=fp, grid=8)
+    assert tight.reference_share >= loose.reference_share
+
+
+def test_zero_targets_fall_back_to_the_reference_where_nothing_else_is_exact() -> None:
+    diff, prob, truth = stream(3, 500)
+    prob = np.full_like(prob, 0.5)  # a useless specialized model
+    diff = np.full_like(diff, 100.0)  # and every frame changes
+    plan = choose(diff, prob, truth, COST, fn_target=0.0, fp_target=0.0, grid=6)
+    assert plan.reference_share == 1.0 and plan.fn_rate == plan.fp_rate == 0.0
+    with pytest.raises(ValueError):
+        choose(diff[:3], prob, truth, COST)
