@@ -12,6 +12,7 @@ Each loader returns ``{token: value}`` and is cached: a worker reads each file o
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from dawnstream.sources import wheel_file
 
@@ -23,13 +24,7 @@ def vader() -> dict[str, float]:
     Raises:
         DawnstreamError: vaderSentiment is not installed.
     """
-    path = wheel_file("vaderSentiment", "vaderSentiment/vader_lexicon.txt", "pip install vaderSentiment")
-    out = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 2:
-            out[parts[0].lower()] = float(parts[1])
-    return out
+    return _word_values(wheel_file("vaderSentiment", "vaderSentiment/vader_lexicon.txt", "pip install vaderSentiment"))
 
 
 @functools.cache
@@ -39,12 +34,16 @@ def afinn() -> dict[str, float]:
     Raises:
         DawnstreamError: afinn is not installed.
     """
-    path = wheel_file("afinn", "afinn/data/AFINN-en-165.txt", "pip install afinn")
+    return _word_values(wheel_file("afinn", "afinn/data/AFINN-en-165.txt", "pip install afinn"))
+
+
+def _word_values(path: Path) -> dict[str, float]:
+    """``{word: value}`` from a tab-separated lexicon whose first two fields are the word and its value."""
     out = {}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        word, _, value = line.rpartition("\t")
-        if word:
-            out[word.lower()] = float(value)
+        parts = line.split("\t")
+        if len(parts) >= 2 and parts[0]:
+            out[parts[0].lower()] = float(parts[1])
     return out
 
 
