@@ -178,8 +178,8 @@ def ssd_text_graph(graph_text: str, cfg: SSDConfig) -> str:
     kept_names = {_name(n) for n in kept}
     for n in kept:
         fixed = []
-        for i in _inputs(n):
-            src = resolve(i)
+        for inp in _inputs(n):
+            src = resolve(inp)
             # an input from the dropped preprocessing map is the image itself (OpenCV feeds it raw)
             if src not in kept_names and ops.get(src.split(":")[0]) not in (None, "Const"):
                 src = image
@@ -236,7 +236,7 @@ def ssd_text_graph(graph_text: str, cfg: SSDConfig) -> str:
                       top_k=int(cfg.max_per_class), keep_top_k=int(cfg.max_total), code_type="CENTER_SIZE"))
     # drop what feeds nothing (the graph's other outputs), until only detection_out is a sink
     while True:
-        used = {i.split(":")[0] for n in kept for i in _inputs(n)}
+        used = {inp.split(":")[0] for n in kept for inp in _inputs(n)}
         sinks = [n for n in kept if _name(n) not in used and _name(n) != "detection_out"]
         if not sinks:
             break
