@@ -7,7 +7,7 @@ BROKER_PORT ?= 9092
 export DAWNSTREAM_LOG_LEVEL ?= WARNING
 export DAWNSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo demo-serve demo-labels test lint unit kafka broker broker-stop bench clean
+.PHONY: demo demo-serve demo-labels demo-video test lint unit kafka broker broker-stop bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ demo-serve: $(STAMP)
 demo-labels: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m dawnstream.demo_labels
+
+## make demo-video: NoScope's cascade (difference detector, specialized CNN, SSDLite reference) on vtest.avi, through Kafka.
+demo-video: $(STAMP)
+	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
+	$(BIN)/python -m dawnstream.demo_video
 
 lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks

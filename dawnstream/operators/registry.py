@@ -14,6 +14,7 @@ from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
 from dawnstream.operators.select import Select
 from dawnstream.operators.serving.serve import Serve
+from dawnstream.operators.video.cascade import Cascade
 from dawnstream.operators.video.detect import Detect
 from dawnstream.operators.video.difference import DifferenceDetector
 from dawnstream.operators.window_count import WindowCount
@@ -29,6 +30,7 @@ OPERATORS: dict[str, type[Operator]] = {
     Serve.kind: Serve,
     Label.kind: Label,
     DifferenceDetector.kind: DifferenceDetector,
+    Cascade.kind: Cascade,
     Detect.kind: Detect,
 }
 

@@ -1,0 +1,209 @@
+"""``make demo-video``: NoScope's cascade on a real camera, end to end through Kafka.
+
+Runs ``dawnstream run topologies/camera-lawn.yaml`` (the ``cascade`` stage: SSDLite-MobileNetV2 as the
+reference model, the query "a person whose feet are on the lawn") as a process of its own, in a fresh
+model registry. This process replays ``vtest.avi`` (795 frames of a fixed campus camera, fetched once
+from Debian's ``opencv-doc`` package) to the frames topic at the camera's 10 fps or faster, and reads
+the labels topic: every frame's label, which stage decided it, the camera's phase (bootstrap ->
+training -> cascade) and model version. At the end it runs the reference model on every frame here
+and prints the comparison: agreement, FN and FP rates, the share of frames the reference model saw,
+and a fixed stride with the same reference budget.
+
+:func:`run_video_demo` is what ``make demo-video`` runs and ``tests/kafka/test_demo_video.py`` checks
+(with a smaller topology); :func:`main` exits 0 when every frame got exactly one label, in order, and
+the camera reached the cascade phase.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from dawnstream.demo import exit_status
+from dawnstream.demo_jobs import exited, failed, fresh_job, stop, worker_ready
+from dawnstream.models.registry import REGISTRY_ENV
+from dawnstream.streams.kafka_clients import base_settings, client_only
+from dawnstream.streams.replay_video import replay_video
+
+TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "camera-lawn.yaml"
+
+
+def stride_labels(truth: np.ndarray, k: int) -> np.ndarray:
+    """Labels of a fixed stride ``k``: the reference on frames 0, k, 2k, ..., each label held until the next."""
+    idx = (np.arange(len(truth)) // max(k, 1)) * max(k, 1)
+    return np.asarray(truth)[idx]
+
+
+def compare(labels: np.ndarray, truth: np.ndarray, reference_share: float) -> dict[str, float]:
+    """Agreement, FN and FP rates of ``labels`` against the reference's ``truth``, and the agreement of a
+    fixed stride that calls the reference as often (``round(1 / share)``)."""
+    from dawnstream.operators.video.optimizer import rates
+
+    labels, truth = np.asarray(labels, bool), np.asarray(truth, bool)
+    fn, fp = rates(labels, truth)
+    k = max(1, int(round(1.0 / reference_share))) if reference_share > 0 else len(truth)
+    return {"frames": len(truth), "agreement": float((labels == truth).mean()), "fn_rate": fn, "fp_rate": fp,
+            "reference_share": reference_share, "stride": k,
+            "stride_agreement": float((stride_labels(truth, k) == truth).mean())}
+
+
+@dataclass
+class VideoDemoResult:
+    """What one run did: frames sent and labelled, frames per stage and phase, the comparison with the
+    reference model on every frame (over all frames, and over the frames labelled in the cascade phase)."""
+
+    frames: int = 0
+    labelled: int = 0
+    in_order: bool = False
+    by_stage: dict[str, int] = field(default_factory=dict)
+    by_phase: dict[str, int] = field(default_factory=dict)
+    versions: list[int] = field(default_factory=list)
+    overall: dict[str, float] = field(default_factory=dict)
+    cascade: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    reference_seconds: float = 0.0
+    error: str | None = None
+
+
+def reference_labels(limit: int | None, detector: dict[str, Any], query: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """The reference model's answer on every frame of vtest (JPEG round trip included, as the stage sees
+    them), and the seconds it took."""
+    from dawnstream.models.detectors import RegionQuery, build_detector
+    from dawnstream.operators.video.detect import decode
+    from dawnstream.video_source import jpeg, read_frames, vtest
+
+    det = build_detector(detector)
+    q = dict(query)
+    region = q.pop("region", None)
+    rq = RegionQuery(region=tuple(region) if region else None, **q)
+    t0 = time.perf_counter()
+    out = [rq.label(det.detect(decode(jpeg(f)))) for _, _, f in read_frames(vtest(), stop=limit)]
+    return np.array(out, bool), time.perf_counter() - t0
+
+
+def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, limit: int | None = None,
+                   rate: float | None = 40.0, compare_reference: bool = True) -> VideoDemoResult:
+    """Replay vtest through the cascade topology and report (module docstring).
+
+    Args:
+        topology: the topology file (tests pass a smaller one).
+        limit: only the first ``limit`` frames.
+        rate: frames/s sent (default 40: 4x the camera's 10 fps; None: as fast as possible).
+        compare_reference: run the reference model on every frame here at the end, for the comparison.
+
+    Raises:
+        DawnstreamError: the broker cannot be reached, or vtest cannot be fetched.
+    """
+    console = console or Console()
+    registry = Path.home() / ".cache" / "dawnstream" / "demo-video" / "registry"
+    topo = fresh_job(topology, registry)
+    stage = topo.stages[0].params()
+    camera = "lawn"
+    env = {**os.environ, REGISTRY_ENV: str(registry),
+           "DAWNSTREAM_LOG_LEVEL": os.environ.get("DAWNSTREAM_LOG_LEVEL", "WARNING")}
+    worker = subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(topology)], env=env)
+    procs = {"cascade worker": worker}
+    metrics_url = f"http://{topo.metrics.host}:{topo.metrics.port}/metrics"
+    deadline = time.monotonic() + 120
+    while not worker_ready(metrics_url) and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    console.print(f"[bold]dawnstream demo-video[/]: vtest.avi -> {topo.input.topic} -> cascade "
+                  f"(reference: {stage.get('detector')}) -> {topo.outputs[0].topic}")
+    settings = base_settings(topo.kafka.bootstrap, topo.kafka.settings)
+    reader = Consumer({**client_only(settings, consumer=True), "group.id": f"demo-video-{uuid.uuid4().hex[:8]}",
+                       "enable.auto.commit": False, "isolation.level": "read_committed"})
+    out_topic = topo.outputs[0].topic
+    md = reader.list_topics(out_topic, timeout=30).topics[out_topic]
+    reader.assign([TopicPartition(out_topic, p, 0) for p in md.partitions])
+    rows: list[dict[str, Any]] = []
+    result = VideoDemoResult()
+    t0 = time.perf_counter()
+
+    def view() -> Table:
+        t = Table(title="camera-lawn: NoScope cascade through Kafka (live)")
+        for col in ("elapsed", "labelled", "phase", "model", "difference", "specialized", "reference",
+                    "ref share (cascade)"):
+            t.add_column(col, justify="right")
+        by = [r["decided_by"] for r in rows]
+        casc = [r for r in rows if r["phase"] == "cascade"]
+        share = sum(r["decided_by"] == "reference" for r in casc) / len(casc) if casc else float("nan")
+        t.add_row(f"{time.perf_counter() - t0:.1f}s", f"{len(rows)}", rows[-1]["phase"] if rows else "-",
+                  f"v{rows[-1]['model_version']}" if rows and rows[-1]["model_version"] else "-",
+                  *(str(by.count(s)) for s in ("difference", "specialized", "reference")),
+                  f"{share:.0%}" if casc else "-")
+        return t
+
+    def drain() -> None:
+        for m in reader.consume(1000, timeout=0.1):
+            if m.error() is None and m.value():
+                rows.append(orjson.loads(m.value() or b"{}"))
+
+    try:
+        with Live(view(), console=console, refresh_per_second=4) as live:
+            sent = replay_video("vtest", topo.input.topic, camera=camera, bootstrap=topo.kafka.bootstrap,
+                                rate=rate, limit=limit, progress=lambda _n: None)
+            result.frames = sent.messages
+            deadline = time.monotonic() + 600
+            while exited(procs) is None and len(rows) < result.frames and time.monotonic() < deadline:
+                drain()
+                live.update(view())
+            live.update(view())
+    finally:
+        reader.close()
+        stop(procs)
+    result.seconds = time.perf_counter() - t0
+    result.error = failed(procs)
+    result.labelled = len(rows)
+    result.in_order = [r["frame_index"] for r in rows] == list(range(len(rows)))
+    for key, attr in (("decided_by", "by_stage"), ("phase", "by_phase")):
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r[key]] = counts.get(r[key], 0) + 1
+        setattr(result, attr, counts)
+    result.versions = sorted({r["model_version"] for r in rows if r["model_version"] is not None})
+    if result.error is None and (result.labelled != result.frames or not result.in_order):
+        result.error = f"{result.labelled} labels for {result.frames} frames (in order: {result.in_order})"
+    if result.error is None and "cascade" not in result.by_phase:
+        result.error = "the camera never reached the cascade phase (no specialized model took over)"
+    if result.error is None and compare_reference:
+        truth, result.reference_seconds = reference_labels(limit, stage["detector"], stage.get("query") or {})
+        labels = np.array([r["label"] for r in rows], bool)
+        ref = np.array([r["decided_by"] == "reference" for r in rows])
+        casc = np.array([r["phase"] == "cascade" for r in rows])
+        result.overall = compare(labels, truth, float(ref.mean()))
+        result.cascade = compare(labels[casc], truth[casc], float(ref[casc].mean()))
+        table = Table(title="against the reference model on every frame")
+        for col in ("frames", "agreement", "FN rate", "FP rate", "reference share", "stride, same budget",
+                    "stride agreement"):
+            table.add_column(col, justify="right")
+        for name, c in (("all frames", result.overall), ("cascade phase", result.cascade)):
+            table.add_row(f"{name}: {c['frames']}", f"{c['agreement']:.3f}", f"{c['fn_rate']:.3f}",
+                          f"{c['fp_rate']:.3f}", f"{c['reference_share']:.0%}", f"{c['stride']}",
+                          f"{c['stride_agreement']:.3f}")
+        console.print(table)
+    console.print(f"{result.labelled}/{result.frames} frames labelled in {result.seconds:.1f}s "
+                  f"(in order: {result.in_order}); by stage {result.by_stage}; by phase {result.by_phase}; "
+                  f"model versions {result.versions}; reference on every frame here: {result.reference_seconds:.1f}s")
+    return result
+
+
+def main() -> int:
+    """``make demo-video``: 0 when every frame got its label in order and the cascade took over."""
+    return exit_status(run_video_demo, "demo-video")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The ``cascade`` stage: NoScope's difference detector -> specialized model -> reference model, per camera,
+with its whole life cycle in the stream (Kang et al., VLDB'17; the streaming life cycle is ours).
+
+Per camera (the ``camera_id`` column), frames go through phases:
+
+1. **bootstrap**: every frame goes to the reference model; its thumbnail, difference score and label are
+   kept. When at least ``bootstrap`` frames are kept and both parts of the temporal split hold
+   ``min_per_class`` frames of each class (:func:`~.training.ready`), training starts.
+2. **training**: a background thread trains the grid, measures the stages' costs and chooses the
+   thresholds from the FN/FP targets (:func:`~.training.fit_cascade`); frames keep going to the
+   reference model meanwhile, so nothing pauses. The model takes over at a fixed frame,
+   ``swap_after`` frames after training started (on a live camera that is time enough; a replay
+   faster than real time waits there for the thread). A fixed frame, and a model registered under
+   its training frames (a replay after a crash finds it and uses it), make the labels a function of
+   the input alone: exactly-once gives the same labels as an uninterrupted run.
+3. **cascade**: a frame whose difference score is below ``delta`` repeats the last label; otherwise the
+   specialized model's P(true) decides below ``c_low`` / above ``c_high``; otherwise the reference model.
+   A ``sample`` share of frames (chosen by a hash of camera and frame index) also goes to the reference
+   model, to estimate live agreement; when it falls below ``min_agreement`` over the last ``window``
+   samples, the camera goes back to bootstrap and the model is retrained on fresh frames.
+
+Output, one row per frame in order: ``camera_id``, ``frame_index``, ``timestamp_ms``, ``label`` (bool),
+``count`` (int64, the reference's box count where it ran and ``count: true``; else null),
+``decided_by`` (``difference`` | ``specialized`` | ``reference``), ``confidence`` (float64: the
+specialized model's probability of its answer, 1.0 for the reference, the repeated frame's for the
+difference detector), ``phase``, ``model_version`` (null before the first swap), ``reference_ms``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dawnstream.errors import ConfigError
+from dawnstream.logs import event, get_logger
+from dawnstream.models.artifacts import from_npz, to_npz
+from dawnstream.models.detectors import Detector, RegionQuery, build_detector
+from dawnstream.models.registry import Registry
+from dawnstream.models.specialized import OnnxSpecialized, SpecConfig
+from dawnstream.operators.base import Operator
+from dawnstream.operators.video.detect import decode
+from dawnstream.operators.video.difference import frame_mse, thumbnail
+from dawnstream.operators.video.optimizer import Plan
+from dawnstream.operators.video.training import FittedCascade, fit_cascade, ready
+
+log = get_logger(__name__)
+STAGES = ("difference", "specialized", "reference")
+OUT_SCHEMA = pa.schema([("camera_id", pa.string()), ("frame_index", pa.int64()), ("timestamp_ms", pa.int64()),
+                        ("label", pa.bool_()), ("count", pa.int64()), ("decided_by", pa.string()),
+                        ("confidence", pa.float64()), ("phase", pa.string()), ("model_version", pa.int64()),
+                        ("reference_ms", pa.float64())])
+
+
+def sampled(camera: str, frame: int, share: float) -> bool:
+    """Whether a frame goes to the reference model for the live accuracy estimate (stable across replays)."""
+    h = hashlib.blake2b(f"{camera}/{frame}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0 ** 64 < share
+
+
+@dataclass
+class Camera:
+    """One camera's life-cycle state (module docstring)."""
+
+    phase: str = "bootstrap"
+    thumbs: list[np.ndarray] = field(default_factory=list)
+    diffs: list[float] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    prev_gray: np.ndarray | None = None
+    last_label: bool = False
+    last_conf: float = 1.0
+    swap_at: int = -1
+    version: int | None = None
+    plan: Plan | None = None
+    samples: deque[bool] = field(default_factory=lambda: deque(maxlen=200))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    ref_ms: list[float] = field(default_factory=list)
+    diff_ms: list[float] = field(default_factory=list)
+    spec: OnnxSpecialized | None = None
+    thread: threading.Thread | None = None
+    fitted: FittedCascade | None = None
+    error: BaseException | None = None
+    train_costs: tuple[float, float] = (0.0, 1.0)
+    """Difference detector and reference ms per frame when training started (kept, so a retrain after a
+    crash weighs the stages as the first one did)."""
+
+
+class Cascade(Operator):
+    """Labels every frame of every camera with the query's answer, the reference model called as little as
+    the FN/FP targets allow (module docstring).
+
+    Args:
+        detector: the reference model, ``{kind: ssdlite | hog | onnx, ...}``.
+        query: ``{region: [x0, y0, x1, y1], point: foot | center, min_count: 1}`` (default: any box).
+        targets: ``{fn: 0.01, fp: 0.01}``: the largest false-negative and false-positive rates allowed,
+            against the reference model; the only numbers a user needs to set.
+        count: output the reference's box count where it ran.
+        bootstrap: reference-labelled frames to collect before training (at least).
+        min_per_class: frames of each class needed in both parts of the temporal split.
+        block: frames per block of the temporal split.
+        swap_after: frames between the start of training and the swap.
+        sample: share of cascade frames also sent to the reference model (live agreement).
+        window, min_agreement: retrain when the agreement over the last ``window`` samples (at least 20)
+            falls below ``min_agreement``.
+        difference: ``{size: [64, 48], blocks: [1, 1], roi: [x0, y0, x1, y1]}`` of the lag-1 difference
+            detector; ``roi`` (pixels) restricts it to the part of the frame the query looks at, so people
+            moving elsewhere do not count as change.
+        grid: the specialized-model candidates, ``[{convs, filters, dense}, ...]`` (default: 8).
+        epochs: training epochs of the grid.
+        model: registry name of the specialized models (default ``specialized.<stage name>.<camera>``).
+        registry: registry root (default ``$DAWNSTREAM_REGISTRY``).
+
+    Raises:
+        ConfigError: a bad option, naming the key.
+    """
+
+    kind = "cascade"
+    stateful = True
+
+    def __init__(self, detector: dict[str, Any], query: dict[str, Any] | None = None,
+                 targets: dict[str, float] | None = None, count: bool = False, bootstrap: int = 300,
+                 min_per_class: int = 20, block: int = 30, swap_after: int = 50, sample: float = 0.05,
+                 window: int = 100, min_agreement: float = 0.9, difference: dict[str, Any] | None = None,
+                 grid: list[dict[str, int]] | None = None, epochs: int = 15, model: str | None = None,
+                 registry: str | None = None, name: str | None = None, _path: str = "stages") -> None:
+        super().__init__(name)
+        base = _path.rsplit(".", 1)[0] if "." in _path else _path
+        try:
+            self.detector: Detector = build_detector(detector)
+        except ValueError as e:
+            raise ConfigError(f"{base}.detector", str(e)) from None
+        try:
+            q = dict(query or {})
+            region = q.pop("region", None)
+            self.query = RegionQuery(region=tuple(float(v) for v in region) if region is not None else None, **q)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{base}.query", str(e)) from None
+        t = dict(targets or {})
+        self.fn_target, self.fp_target = float(t.pop("fn", 0.01)), float(t.pop("fp", 0.01))
+        if t or not (0 <= self.fn_target < 1 and 0 <= self.fp_target < 1):
+            raise ConfigError(f"{base}.targets", f"expected {{fn: rate, fp: rate}} in [0, 1), got {targets!r}")
+        for key, v, lo in (("bootstrap", bootstrap, 3), ("min_per_class", min_per_class, 1), ("block", block, 1),
+                           ("swap_after", swap_after, 0), ("window", window, 1), ("epochs", epochs, 1)):
+            if int(v) < lo:
+                raise ConfigError(f"{base}.{key}", f"expected an integer >= {lo}, got {v!r}")
+        if not (0 <= float(sample) <= 1 and 0 <= float(min_agreement) <= 1):
+            raise ConfigError(f"{base}.sample", "sample and min_agreement are shares in [0, 1]")
+        dd = dict(difference or {})
+        self.diff_size = tuple(int(v) for v in dd.pop("size", (64, 48)))
+        self.diff_blocks = tuple(int(v) for v in dd.pop("blocks", (1, 1)))
+        roi = dd.pop("roi", None)
+        self.diff_roi = tuple(int(v) for v in roi) if roi is not None else None
+        if dd or len(self.diff_size) != 2 or len(self.diff_blocks) != 2 or (roi is not None and len(roi) != 4):
+            raise ConfigError(f"{base}.difference",
+                              f"expected {{size: [w, h], blocks: [rows, cols]}}, got {difference!r}")
+        try:
+            self.grid = [SpecConfig(**g) for g in grid] if grid else None
+        except TypeError as e:
+            raise ConfigError(f"{base}.grid", f"expected [{{convs, filters, dense}}, ...]: {e}") from None
+        self.count, self.bootstrap, self.min_per_class = bool(count), int(bootstrap), int(min_per_class)
+        self.block, self.swap_after, self.sample = int(block), int(swap_after), float(sample)
+        self.window, self.min_agreement, self.epochs = int(window), float(min_agreement), int(epochs)
+        self.model_name = model
+        self.registry = Registry(registry) if registry else Registry()
+        self.cameras: dict[str, Camera] = {}
+
+    def required_columns(self) -> set[str]:
+        return {"camera_id", "frame_index", "image"}
+
+    def produced_columns(self) -> set[str]:
+        return set(OUT_SCHEMA.names)
+
+    def passes_through(self) -> bool:
+        return False
+
+    def _model(self, camera: str) -> str:
+        clean = "".join(c if c.isalnum() or c in "_.-" else "_" for c in camera)
+        return self.model_name.replace("{camera}", clean) if self.model_name else f"specialized.{self.name}.{clean}"
+
+    # -- per frame ------------------------------------------------------------------------------
+    def _reference(self, cam: Camera, frame: np.ndarray) -> tuple[bool, int, float]:
+        t0 = time.perf_counter()
+        boxes = self.detector.detect(frame)
+        ms = (time.perf_counter() - t0) * 1000.0
+        cam.ref_ms.append(ms)
+        del cam.ref_ms[:-200]
+        n = self.query.count(boxes)
+        return n >= self.query.min_count, n, ms
+
+    def _frame(self, camera: str, idx: int, raw: bytes) -> tuple[bool, int | None, str, float, float]:
+        """(label, count, decided_by, confidence, reference ms) of one frame; moves the camera's state on."""
+        cam = self.cameras.setdefault(camera, Camera())
+        cam.samples = cam.samples if cam.samples.maxlen == self.window else deque(cam.samples, self.window)
+        frame = decode(raw)
+        t0 = time.perf_counter()
+        crop = frame
+        if self.diff_roi is not None:
+            x0, y0, x1, y1 = self.diff_roi
+            crop = frame[y0:y1, x0:x1]
+        gray = thumbnail(crop, self.diff_size)  # type: ignore[arg-type]
+        d = frame_mse(gray, cam.prev_gray, self.diff_blocks) if cam.prev_gray is not None else float("nan")  # type: ignore[arg-type]
+        cam.prev_gray = gray
+        cam.diff_ms.append((time.perf_counter() - t0) * 1000.0)
+        del cam.diff_ms[:-200]
+        if cam.phase == "training" and idx >= cam.swap_at:
+            self._swap(camera, cam)
+        if cam.phase != "cascade":
+            label, n, ms = self._reference(cam, frame)
+            if cam.phase == "bootstrap":
+                cam.thumbs.append(_thumb(frame))
+                cam.diffs.append(d)
+                cam.labels.append(label)
+                cam.frames.append(idx)
+                if len(cam.labels) >= self.bootstrap and ready(np.array(cam.labels), self.block, self.min_per_class):
+                    self._start_training(camera, cam, idx)
+            return self._decided(cam, label, 1.0, "reference", n, ms)
+        plan = cam.plan
+        assert plan is not None and cam.spec is not None
+        check = sampled(camera, idx, self.sample)
+        if not np.isnan(d) and d < plan.delta:
+            label, conf, by = cam.last_label, cam.last_conf, "difference"
+        else:
+            p = float(cam.spec.predict(_thumb(frame)[None].astype(np.float32) / 255.0)[0])
+            if p < plan.c_low:
+                label, conf, by = False, 1.0 - p, "specialized"
+            elif p > plan.c_high:
+                label, conf, by = True, p, "specialized"
+            else:
+                label, n, ms = self._reference(cam, frame)
+                return self._decided(cam, label, 1.0, "reference", n, ms)
+        if check:
+            truth, n, ms = self._reference(cam, frame)
+            cam.samples.append(truth == label)
+            if len(cam.samples) >= min(20, self.window) and np.mean(cam.samples) < self.min_agreement:
+                event(log, "cascade.drift", camera=camera, frame=idx, agreement=float(np.mean(cam.samples)))
+                self._reset(cam)
+            return self._decided(cam, label, conf, by, n, ms)
+        return self._decided(cam, label, conf, by, None, float("nan"))
+
+    def _decided(self, cam: Camera, label: bool, conf: float, by: str, n: int | None,
+                 ms: float) -> tuple[bool, int | None, str, float, float]:
+        cam.last_label, cam.last_conf = bool(label), float(conf)
+        cam.counts[by] += 1
+        return bool(label), (n if self.count else None), by, float(conf), ms
+
+    def _reset(self, cam: Camera) -> None:
+        cam.phase, cam.thumbs, cam.diffs, cam.labels, cam.frames = "bootstrap", [], [], [], []
+        cam.samples.clear()
+
+    # -- training and the swap ------------------------------------------------------------------
+    def _start_training(self, camera: str, cam: Camera, idx: int) -> None:
+        cam.phase, cam.swap_at, cam.fitted, cam.error = "training", idx + 1 + self.swap_after, None, None
+        thumbs, diffs, labels = np.stack(cam.thumbs), np.array(cam.diffs), np.array(cam.labels)
+        frames = (cam.frames[0], cam.frames[-1])
+        if cam.ref_ms:
+            cam.train_costs = (float(np.median(cam.diff_ms)) if cam.diff_ms else 0.0, float(np.median(cam.ref_ms)))
+        diff_ms, ref_ms = cam.train_costs
+        event(log, "cascade.training", camera=camera, frames=len(labels), positives=int(labels.sum()),
+              swap_at=cam.swap_at)
+
+        def work() -> None:
+            try:
+                cam.fitted = self._fit_or_reuse(camera, frames, thumbs, diffs, labels, diff_ms, ref_ms)
+            except BaseException as e:  # noqa: BLE001 - handed to the stream thread at the swap
+                cam.error = e
+
+        cam.thread = threading.Thread(target=work, name=f"cascade-train-{camera}", daemon=True)
+        cam.thread.start()
+
+    def _fit_or_reuse(self, camera: str, frames: tuple[int, int], thumbs: np.ndarray, diffs: np.ndarray,
+                      labels: np.ndarray, diff_ms: float, ref_ms: float) -> FittedCascade:
+        name = self._model(camera)
+        key = {"camera": camera, "frames": list(frames), "targets": [self.fn_target, self.fp_target],
+               "epochs": self.epochs, "block": self.block}
+        for v in reversed(self.registry.versions(name) if name in self.registry.names() else []):
+            if v.training_data == key:  # trained on these very frames before a crash: the same model
+                fitted = FittedCascade(v.read_bytes(), SpecConfig(**v.params["config"]), Plan(**v.params["plan"]),
+                                       tuple(v.params["costs_ms"]), v.metrics)
+                fitted.report["version"] = v.version
+                return fitted
+        fitted = fit_cascade(thumbs, diffs, labels, block=self.block, diff_ms=diff_ms, reference_ms=ref_ms,
+                             fn_target=self.fn_target, fp_target=self.fp_target, configs=self.grid,
+                             epochs=self.epochs)
+        plan = fitted.plan
+        mv = self.registry.register(
+            name, fitted.onnx, "onnx", training_data=key,
+            metrics={"reference_share": plan.reference_share, "fn_rate": plan.fn_rate, "fp_rate": plan.fp_rate,
+                     **fitted.report},
+            params={"config": {"convs": fitted.config.convs, "filters": fitted.config.filters,
+                               "dense": fitted.config.dense},
+                    "plan": plan.__dict__, "costs_ms": list(fitted.costs_ms)})
+        self.registry.promote(name, mv.version)
+        fitted.report["version"] = mv.version
+        return fitted
+
+    def _swap(self, camera: str, cam: Camera) -> None:
+        if cam.thread is not None:
+            cam.thread.join()
+        cam.thread = None
+        if cam.error is not None or cam.fitted is None:
+            event(log, "cascade.training_failed", camera=camera, error=repr(cam.error))
+            self._reset(cam)  # keep labelling with the reference; collect again
+            return
+        f = cam.fitted
+        cam.spec, cam.plan, cam.version = OnnxSpecialized(f.onnx), f.plan, int(f.report["version"])
+        cam.phase, cam.thumbs, cam.diffs, cam.labels, cam.frames = "cascade", [], [], [], []
+        event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
+              c_low=f.plan.c_low, c_high=f.plan.c_high, reference_share=f.plan.reference_share)
+
+    # -- the stage ------------------------------------------------------------------------------
+    def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        images = batch.column("image")
+        if not (pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type)):
+            raise TypeError(f"column 'image' is {images.type}: expected JPEG/PNG bytes (the frames codec)")
+        cams = batch.column("camera_id").to_pylist()
+        idxs = batch.column("frame_index").to_pylist()
+        ts = (batch.column("timestamp_ms").to_pylist() if "timestamp_ms" in batch.schema.names
+              else [None] * batch.num_rows)
+        rows: dict[str, list[Any]] = {n: [] for n in OUT_SCHEMA.names}
+        for i in range(batch.num_rows):
+            raw = images[i].as_py()
+            if raw is None:
+                raise ValueError(f"row {i} of camera {cams[i]!r} has no image")
+            label, n, by, conf, ms = self._frame(str(cams[i]), int(idxs[i]), raw)
+            cam = self.cameras[str(cams[i])]
+            for k, v in (("camera_id", str(cams[i])), ("frame_index", int(idxs[i])), ("timestamp_ms", ts[i]),
+                         ("label", label), ("count", n), ("decided_by", by), ("confidence", conf),
+                         ("phase", cam.phase), ("model_version", cam.version),
+                         ("reference_ms", None if np.isnan(ms) else ms)):
+                rows[k].append(v)
+        return [pa.RecordBatch.from_pydict(rows, schema=OUT_SCHEMA)]
+
+    def gauges(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for cam in self.cameras.values():
+            for s in STAGES:
+                out[f"frames_{s}"] = out.get(f"frames_{s}", 0.0) + cam.counts[s]
+        agreements = [a for cam in self.cameras.values() for a in cam.samples]
+        if agreements:
+            out["live_agreement"] = float(np.mean(agreements))
+        total = sum(out.get(f"frames_{s}", 0.0) for s in STAGES)
+        if total:
+            out["reference_share"] = out.get("frames_reference", 0.0) / total
+        out["cameras_in_cascade"] = float(sum(c.phase == "cascade" for c in self.cameras.values()))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Per camera: phase, model version, plan, frames per stage, live agreement."""
+        return {name: {"phase": c.phase, "model_version": c.version, "frames": dict(c.counts),
+                       "plan": c.plan.__dict__ if c.plan else None,
+                       "live_agreement": float(np.mean(c.samples)) if c.samples else None,
+                       "reference_ms": float(np.median(c.ref_ms)) if c.ref_ms else None}
+                for name, c in self.cameras.items()}
+
+    # -- state ----------------------------------------------------------------------------------
+    def _state(self) -> Any:
+        meta, arrays = {}, {}
+        for name, c in self.cameras.items():
+            meta[name] = {"phase": c.phase, "diffs": c.diffs, "labels": c.labels, "frames": c.frames,
+                          "last_label": c.last_label, "last_conf": c.last_conf, "swap_at": c.swap_at,
+                          "version": c.version, "plan": c.plan.__dict__ if c.plan else None,
+                          "samples": list(c.samples), "counts": c.counts,
+                          "train_costs": list(c.train_costs)}
+            if c.thumbs:
+                arrays[f"t/{name}"] = np.stack(c.thumbs)
+            if c.prev_gray is not None:
+                arrays[f"g/{name}"] = c.prev_gray
+        return {"meta": meta, "npz": to_npz(arrays).hex() if arrays else ""}
+
+    def _load_state(self, state: Any) -> None:
+        if not state:
+            return
+        arrays = from_npz(bytes.fromhex(state["npz"])) if state["npz"] else {}
+        self.cameras = {}
+        for name, m in state["meta"].items():
+            c = Camera(phase=m["phase"], diffs=[float("nan") if v is None else v for v in m["diffs"]],
+                       labels=m["labels"], frames=m["frames"], last_label=m["last_label"], last_conf=m["last_conf"],
+                       swap_at=m["swap_at"], version=m["version"], plan=Plan(**m["plan"]) if m["plan"] else None,
+                       samples=deque(m["samples"], self.window), counts=m["counts"],
+                       train_costs=tuple(m["train_costs"]))
+            c.thumbs = list(arrays[f"t/{name}"]) if f"t/{name}" in arrays else []
+            c.prev_gray = arrays.get(f"g/{name}")
+            self.cameras[name] = c
+            if c.phase == "training":  # the thread died with the process: train again (or find its model)
+                self._start_training(name, c, c.swap_at - 1 - self.swap_after)
+            elif c.phase == "cascade" and c.version is not None:
+                c.spec = OnnxSpecialized(self.registry.get(self._model(name), c.version).read_bytes())
+
+
+def _thumb(frame: np.ndarray) -> np.ndarray:
+    """``(3, 50, 50)`` uint8 RGB thumbnail (the specialized model's input, kept small in state)."""
+    import cv2
+
+    from dawnstream.models.specialized import THUMB
+
+    small = cv2.resize(frame, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small[:, :, ::-1].transpose(2, 0, 1))
+

@@ -1,0 +1,92 @@
+"""Fit a camera's cascade from frames the reference model labelled: NoScope's training + optimizer step.
+
+NoScope (Kang et al., VLDB'17, sections 4-6) trains the specialized models on the reference model's
+labels and chooses the cascade's thresholds on *other* frames, so that the error targets hold on video
+the model did not see. With a stream, the labelled frames are the camera's bootstrap: they are cut into
+blocks of ``block`` consecutive frames (consecutive frames are near copies: a random split would leak),
+and the blocks go in turn to training (two of every three) and to choosing the thresholds (the third).
+
+:func:`ready` says when the frames hold enough of each class in both parts; :func:`fit_cascade` trains
+the grid jointly (:func:`~dawnstream.models.specialized.train_grid`), exports every candidate to ONNX,
+measures its cost per frame with onnxruntime here, lets the optimizer
+(:func:`~dawnstream.operators.video.optimizer.choose`) pick its thresholds on the held-out blocks,
+and keeps the candidate with the fewest reference calls, then the least time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dawnstream.models.specialized import GRID, OnnxSpecialized, SpecConfig, to_onnx, train_grid
+from dawnstream.operators.video.optimizer import Plan, choose
+
+
+def split(n: int, block: int) -> np.ndarray:
+    """``(n,)`` bool: True for frames of the threshold-choosing blocks (every third block of ``block`` frames)."""
+    return (np.arange(n) // max(int(block), 1)) % 3 == 2
+
+
+def ready(labels: np.ndarray, block: int, min_per_class: int) -> bool:
+    """True when both the training and the choosing blocks hold ``min_per_class`` frames of each class."""
+    y = np.asarray(labels, bool)
+    held = split(len(y), block)
+    return all(int(part.sum()) >= min_per_class and int((~part).sum()) >= min_per_class
+               for part in (y[~held], y[held]))
+
+
+@dataclass
+class FittedCascade:
+    """The chosen specialized model (ONNX bytes), its architecture, its thresholds and what was measured."""
+
+    onnx: bytes
+    config: SpecConfig
+    plan: Plan
+    costs_ms: tuple[float, float, float]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, block: int, diff_ms: float,
+                reference_ms: float, fn_target: float, fp_target: float, configs: list[SpecConfig] | None = None,
+                epochs: int = 15, seed: int = 0) -> FittedCascade:
+    """Train, measure and choose (module docstring).
+
+    Args:
+        thumbs: ``(n, 3, 50, 50)`` uint8 RGB thumbnails, in frame order.
+        diff: ``(n,)`` the difference detector's score of each frame (NaN: nothing to compare with).
+        labels: ``(n,)`` bool, the reference model's answers.
+        block: frames per block of the temporal split.
+        diff_ms, reference_ms: measured cost per frame of the difference detector and the reference model.
+        fn_target, fp_target: the error targets the thresholds must meet on the held-out blocks.
+
+    Raises:
+        ValueError: too few frames of a class in a part (see :func:`ready`), or mismatched shapes.
+    """
+    X = np.asarray(thumbs, np.float32) / 255.0
+    y = np.asarray(labels, bool)
+    d = np.asarray(diff, float)
+    held = split(len(y), block)
+    if not ready(y, block, 1):
+        raise ValueError("the bootstrap frames lack a class in the training or the choosing blocks")
+    models, train_s = train_grid(X[~held], y[~held].astype(np.float32), configs or GRID, epochs=epochs, seed=seed)
+    best: FittedCascade | None = None
+    candidates = []
+    for cfg, module in models.items():
+        onnx = to_onnx(module)
+        spec = OnnxSpecialized(onnx)
+        t0 = time.perf_counter()
+        p = np.concatenate([spec.predict(X[i:i + 64]) for i in range(0, len(X), 64)])
+        spec_ms = (time.perf_counter() - t0) * 1000.0 / len(X)
+        costs = (float(diff_ms), float(spec_ms), float(reference_ms))
+        plan = choose(d[held], p[held], y[held], costs, fn_target, fp_target)
+        candidates.append({"model": cfg.name, "spec_ms": round(spec_ms, 3), **asdict(plan)})
+        if best is None or (plan.reference_share, plan.ms_per_frame) < (best.plan.reference_share,
+                                                                          best.plan.ms_per_frame):
+            best = FittedCascade(onnx, cfg, plan, costs)
+    assert best is not None
+    best.report = {"train_seconds": round(train_s, 2), "train_frames": int((~held).sum()),
+                   "choose_frames": int(held.sum()), "candidates": candidates}
+    return best
