@@ -53,17 +53,38 @@ def _read_zip_csv(path: Path) -> pa.Table:
             return pacsv.read_csv(io.BytesIO(f.read()))
 
 
+def video_table(source: str) -> pa.Table:
+    """Every frame of a video (``vtest`` or a path) as frames-codec rows: ``camera_id``, ``frame_index``,
+    ``timestamp_ms``, ``image`` (JPEG, quality 90).
+
+    Raises:
+        DawnstreamError: the video cannot be read.
+    """
+    from dawnstream.video_source import jpeg, read_frames, vtest
+
+    path = vtest() if source == "vtest" else Path(source)
+    rows = [(i, ts, jpeg(f)) for i, ts, f in read_frames(path)]
+    return pa.table({"camera_id": [path.stem] * len(rows), "frame_index": pa.array([r[0] for r in rows], pa.int64()),
+                     "timestamp_ms": pa.array([r[1] for r in rows], pa.int64()),
+                     "image": pa.array([r[2] for r in rows], pa.binary())})
+
+
 def read_table(source: str | os.PathLike[str]) -> pa.Table:
     """Read a whole source into an Arrow table.
 
     Args:
-        source: a path (by extension: .csv, .csv.gz, .zip, .parquet, .jsonl/.ndjson/.json) or a
-            dataset name from :data:`DATASETS`.
+        source: a path (by extension: .csv, .csv.gz, .zip, .parquet, .jsonl/.ndjson/.json), a
+            dataset name from :data:`DATASETS`, or a video (``vtest`` or a video file): one row per
+            frame in the frames codec's columns (``camera_id`` = the file's stem, JPEG ``image``).
 
     Raises:
         DawnstreamError: missing file, unknown extension, or unreadable content (with the reason).
     """
     text = str(source)
+    from dawnstream.streams.replay_video import is_video
+
+    if is_video(text):
+        return video_table(text)
     if text in DATASETS:
         return {"flights": flights, "weather": weather, "movielens": movielens,
                 "rotten_tomatoes": rotten_tomatoes}[text]()

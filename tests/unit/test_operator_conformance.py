@@ -11,6 +11,7 @@ A kind registered without an example fails ``test_every_registered_operator_has_
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -87,6 +88,8 @@ def few_frames() -> list[pa.RecordBatch]:
     return [b.slice(0, 4) for b in camera_frames()[:3]]
 
 
+CASCADE_REGISTRY = tempfile.mkdtemp(prefix="dawnstream-cascade-")  # shared: a retrain finds the same model
+
 SERVE = {"models": [{"name": "velox", "kind": "velox", "model": "absent-theta"}, {"kind": "online_mf"},
                     {"kind": "mean"}], "rating_range": [1, 5], "registry": "/nonexistent/dawnstream-registry"}
 
@@ -106,6 +109,9 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "difference": ({"threshold": 60.0, "against": "reference", "reference_frames": 5, "blocks": [2, 2]},
                    camera_frames, "image"),
     "detect": ({"detector": {"kind": "hog"}, "query": {"region": [0, 380, 560, 576]}}, few_frames, "image"),
+    "cascade": ({"detector": {"kind": "ssdlite"}, "query": {"min_count": 3}, "bootstrap": 8, "min_per_class": 1,
+                 "block": 2, "swap_after": 2, "epochs": 1, "grid": [{"convs": 1, "filters": 16, "dense": 32}],
+                 "sample": 0.2, "registry": CASCADE_REGISTRY}, camera_frames, "image"),
     "label": ({"lfs": ["dawnstream.operators.labeling.lfs.sentiment"], "classes": ["rotten", "fresh"],
                "gold": "gold", "refit_every": 300, "class_balance": "estimate"}, reviews, "gold"),
 }

@@ -29,6 +29,7 @@ SOURCES = {
     "device-telemetry.yaml": ("shared:" + SENSOR10K, "devices.jsonl"),
     "movie-ratings.yaml": ("gen:movielens-events.jsonl", "replies.jsonl"),
     "review-sentiment.yaml": ("rotten_tomatoes", "labels.jsonl"),
+    "camera-lawn.yaml": ("vtest", "lawn-labels.jsonl"),
 }
 
 
@@ -83,6 +84,9 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
     assert results["review-sentiment.yaml"]["rows_in"] == results["review-sentiment.yaml"]["rows_out"] == 12_808
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().split("\n") if line]
     assert sum(r["review"] for r in labels) > 100 and sum(r["abstained"] for r in labels) < 0.4 * len(labels)
+    assert results["camera-lawn.yaml"]["rows_in"] == results["camera-lawn.yaml"]["rows_out"] == 795
+    frames = [json.loads(line) for line in (tmp_path / "lawn-labels.jsonl").read_text().splitlines()]
+    assert [r["frame_index"] for r in frames] == list(range(795)) and frames[-1]["phase"] == "cascade"
     rows = [json.loads(line) for line in (tmp_path / "explanations.jsonl").read_text().splitlines()]
     final = [r for r in rows if r["emitted_rows"] == 336_776]
     assert (int(final[0]["month"]), int(final[0]["day"])) == (3, 8)  # the nor'easter, even on one partition

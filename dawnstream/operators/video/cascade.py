@@ -52,6 +52,8 @@ from dawnstream.operators.video.training import FittedCascade, fit_cascade, read
 
 log = get_logger(__name__)
 STAGES = ("difference", "specialized", "reference")
+TRAINING = threading.Lock()
+"""One training at a time per process: torch's ONNX export is not thread-safe, and cameras share the cores."""
 OUT_SCHEMA = pa.schema([("camera_id", pa.string()), ("frame_index", pa.int64()), ("timestamp_ms", pa.int64()),
                         ("label", pa.bool_()), ("count", pa.int64()), ("decided_by", pa.string()),
                         ("confidence", pa.float64()), ("phase", pa.string()), ("model_version", pa.int64()),
@@ -267,7 +269,8 @@ class Cascade(Operator):
 
         def work() -> None:
             try:
-                cam.fitted = self._fit_or_reuse(camera, frames, thumbs, diffs, labels, diff_ms, ref_ms)
+                with TRAINING:
+                    cam.fitted = self._fit_or_reuse(camera, frames, thumbs, diffs, labels, diff_ms, ref_ms)
             except BaseException as e:  # noqa: BLE001 - handed to the stream thread at the swap
                 cam.error = e
 

@@ -1,0 +1,69 @@
+"""The cascade stage's life cycle on real frames: bootstrap on the reference model, training, the swap at a
+fixed frame, then the cascade; every frame of every camera labelled exactly once, in order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dawnstream.errors import ConfigError
+from dawnstream.models.registry import Registry
+from dawnstream.operators.registry import build_chain
+
+PARAMS = {"detector": {"kind": "ssdlite"}, "query": {"min_count": 3}, "bootstrap": 8, "min_per_class": 1,
+          "block": 2, "swap_after": 3, "epochs": 1, "grid": [{"convs": 1, "filters": 16, "dense": 32}],
+          "sample": 0.2}
+
+
+def frames(n: int = 40) -> list[pa.RecordBatch]:
+    from dawnstream.video_source import jpeg, read_frames, vtest
+
+    rows = [(cam, i, jpeg(f)) for i, _, f in read_frames(vtest(), stop=n) for cam in ("lawn", "gate")]
+    return pa.table({"camera_id": [r[0] for r in rows], "frame_index": [r[1] for r in rows],
+                     "image": pa.array([r[2] for r in rows], pa.binary())}).to_batches(max_chunksize=10)
+
+
+def test_each_camera_bootstraps_trains_swaps_and_labels_every_frame_once_in_order(tmp_path) -> None:
+    chain = build_chain([("cascade", {**PARAMS, "registry": str(tmp_path)}, None)])
+    out = [r for b in frames() for o in chain.process(b) for r in o.to_pylist()]
+    for cam in ("lawn", "gate"):
+        mine = [r for r in out if r["camera_id"] == cam]
+        assert [r["frame_index"] for r in mine] == list(range(40))
+        phases = [r["phase"] for r in mine]
+        first_cascade = phases.index("cascade")
+        # bootstrap, then training for exactly swap_after + 1 frames, then the cascade from a fixed frame on
+        assert set(phases[:first_cascade]) == {"bootstrap", "training"} and set(phases[first_cascade:]) == {"cascade"}
+        assert phases.count("training") == PARAMS["swap_after"] + 1
+        assert all(r["decided_by"] == "reference" and r["model_version"] is None for r in mine[:first_cascade])
+        assert {r["model_version"] for r in mine[first_cascade:]} == {1}
+        assert {r["decided_by"] for r in mine[first_cascade:]} <= {"difference", "specialized", "reference"}
+        assert Registry(tmp_path).get(f"specialized.cascade.{cam}", 1).training_data["camera"] == cam
+    summary = chain.operators[0].summary()  # type: ignore[attr-defined]
+    assert summary["lawn"]["plan"]["c_low"] <= summary["lawn"]["plan"]["c_high"]
+
+
+def test_a_tighter_target_never_sends_fewer_frames_to_the_reference(tmp_path) -> None:
+    shares = []
+    for fn in (0.5, 0.0):
+        params = {**PARAMS, "targets": {"fn": fn, "fp": fn}, "registry": str(tmp_path / str(fn))}
+        chain = build_chain([("cascade", params, None)])
+        for b in frames(24):
+            chain.process(b)
+        shares.append(chain.operators[0].summary()["lawn"]["plan"]["reference_share"])  # type: ignore[attr-defined]
+    assert shares[1] >= shares[0]
+
+
+@pytest.mark.parametrize("bad,key", [({"targets": {"fn": 2}}, "targets"), ({"bootstrap": 1}, "bootstrap"),
+                                     ({"detector": {"kind": "yolo"}}, "detector"),
+                                     ({"grid": [{"layers": 3}]}, "grid")])
+def test_bad_options_name_their_key(bad, key, tmp_path) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_chain([("cascade", {**PARAMS, "registry": str(tmp_path), **bad}, None)])
+
+
+def test_stable_sampling_sends_about_the_share_asked() -> None:
+    from dawnstream.operators.video.cascade import sampled
+
+    picks = np.array([sampled("lawn", i, 0.05) for i in range(20000)])
+    assert 0.04 < picks.mean() < 0.06 and picks[:100].tolist() == [sampled("lawn", i, 0.05) for i in range(100)]
