@@ -41,11 +41,10 @@ import pyarrow as pa
 from dawnstream.errors import ConfigError
 from dawnstream.logs import event, get_logger
 from dawnstream.models.artifacts import from_npz, to_npz
-from dawnstream.models.detectors import Detector, RegionQuery, build_detector
 from dawnstream.models.registry import Registry
 from dawnstream.models.specialized import OnnxSpecialized, SpecConfig
 from dawnstream.operators.base import Operator
-from dawnstream.operators.video.detect import decode
+from dawnstream.operators.video.detect import decode, reference_query
 from dawnstream.operators.video.difference import frame_mse, thumbnail
 from dawnstream.operators.video.optimizer import Plan
 from dawnstream.operators.video.training import FittedCascade, fit_cascade, ready
@@ -134,16 +133,7 @@ class Cascade(Operator):
                  registry: str | None = None, name: str | None = None, _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
-        try:
-            self.detector: Detector = build_detector(detector)
-        except ValueError as e:
-            raise ConfigError(f"{base}.detector", str(e)) from None
-        try:
-            q = dict(query or {})
-            region = q.pop("region", None)
-            self.query = RegionQuery(region=tuple(float(v) for v in region) if region is not None else None, **q)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{base}.query", str(e)) from None
+        self.detector, self.query = reference_query(detector, query, base)
         t = dict(targets or {})
         self.fn_target, self.fp_target = float(t.pop("fn", 0.01)), float(t.pop("fp", 0.01))
         if t or not (0 <= self.fn_target < 1 and 0 <= self.fp_target < 1):

@@ -34,6 +34,25 @@ def decode(image: bytes) -> np.ndarray:
     return frame
 
 
+def reference_query(detector: dict[str, Any], query: dict[str, Any] | None,
+                    base: str) -> tuple[Detector, RegionQuery]:
+    """The reference model and the query from a stage's ``detector`` and ``query`` options.
+
+    Raises:
+        ConfigError: an unknown detector or a bad query, naming ``<base>.detector`` / ``<base>.query``.
+    """
+    try:
+        det = build_detector(detector)
+    except ValueError as e:
+        raise ConfigError(f"{base}.detector", str(e)) from None
+    try:
+        q = dict(query or {})
+        region = q.pop("region", None)
+        return det, RegionQuery(region=tuple(float(v) for v in region) if region is not None else None, **q)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{base}.query", str(e)) from None
+
+
 class Detect(Operator):
     """Labels frames with the reference model's answer to the query (module docstring).
 
@@ -51,16 +70,7 @@ class Detect(Operator):
                  _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
-        try:
-            self.detector: Detector = build_detector(detector)
-        except ValueError as e:
-            raise ConfigError(f"{base}.detector", str(e)) from None
-        try:
-            q = dict(query or {})
-            region = q.pop("region", None)
-            self.query = RegionQuery(region=tuple(float(v) for v in region) if region is not None else None, **q)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{base}.query", str(e)) from None
+        self.detector, self.query = reference_query(detector, query, base)
 
     def required_columns(self) -> set[str]:
         return {"image"}
