@@ -28,9 +28,11 @@ difference detector), ``phase``, ``model_version`` (null before the first swap),
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,11 +72,16 @@ class Camera:
     """One camera's life-cycle state (module docstring)."""
 
     phase: str = "bootstrap"
+    seen: int = 0
+    """Frames of this camera so far (the swap is at a fixed count of them)."""
     thumbs: list[np.ndarray] = field(default_factory=list)
+    grays: list[np.ndarray] = field(default_factory=list)
     diffs: list[float] = field(default_factory=list)
     labels: list[bool] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     prev_gray: np.ndarray | None = None
+    anchor_gray: np.ndarray | None = None
+    """The difference detector's thumbnail of the last frame a model decided (the anchor)."""
     last_label: bool = False
     last_conf: float = 1.0
     swap_at: int = -1
@@ -115,6 +122,8 @@ class Cascade(Operator):
             moving elsewhere do not count as change.
         grid: the specialized-model candidates, ``[{convs, filters, dense}, ...]`` (default: 8).
         epochs: training epochs of the grid.
+        max_bootstrap: the most frames kept while waiting for both classes (the oldest block goes first):
+            bounds the state of a camera whose query stays false for hours.
         model: registry name of the specialized models (default ``specialized.<stage name>.<camera>``).
         registry: registry root (default ``$DAWNSTREAM_REGISTRY``).
 
@@ -129,7 +138,8 @@ class Cascade(Operator):
                  targets: dict[str, float] | None = None, count: bool = False, bootstrap: int = 300,
                  min_per_class: int = 20, block: int = 30, swap_after: int = 50, sample: float = 0.05,
                  window: int = 100, min_agreement: float = 0.9, difference: dict[str, Any] | None = None,
-                 grid: list[dict[str, int]] | None = None, epochs: int = 15, model: str | None = None,
+                 grid: list[dict[str, int]] | None = None, epochs: int = 15, max_bootstrap: int = 1000,
+                 model: str | None = None,
                  registry: str | None = None, name: str | None = None, _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
@@ -159,6 +169,10 @@ class Cascade(Operator):
         self.count, self.bootstrap, self.min_per_class = bool(count), int(bootstrap), int(min_per_class)
         self.block, self.swap_after, self.sample = int(block), int(swap_after), float(sample)
         self.window, self.min_agreement, self.epochs = int(window), float(min_agreement), int(epochs)
+        self.max_bootstrap = int(max_bootstrap)
+        if self.max_bootstrap < self.bootstrap + self.block:
+            raise ConfigError(f"{base}.max_bootstrap",
+                              f"expected at least bootstrap + block = {self.bootstrap + self.block}")
         self.model_name = model
         self.registry = Registry(registry) if registry else Registry()
         self.cameras: dict[str, Camera] = {}
@@ -190,35 +204,37 @@ class Cascade(Operator):
         """(label, count, decided_by, confidence, reference ms) of one frame; moves the camera's state on."""
         cam = self.cameras.setdefault(camera, Camera())
         cam.samples = cam.samples if cam.samples.maxlen == self.window else deque(cam.samples, self.window)
+        cam.seen += 1
         frame = decode(raw)
         t0 = time.perf_counter()
         crop = frame
         if self.diff_roi is not None:
             x0, y0, x1, y1 = self.diff_roi
             crop = frame[y0:y1, x0:x1]
-        gray = thumbnail(crop, self.diff_size)  # type: ignore[arg-type]
+        gray = np.clip(np.rint(thumbnail(crop, self.diff_size)), 0, 255).astype(np.uint8)  # type: ignore[arg-type]
         d = frame_mse(gray, cam.prev_gray, self.diff_blocks) if cam.prev_gray is not None else float("nan")  # type: ignore[arg-type]
+        d_anchor = (frame_mse(gray, cam.anchor_gray, self.diff_blocks) if cam.anchor_gray is not None  # type: ignore[arg-type]
+                    else float("nan"))
         cam.prev_gray = gray
         cam.diff_ms.append((time.perf_counter() - t0) * 1000.0)
         del cam.diff_ms[:-200]
-        if cam.phase == "training" and idx >= cam.swap_at:
+        if cam.phase == "training" and cam.seen >= cam.swap_at:
             self._swap(camera, cam)
         if cam.phase != "cascade":
             label, n, ms = self._reference(cam, frame)
+            cam.anchor_gray = gray
             if cam.phase == "bootstrap":
-                cam.thumbs.append(_thumb(frame))
-                cam.diffs.append(d)
-                cam.labels.append(label)
-                cam.frames.append(idx)
+                self._keep(cam, idx, frame, gray, d, label)
                 if len(cam.labels) >= self.bootstrap and ready(np.array(cam.labels), self.block, self.min_per_class):
-                    self._start_training(camera, cam, idx)
+                    self._start_training(camera, cam)
             return self._decided(cam, label, 1.0, "reference", n, ms)
         plan = cam.plan
         assert plan is not None and cam.spec is not None
         check = sampled(camera, idx, self.sample)
-        if not np.isnan(d) and d < plan.delta:
+        if not np.isnan(d_anchor) and d_anchor < plan.delta:
             label, conf, by = cam.last_label, cam.last_conf, "difference"
         else:
+            cam.anchor_gray = gray
             p = float(cam.spec.predict(_thumb(frame)[None].astype(np.float32) / 255.0)[0])
             if p < plan.c_low:
                 label, conf, by = False, 1.0 - p, "specialized"
@@ -236,6 +252,18 @@ class Cascade(Operator):
             return self._decided(cam, label, conf, by, n, ms)
         return self._decided(cam, label, conf, by, None, float("nan"))
 
+    def _keep(self, cam: Camera, idx: int, frame: np.ndarray, gray: np.ndarray, d: float, label: bool) -> None:
+        """A bootstrap frame kept for training; past ``max_bootstrap`` the oldest block goes (the split
+        stays aligned)."""
+        cam.thumbs.append(_thumb(frame))
+        cam.grays.append(gray)
+        cam.diffs.append(d)
+        cam.labels.append(label)
+        cam.frames.append(idx)
+        if len(cam.labels) > self.max_bootstrap:
+            for buf in (cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames):
+                del buf[:self.block]
+
     def _decided(self, cam: Camera, label: bool, conf: float, by: str, n: int | None,
                  ms: float) -> tuple[bool, int | None, str, float, float]:
         cam.last_label, cam.last_conf = bool(label), float(conf)
@@ -243,13 +271,17 @@ class Cascade(Operator):
         return bool(label), (n if self.count else None), by, float(conf), ms
 
     def _reset(self, cam: Camera) -> None:
-        cam.phase, cam.thumbs, cam.diffs, cam.labels, cam.frames = "bootstrap", [], [], [], []
+        cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "bootstrap", [], [], [], [], []
         cam.samples.clear()
 
     # -- training and the swap ------------------------------------------------------------------
-    def _start_training(self, camera: str, cam: Camera, idx: int) -> None:
-        cam.phase, cam.swap_at, cam.fitted, cam.error = "training", idx + 1 + self.swap_after, None, None
-        thumbs, diffs, labels = np.stack(cam.thumbs), np.array(cam.diffs), np.array(cam.labels)
+    def _start_training(self, camera: str, cam: Camera, swap_at: int | None = None) -> None:
+        """Train in the background; the model takes over at the camera's ``swap_at``-th frame (by default
+        ``swap_after`` frames from now; a restore passes the one it had)."""
+        cam.phase, cam.fitted, cam.error = "training", None, None
+        cam.swap_at = cam.seen + 1 + self.swap_after if swap_at is None else swap_at
+        thumbs, grays = np.stack(cam.thumbs), np.stack(cam.grays)
+        diffs, labels = np.array(cam.diffs), np.array(cam.labels)
         frames = (cam.frames[0], cam.frames[-1])
         if cam.ref_ms:
             cam.train_costs = (float(np.median(cam.diff_ms)) if cam.diff_ms else 0.0, float(np.median(cam.ref_ms)))
@@ -260,15 +292,15 @@ class Cascade(Operator):
         def work() -> None:
             try:
                 with TRAINING:
-                    cam.fitted = self._fit_or_reuse(camera, frames, thumbs, diffs, labels, diff_ms, ref_ms)
+                    cam.fitted = self._fit_or_reuse(camera, frames, thumbs, grays, diffs, labels, diff_ms, ref_ms)
             except BaseException as e:  # noqa: BLE001 - handed to the stream thread at the swap
                 cam.error = e
 
         cam.thread = threading.Thread(target=work, name=f"cascade-train-{camera}", daemon=True)
         cam.thread.start()
 
-    def _fit_or_reuse(self, camera: str, frames: tuple[int, int], thumbs: np.ndarray, diffs: np.ndarray,
-                      labels: np.ndarray, diff_ms: float, ref_ms: float) -> FittedCascade:
+    def _fit_or_reuse(self, camera: str, frames: tuple[int, int], thumbs: np.ndarray, grays: np.ndarray,
+                      diffs: np.ndarray, labels: np.ndarray, diff_ms: float, ref_ms: float) -> FittedCascade:
         name = self._model(camera)
         key = {"camera": camera, "frames": list(frames), "targets": [self.fn_target, self.fp_target],
                "epochs": self.epochs, "block": self.block}
@@ -278,7 +310,8 @@ class Cascade(Operator):
                                        tuple(v.params["costs_ms"]), v.metrics)
                 fitted.report["version"] = v.version
                 return fitted
-        fitted = fit_cascade(thumbs, diffs, labels, block=self.block, diff_ms=diff_ms, reference_ms=ref_ms,
+        fitted = fit_cascade(thumbs, diffs, labels, grays=grays, diff_blocks=self.diff_blocks,  # type: ignore[arg-type]
+                             block=self.block, diff_ms=diff_ms, reference_ms=ref_ms,
                              fn_target=self.fn_target, fp_target=self.fp_target, configs=self.grid,
                              epochs=self.epochs)
         plan = fitted.plan
@@ -303,7 +336,7 @@ class Cascade(Operator):
             return
         f = cam.fitted
         cam.spec, cam.plan, cam.version = OnnxSpecialized(f.onnx), f.plan, int(f.report["version"])
-        cam.phase, cam.thumbs, cam.diffs, cam.labels, cam.frames = "cascade", [], [], [], []
+        cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "cascade", [], [], [], [], []
         event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
               c_low=f.plan.c_low, c_high=f.plan.c_high, reference_share=f.plan.reference_share)
 
@@ -356,33 +389,37 @@ class Cascade(Operator):
     def _state(self) -> Any:
         meta, arrays = {}, {}
         for name, c in self.cameras.items():
-            meta[name] = {"phase": c.phase, "diffs": c.diffs, "labels": c.labels, "frames": c.frames,
+            meta[name] = {"phase": c.phase, "seen": c.seen, "diffs": c.diffs, "labels": c.labels, "frames": c.frames,
                           "last_label": c.last_label, "last_conf": c.last_conf, "swap_at": c.swap_at,
                           "version": c.version, "plan": c.plan.__dict__ if c.plan else None,
                           "samples": list(c.samples), "counts": c.counts,
                           "train_costs": list(c.train_costs)}
             if c.thumbs:
                 arrays[f"t/{name}"] = np.stack(c.thumbs)
+                arrays[f"b/{name}"] = np.stack(c.grays)
             if c.prev_gray is not None:
                 arrays[f"g/{name}"] = c.prev_gray
-        return {"meta": meta, "npz": to_npz(arrays).hex() if arrays else ""}
+            if c.anchor_gray is not None:
+                arrays[f"a/{name}"] = c.anchor_gray
+        return {"meta": meta, "npz": base64.b64encode(zlib.compress(to_npz(arrays), 1)).decode() if arrays else ""}
 
     def _load_state(self, state: Any) -> None:
         if not state:
             return
-        arrays = from_npz(bytes.fromhex(state["npz"])) if state["npz"] else {}
+        arrays = from_npz(zlib.decompress(base64.b64decode(state["npz"]))) if state["npz"] else {}
         self.cameras = {}
         for name, m in state["meta"].items():
-            c = Camera(phase=m["phase"], diffs=[float("nan") if v is None else v for v in m["diffs"]],
+            c = Camera(phase=m["phase"], seen=m["seen"], diffs=[float("nan") if v is None else v for v in m["diffs"]],
                        labels=m["labels"], frames=m["frames"], last_label=m["last_label"], last_conf=m["last_conf"],
                        swap_at=m["swap_at"], version=m["version"], plan=Plan(**m["plan"]) if m["plan"] else None,
                        samples=deque(m["samples"], self.window), counts=m["counts"],
                        train_costs=tuple(m["train_costs"]))
             c.thumbs = list(arrays[f"t/{name}"]) if f"t/{name}" in arrays else []
-            c.prev_gray = arrays.get(f"g/{name}")
+            c.grays = list(arrays[f"b/{name}"]) if f"b/{name}" in arrays else []
+            c.prev_gray, c.anchor_gray = arrays.get(f"g/{name}"), arrays.get(f"a/{name}")
             self.cameras[name] = c
             if c.phase == "training":  # the thread died with the process: train again (or find its model)
-                self._start_training(name, c, c.swap_at - 1 - self.swap_after)
+                self._start_training(name, c, swap_at=c.swap_at)
             elif c.phase == "cascade" and c.version is not None:
                 c.spec = OnnxSpecialized(self.registry.get(self._model(name), c.version).read_bytes())
 

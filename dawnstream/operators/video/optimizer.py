@@ -2,7 +2,11 @@
 
 The cascade (Kang et al., VLDB'17, sections 3 and 6), per frame in order:
 
-1. **difference detector**: score below ``delta`` -> the frame repeats the last decided label;
+1. **difference detector**: score below ``delta`` -> the frame repeats the last decided label. The score
+   is either given per frame (against frame t-1) or, with ``thumbs``, measured against the *anchor*:
+   the last frame a model decided. Against t-1 a person walking slowly in never makes a big step, and
+   a run of skipped frames can drift far from the frame whose label it repeats; against the anchor
+   the repeated label is always that of a frame within ``delta`` of this one;
 2. **specialized model**: P(true) below ``c_low`` -> false, above ``c_high`` -> true;
 3. **reference model** otherwise.
 
@@ -36,18 +40,36 @@ class Plan:
     ms_per_frame: float = 0.0
 
 
+def anchor_skips(thumbs: np.ndarray, delta: float, blocks: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """``(n,)`` bool: the frames the difference detector skips when each frame is compared with the
+    anchor (the last frame not skipped; frame 0 is never skipped). ``thumbs``: ``(n, h, w)`` grayscale."""
+    from dawnstream.operators.video.difference import frame_mse
+
+    skip = np.zeros(len(thumbs), bool)
+    anchor = 0
+    for i in range(1, len(thumbs)):
+        if frame_mse(thumbs[i].astype(np.float32), thumbs[anchor].astype(np.float32), blocks) < delta:
+            skip[i] = True
+        else:
+            anchor = i
+    return skip
+
+
 def simulate(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, delta: float, c_low: float,
-             c_high: float) -> tuple[np.ndarray, np.ndarray]:
+             c_high: float, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labels the cascade gives ``(n,)`` bool, and which stage decided each frame ``(n,)`` int8
     (0 skipped by the difference detector, 1 specialized model, 2 reference). ``truth`` is what the
     reference model would say (used only where the reference is called). A NaN difference (a camera's
-    first frame) is never skipped."""
+    first frame) is never skipped. ``skip`` (``(n,)`` bool, e.g. :func:`anchor_skips`) replaces the
+    rule ``diff < delta``."""
     n = len(diff)
     labels = np.zeros(n, bool)
     stage = np.zeros(n, np.int8)
+    if skip is None:
+        skip = np.array([i > 0 and not np.isnan(diff[i]) and diff[i] < delta for i in range(n)], bool)
     last = False
     for i in range(n):
-        if not np.isnan(diff[i]) and diff[i] < delta and i > 0:
+        if skip[i]:
             labels[i], stage[i] = last, 0
         elif prob[i] < c_low:
             labels[i], stage[i] = False, 1
@@ -68,7 +90,8 @@ def rates(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple[float, float, float],
-           fn_target: float = 0.01, fp_target: float = 0.01, grid: int = 12) -> Plan:
+           fn_target: float = 0.01, fp_target: float = 0.01, grid: int = 12, thumbs: np.ndarray | None = None,
+           blocks: tuple[int, int] = (1, 1)) -> Plan:
     """The cheapest plan within the targets (module docstring).
 
     Args:
@@ -76,6 +99,8 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
         cost_ms: (difference detector, specialized model, reference model) ms per frame.
         fn_target, fp_target: the largest false-negative and false-positive rates allowed.
         grid: candidate values per threshold (quantiles of the observed scores).
+        thumbs: ``(n, h, w)`` grayscale thumbnails: compare with the anchor (:func:`anchor_skips`, with
+            ``blocks``) instead of using ``diff``, which then only gives the candidate thresholds.
 
     Returns:
         The plan; when nothing but the reference meets the targets, ``delta = 0`` and ``c_low = c_high =``
@@ -95,9 +120,10 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
     best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, t_diff + t_spec + t_ref)
     best_key = (1.0, best.ms_per_frame)
     for delta in deltas:
+        skip = anchor_skips(thumbs, float(delta), blocks) if thumbs is not None else None
         for lo_i, c_low in enumerate(cuts):
             for c_high in cuts[lo_i:]:
-                labels, stage = simulate(diff, prob, truth, float(delta), float(c_low), float(c_high))
+                labels, stage = simulate(diff, prob, truth, float(delta), float(c_low), float(c_high), skip)
                 fn, fp = rates(labels, truth)
                 if fn > fn_target or fp > fp_target:
                     continue

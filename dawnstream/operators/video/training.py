@@ -50,13 +50,17 @@ class FittedCascade:
 
 
 def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, block: int, diff_ms: float,
+                grays: np.ndarray | None = None, diff_blocks: tuple[int, int] = (1, 1),
                 reference_ms: float, fn_target: float, fp_target: float, configs: list[SpecConfig] | None = None,
                 epochs: int = 15, seed: int = 0) -> FittedCascade:
     """Train, measure and choose (module docstring).
 
     Args:
         thumbs: ``(n, 3, 50, 50)`` uint8 RGB thumbnails, in frame order.
-        diff: ``(n,)`` the difference detector's score of each frame (NaN: nothing to compare with).
+        diff: ``(n,)`` the difference detector's score of each frame against the previous one (NaN: nothing
+            to compare with); with ``grays`` it only gives the candidate thresholds.
+        grays: ``(n, h, w)`` the difference detector's thumbnails: the thresholds are chosen for comparing
+            with the anchor, the last frame a model decided (:func:`~.optimizer.anchor_skips`, ``diff_blocks``).
         labels: ``(n,)`` bool, the reference model's answers.
         block: frames per block of the temporal split.
         diff_ms, reference_ms: measured cost per frame of the difference detector and the reference model.
@@ -81,7 +85,8 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
         p = np.concatenate([spec.predict(X[i:i + 64]) for i in range(0, len(X), 64)])
         spec_ms = (time.perf_counter() - t0) * 1000.0 / len(X)
         costs = (float(diff_ms), float(spec_ms), float(reference_ms))
-        plan = choose(d[held], p[held], y[held], costs, fn_target, fp_target)
+        plan = choose(d[held], p[held], y[held], costs, fn_target, fp_target,
+                      thumbs=None if grays is None else np.asarray(grays)[held], blocks=diff_blocks)
         candidates.append({"model": cfg.name, "spec_ms": round(spec_ms, 3), **asdict(plan)})
         if best is None or (plan.reference_share, plan.ms_per_frame) < (best.plan.reference_share,
                                                                           best.plan.ms_per_frame):
