@@ -60,3 +60,22 @@ def test_zero_targets_fall_back_to_the_reference_where_nothing_else_is_exact() -
     assert plan.reference_share == 1.0 and plan.fn_rate == plan.fp_rate == 0.0
     with pytest.raises(ValueError):
         choose(diff[:3], prob, truth, COST)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.5, 40.0))
+def test_anchor_skips_repeat_only_frames_close_to_the_last_decided_one(seed, delta) -> None:
+    from dawnstream.operators.video.difference import frame_mse
+    from dawnstream.operators.video.optimizer import anchor_skips
+
+    rng = np.random.default_rng(seed)
+    steps = rng.normal(0, rng.uniform(0.5, 4.0), (60, 6, 8)).astype(np.float32)
+    thumbs = np.clip(100 + np.cumsum(steps, axis=0), 0, 255)  # a slow drift: t-1 differences stay small
+    skip = anchor_skips(thumbs, delta)
+    assert not skip[0]
+    anchor = 0
+    for i in range(1, len(thumbs)):
+        close = frame_mse(thumbs[i], thumbs[anchor]) < delta
+        assert skip[i] == close
+        if not close:
+            anchor = i
