@@ -30,13 +30,15 @@ def is_video(source: str) -> bool:
 
 def replay_video(source: str, topic: str, camera: str | None = None, bootstrap: str | None = None,
                  rate: float | None = None, limit: int | None = None, quality: int = 90, start_ms: int | None = None,
+                 start: int = 0,
                  progress: Callable[[int], None] | None = None) -> ReplayStats:
     """Produce the frames of ``source`` (a video path, or ``vtest``) to ``topic`` and wait for every ack.
 
     Args:
         camera: the camera id (message key); default the file's stem.
         rate: frames/s ceiling (default: as fast as possible).
-        limit: only the first ``limit`` frames.
+        limit: only the frames before index ``limit``.
+        start: the first frame index sent (the frames before it are read and skipped).
         quality: JPEG quality (1-100).
         start_ms: timestamp of frame 0 (default: now).
 
@@ -59,7 +61,7 @@ def replay_video(source: str, topic: str, camera: str | None = None, bootstrap: 
                                           **{"delivery.report.only.error": True, "message.max.bytes": 16 << 20}))
     frames = nbytes = 0
     t0 = time.perf_counter()
-    for index, ts, frame in read_frames(path, stop=limit):
+    for index, ts, frame in read_frames(path, start=start, stop=limit):
         enc = codec.encode(pa.record_batch({"camera_id": [cam], "frame_index": [index], "timestamp_ms": [t_start + ts],
                                             "image": pa.array([jpeg(frame, quality)], pa.binary())}))
         headers: Any = enc.record_headers[0] if enc.record_headers else None
