@@ -1,8 +1,9 @@
 """Video frames: one JPEG or PNG image per message; key = camera id.
 
 Headers: ``frame-index`` (int), ``timestamp`` (ms since epoch), ``size`` (bytes), ``content-type``.
-Decoding checks magic bytes and the end marker (JPEG EOI ``FFD9``, PNG ``IEND``) and reads width
-and height with Pillow without decoding pixels; pixels are decoded by the operators that need them.
+Decoding checks magic bytes and the end marker (JPEG EOI ``FFD9``, PNG ``IEND``), reads width and
+height with Pillow, and decodes the image at 1/8 scale with OpenCV (~0.8 ms) to catch corrupt data;
+full-size pixels are decoded by the operators that need them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def _int_header(m: Message, name: str, default: int) -> int:
     if raw is None:
         return default
     return int(raw.decode("ascii"))
+
+
+def _decodes(data: bytes) -> bool:
+    """True when OpenCV decodes the image (at 1/8 scale, grayscale: ~0.8 ms for 768x576), so that a
+    frame whose data is corrupt is dead-lettered here, alone, not by a stage with its whole batch."""
+    import cv2
+    import numpy as np
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
 
 
 class FramesCodec(Codec):
@@ -73,6 +83,8 @@ class FramesCodec(Codec):
                 w, h = img.size
         except (UnidentifiedImageError, OSError, ValueError) as e:
             return f"unreadable {fmt} header: {e}"
+        if not _decodes(v):
+            return f"not a decodable {fmt}: the header is fine but the image data is corrupt"
         return fmt, w, h
 
     def decode(self, messages: list[Message], schema: RowSchema) -> Decoded:
