@@ -160,7 +160,75 @@ class SSDLiteDetector:
                 for _, _, s, x0, y0, x1, y1 in keep]
 
 
-DETECTORS: dict[str, Any] = {"ssdlite": SSDLiteDetector, "hog": HogPeopleDetector}
+class OnnxDetector:
+    """Any ONNX object detector, run with onnxruntime (one thread).
+
+    The frame is resized to ``input_size``, converted to RGB (``rgb``), scaled ``(pixel - mean) * scale``
+    and fed as ``(1, 3, h, w)`` float32 to the model's first input. The output is read in one of two
+    layouts (``layout``):
+
+    - ``detection_out``: one output ``(..., 7)`` rows ``[image, class, score, x0, y0, x1, y1]``, corners
+      normalized to [0, 1] (OpenCV DNN and Caffe SSD export style);
+    - ``boxes_scores``: outputs ``boxes`` ``(..., 4)`` ``[x0, y0, x1, y1]`` normalized and ``scores``
+      ``(...)``, optionally ``classes`` (``output_names`` maps them).
+
+    Args:
+        path: the ``.onnx`` file (a model file the operator installed, never bytes from a topic).
+        classes: class ids that count (default: all).
+        min_score: boxes with a lower score are dropped.
+
+    Raises:
+        ValueError: the file is missing or not an ONNX model, or an unknown layout.
+    """
+
+    def __init__(self, path: str, input_size: list[int] | tuple[int, int] = (300, 300), layout: str = "detection_out",
+                 rgb: bool = True, scale: float = 1.0 / 255.0, mean: float = 0.0, classes: list[int] | None = None,
+                 min_score: float = 0.3, output_names: dict[str, str] | None = None, name: str = "onnx") -> None:
+        from dawnstream.models.artifacts import onnx_session
+        from dawnstream.models.registry import ModelError
+
+        if layout not in ("detection_out", "boxes_scores"):
+            raise ValueError(f"layout must be detection_out or boxes_scores, got {layout!r}")
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ValueError(f"{p}: no such ONNX file")
+        try:
+            self.session = onnx_session(p.read_bytes())
+        except ModelError as e:
+            raise ValueError(str(e)) from None
+        self.input = self.session.get_inputs()[0].name
+        self.size = (int(input_size[0]), int(input_size[1]))
+        self.layout, self.rgb, self.scale, self.mean = layout, bool(rgb), float(scale), float(mean)
+        self.classes = set(classes) if classes is not None else None
+        self.min_score, self.name = float(min_score), name
+        self.outputs = {"boxes": "boxes", "scores": "scores", "classes": "classes", **(output_names or {})}
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        import cv2
+
+        h, w = frame.shape[:2]
+        img = cv2.resize(frame, self.size, interpolation=cv2.INTER_LINEAR)
+        if self.rgb:
+            img = img[:, :, ::-1]
+        x = ((img.astype(np.float32) - self.mean) * self.scale).transpose(2, 0, 1)[None]
+        if self.layout == "detection_out":
+            rows = np.asarray(self.session.run(None, {self.input: np.ascontiguousarray(x)})[0]).reshape(-1, 7)
+            cls, score, box = rows[:, 1], rows[:, 2], rows[:, 3:7]
+        else:
+            names = [o.name for o in self.session.get_outputs()]
+            want = [self.outputs[k] for k in ("boxes", "scores", "classes") if self.outputs[k] in names]
+            got = dict(zip(want, self.session.run(want, {self.input: np.ascontiguousarray(x)}), strict=True))
+            box = np.asarray(got[self.outputs["boxes"]]).reshape(-1, 4)
+            score = np.asarray(got[self.outputs["scores"]]).reshape(-1)
+            cls = np.asarray(got.get(self.outputs["classes"], np.zeros(len(score)))).reshape(-1)
+        keep = score >= self.min_score
+        if self.classes is not None:
+            keep &= np.isin(cls.astype(int), list(self.classes))
+        return [Detection(float(x0 * w), float(y0 * h), float((x1 - x0) * w), float((y1 - y0) * h), float(s))
+                for (x0, y0, x1, y1), s in zip(box[keep], score[keep], strict=True)]
+
+
+DETECTORS: dict[str, Any] = {"ssdlite": SSDLiteDetector, "hog": HogPeopleDetector, "onnx": OnnxDetector}
 
 
 def build_detector(spec: dict[str, Any]) -> Detector:

@@ -57,7 +57,7 @@ class Detect(Operator):
     """Labels frames with the reference model's answer to the query (module docstring).
 
     Args:
-        detector: ``{kind: hog, ...options}``.
+        detector: ``{kind: ssdlite | hog | onnx, ...options}`` (:mod:`dawnstream.models.detectors`).
         query: ``{region: [x0, y0, x1, y1] (pixels), point: foot|center, min_count: 1}``; default: any box.
 
     Raises:
