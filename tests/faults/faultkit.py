@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -69,6 +70,21 @@ def _spawn(topology: Path, workers: int, out: object) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "dawnstream", "run", str(topology), "--workers", str(workers)]
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,  # type: ignore[arg-type]
                             start_new_session=True)
+
+
+def kill_after_progress(proc: subprocess.Popen, topology: Path, log: Path, bootstrap: str, group: str, topic: str,
+                        partitions: int, feed: Callable[[], object], pause_s: float) -> tuple[subprocess.Popen, int]:
+    """Feed more input, wait until the worker commits progress on it, wait ``pause_s``, kill -9 the worker's
+    process group and start it again; returns the new process and where its log lines begin."""
+    before = committed(bootstrap, group, topic, partitions)
+    feed()
+    wait_until(lambda: committed(bootstrap, group, topic, partitions) > before, 180, "progress after a restart",
+               log=log)
+    time.sleep(pause_s)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    since = log.stat().st_size
+    return start_worker(topology, log=log), since
 
 
 def stop(proc: subprocess.Popen, timeout: float = 60) -> int:

@@ -4,17 +4,14 @@ repeated (exactly-once; the swap is at a fixed frame and a retrain after a crash
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import yaml
-from faultkit import committed, start_worker, stop, wait_until, write_topology
+from faultkit import committed, kill_after_progress, start_worker, stop, wait_until, write_topology
 
 from dawnstream.streams.kafka_clients import TopicAdmin
 from dawnstream.streams.replay_video import replay_video
@@ -22,7 +19,7 @@ from dawnstream.topics.spec import TopicSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = 200
-CUTS = [50, 75, 120, FRAMES]  # a kill after each of the first three slices arrived and progress was made
+CUTS = [50, 75, 100, 130, FRAMES]  # the first slice, then one more before each of three kills, then the rest
 
 
 def started(log: Path, since: int) -> bool:
@@ -54,15 +51,10 @@ def test_kill9_mid_stream_gives_the_same_frame_labels(kafka_bootstrap: str, read
         proc = start_worker(topo, log=log)
         if run == "killed":
             for lo, hi in zip(CUTS[:-2], CUTS[1:-1], strict=True):
-                before = committed(kafka_bootstrap, group, src, 1)
-                replay_video("vtest", src, camera="lawn", bootstrap=kafka_bootstrap, start=lo, limit=hi, start_ms=0)
-                wait_until(lambda b=before, g=group, s=src: committed(kafka_bootstrap, g, s, 1) > b, 180,
-                           "progress after a restart", log=log)
-                time.sleep(rng.uniform(0.0, 1.5))
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                since = log.stat().st_size
-                proc = start_worker(topo, log=log)
+                proc, since = kill_after_progress(
+                    proc, topo, log, kafka_bootstrap, group, src, 1, lambda a=lo, b=hi, s=src: replay_video(
+                        "vtest", s, camera="lawn", bootstrap=kafka_bootstrap, start=a, limit=b, start_ms=0),
+                    rng.uniform(0.0, 1.5))
             replay_video("vtest", src, camera="lawn", bootstrap=kafka_bootstrap, start=CUTS[-2], limit=FRAMES,
                          start_ms=0)
         wait_until(lambda g=group, s=src: committed(kafka_bootstrap, g, s, 1) >= FRAMES, 300, f"{run} to finish",

@@ -3,17 +3,14 @@ uninterrupted run's, none repeated (exactly-once; labels do not depend on where 
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import yaml
-from faultkit import committed, start_worker, stop, wait_until, write_topology
+from faultkit import committed, kill_after_progress, start_worker, stop, wait_until, write_topology
 
 from dawnstream.sources import rotten_tomatoes
 from dawnstream.streams.kafka_clients import TopicAdmin
@@ -56,15 +53,9 @@ def test_kill9_mid_stream_gives_the_same_probabilistic_labels(kafka_bootstrap: s
         proc = start_worker(topo, log=log)
         if run == "killed":
             for kill in range(KILLS):
-                before = committed(kafka_bootstrap, group, src, PARTS)
-                replay_table(slices[kill + 1], src, key="id", bootstrap=kafka_bootstrap)
-                wait_until(lambda b=before, g=group, s=src: committed(kafka_bootstrap, g, s, PARTS) > b, 120,
-                           "progress after a restart", log=log)
-                time.sleep(rng.uniform(0.0, 1.0))
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                since = log.stat().st_size
-                proc = start_worker(topo, log=log)
+                proc, since = kill_after_progress(
+                    proc, topo, log, kafka_bootstrap, group, src, PARTS, lambda k=kill, s=src: replay_table(
+                        slices[k + 1], s, key="id", bootstrap=kafka_bootstrap), rng.uniform(0.0, 1.0))
             for rest in slices[KILLS + 1:]:
                 replay_table(rest, src, key="id", bootstrap=kafka_bootstrap)
         wait_until(lambda g=group, s=src: committed(kafka_bootstrap, g, s, PARTS) >= n, 300, f"{run} to finish",

@@ -207,7 +207,7 @@ class Cascade(Operator):
         cam.samples = cam.samples if cam.samples.maxlen == self.window else deque(cam.samples, self.window)
         cam.seen += 1
         t0 = time.perf_counter()
-        frame = _decode_quarter(raw)
+        frame = decode(raw, QUARTER)
         crop = frame
         if self.diff_roi is not None:
             x0, y0, x1, y1 = (v // QUARTER for v in self.diff_roi)
@@ -427,20 +427,6 @@ class Cascade(Operator):
 
 QUARTER = 4
 """The cheap stages read frames decoded at 1/4 scale (libjpeg's DCT scaling: ~3x faster than full size)."""
-
-
-def _decode_quarter(raw: bytes) -> np.ndarray:
-    """BGR uint8 at 1/4 scale (768x576 -> 192x144).
-
-    Raises:
-        ValueError: not a decodable image.
-    """
-    import cv2
-
-    frame = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_REDUCED_COLOR_4)
-    if frame is None:
-        raise ValueError("not a decodable JPEG/PNG image")
-    return frame
 
 
 def _thumb(frame: np.ndarray) -> np.ndarray:

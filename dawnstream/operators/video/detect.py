@@ -20,15 +20,18 @@ from dawnstream.models.detectors import Detector, RegionQuery, build_detector
 from dawnstream.operators.base import Operator
 
 
-def decode(image: bytes) -> np.ndarray:
-    """A JPEG/PNG as a BGR uint8 array.
+def decode(image: bytes, scale: int = 1) -> np.ndarray:
+    """A JPEG/PNG as a BGR uint8 array, at full size or 1/``scale`` (2, 4 or 8: libjpeg's DCT scaling,
+    several times faster than decoding full size and resizing).
 
     Raises:
         ValueError: not a decodable image.
     """
     import cv2
 
-    frame = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[scale]
+    frame = cv2.imdecode(np.frombuffer(image, np.uint8), flag)
     if frame is None:
         raise ValueError("not a decodable JPEG/PNG image")
     return frame
