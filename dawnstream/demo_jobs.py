@@ -48,6 +48,26 @@ def worker_ready(url: str) -> bool:
                for line in lines)
 
 
+def stage_gauges(url: str) -> dict[str, float]:
+    """The stages' live numbers (``dawnstream_stage_value{name=...}``) on a worker's ``/metrics``, summed over
+    partitions; empty when the worker does not answer (yet)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own worker on localhost
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "dawnstream_stage_value":
+            for sample in fam.samples:
+                out[sample.labels["name"]] = out.get(sample.labels["name"], 0.0) + sample.value
+    return out
+
+
 def exited(procs: Procs) -> str | None:
     """Why the demo must stop early: the first process that exited, or None while all run."""
     return next((f"the {name} exited with status {p.returncode}" for name, p in procs.items()

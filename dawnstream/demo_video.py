@@ -33,7 +33,7 @@ from rich.live import Live
 from rich.table import Table
 
 from dawnstream.demo import exit_status
-from dawnstream.demo_jobs import exited, failed, fresh_job, stop, worker_ready
+from dawnstream.demo_jobs import exited, failed, fresh_job, stage_gauges, stop, worker_ready
 from dawnstream.models.registry import REGISTRY_ENV
 from dawnstream.streams.kafka_clients import base_settings, client_only
 from dawnstream.streams.replay_video import replay_video
@@ -132,10 +132,15 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
     result = VideoDemoResult()
     t0 = time.perf_counter()
 
+    gauges: dict[str, Any] = {"at": 0.0, "values": {}}
+
     def view() -> Table:
+        if time.monotonic() - gauges["at"] > 1.0:
+            gauges["values"], gauges["at"] = stage_gauges(metrics_url) or gauges["values"], time.monotonic()
+        live_agreement = gauges["values"].get("live_agreement")
         t = Table(title="camera-lawn: NoScope cascade through Kafka (live)")
         for col in ("elapsed", "labelled", "phase", "model", "difference", "specialized", "reference",
-                    "ref share (cascade)"):
+                    "ref share (cascade)", "live agreement (sampled)"):
             t.add_column(col, justify="right")
         by = [r["decided_by"] for r in rows]
         casc = [r for r in rows if r["phase"] == "cascade"]
@@ -143,7 +148,7 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
         t.add_row(f"{time.perf_counter() - t0:.1f}s", f"{len(rows)}", rows[-1]["phase"] if rows else "-",
                   f"v{rows[-1]['model_version']}" if rows and rows[-1]["model_version"] else "-",
                   *(str(by.count(s)) for s in ("difference", "specialized", "reference")),
-                  f"{share:.0%}" if casc else "-")
+                  f"{share:.0%}" if casc else "-", f"{live_agreement:.3f}" if live_agreement is not None else "-")
         return t
 
     def drain() -> None:
@@ -151,10 +156,18 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
             if m.error() is None and m.value():
                 rows.append(orjson.loads(m.value() or b"{}"))
 
+    shown = {"at": 0.0}
+
+    def progress(_n: int) -> None:
+        if time.monotonic() - shown["at"] > 0.25:
+            drain()
+            live.update(view())
+            shown["at"] = time.monotonic()
+
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
             sent = replay_video("vtest", topo.input.topic, camera=camera, bootstrap=topo.kafka.bootstrap,
-                                rate=rate, limit=limit, progress=lambda _n: None)
+                                rate=rate, limit=limit, progress=progress)
             result.frames = sent.messages
             deadline = time.monotonic() + 600
             while exited(procs) is None and len(rows) < result.frames and time.monotonic() < deadline:
