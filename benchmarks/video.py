@@ -15,6 +15,8 @@ the same frames in the same harness. Reported:
   the same reference budget over the same frames (its agreement).
 - ``cascade.end_to_end``: bootstrap + training + held-out wall s vs the reference on all 795 frames.
 - ``cascade.plan`` / ``training``: the chosen model and thresholds, the measured costs, training seconds.
+- ``pack``: NoScope's grid (8 tiny CNNs) trained jointly in one pass over the bootstrap thumbnails vs
+  trained one by one (same epochs, same seeds, so the same models): seconds and ratio.
 - ``per_hour``: one hour of this camera (36,000 frames at 10 fps) after the bootstrap, projected from the
   measured stage costs and the held-out shares, against the reference on every frame.
 
@@ -182,7 +184,22 @@ def main() -> None:
                          meta.params["costs_ms"][0] if meta else 0.0)) / 1000, 1),
                      "shares": shares},
     }
+    out["pack"] = pack_vs_one_by_one(seen, ref_rows)
     print(json.dumps(out, indent=None if args.json else 2))
+
+
+def pack_vs_one_by_one(frames: list[tuple[int, int, bytes]], ref_rows: dict[int, dict[str, Any]],
+                       epochs: int = 15) -> dict[str, Any]:
+    from dawnstream.models.specialized import GRID, train_grid, train_one
+    from dawnstream.operators.video.cascade import QUARTER, _thumb
+    from dawnstream.operators.video.detect import decode
+
+    X = np.stack([_thumb(decode(img, QUARTER)) for _, _, img in frames]).astype(np.float32) / 255.0
+    y = np.array([ref_rows[i]["label"] for i, _, _ in frames], np.float32)
+    _, packed_s = train_grid(X, y, GRID, epochs=epochs)
+    alone_s = sum(train_one(X, y, cfg, epochs=epochs, position=k)[1] for k, cfg in enumerate(GRID))
+    return {"models": len(GRID), "frames": len(frames), "epochs": epochs, "packed_s": round(packed_s, 2),
+            "one_by_one_s": round(alone_s, 2), "ratio": round(alone_s / packed_s, 2)}
 
 
 if __name__ == "__main__":
