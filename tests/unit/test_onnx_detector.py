@@ -69,3 +69,12 @@ def test_a_missing_file_or_a_bad_layout_is_a_clear_error(tmp_path) -> None:
         build_detector({"kind": "onnx", "path": str(tmp_path / "junk.onnx")})
     with pytest.raises(ValueError, match="layout"):
         build_detector({"kind": "onnx", "path": str(tmp_path / "junk.onnx"), "layout": "yolo"})
+
+
+def test_a_person_cut_off_by_the_bottom_edge_stands_in_a_region_that_reaches_it() -> None:
+    from dawnstream.models.detectors import Detection, RegionQuery, _boxes
+
+    clipped = _boxes(np.array([[0.1, 0.8, 0.15, 1.2]]), np.array([0.9]), 768, 576)[0]  # the box runs off the frame
+    assert clipped.y + clipped.h == pytest.approx(576.0)
+    lawn = RegionQuery(region=(0, 380, 560, 576))
+    assert lawn.count([clipped]) == 1 and lawn.count([Detection(600, 500, 40, 76, 1.0)]) == 0
