@@ -79,3 +79,30 @@ def test_anchor_skips_repeat_only_frames_close_to_the_last_decided_one(seed, del
         assert skip[i] == close
         if not close:
             anchor = i
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.0, 0.02, 0.1]))
+def test_safe_delta_keeps_the_skips_own_errors_within_the_targets(seed, target) -> None:
+    from dawnstream.operators.video.optimizer import anchor_skips, safe_delta
+
+    rng = np.random.default_rng(seed)
+    n = 120
+    truth = np.zeros(n, bool)
+    for start in rng.integers(0, n, 4):
+        truth[start:start + int(rng.integers(5, 30))] = True
+    # the scene changes a little inside a run and a lot where the label flips, plus noise
+    level = np.cumsum(np.r_[0, np.abs(np.diff(truth.astype(float))) * 40 + rng.uniform(0, 2, n - 1)])
+    thumbs = (level[:, None, None] + rng.normal(0, 1, (n, 4, 4))).astype(np.float32)
+    candidates = np.array([1.0, 4.0, 16.0, 64.0, 256.0, 1024.0])
+    delta = safe_delta(thumbs, truth, candidates, target, target)
+    skip = anchor_skips(thumbs, delta)
+    labels, anchor = truth.copy(), 0
+    for i in range(n):
+        if skip[i]:
+            labels[i] = truth[anchor]
+        else:
+            anchor = i
+    fn, fp = rates(labels, truth)
+    assert fn <= target and fp <= target
+    assert delta in candidates or delta == 0.0

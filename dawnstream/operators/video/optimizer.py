@@ -55,6 +55,28 @@ def anchor_skips(thumbs: np.ndarray, delta: float, blocks: tuple[int, int] = (1,
     return skip
 
 
+def safe_delta(thumbs: np.ndarray, truth: np.ndarray, candidates: np.ndarray, fn_target: float, fp_target: float,
+               blocks: tuple[int, int] = (1, 1)) -> float:
+    """The largest candidate ``delta`` whose skips alone stay within the targets on ``thumbs`` (in order):
+    each skipped frame gets its anchor's true label (as if every decided frame were right). The
+    difference detector does not depend on the specialized model, so this can use every labelled
+    frame, training blocks included - many more than the threshold-choosing blocks hold."""
+    truth = np.asarray(truth, bool)
+    best = 0.0
+    for delta in sorted(float(d) for d in candidates):
+        skip = anchor_skips(thumbs, delta, blocks)
+        labels, anchor = truth.copy(), 0
+        for i in range(len(truth)):
+            if skip[i]:
+                labels[i] = truth[anchor]
+            else:
+                anchor = i
+        fn, fp = rates(labels, truth)
+        if fn <= fn_target and fp <= fp_target:
+            best = delta
+    return best
+
+
 def simulate(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, delta: float, c_low: float,
              c_high: float, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Labels the cascade gives ``(n,)`` bool, and which stage decided each frame ``(n,)`` int8
@@ -91,7 +113,7 @@ def rates(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple[float, float, float],
            fn_target: float = 0.01, fp_target: float = 0.01, grid: int = 12, thumbs: np.ndarray | None = None,
-           blocks: tuple[int, int] = (1, 1)) -> Plan:
+           blocks: tuple[int, int] = (1, 1), max_delta: float | None = None) -> Plan:
     """The cheapest plan within the targets (module docstring).
 
     Args:
@@ -101,6 +123,7 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
         grid: candidate values per threshold (quantiles of the observed scores).
         thumbs: ``(n, h, w)`` grayscale thumbnails: compare with the anchor (:func:`anchor_skips`, with
             ``blocks``) instead of using ``diff``, which then only gives the candidate thresholds.
+        max_delta: no larger difference threshold is tried (e.g. :func:`safe_delta` on more frames).
 
     Returns:
         The plan; when nothing but the reference meets the targets, ``delta = 0`` and ``c_low = c_high =``
@@ -116,6 +139,8 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
     qs = np.linspace(0, 1, grid)
     finite = diff[~np.isnan(diff)]
     deltas = np.unique(np.concatenate([[0.0], np.quantile(finite, qs[:-1]) if len(finite) else []]))
+    if max_delta is not None:
+        deltas = np.unique(np.concatenate([deltas[deltas <= max_delta], [max_delta]]))
     cuts = np.unique(np.concatenate([[-1.0, 2.0], np.quantile(prob, qs)]))
     best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, t_diff + t_spec + t_ref)
     best_key = (1.0, best.ms_per_frame)

@@ -10,7 +10,9 @@ and the blocks go in turn to training (two of every three) and to choosing the t
 the grid jointly (:func:`~dawnstream.models.specialized.train_grid`), exports every candidate to ONNX,
 measures its cost per frame with onnxruntime here, lets the optimizer
 (:func:`~dawnstream.operators.video.optimizer.choose`) pick its thresholds on the held-out blocks,
-and keeps the candidate with the fewest reference calls, then the least time.
+and keeps the candidate with the fewest reference calls, then the least time. The difference threshold
+is capped first on *all* the bootstrap frames (:func:`~.optimizer.safe_delta`: the skips alone may use
+half the error targets), since it does not depend on the model and the choosing blocks alone are few.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dawnstream.models.specialized import GRID, OnnxSpecialized, SpecConfig, to_onnx, train_grid
-from dawnstream.operators.video.optimizer import Plan, choose
+from dawnstream.operators.video.optimizer import Plan, choose, safe_delta
 
 
 def split(n: int, block: int) -> np.ndarray:
@@ -75,6 +77,11 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
     held = split(len(y), block)
     if not ready(y, block, 1):
         raise ValueError("the bootstrap frames lack a class in the training or the choosing blocks")
+    cap = None
+    if grays is not None:  # the skip rule's own errors, on every bootstrap frame, take half the targets
+        finite = d[~np.isnan(d)]
+        candidates = np.quantile(finite, np.linspace(0, 1, 12)[:-1]) if len(finite) else np.array([0.0])
+        cap = safe_delta(np.asarray(grays), y, candidates, fn_target / 2, fp_target / 2, diff_blocks)
     models, train_s = train_grid(X[~held], y[~held].astype(np.float32), configs or GRID, epochs=epochs, seed=seed)
     best: FittedCascade | None = None
     candidates = []
@@ -86,12 +93,12 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
         spec_ms = (time.perf_counter() - t0) * 1000.0 / len(X)
         costs = (float(diff_ms), float(spec_ms), float(reference_ms))
         plan = choose(d[held], p[held], y[held], costs, fn_target, fp_target,
-                      thumbs=None if grays is None else np.asarray(grays)[held], blocks=diff_blocks)
+                      thumbs=None if grays is None else np.asarray(grays)[held], blocks=diff_blocks, max_delta=cap)
         candidates.append({"model": cfg.name, "spec_ms": round(spec_ms, 3), **asdict(plan)})
         if best is None or (plan.reference_share, plan.ms_per_frame) < (best.plan.reference_share,
                                                                           best.plan.ms_per_frame):
             best = FittedCascade(onnx, cfg, plan, costs)
     assert best is not None
-    best.report = {"train_seconds": round(train_s, 2), "train_frames": int((~held).sum()),
+    best.report = {"train_seconds": round(train_s, 2), "max_delta": cap, "train_frames": int((~held).sum()),
                    "choose_frames": int(held.sum()), "candidates": candidates}
     return best
