@@ -38,37 +38,22 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from dawnstream.demo_video import compare
 from dawnstream.logs import configure
 from dawnstream.models.registry import Registry
 from dawnstream.streams.config import parse_topology
-from dawnstream.streams.kafka_clients import TopicAdmin, base_settings, client_only, producer_settings
+from dawnstream.streams.kafka_clients import TopicAdmin, base_settings, client_only
+from dawnstream.streams.replay_video import produce_frames
 from dawnstream.streams.runner import KafkaRunner
-from dawnstream.topics.codecs.frames import FramesCodec
 from dawnstream.topics.spec import TopicSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 BLOCK = 30
-
-
-def produce(bootstrap: str, topic: str, frames: list[tuple[int, int, bytes]], camera: str = "lawn") -> None:
-    """The frames, in the order given, as the frames codec's messages (key = camera)."""
-    codec = FramesCodec()
-    producer = Producer(producer_settings(base_settings(bootstrap), **{"message.max.bytes": 16 << 20}))
-    for index, ts, image in frames:
-        enc = codec.encode(pa.record_batch({"camera_id": [camera], "frame_index": [index], "timestamp_ms": [ts],
-                                            "image": pa.array([image], pa.binary())}))
-        producer.produce(topic, enc.values[0], camera.encode(),
-                         headers=enc.record_headers[0] if enc.record_headers else None)
-        producer.poll(0)
-    if producer.flush(120):
-        raise RuntimeError(f"frames not delivered to {topic}")
 
 
 def read(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
@@ -124,9 +109,8 @@ def main() -> None:
         return topic.replace(".v1", f"-{what}.v1")
 
     TopicAdmin(args.bootstrap).ensure([TopicSpec(name=t, partitions=1) for t in (t_all, t_held, t_casc)])
-    produce(args.bootstrap, t_all, frames)
-    produce(args.bootstrap, t_held, held)
-    produce(args.bootstrap, t_casc, seen + held)
+    for topic, part in ((t_all, frames), (t_held, held), (t_casc, seen + held)):
+        produce_frames(part, topic, "lawn", args.bootstrap)
     base = yaml.safe_load((ROOT / "topologies" / "camera-lawn.yaml").read_text())
     stage = base["stages"][0]
     stage.update({"registry": tempfile.mkdtemp(prefix="bench-video-registry-"), "bootstrap": len(seen),

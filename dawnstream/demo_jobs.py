@@ -48,9 +48,9 @@ def worker_ready(url: str) -> bool:
                for line in lines)
 
 
-def stage_gauges(url: str) -> dict[str, float]:
-    """The stages' live numbers (``dawnstream_stage_value{name=...}``) on a worker's ``/metrics``, summed over
-    partitions; empty when the worker does not answer (yet)."""
+def stage_samples(url: str) -> list[tuple[dict[str, str], float]]:
+    """The ``dawnstream_stage_value`` samples (labels, value) on a worker's ``/metrics``; empty when the
+    worker does not answer (yet)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -59,12 +59,16 @@ def stage_gauges(url: str) -> dict[str, float]:
         with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own worker on localhost
             text = r.read().decode()
     except OSError:
-        return {}
+        return []
+    return [(dict(s.labels), s.value) for fam in text_string_to_metric_families(text)
+            if fam.name == "dawnstream_stage_value" for s in fam.samples]
+
+
+def stage_gauges(url: str) -> dict[str, float]:
+    """The stages' live numbers by name, summed over partitions (:func:`stage_samples`)."""
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "dawnstream_stage_value":
-            for sample in fam.samples:
-                out[sample.labels["name"]] = out.get(sample.labels["name"], 0.0) + sample.value
+    for labels, value in stage_samples(url):
+        out[labels["name"]] = out.get(labels["name"], 0.0) + value
     return out
 
 

@@ -35,7 +35,7 @@ from rich.live import Live
 from rich.table import Table
 
 from dawnstream.demo import exit_status
-from dawnstream.demo_jobs import exited, failed, fresh_job, stop, worker_ready
+from dawnstream.demo_jobs import exited, failed, fresh_job, stage_samples, stop, worker_ready
 from dawnstream.models.registry import REGISTRY_ENV, Registry
 from dawnstream.sources import rotten_tomatoes
 from dawnstream.streams.kafka_clients import base_settings, client_only
@@ -47,20 +47,9 @@ LF_COLUMNS = ("coverage", "overlaps", "conflicts", "learned_accuracy", "emp_accu
 def scrape_lf_table(url: str) -> dict[str, dict[str, float]]:
     """Per LF, its statistics from a worker's ``/metrics``, over every partition (means weighted by the
     partitions' rows). Empty when the worker does not answer (yet)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own worker on localhost
-            text = r.read().decode()
-    except OSError:
-        return {}
     per: dict[str, dict[str, float]] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "dawnstream_stage_value":
-            for s in fam.samples:
-                per.setdefault(s.labels["partition"], {})[s.labels["name"]] = s.value
+    for labels, value in stage_samples(url):
+        per.setdefault(labels["partition"], {})[labels["name"]] = value
     out: dict[str, dict[str, float]] = {}
     total = sum(g.get("rows", 0.0) for g in per.values()) or 1.0
     for g in per.values():

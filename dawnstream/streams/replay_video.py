@@ -8,7 +8,7 @@ that codec, so a replayed file and a live camera look the same to the workers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,23 @@ def replay_video(source: str, topic: str, camera: str | None = None, bootstrap: 
     from dawnstream.video_source import jpeg, read_frames, vtest
 
     path = vtest() if source == "vtest" else Path(source)
-    cam = camera or path.stem
     t_start = int(time.time() * 1000) if start_ms is None else int(start_ms)
+    frames = ((index, t_start + ts, jpeg(frame, quality)) for index, ts, frame in read_frames(path, start=start,
+                                                                                            stop=limit))
+    stats = produce_frames(frames, topic, camera or path.stem, bootstrap, rate, progress)
+    if stats.messages == 0:
+        raise DawnstreamError(f"{path}: no frames read")
+    return stats
+
+
+def produce_frames(frames: Iterable[tuple[int, int, bytes]], topic: str, camera: str, bootstrap: str | None = None,
+                   rate: float | None = None, progress: Callable[[int], None] | None = None) -> ReplayStats:
+    """Produce ``(frame index, timestamp ms, JPEG/PNG bytes)`` frames, in the order given, as the frames
+    codec's messages (key = ``camera``), and wait for every ack.
+
+    Raises:
+        DawnstreamError: frames were not delivered.
+    """
     codec = FramesCodec()
     errors: list[str] = []
 
@@ -59,30 +74,28 @@ def replay_video(source: str, topic: str, camera: str | None = None, bootstrap: 
 
     producer = Producer(producer_settings(base_settings(bootstrap), on_delivery=on_delivery,
                                           **{"delivery.report.only.error": True, "message.max.bytes": 16 << 20}))
-    frames = nbytes = 0
+    sent = nbytes = 0
     t0 = time.perf_counter()
-    for index, ts, frame in read_frames(path, start=start, stop=limit):
-        enc = codec.encode(pa.record_batch({"camera_id": [cam], "frame_index": [index], "timestamp_ms": [t_start + ts],
-                                            "image": pa.array([jpeg(frame, quality)], pa.binary())}))
+    for index, ts, image in frames:
+        enc = codec.encode(pa.record_batch({"camera_id": [camera], "frame_index": [index], "timestamp_ms": [ts],
+                                            "image": pa.array([image], pa.binary())}))
         headers: Any = enc.record_headers[0] if enc.record_headers else None
         while True:
             try:
-                producer.produce(topic, enc.values[0], cam.encode(), headers=headers)
+                producer.produce(topic, enc.values[0], camera.encode(), headers=headers)
                 break
             except BufferError:
                 producer.poll(0.05)
         nbytes += len(enc.values[0])
-        frames += 1
+        sent += 1
         producer.poll(0)
         if progress is not None:
             progress(1)
         if rate:
-            ahead = frames / rate - (time.perf_counter() - t0)
+            ahead = sent / rate - (time.perf_counter() - t0)
             if ahead > 0:
                 time.sleep(ahead)
     remaining = producer.flush(120)
     if remaining or errors:
         raise DawnstreamError(f"{remaining} frame(s) not delivered to {topic}; errors: {errors[:5]}")
-    if frames == 0:
-        raise DawnstreamError(f"{path}: no frames read")
-    return ReplayStats(frames, frames, nbytes, time.perf_counter() - t0)
+    return ReplayStats(sent, sent, nbytes, time.perf_counter() - t0)

@@ -203,8 +203,9 @@ class Cascade(Operator):
 
     def _frame(self, camera: str, idx: int, raw: bytes) -> tuple[bool, int | None, str, float, float]:
         """(label, count, decided_by, confidence, reference ms) of one frame; moves the camera's state on."""
-        cam = self.cameras.setdefault(camera, Camera())
-        cam.samples = cam.samples if cam.samples.maxlen == self.window else deque(cam.samples, self.window)
+        cam = self.cameras.get(camera)
+        if cam is None:
+            cam = self.cameras[camera] = Camera(samples=deque(maxlen=self.window))
         cam.seen += 1
         t0 = time.perf_counter()
         frame = decode(raw, QUARTER)
@@ -213,14 +214,14 @@ class Cascade(Operator):
             x0, y0, x1, y1 = (v // QUARTER for v in self.diff_roi)
             crop = frame[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
         gray = np.clip(np.rint(thumbnail(crop, self.diff_size)), 0, 255).astype(np.uint8)  # type: ignore[arg-type]
-        d = frame_mse(gray, cam.prev_gray, self.diff_blocks) if cam.prev_gray is not None else float("nan")  # type: ignore[arg-type]
-        d_anchor = (frame_mse(gray, cam.anchor_gray, self.diff_blocks) if cam.anchor_gray is not None  # type: ignore[arg-type]
-                    else float("nan"))
+        # the cascade compares with the anchor; the bootstrap keeps the t-1 score (the optimizer's candidates)
+        against = cam.anchor_gray if cam.phase == "cascade" else cam.prev_gray
+        d = frame_mse(gray, against, self.diff_blocks) if against is not None else float("nan")  # type: ignore[arg-type]
         cam.prev_gray = gray
         cam.diff_ms.append((time.perf_counter() - t0) * 1000.0)
         del cam.diff_ms[:-200]
         if cam.phase == "training" and cam.seen >= cam.swap_at:
-            self._swap(camera, cam)
+            self._swap(camera, cam)  # the previous frame went to the reference: it is the anchor, d stands
         if cam.phase != "cascade":
             label, n, ms = self._reference(cam, raw)
             cam.anchor_gray = gray
@@ -232,7 +233,7 @@ class Cascade(Operator):
         plan = cam.plan
         assert plan is not None and cam.spec is not None
         check = sampled(camera, idx, self.sample)
-        if not np.isnan(d_anchor) and d_anchor < plan.delta:
+        if not np.isnan(d) and d < plan.delta:
             label, conf, by = cam.last_label, cam.last_conf, "difference"
         else:
             cam.anchor_gray = gray
