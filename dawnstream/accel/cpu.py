@@ -7,9 +7,10 @@ code. The key of the module is the hash of the typed program, so equal programs 
 and later runs load instead of compiling. Intermediate columns come from a buffer pool; outputs
 are fresh arrays (callers keep them, e.g. zero-copy inside Arrow batches).
 
-Float tolerance: maps are IEEE-exact (no fast-math); pipelines with a float ``sum``/``mean`` are
-compiled with ``reassoc``+``nsz`` so the reduction vectorizes, which changes the summation order
-(relative error <= n * 2**-53 of the sum of magnitudes); NaN and inf keep IEEE semantics.
+Exactness: maps, masks, counts, kept columns, min/max and quantiles equal the numpy reference bit for
+bit (the rules of :mod:`dawnstream.accel.fmath`; no kernel carries fast-math flags). Float
+``sum``/``mean`` add row by row in float64, where numpy adds pairwise: equal within
+n * 2**-53 of the sum of magnitudes.
 """
 
 from __future__ import annotations

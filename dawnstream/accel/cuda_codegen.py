@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dawnstream.accel import fmath
 from dawnstream.accel.codegen import _Gen, literal
 from dawnstream.accel.ir import Aggregate, Filter, GroupAggregate, Map, Scan
 from dawnstream.accel.plan import Pipeline
@@ -32,8 +33,14 @@ import numba
 import numpy as np
 from numba import cuda
 
-from dawnstream.accel.cuda_device import NMAX, NMIN, SUM, block_reduce, block_scan, ceil, exp, floor
-from dawnstream.accel.cuda_device import isfinite, log, log10, rint, sqrt
+import math
+
+from dawnstream.accel.cuda_device import NMAX, NMIN, SUM, block_reduce, block_scan, ceil, floor
+from dawnstream.accel.cuda_device import isfinite, rint, sqrt
+from dawnstream.accel.cuda_device import dev as _dev
+from dawnstream.accel.cuda_device import dmul_rn as _dmul_rn
+from dawnstream.accel.cuda_device import fmul_rn as _fmul_rn
+from dawnstream.accel.cuda_device import rint as _device_rint
 from dawnstream.accel.cuda_device import nfmax as _nfmax
 from dawnstream.accel.cuda_device import nfmin as _nfmin
 from dawnstream.accel.cuda_device import nmax as _nmax
@@ -75,9 +82,19 @@ class CudaKernel:
         return [f for f in self.filters if any(k[0] == f for k in self.keeps)]
 
 
+FMATH = fmath.kernel_source("cuda", "_dev")
+"""The IR's exp/log/log10 and saturating casts (rules 2-3 of :mod:`dawnstream.accel.fmath`)."""
+
+
 class _CudaGen(_Gen):
     def math(self, fn: str, x: str) -> str:
         return f"{fn}({x})"
+
+    def fmul(self, x: str, y: str, t: str) -> str:
+        # NVVM contracts a * b + c into one FMA (one rounding instead of two) unless told not to, and numba
+        # passes no -fma=0: __fmul_rn / __dmul_rn are the multiplies it never fuses (CUDA C Programming
+        # Guide, "Floating-Point Standard"). That is fmath rule 1.
+        return f"{'_fmul_rn' if t == 'float32' else '_dmul_rn'}({x}, {y})"
 
     def __init__(self, pipe: Pipeline, name: str) -> None:
         super().__init__(pipe, name)
@@ -273,4 +290,4 @@ def generate_cuda(pipe: Pipeline, name: str) -> CudaKernel:
 
 def module_source(kernels: list[CudaKernel], key: str, tpb: int) -> str:
     """A whole generated CUDA module."""
-    return HEADER.format(key=key, tpb=tpb) + "\n\n" + "\n\n".join(k.source for k in kernels)
+    return HEADER.format(key=key, tpb=tpb) + "\n\n" + FMATH + "\n\n" + "\n\n".join(k.source for k in kernels)

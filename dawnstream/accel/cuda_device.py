@@ -1,6 +1,7 @@
 """Device functions the generated CUDA kernels call: block reductions and scans, NaN-aware min/max,
-and math with numpy's IEEE results (NaN/inf, never an exception - also under the simulator, where
-``math.sqrt(-1)`` would raise).
+unfusable multiplies, and math with numpy's IEEE results (NaN/inf, never an exception - also under
+the simulator, where ``math.sqrt(-1)`` would raise). exp/log/log10 and float -> int casts are
+:mod:`dawnstream.accel.fmath`'s, pasted into each generated module.
 
 Block reduction: tree reduction in shared memory (Harris, "Optimizing Parallel Reduction in
 CUDA", NVIDIA 2007). Block scan: Hillis & Steele, "Data parallel algorithms" (CACM 1986), the
@@ -14,9 +15,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 _dev = cuda.jit(device=True, inline=True)
+dev = _dev
+"""The decorator of every device function here and in generated modules."""
+
+if getattr(config, "ENABLE_CUDASIM", 0):
+    # The simulator has no libdevice; Python multiplies round once, like __dmul_rn / __fmul_rn.
+    def dmul_rn(a, b):  # pragma: no cover - simulator only
+        return np.float64(a) * np.float64(b)
+
+    def fmul_rn(a, b):  # pragma: no cover - simulator only
+        return np.float32(np.float32(a) * np.float32(b))
+else:
+    from numba.cuda.libdevice import dmul_rn, fmul_rn  # noqa: F401 - the multiplies NVVM never fuses into an FMA
 
 
 SUM, NMAX, NMIN = 0, 1, 2  # block_reduce kinds
@@ -88,27 +101,7 @@ def sqrt(x):  # pragma: no cover - compiled
     return np.float64(math.sqrt(x)) if x >= 0.0 else np.float64(np.nan)
 
 
-@_dev
-def exp(x):  # pragma: no cover - compiled
-    if x != x:
-        return np.float64(x)
-    if x > 709.782712893384:
-        return np.float64(np.inf)
-    return np.float64(math.exp(x))
 
-
-@_dev
-def log(x):  # pragma: no cover - compiled
-    if x > 0.0:
-        return np.float64(math.log(x))
-    return np.float64(-np.inf) if x == 0.0 else np.float64(np.nan)
-
-
-@_dev
-def log10(x):  # pragma: no cover - compiled
-    if x > 0.0:
-        return np.float64(math.log10(x))
-    return np.float64(-np.inf) if x == 0.0 else np.float64(np.nan)
 
 
 @_dev

@@ -19,7 +19,9 @@ Functions: abs, sqrt, exp, log (natural), log10, floor, ceil, round, lower, uppe
 coalesce(a, b, ...), least(a, b), greatest(a, b), if(cond, a, b).
 
 Evaluation maps each node to a ``pyarrow.compute`` kernel over the batch's columns (Arrow C++),
-with SQL three-valued logic for and/or/not (Kleene) and ``/`` always true division (float64).
+with SQL three-valued logic for and/or/not (Kleene) and ``/`` always true division (float64);
+exp/log/log10 are the accel IR's (:mod:`dawnstream.accel.fmath`), so compiled and interpreted
+stages agree bit for bit.
 
 >>> import pyarrow as pa
 >>> e = parse("dep_delay > 15 and origin in ('JFK', 'LGA')")
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -129,12 +132,30 @@ def _as_float(x: Any) -> Any:
     return x if pa.types.is_floating(t) else pc.cast(x, pa.float64())
 
 
+def _ir_math(fn: str, x: Any) -> Any:
+    """exp/log/log10 as the accel IR defines them (:mod:`dawnstream.accel.fmath`, not the platform's
+    libm), so a stage gives the same bits interpreted or compiled. Nulls stay null."""
+    from dawnstream.accel import fmath
+
+    x = _as_float(x)
+    if isinstance(x, pa.Scalar):
+        if not x.is_valid:
+            return x
+        v = np.array([x.as_py()], dtype=x.type.to_pandas_dtype())
+        return pa.scalar(fmath.math_array(fn, v, v.dtype.name)[0], type=x.type)
+    if isinstance(x, pa.ChunkedArray):
+        x = x.combine_chunks()
+    v = x.to_numpy(zero_copy_only=False)
+    out = fmath.math_array(fn, v, v.dtype.name)
+    return pa.array(out, type=x.type, mask=x.is_null().to_numpy(zero_copy_only=False) if x.null_count else None)
+
+
 _FUNCS: dict[str, tuple[int, int, Callable[..., Any]]] = {
     "abs": (1, 1, pc.abs),
     "sqrt": (1, 1, lambda x: pc.sqrt(_as_float(x))),
-    "exp": (1, 1, lambda x: pc.exp(_as_float(x))),
-    "log": (1, 1, lambda x: pc.ln(_as_float(x))),
-    "log10": (1, 1, lambda x: pc.log10(_as_float(x))),
+    "exp": (1, 1, lambda x: _ir_math("exp", x)),
+    "log": (1, 1, lambda x: _ir_math("log", x)),
+    "log10": (1, 1, lambda x: _ir_math("log10", x)),
     "floor": (1, 1, pc.floor),
     "ceil": (1, 1, pc.ceil),
     "round": (1, 1, pc.round),

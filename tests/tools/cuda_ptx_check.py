@@ -15,7 +15,8 @@ nvidia-cuda-runtime-cu12 wheels. Usage::
 
     CUDA_HOME=/path/to/cuda python tests/tools/cuda_ptx_check.py [--examples 25] [--cc 8.0]
 
-Prints one JSON object: signatures recorded, compiled, and each failure with numba's message.
+Prints one JSON object: signatures recorded, compiled, each failure with numba's message, and each
+kernel whose PTX holds a fused float multiply-add (``fma.rn.f32/f64``: fmath rule 1 forbids them).
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ run()
 rng = np.random.default_rng(0)
 CudaExecutable(mad_chain()).run({{"x": rng.normal(size=70).astype(np.float32), "cat": rng.integers(0, 64, 70)}})
 CudaExecutable(t._edge_program()).run({{"x": rng.normal(size=70), "k": rng.integers(0, 4, 70)}})
+from dawnstream.accel.ir import Filter, Map, Program, cast, col, const, ref, unary
+x32 = col("x", "float32")
+f = lambda v: const(v, "float32")
+y = (x32 * f(1.5) + f(2.0)) / (abs(x32) + f(1.0))  # the benchmark's elementwise map: a * b + c in float32
+CudaExecutable(Program([Map("y", y), Map("e", unary("exp", x32) * f(3.0) + unary("log10", x32)),
+                        Map("i", cast(x32 * f(1e9), "int32")),
+                        Filter("keep", ref("y") > f(0.0), (("y_kept", ref("y")),))], {{"x": "float32"}})).run(
+    {{"x": rng.normal(size=70).astype(np.float32)}})
 for dt in ["float64", "float32", "int64", "int32", "int8", "bool"]:
     t.test_device_radix_select_equals_numpy(dt)
 t.test_accel_gpu_wires_into_the_fused_stages_and_the_mad_classifier()
@@ -112,6 +121,7 @@ def compile_all(launches: list, cc: tuple[int, int]) -> dict:
         return nt.Array(scalar(dtype), 1, layout)
 
     failed = []
+    fused = []
     for mod, name, tys in launches:
         if mod.startswith("dawnstream_accel_k"):
             path = cache_dir() / (mod.removeprefix("dawnstream_accel_") + ".py")
@@ -124,10 +134,16 @@ def compile_all(launches: list, cc: tuple[int, int]) -> dict:
         else:
             fn = fixed[name].py_func
         try:
-            cuda.compile_ptx(fn, tuple(typ(t) for t in tys), cc=cc)
+            ptx, _ = cuda.compile_ptx(fn, tuple(typ(t) for t in tys), cc=cc)
         except Exception as e:  # noqa: BLE001 - report every failure, keep going
             failed.append({"kernel": f"{mod}.{name}", "types": tys, "error": str(e)[:600]})
-    return {"signatures": len(launches), "compiled": len(launches) - len(failed), "failed": failed}
+            continue
+        # fmath rule 1: no float multiply-add may be fused (it rounds once where the reference rounds twice).
+        n_fma = ptx.count("fma.rn.f32") + ptx.count("fma.rn.f64")
+        if n_fma:
+            fused.append({"kernel": f"{mod}.{name}", "types": tys, "fma": n_fma})
+    return {"signatures": len(launches), "compiled": len(launches) - len(failed), "failed": failed,
+            "fused_multiply_adds": fused}
 
 
 def main() -> None:

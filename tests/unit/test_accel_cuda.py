@@ -163,6 +163,37 @@ def test_real_kernels_match_the_cpu_on_a_million_rows() -> None:
     np.testing.assert_array_equal(got["z"], exp["z"])
     np.testing.assert_array_equal(got["per_cat"], exp["per_cat"])
     np.testing.assert_allclose(got["rm"], exp["rm"], rtol=1e-9)
+    prog = _float32_maps_program()  # fmath rules 1-3 on the real device: no FMA, saturating casts
+    x = (rng.normal(size=n) * 3).astype(np.float32)
+    x[:5] = [np.nan, np.inf, -np.inf, 1e30, -1e30]
+    with np.errstate(all="ignore"):
+        assert_same(prog, CudaExecutable(prog).run({"x": x}), CpuExecutable(prog).run({"x": x}))
+
+
+def _float32_maps_program() -> Program:
+    from dawnstream.accel.ir import cast, const, unary
+
+    x = col("x", "float32")
+
+    def f(v: float):  # type: ignore[no-untyped-def]
+        return const(v, "float32")
+
+    return Program([
+        Map("y", (x * f(1.5) + f(2.0)) / (abs(x) + f(1.0))),  # the benchmark's map: FMA-prone
+        Map("e", unary("exp", x) * f(3.0) + unary("log10", abs(x))),
+        Map("i", cast(x * f(1e9), "int64")),  # saturates at +-inf and huge values, NaN -> 0
+        Filter("keep", (ref("y") > f(0.0)) & (x < f(3.0)), (("y_kept", ref("y")),)),
+    ], {"x": "float32"})
+
+
+def test_float32_maps_and_casts_match_the_reference_bit_for_bit() -> None:
+    rng = np.random.default_rng(4)
+    n = 20_000 if not config.ENABLE_CUDASIM else 300
+    x = (rng.normal(size=n) * 3).astype(np.float32)
+    x[:6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, np.float32(-4 / 3)]
+    prog = _float32_maps_program()
+    with np.errstate(all="ignore"):
+        assert_same(prog, CudaExecutable(prog).run({"x": x}), run_reference(prog, {"x": x}))
 
 
 @given(st.integers(1, 5))
