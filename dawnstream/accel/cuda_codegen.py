@@ -82,6 +82,11 @@ class CudaKernel:
         return [f for f in self.filters if any(k[0] == f for k in self.keeps)]
 
 
+PRIVATE_GROUPS = 2048
+"""Group aggregates with a domain up to this many keys accumulate per block in shared memory
+(16 bytes a key) before one global atomic per key per block (privatization: Gómez-Luna et al.,
+"Performance Modeling of Atomic Additions on GPU Scratchpad Memory", IEEE TPDS 2013)."""
+
 FMATH = fmath.kernel_source("cuda", "_dev")
 """The IR's exp/log/log10 and saturating casts (rules 2-3 of :mod:`dawnstream.accel.fmath`)."""
 
@@ -160,6 +165,16 @@ class _CudaGen(_Gen):
                 if phase != "a":
                     continue
                 g, gc, gn = self.ident("g", op.out), self.ident("gc", op.out), self.ident("gn", op.out)
+                if op.domain <= PRIVATE_GROUPS:
+                    # Privatized: the block's atomics go to shared memory (a few cycles, and rows of one
+                    # key contend only within the block); one global atomic per key per block at the end.
+                    lc, lv = self.ident("lc", op.out), self.ident("lv", op.out)
+                    init_v = {"min": "np.inf", "max": "-np.inf"}.get(op.fn, "0.0")
+                    init += [f"    {lc} = cuda.shared.array({op.domain}, numba.int64)",
+                             f"    {lv} = cuda.shared.array({op.domain}, numba.float64)",
+                             f"    for j in range(tid, {op.domain}, TPB):",
+                             f"        {lc}[j] = 0", f"        {lv}[j] = {init_v}", "    cuda.syncthreads()"]
+                    gc, g = lc, lv
                 sub = ind
                 if op.where is not None:
                     body.append(f"{ind}if {self.expr(op.where)}:")
@@ -238,6 +253,17 @@ class _CudaGen(_Gen):
             lines += ["        if live:", *loads, *body]
         lines += post
         if phase == "a":
+            for gr in kk.groups:
+                if gr.domain > PRIVATE_GROUPS:
+                    continue
+                lc, lv = self.ident("lc", gr.out), self.ident("lv", gr.out)
+                g, gc = self.ident("g", gr.out), self.ident("gc", gr.out)
+                lines += ["    cuda.syncthreads()", f"    for j in range(tid, {gr.domain}, TPB):",
+                          f"        if {lc}[j] != 0:", f"            cuda.atomic.add({gc}, j, {lc}[j])"]
+                if gr.fn in ("sum", "mean"):
+                    lines.append(f"            cuda.atomic.add({g}, j, {lv}[j])")
+                elif gr.fn in ("min", "max"):
+                    lines.append(f"            cuda.atomic.{gr.fn}({g}, j, {lv}[j])")
             for a in kk.aggs:
                 s, c, cell = self.ident("s", a.out), self.ident("n", a.out), self.ident("a", a.out)
                 lines += [f"    x = block_reduce(sh, tid, {c}, SUM)", "    if tid == 0:",

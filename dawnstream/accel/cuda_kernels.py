@@ -93,6 +93,39 @@ def kernels(tpb: int) -> dict[str, Any]:
             i += stride
 
     @cuda.jit
+    def histogram_under(u, top, nan_above, is_float, pmask, prefix, shift, hist):  # pragma: no cover
+        """The next 16-bit digit (at ``shift``) of the keys whose bits under ``pmask`` equal ``prefix``."""
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        absmask = ~top
+        while i < u.size:
+            b = u[i]
+            if not (is_float and (b & absmask) > nan_above):
+                if is_float:
+                    key = ~b if b & top else b | top
+                else:
+                    key = b ^ top
+                if key & pmask == prefix:
+                    cuda.atomic.add(hist, np.int64((key >> shift) & 0xFFFF), 1)
+            i += stride
+
+    @cuda.jit
+    def gather_under(u, top, nan_above, is_float, pmask, prefix, out, cursor):  # pragma: no cover
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        absmask = ~top
+        while i < u.size:
+            b = u[i]
+            if not (is_float and (b & absmask) > nan_above):
+                if is_float:
+                    key = ~b if b & top else b | top
+                else:
+                    key = b ^ top
+                if key & pmask == prefix:
+                    out[cuda.atomic.add(cursor, 0, 1)] = key
+            i += stride
+
+    @cuda.jit
     def gather_above(v, cut, out, cursor):  # pragma: no cover - compiled
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -102,7 +135,8 @@ def kernels(tpb: int) -> dict[str, Any]:
             i += stride
 
     return {"exclusive_scan": exclusive_scan, "cast": cast, "histogram": histogram,
-            "gather_bucket": gather_bucket, "gather_above": gather_above}
+            "gather_bucket": gather_bucket, "gather_above": gather_above, "histogram_under": histogram_under,
+            "gather_under": gather_under}
 
 
 def grid(n: int, tpb: int, max_blocks: int) -> tuple[int, int]:
@@ -113,15 +147,22 @@ def grid(n: int, tpb: int, max_blocks: int) -> tuple[int, int]:
 class DeviceSelect:
     """Radix select over device arrays for one executable (``tpb`` threads per block).
 
+    A bucket of the first pass holding more than ``max_host`` keys is not copied to the host: the
+    select goes on digit by digit on the device (a histogram of the next 16 bits of the keys under the
+    bucket's prefix, pick the digit holding the rank) until the bucket is small or every bit of the
+    key is known: at most 2 passes for 32-bit keys, 4 for 64-bit ones, whatever the data's spread.
+
     Args:
         tpb: threads per block (a power of two).
         max_blocks: grid size cap of the grid-stride kernels.
+        max_host: the most candidate keys copied back and finished by ``np.partition`` (default 2**16).
     """
 
-    def __init__(self, tpb: int, max_blocks: int) -> None:
+    def __init__(self, tpb: int, max_blocks: int, max_host: int = 1 << 16) -> None:
         self.k = kernels(tpb)
         self.tpb = tpb
         self.max_blocks = max_blocks
+        self.max_host = max_host
 
     def _launch(self, name: str, n: int, *args: Any) -> None:
         self.k[name][grid(n, self.tpb, self.max_blocks)](*args)
@@ -165,6 +206,11 @@ class DeviceSelect:
         b1 = int(np.searchsorted(acc, r1, side="right"))
         before = int(acc[b0 - 1]) if b0 else 0
         size = int(acc[b1]) - before
+        if size > self.max_host:
+            k0 = self._refine(u, top, nan_above, is_float, int(shift), b0, r0 - (int(acc[b0 - 1]) if b0 else 0))
+            k1 = k0 if r1 == r0 else self._refine(u, top, nan_above, is_float, int(shift), b1,
+                                                 r1 - (int(acc[b1 - 1]) if b1 else 0))
+            return (radix._value(k0, top, is_float, dtype), radix._value(k1, top, is_float, dtype), m)
         out = cuda.device_array(size, dtype=u.dtype)
         cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._launch("gather_bucket", u.size, u, top, nan_above, is_float, shift, np.int64(b0), np.int64(b1),
@@ -173,6 +219,32 @@ class DeviceSelect:
         k0, k1 = r0 - before, r1 - before
         cand = np.partition(cand, (k0, k1)) if k1 != k0 else np.partition(cand, k0)
         return (radix._value(cand[k0], top, is_float, dtype), radix._value(cand[k1], top, is_float, dtype), m)
+
+    def _refine(self, u: Any, top: Any, nan_above: Any, is_float: bool, shift: int, bucket: int, rank: int) -> Any:
+        """The key of local ``rank`` among the keys whose top 16 bits are ``bucket`` (MSD radix select,
+        one 16-bit digit per pass, all on the device)."""
+        ut = np.dtype(u.dtype).type
+        bits = np.dtype(u.dtype).itemsize * 8
+        prefix = bucket << shift
+        pmask = ((1 << bits) - 1) ^ ((1 << shift) - 1)
+        hist = cuda.device_array(1 << radix.BITS, dtype=np.int64)
+        while shift > 0:
+            shift -= radix.BITS
+            hist.copy_to_device(np.zeros(1 << radix.BITS, dtype=np.int64))
+            self._launch("histogram_under", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix),
+                         np.uint64(shift), hist)
+            acc = np.cumsum(hist.copy_to_host())
+            digit = int(np.searchsorted(acc, rank, side="right"))
+            rank -= int(acc[digit - 1]) if digit else 0
+            prefix |= digit << shift
+            pmask |= 0xFFFF << shift
+            size = int(acc[digit]) - (int(acc[digit - 1]) if digit else 0)
+            if size <= self.max_host and shift > 0:
+                out = cuda.device_array(size, dtype=u.dtype)
+                cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
+                self._launch("gather_under", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix), out, cursor)
+                return np.partition(out.copy_to_host(), rank)[rank]
+        return ut(prefix)  # every bit known: all keys under it are equal
 
     def quantile(self, d: Any, q: float, method: str) -> float:
         """Exact quantile of a device column, equal to :func:`dawnstream.accel.radix.quantile`."""

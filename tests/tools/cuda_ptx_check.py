@@ -85,6 +85,8 @@ CudaExecutable(Program([Map("y", y), Map("e", unary("exp", x32) * f(3.0) + unary
     {{"x": rng.normal(size=70).astype(np.float32)}})
 for dt in ["float64", "float32", "int64", "int32", "int8", "bool"]:
     t.test_device_radix_select_equals_numpy(dt)
+for dt in ["float64", "float32", "int64", "int32"]:
+    t.test_radix_select_finishes_on_the_device_when_one_bucket_holds_everything(dt)
 t.test_accel_gpu_wires_into_the_fused_stages_and_the_mad_classifier()
 json.dump([list(k) for k in seen], open({out!r}, "w"))
 '''

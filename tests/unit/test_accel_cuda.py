@@ -119,6 +119,28 @@ def test_device_radix_select_equals_numpy(dtype: str) -> None:
     np.testing.assert_array_equal(got["top"], np.sort(v)[::-1][:4])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int32"])
+def test_radix_select_finishes_on_the_device_when_one_bucket_holds_everything(dtype: str) -> None:
+    """Values that share their top 16 key bits: the first pass puts all of them in one bucket; with
+    ``max_host`` low the select goes on digit by digit on the device instead of copying it back."""
+    rng = np.random.default_rng(5)
+    if dtype.startswith("float"):
+        x = (1.0 + rng.random(120) * 1e-3).astype(dtype)
+        x[:3] = [np.nan, x[5], x[5]]  # NaN and ties
+    else:
+        x = (1_000_000 + rng.integers(0, 40, 120)).astype(dtype)
+    prog = Program([Quantile("med", col("x", dtype), method="median"), Quantile("lin", col("x", dtype), 0.37),
+                    TopK("top", col("x", dtype), 3)], {"x": dtype})
+    for max_host in (1, 7, 1 << 16):
+        ex = CudaExecutable(prog)
+        ex.select.max_host = max_host
+        got = ex.run({"x": x})
+        v = x.astype(np.float64)
+        v = v[~np.isnan(v)]
+        assert got["med"] == np.median(v) and got["lin"] == np.quantile(v, 0.37), max_host
+        np.testing.assert_array_equal(got["top"], np.sort(v)[::-1][:3])
+
+
 def test_accel_gpu_wires_into_the_fused_stages_and_the_mad_classifier() -> None:
     from dawnstream.operators.outliers.classify import OutlierClassifier
     from dawnstream.operators.registry import build_chain
