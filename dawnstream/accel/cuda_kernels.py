@@ -51,6 +51,14 @@ def kernels(tpb: int) -> dict[str, Any]:
             total[0] = x
 
     @cuda.jit
+    def fill(dst, value):  # pragma: no cover - compiled
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < dst.size:
+            dst[i] = value
+            i += stride
+
+    @cuda.jit
     def cast(src, dst):  # pragma: no cover - compiled
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -134,9 +142,20 @@ def kernels(tpb: int) -> dict[str, Any]:
                 out[cuda.atomic.add(cursor, 0, 1)] = v[i]
             i += stride
 
-    return {"exclusive_scan": exclusive_scan, "cast": cast, "histogram": histogram,
+    return {"exclusive_scan": exclusive_scan, "fill": fill, "cast": cast, "histogram": histogram,
             "gather_bucket": gather_bucket, "gather_above": gather_above, "histogram_under": histogram_under,
             "gather_under": gather_under}
+
+
+def fill(d: Any, value: float, fixed: dict[str, Any], tpb: int, max_blocks: int, stream: Any, simulated: bool) -> None:
+    """Set device array ``d`` to ``value`` on ``stream`` (a kernel: no host buffer, no sync). The simulator
+    runs each thread in Python, so there a large array is filled by a copy instead."""
+    if not d.size:
+        return
+    if simulated and d.size > 256:
+        d.copy_to_device(np.full(d.size, value, dtype=d.dtype), stream=stream)
+    else:
+        fixed["fill"][grid(d.size, tpb, max_blocks) + (stream,)](d, value)
 
 
 def grid(n: int, tpb: int, max_blocks: int) -> tuple[int, int]:
@@ -156,16 +175,39 @@ class DeviceSelect:
         tpb: threads per block (a power of two).
         max_blocks: grid size cap of the grid-stride kernels.
         max_host: the most candidate keys copied back and finished by ``np.partition`` (default 2**16).
+        stream: the CUDA stream every launch and copy goes on (the default stream if None).
+        pool: a :class:`dawnstream.accel.cpu.BufferPool` of device arrays for the histograms, cursors
+            and candidates (fresh allocations if None).
     """
 
-    def __init__(self, tpb: int, max_blocks: int, max_host: int = 1 << 16) -> None:
+    def __init__(self, tpb: int, max_blocks: int, max_host: int = 1 << 16, stream: Any = None,
+                 pool: Any = None) -> None:
         self.k = kernels(tpb)
         self.tpb = tpb
         self.max_blocks = max_blocks
         self.max_host = max_host
+        self.stream = stream if stream is not None else 0
+        self.pool = pool
 
     def _launch(self, name: str, n: int, *args: Any) -> None:
-        self.k[name][grid(n, self.tpb, self.max_blocks)](*args)
+        self.k[name][grid(n, self.tpb, self.max_blocks) + (self.stream,)](*args)
+
+    def _buf(self, name: str, dtype: Any, size: int) -> Any:
+        dt = np.dtype(dtype).name
+        if self.pool is None:
+            return cuda.device_array(size, dtype=dt, stream=self.stream)
+        return self.pool.get(f"select:{name}", dt, size)
+
+    def _zeros(self, name: str, size: int) -> Any:
+        d = self._buf(name, np.int64, size)
+        fill(d, 0, self.k, self.tpb, self.max_blocks, self.stream, bool(getattr(numba.config, "ENABLE_CUDASIM", 0)))
+        return d
+
+    def _host(self, d: Any) -> np.ndarray:
+        h = d.copy_to_host(stream=self.stream)
+        if not isinstance(self.stream, int):  # 0 is the default stream, synchronous already
+            self.stream.synchronize()
+        return h
 
     def as_bits(self, d: Any) -> tuple[Any, Any, Any, bool, np.dtype]:
         """(bit view, sign bit, largest non-NaN magnitude bits, is_float, value dtype) of a device column;
@@ -183,7 +225,7 @@ class DeviceSelect:
 
     def cast(self, d: Any, dtype: Any) -> Any:
         """A device copy of ``d`` converted to ``dtype``."""
-        out = cuda.device_array(d.size, dtype=dtype)
+        out = self._buf(f"cast:{np.dtype(dtype).name}", dtype, d.size)
         if d.size:
             self._launch("cast", d.size, d, out)
         return out
@@ -194,14 +236,14 @@ class DeviceSelect:
             return float("nan"), float("nan"), 0
         u, top, nan_above, is_float, dtype = self.as_bits(d)
         shift = np.uint64(np.dtype(u.dtype).itemsize * 8 - radix.BITS)
-        hist = cuda.to_device(np.zeros(1 << radix.BITS, dtype=np.int64))
-        nans = cuda.to_device(np.zeros(1, dtype=np.int64))
+        hist = self._zeros("hist", 1 << radix.BITS)
+        nans = self._zeros("nans", 1)
         self._launch("histogram", u.size, u, top, nan_above, is_float, shift, hist, nans)
-        m = int(u.size - nans.copy_to_host()[0])
+        m = int(u.size - self._host(nans)[0])
         if m == 0:
             return float("nan"), float("nan"), 0
         r0, r1 = min(r0, m - 1), min(r1, m - 1)
-        acc = np.cumsum(hist.copy_to_host())
+        acc = np.cumsum(self._host(hist))
         b0 = int(np.searchsorted(acc, r0, side="right"))
         b1 = int(np.searchsorted(acc, r1, side="right"))
         before = int(acc[b0 - 1]) if b0 else 0
@@ -211,11 +253,11 @@ class DeviceSelect:
             k1 = k0 if r1 == r0 else self._refine(u, top, nan_above, is_float, int(shift), b1,
                                                  r1 - (int(acc[b1 - 1]) if b1 else 0))
             return (radix._value(k0, top, is_float, dtype), radix._value(k1, top, is_float, dtype), m)
-        out = cuda.device_array(size, dtype=u.dtype)
-        cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
+        out = self._buf("cand", u.dtype, size)
+        cursor = self._zeros("cursor", 1)
         self._launch("gather_bucket", u.size, u, top, nan_above, is_float, shift, np.int64(b0), np.int64(b1),
                      out, cursor)
-        cand = out.copy_to_host()
+        cand = self._host(out)
         k0, k1 = r0 - before, r1 - before
         cand = np.partition(cand, (k0, k1)) if k1 != k0 else np.partition(cand, k0)
         return (radix._value(cand[k0], top, is_float, dtype), radix._value(cand[k1], top, is_float, dtype), m)
@@ -227,23 +269,22 @@ class DeviceSelect:
         bits = np.dtype(u.dtype).itemsize * 8
         prefix = bucket << shift
         pmask = ((1 << bits) - 1) ^ ((1 << shift) - 1)
-        hist = cuda.device_array(1 << radix.BITS, dtype=np.int64)
         while shift > 0:
             shift -= radix.BITS
-            hist.copy_to_device(np.zeros(1 << radix.BITS, dtype=np.int64))
+            hist = self._zeros("hist", 1 << radix.BITS)
             self._launch("histogram_under", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix),
                          np.uint64(shift), hist)
-            acc = np.cumsum(hist.copy_to_host())
+            acc = np.cumsum(self._host(hist))
             digit = int(np.searchsorted(acc, rank, side="right"))
             rank -= int(acc[digit - 1]) if digit else 0
             prefix |= digit << shift
             pmask |= 0xFFFF << shift
             size = int(acc[digit]) - (int(acc[digit - 1]) if digit else 0)
             if size <= self.max_host and shift > 0:
-                out = cuda.device_array(size, dtype=u.dtype)
-                cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
+                out = self._buf("cand", u.dtype, size)
+                cursor = self._zeros("cursor", 1)
                 self._launch("gather_under", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix), out, cursor)
-                return np.partition(out.copy_to_host(), rank)[rank]
+                return np.partition(self._host(out), rank)[rank]
         return ut(prefix)  # every bit known: all keys under it are equal
 
     def quantile(self, d: Any, q: float, method: str) -> float:
@@ -272,13 +313,13 @@ class DeviceSelect:
         if m == 0:
             return np.empty(0)
         if k >= m:
-            h = v.copy_to_host()
+            h = self._host(v)
             return -np.sort(-h[~np.isnan(h)])
         if m != n:
             cut, _, _ = self.select_ranks(v, m - k, m - k)
-        out = cuda.device_array(k, dtype=np.float64)
-        cursor = cuda.to_device(np.zeros(1, dtype=np.int64))
+        out = self._buf("above", np.float64, k)
+        cursor = self._zeros("cursor", 1)
         self._launch("gather_above", n, v, np.float64(cut), out, cursor)
-        above = out.copy_to_host()[: int(cursor.copy_to_host()[0])]
+        above = self._host(out)[: int(self._host(cursor)[0])]
         ties = np.full(k - above.size, cut)
         return -np.sort(-np.concatenate([above, ties]))

@@ -227,3 +227,54 @@ def test_no_recompile_when_the_batch_length_changes(seed: int) -> None:
         np.testing.assert_array_equal(ex.run({"x": rng.normal(size=n)})["y"].size, n)
     if not config.ENABLE_CUDASIM:  # the simulator does not compile, so it has no signatures
         assert len(ex.module.pipeline_0_a.overloads) == 1
+
+
+def test_run_batches_equals_one_run_per_batch_and_carries_scans() -> None:
+    prog = _edge_program()
+    rng = np.random.default_rng(6)
+    batches = [{"x": rng.normal(size=n), "k": rng.integers(0, 4, n)} for n in (40, 0, 33, 70)]
+    s1, s2 = ScanState(), ScanState()
+    got = list(CudaExecutable(prog).run_batches(batches, state=s1))
+    assert len(got) == len(batches)
+    for g, b in zip(got, batches, strict=True):
+        assert_same(prog, g, run_reference(prog, b, state=s2))
+    assert s1.get("cs") == pytest.approx(s2.get("cs")) and s1.get("cc") == s2.get("cc")
+
+
+def test_device_columns_chain_programs_without_host_copies() -> None:
+    """Program A's column outputs stay on the device (device_outputs) and feed program B as inputs."""
+    from numba import cuda
+
+    from dawnstream.accel.ir import const
+
+    x = col("x", "float32")
+    a = Program([Map("y", x * const(2.0, "float32") + const(1.0, "float32")),
+                 Filter("pos", ref("y") > const(0.0, "float32"), (("kept", ref("y")),))], {"x": "float32"})
+    b = Program([Quantile("med", col("y", "float32"), method="median"), Map("d", abs(col("y", "float32")))],
+                {"y": "float32"})
+    v = np.random.default_rng(7).normal(size=90).astype(np.float32)
+    first = CudaExecutable(a).run({"x": v}, device_outputs=True)
+    assert hasattr(first["y"], "copy_to_host") and hasattr(first["kept"], "copy_to_host")
+    second = CudaExecutable(b).run({"y": first["y"]})
+    ref_a = run_reference(a, {"x": v})
+    assert_same(b, second, run_reference(b, {"y": ref_a["y"]}))
+    np.testing.assert_array_equal(first["kept"].copy_to_host(), ref_a["kept"])
+    with pytest.raises(ValueError, match="device column 'y' is float64"):
+        CudaExecutable(b).run({"y": cuda.to_device(v.astype(np.float64))})
+
+
+def test_batches_after_the_first_two_allocate_no_device_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from numba import cuda
+
+    prog = _edge_program()
+    ex = CudaExecutable(prog)
+    rng = np.random.default_rng(8)
+    batch = {"x": rng.normal(size=50), "k": rng.integers(0, 4, 50)}
+    ex.run(batch)
+    ex.run(batch)  # the second staging slot's buffers
+    calls: list[int] = []
+    real = cuda.device_array
+    monkeypatch.setattr(cuda, "device_array", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(cuda, "to_device", lambda *a, **kw: calls.append(1) or real(1))
+    ex.run(batch)
+    assert calls == []
