@@ -7,7 +7,7 @@ BROKER_PORT ?= 9092
 export DAWNSTREAM_LOG_LEVEL ?= WARNING
 export DAWNSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo demo-serve demo-labels demo-video test lint unit kafka broker broker-stop bench clean
+.PHONY: demo demo-serve demo-labels demo-video test lint unit kafka broker broker-stop bench gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/outliers.py
 	$(BIN)/python benchmarks/eos_overhead.py --json
 	$(BIN)/python benchmarks/serving.py --json
+
+## make gpu-wheels: the wheels tests/tools/gpu_check.sh carries to an NVIDIA machine (its python lacks them).
+gpu-wheels: $(STAMP)
+	rm -rf .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl orjson==3.13.0 cachetools==8.0.2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
