@@ -1,11 +1,12 @@
 """Fixed CUDA kernels of the GPU backend: the tile prefix scan, dtype casts, and device-wide radix
-select for quantiles and top-k (data stays on the device; only a 2**16-bucket histogram and the
-candidates of the wanted bucket come back to the host).
+select for quantiles and top-k (data stays on the device; only 2**16-bucket histograms and at
+most ``max_host`` candidate keys come back to the host).
 
 Radix select: Alabi et al., "Fast k-selection algorithms for graphics processing units" (JEA
 2012, sec. 3.2): histogram the top 16 bits of the order-preserving key (global atomics), pick the
-bucket holding the rank from the histogram, gather that bucket's keys (atomic cursor), select
-among them. The key transform and the interpolation are those of :mod:`dawnstream.accel.radix`,
+bucket holding the rank from the histogram; a small bucket's keys are gathered (atomic cursor) and
+selected among, a large one is narrowed one 16-bit digit per pass under its prefix (MSD radix
+select) until it is small or every bit is known. The key transform and the interpolation are those of :mod:`dawnstream.accel.radix`,
 so results equal ``np.quantile`` / ``np.median`` bit for bit, as on the CPU.
 """
 
@@ -66,8 +67,17 @@ def kernels(tpb: int) -> dict[str, Any]:
             dst[i] = src[i]
             i += stride
 
+    @cuda.jit(device=True, inline=True)
+    def sort_key(b, top, is_float):  # pragma: no cover - compiled
+        """The order-preserving unsigned key of bit pattern ``b`` (radix._key)."""
+        if is_float:
+            return ~b if b & top else b | top
+        return b ^ top
+
     @cuda.jit
-    def histogram(u, top, nan_above, is_float, shift, hist, nans):  # pragma: no cover - compiled
+    def histogram(u, top, nan_above, is_float, pmask, prefix, shift, hist, nans):  # pragma: no cover
+        """Counts of the 16-bit digit at ``shift`` of the keys whose bits under ``pmask`` equal ``prefix``
+        (``pmask`` 0: every key), and of the NaNs."""
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         absmask = ~top
@@ -76,60 +86,23 @@ def kernels(tpb: int) -> dict[str, Any]:
             if is_float and (b & absmask) > nan_above:
                 cuda.atomic.add(nans, 0, 1)
             else:
-                if is_float:
-                    key = ~b if b & top else b | top
-                else:
-                    key = b ^ top
-                cuda.atomic.add(hist, np.int64(key >> shift), 1)
-            i += stride
-
-    @cuda.jit
-    def gather_bucket(u, top, nan_above, is_float, shift, b0, b1, out, cursor):  # pragma: no cover
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        absmask = ~top
-        while i < u.size:
-            b = u[i]
-            if not (is_float and (b & absmask) > nan_above):
-                if is_float:
-                    key = ~b if b & top else b | top
-                else:
-                    key = b ^ top
-                bucket = np.int64(key >> shift)
-                if b0 <= bucket and bucket <= b1:
-                    out[cuda.atomic.add(cursor, 0, 1)] = key
-            i += stride
-
-    @cuda.jit
-    def histogram_under(u, top, nan_above, is_float, pmask, prefix, shift, hist):  # pragma: no cover
-        """The next 16-bit digit (at ``shift``) of the keys whose bits under ``pmask`` equal ``prefix``."""
-        i = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        absmask = ~top
-        while i < u.size:
-            b = u[i]
-            if not (is_float and (b & absmask) > nan_above):
-                if is_float:
-                    key = ~b if b & top else b | top
-                else:
-                    key = b ^ top
-                if key & pmask == prefix:
+                key = sort_key(b, top, is_float)
+                if (key & pmask) == prefix:
                     cuda.atomic.add(hist, np.int64((key >> shift) & 0xFFFF), 1)
             i += stride
 
     @cuda.jit
-    def gather_under(u, top, nan_above, is_float, pmask, prefix, out, cursor):  # pragma: no cover
+    def gather(u, top, nan_above, is_float, pmask, prefix, shift, d0, d1, out, cursor):  # pragma: no cover
+        """The keys under ``prefix`` whose digit at ``shift`` is in [d0, d1], appended at ``cursor``."""
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
         absmask = ~top
         while i < u.size:
             b = u[i]
             if not (is_float and (b & absmask) > nan_above):
-                if is_float:
-                    key = ~b if b & top else b | top
-                else:
-                    key = b ^ top
-                if key & pmask == prefix:
+                key = sort_key(b, top, is_float)
+                d = np.int64((key >> shift) & 0xFFFF)
+                if (key & pmask) == prefix and d0 <= d and d <= d1:
                     out[cuda.atomic.add(cursor, 0, 1)] = key
             i += stride
 
@@ -143,8 +116,7 @@ def kernels(tpb: int) -> dict[str, Any]:
             i += stride
 
     return {"exclusive_scan": exclusive_scan, "fill": fill, "cast": cast, "histogram": histogram,
-            "gather_bucket": gather_bucket, "gather_above": gather_above, "histogram_under": histogram_under,
-            "gather_under": gather_under}
+            "gather": gather, "gather_above": gather_above}
 
 
 def fill(d: Any, value: float, fixed: dict[str, Any], tpb: int, max_blocks: int, stream: Any, simulated: bool) -> None:
@@ -238,7 +210,8 @@ class DeviceSelect:
         shift = np.uint64(np.dtype(u.dtype).itemsize * 8 - radix.BITS)
         hist = self._zeros("hist", 1 << radix.BITS)
         nans = self._zeros("nans", 1)
-        self._launch("histogram", u.size, u, top, nan_above, is_float, shift, hist, nans)
+        ut = np.dtype(u.dtype).type
+        self._launch("histogram", u.size, u, top, nan_above, is_float, ut(0), ut(0), shift, hist, nans)
         m = int(u.size - self._host(nans)[0])
         if m == 0:
             return float("nan"), float("nan"), 0
@@ -255,7 +228,7 @@ class DeviceSelect:
             return (radix._value(k0, top, is_float, dtype), radix._value(k1, top, is_float, dtype), m)
         out = self._buf("cand", u.dtype, size)
         cursor = self._zeros("cursor", 1)
-        self._launch("gather_bucket", u.size, u, top, nan_above, is_float, shift, np.int64(b0), np.int64(b1),
+        self._launch("gather", u.size, u, top, nan_above, is_float, ut(0), ut(0), shift, np.int64(b0), np.int64(b1),
                      out, cursor)
         cand = self._host(out)
         k0, k1 = r0 - before, r1 - before
@@ -269,22 +242,25 @@ class DeviceSelect:
         bits = np.dtype(u.dtype).itemsize * 8
         prefix = bucket << shift
         pmask = ((1 << bits) - 1) ^ ((1 << shift) - 1)
+        nans = self._zeros("nans", 1)  # counted again, unused
         while shift > 0:
             shift -= radix.BITS
             hist = self._zeros("hist", 1 << radix.BITS)
-            self._launch("histogram_under", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix),
-                         np.uint64(shift), hist)
+            self._launch("histogram", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix), np.uint64(shift),
+                         hist, nans)
             acc = np.cumsum(self._host(hist))
             digit = int(np.searchsorted(acc, rank, side="right"))
-            rank -= int(acc[digit - 1]) if digit else 0
-            prefix |= digit << shift
-            pmask |= 0xFFFF << shift
-            size = int(acc[digit]) - (int(acc[digit - 1]) if digit else 0)
+            before = int(acc[digit - 1]) if digit else 0
+            size = int(acc[digit]) - before
+            rank -= before
             if size <= self.max_host and shift > 0:
                 out = self._buf("cand", u.dtype, size)
                 cursor = self._zeros("cursor", 1)
-                self._launch("gather_under", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix), out, cursor)
+                self._launch("gather", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix), np.uint64(shift),
+                             np.int64(digit), np.int64(digit), out, cursor)
                 return np.partition(self._host(out), rank)[rank]
+            prefix |= digit << shift
+            pmask |= 0xFFFF << shift
         return ut(prefix)  # every bit known: all keys under it are equal
 
     def quantile(self, d: Any, q: float, method: str) -> float:
