@@ -1,13 +1,14 @@
 """Fixed CUDA kernels of the GPU backend: the tile prefix scan, dtype casts, and device-wide radix
-select for quantiles and top-k (data stays on the device; only 2**16-bucket histograms and at
-most ``max_host`` candidate keys come back to the host).
+select for quantiles and top-k (data stays on the device; only 2**16-bucket histograms and at most
+``max_host`` candidate keys come back to the host).
 
-Radix select: Alabi et al., "Fast k-selection algorithms for graphics processing units" (JEA
-2012, sec. 3.2): histogram the top 16 bits of the order-preserving key (global atomics), pick the
-bucket holding the rank from the histogram; a small bucket's keys are gathered (atomic cursor) and
-selected among, a large one is narrowed one 16-bit digit per pass under its prefix (MSD radix
-select) until it is small or every bit is known. The key transform and the interpolation are those of :mod:`dawnstream.accel.radix`,
-so results equal ``np.quantile`` / ``np.median`` bit for bit, as on the CPU.
+Radix select: Alabi et al., "Fast k-selection algorithms for graphics processing units" (JEA 2012,
+sec. 3.2): histogram the top 16 bits of the order-preserving key (global atomics), pick the bucket
+holding the rank from the histogram; a small bucket's keys are gathered (atomic cursor) and selected
+among, a large one is narrowed one 16-bit digit per pass under its prefix (MSD radix select) until
+it is small or every bit is known. The key transform and the interpolation are those of
+:mod:`dawnstream.accel.radix`, so results equal ``np.quantile`` / ``np.median`` bit for bit, as on
+the CPU.
 """
 
 from __future__ import annotations

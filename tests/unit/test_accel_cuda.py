@@ -278,3 +278,20 @@ def test_batches_after_the_first_two_allocate_no_device_memory(monkeypatch: pyte
     monkeypatch.setattr(cuda, "to_device", lambda *a, **kw: calls.append(1) or real(1))
     ex.run(batch)
     assert calls == []
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 1 << 20, 8 << 20])
+def test_staging_in_chunks_and_threads_copies_every_value(chunk_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from numba import cuda
+
+    from dawnstream.accel import cuda as accel_cuda
+
+    monkeypatch.setattr(accel_cuda, "UPLOAD_CHUNK_BYTES", chunk_bytes)
+    ex = CudaExecutable(Program([Map("y", col("x", "float64") + 1.0)], {"x": "float64"}))
+    h = np.random.default_rng(9).normal(size=300_001 if chunk_bytes > 64 else 1001)
+    buf, d = cuda.pinned_array(h.size, dtype=np.float64), cuda.device_array(h.size)
+    ex._upload(h, buf, d)
+    ex.copy_stream.synchronize()
+    np.testing.assert_array_equal(d.copy_to_host(), h)
+    small = np.arange(70.0)
+    np.testing.assert_array_equal(ex.run({"x": small})["y"], small + 1.0)  # chunked through run as well
