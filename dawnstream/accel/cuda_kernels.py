@@ -53,6 +53,36 @@ def kernels(tpb: int) -> dict[str, Any]:
             total[0] = x
 
     @cuda.jit
+    def find_ranks(hist, r0, r1, out):  # pragma: no cover - compiled
+        """One block, for rank r0 then r1: the bucket b with sum(hist[:b]) <= r < sum(hist[:b + 1]), that
+        sum and hist[b], in out[0:3] and out[3:6] (so only 48 bytes, not the histogram, go back)."""
+        tid = cuda.threadIdx.x
+        sh = cuda.shared.array(tpb, numba.float64)
+        m = hist.size
+        chunk = (m + tpb - 1) // tpb
+        lo = tid * chunk
+        lo = lo if lo < m else m
+        hi = lo + chunk
+        hi = hi if hi < m else m
+        s = 0.0
+        for j in range(lo, hi):
+            s += hist[j]
+        block_scan(sh, tid, s)
+        start = sh[tid - 1] if tid > 0 else 0.0  # counts are exact in float64 up to 2**53
+        for k in range(2):
+            r = r0 if k == 0 else r1
+            if start <= r and r < start + s:
+                acc = start
+                for j in range(lo, hi):
+                    c = hist[j]
+                    if r < acc + c:
+                        out[3 * k] = j
+                        out[3 * k + 1] = np.int64(acc)
+                        out[3 * k + 2] = c
+                        break
+                    acc += c
+
+    @cuda.jit
     def fill(dst, value):  # pragma: no cover - compiled
         i = cuda.grid(1)
         stride = cuda.gridsize(1)
@@ -116,8 +146,8 @@ def kernels(tpb: int) -> dict[str, Any]:
                 out[cuda.atomic.add(cursor, 0, 1)] = v[i]
             i += stride
 
-    return {"exclusive_scan": exclusive_scan, "fill": fill, "cast": cast, "histogram": histogram,
-            "gather": gather, "gather_above": gather_above}
+    return {"exclusive_scan": exclusive_scan, "find_ranks": find_ranks, "fill": fill, "cast": cast,
+            "histogram": histogram, "gather": gather, "gather_above": gather_above}
 
 
 def fill(d: Any, value: float, fixed: dict[str, Any], tpb: int, max_blocks: int, stream: Any, simulated: bool) -> None:
@@ -217,15 +247,11 @@ class DeviceSelect:
         if m == 0:
             return float("nan"), float("nan"), 0
         r0, r1 = min(r0, m - 1), min(r1, m - 1)
-        acc = np.cumsum(self._host(hist))
-        b0 = int(np.searchsorted(acc, r0, side="right"))
-        b1 = int(np.searchsorted(acc, r1, side="right"))
-        before = int(acc[b0 - 1]) if b0 else 0
-        size = int(acc[b1]) - before
+        b0, before, _c0, b1, before1, c1 = self._find(hist, r0, r1)
+        size = before1 + c1 - before
         if size > self.max_host:
-            k0 = self._refine(u, top, nan_above, is_float, int(shift), b0, r0 - (int(acc[b0 - 1]) if b0 else 0))
-            k1 = k0 if r1 == r0 else self._refine(u, top, nan_above, is_float, int(shift), b1,
-                                                 r1 - (int(acc[b1 - 1]) if b1 else 0))
+            k0 = self._refine(u, top, nan_above, is_float, int(shift), b0, r0 - before)
+            k1 = k0 if r1 == r0 else self._refine(u, top, nan_above, is_float, int(shift), b1, r1 - before1)
             return (radix._value(k0, top, is_float, dtype), radix._value(k1, top, is_float, dtype), m)
         out = self._buf("cand", u.dtype, size)
         cursor = self._zeros("cursor", 1)
@@ -235,6 +261,12 @@ class DeviceSelect:
         k0, k1 = r0 - before, r1 - before
         cand = np.partition(cand, (k0, k1)) if k1 != k0 else np.partition(cand, k0)
         return (radix._value(cand[k0], top, is_float, dtype), radix._value(cand[k1], top, is_float, dtype), m)
+
+    def _find(self, hist: Any, r0: int, r1: int) -> list[int]:
+        """[bucket, count before it, its count] for rank r0, then for r1, found on the device."""
+        out = self._buf("found", np.int64, 6)
+        self.k["find_ranks"][1, self.tpb, self.stream](hist, np.int64(r0), np.int64(r1), out)
+        return [int(v) for v in self._host(out)]
 
     def _refine(self, u: Any, top: Any, nan_above: Any, is_float: bool, shift: int, bucket: int, rank: int) -> Any:
         """The key of local ``rank`` among the keys whose top 16 bits are ``bucket`` (MSD radix select,
@@ -249,10 +281,7 @@ class DeviceSelect:
             hist = self._zeros("hist", 1 << radix.BITS)
             self._launch("histogram", u.size, u, top, nan_above, is_float, ut(pmask), ut(prefix), np.uint64(shift),
                          hist, nans)
-            acc = np.cumsum(self._host(hist))
-            digit = int(np.searchsorted(acc, rank, side="right"))
-            before = int(acc[digit - 1]) if digit else 0
-            size = int(acc[digit]) - before
+            digit, before, size, *_ = self._find(hist, rank, rank)
             rank -= before
             if size <= self.max_host and shift > 0:
                 out = self._buf("cand", u.dtype, size)
