@@ -28,24 +28,34 @@ from dawnstream.accel.cuda_device import block_scan
 def kernels(tpb: int) -> dict[str, Any]:
     """The fixed kernels for blocks of ``tpb`` threads (compiled lazily per argument types)."""
 
-    @cuda.jit
-    def exclusive_scan(vals, out, total):  # pragma: no cover - compiled
-        """One block: ``out[j] = sum(vals[:j])`` and ``total[0] = sum(vals)`` (float64)."""
-        tid = cuda.threadIdx.x
-        sh = cuda.shared.array(tpb, numba.float64)
-        m = vals.size
+    @cuda.jit(device=True, inline=True)
+    def block_share(tid, m):  # pragma: no cover - compiled
+        """[lo, hi): thread ``tid``'s contiguous share of ``m`` items, one block doing them all."""
         chunk = (m + tpb - 1) // tpb
         # Conditional expressions, not min(): numba's CUDA target fails to type min(int64, int64).
         lo = tid * chunk
         lo = lo if lo < m else m
         hi = lo + chunk
         hi = hi if hi < m else m
+        return lo, hi
+
+    @cuda.jit(device=True, inline=True)
+    def share_prefix(sh, tid, vals, lo, hi):  # pragma: no cover - compiled
+        """(sum of vals[lo:hi], sum of the shares of the threads before, inclusive sum) over the block."""
         s = 0.0
         for j in range(lo, hi):
             s += vals[j]
         x = block_scan(sh, tid, s)
         # The neighbour's inclusive sum, not x - s: inf - inf would turn a running inf into NaN.
-        run = sh[tid - 1] if tid > 0 else 0.0
+        return s, (sh[tid - 1] if tid > 0 else 0.0), x
+
+    @cuda.jit
+    def exclusive_scan(vals, out, total):  # pragma: no cover - compiled
+        """One block: ``out[j] = sum(vals[:j])`` and ``total[0] = sum(vals)`` (float64)."""
+        tid = cuda.threadIdx.x
+        sh = cuda.shared.array(tpb, numba.float64)
+        lo, hi = block_share(tid, vals.size)
+        s, run, x = share_prefix(sh, tid, vals, lo, hi)
         for j in range(lo, hi):
             out[j] = run
             run += vals[j]
@@ -58,17 +68,8 @@ def kernels(tpb: int) -> dict[str, Any]:
         sum and hist[b], in out[0:3] and out[3:6] (so only 48 bytes, not the histogram, go back)."""
         tid = cuda.threadIdx.x
         sh = cuda.shared.array(tpb, numba.float64)
-        m = hist.size
-        chunk = (m + tpb - 1) // tpb
-        lo = tid * chunk
-        lo = lo if lo < m else m
-        hi = lo + chunk
-        hi = hi if hi < m else m
-        s = 0.0
-        for j in range(lo, hi):
-            s += hist[j]
-        block_scan(sh, tid, s)
-        start = sh[tid - 1] if tid > 0 else 0.0  # counts are exact in float64 up to 2**53
+        lo, hi = block_share(tid, hist.size)
+        s, start, _ = share_prefix(sh, tid, hist, lo, hi)  # counts are exact in float64 up to 2**53
         for k in range(2):
             r = r0 if k == 0 else r1
             if start <= r and r < start + s:
