@@ -27,7 +27,7 @@ import numpy as np
 
 from dawnstream.accel.cpu import BufferPool, aggregate_value, group_values, load_module
 from dawnstream.accel.cuda_codegen import CudaKernel, generate_cuda, module_source
-from dawnstream.accel.cuda_kernels import DeviceSelect, fill, grid, kernels
+from dawnstream.accel.cuda_kernels import DeviceScratch, DeviceSelect, grid, kernels
 from dawnstream.accel.ir import Program, Quantile, ScanState, TopK
 from dawnstream.accel.plan import Plan, plan
 
@@ -79,13 +79,15 @@ class CudaExecutable:
         self.source = module_source([k for k in self.kernels if k is not None], key, self.tpb)
         self.module = load_module(f"{key}_cuda{self.tpb}", self.source)
         self.fixed = kernels(self.tpb)
-        self.stream = cuda.stream()  # kernels and result copies
+        self.scratch = DeviceScratch(self.tpb, self.max_blocks, cuda.stream())  # kernels and result copies
+        self.stream: Any = self.scratch.stream
+        self.pool = self.scratch.pool
         self.copy_stream = cuda.stream()  # input copies, so the next batch's copy overlaps this one's kernels
-        self.pool = BufferPool(lambda size, dtype: cuda.device_array(size, dtype=dtype))
         self.pinned = BufferPool(lambda size, dtype: cuda.pinned_array(size, dtype=dtype))
-        self.select = DeviceSelect(self.tpb, self.max_blocks, stream=self.stream, pool=self.pool)
-        self._copied = [cuda.event(), cuda.event()]  # per staging slot: its last input copy is done
-        self._used = [cuda.event(), cuda.event()]  # per staging slot: the kernels reading it are done
+        self.select = DeviceSelect(self.scratch)
+        # Per staging slot: its last input copy is done. (Kernels reading a slot are done when run_staged
+        # returns: it ends with a stream sync.)
+        self._copied = [cuda.event(), cuda.event()]
         self._slot = 0
 
     def stage(self, columns: dict[str, Any], slot: int | None = None) -> tuple[dict[str, Any], int, int]:
@@ -114,9 +116,8 @@ class CudaExecutable:
                 d = a
             else:
                 h = np.ascontiguousarray(a, dtype=dt)
-                if not waited:  # this slot's buffers may still feed an earlier copy or kernel
+                if not waited:  # this slot's pinned buffers may still feed an earlier copy
                     self._copied[slot].synchronize()
-                    self._used[slot].wait(self.copy_stream)
                     waited = True
                 buf = self.pinned.get(f"{slot}:{name}", dt, h.size)
                 d = self.pool.get(f"in{slot}:{name}", dt, h.size)
@@ -185,11 +186,11 @@ class CudaExecutable:
         state = state if state is not None else ScanState()
         results: dict[str, Any] = {}
         outputs = set(prog.outputs) if device_outputs else set()
-        err = self._zeros("err", "int64", 1)
+        err = self.scratch.zeros("err", "int64", 1)
         for pipe, k in zip(self.plan.pipelines, self.kernels, strict=True):
             if k is not None:
                 self._run_kernel(k, n, arrays, scalars, state, results, outputs, err)
-                if k.groups and self._host(err)[0]:
+                if k.groups and self.scratch.host(err)[0]:
                     raise ValueError("group key outside its domain")
             for b in pipe.breakers:
                 col = arrays[b.value.args[0]]
@@ -197,7 +198,6 @@ class CudaExecutable:
                     scalars[b.out] = results[b.out] = self.select.quantile(col, b.q, b.method)
                 elif isinstance(b, TopK):
                     results[b.out] = self.select.top_k(col, b.k)
-        self._used[slot].record(stream)
         out = {}
         for name in prog.outputs:
             v = results[name] if name in results else arrays[name]
@@ -213,18 +213,6 @@ class CudaExecutable:
         stream.synchronize()
         return out
 
-    def _host(self, d: Any) -> np.ndarray:
-        """A small device array's values (waits for the kernel stream)."""
-        h = d.copy_to_host(stream=self.stream)
-        self.stream.synchronize()
-        return h
-
-    def _zeros(self, name: str, dtype: str, size: int, value: float = 0.0) -> Any:
-        """A pooled device array of ``size`` set to ``value`` on the kernel stream (no allocation)."""
-        d = self.pool.get(name, dtype, size)
-        self._fill(d, value)
-        return d
-
     def _run_kernel(self, k: CudaKernel, n: int, arrays: dict[str, Any], scalars: dict[str, Any],
                     state: ScanState, results: dict[str, Any], outputs: set[str], err: Any) -> None:
         from numba import cuda
@@ -239,16 +227,17 @@ class CudaExecutable:
             args.append(a)
         cells = []
         for agg in k.aggs:
-            cell = self._zeros(f"cell:{agg.out}", "float64", 3)
+            cell = self.scratch.zeros(f"cell:{agg.out}", "float64", 3)
             if agg.fn in ("min", "max"):
-                self._fill(cell[:1], np.inf if agg.fn == "min" else -np.inf)
+                self.scratch.fill(cell[:1], np.inf if agg.fn == "min" else -np.inf)
             cells.append(cell)
         args += cells
         groups = []
         for g in k.groups:
             init = {"min": np.inf, "max": -np.inf}.get(g.fn, 0.0)
-            arrs = (self._zeros(f"gv:{g.out}", "float64", g.domain, init),
-                    self._zeros(f"gc:{g.out}", "int64", g.domain), self._zeros(f"gn:{g.out}", "float64", g.domain))
+            z = self.scratch.zeros
+            arrs = (z(f"gv:{g.out}", "float64", g.domain, init), z(f"gc:{g.out}", "int64", g.domain),
+                    z(f"gn:{g.out}", "float64", g.domain))
             groups.append(arrs)
             args += arrs
         tiles = [self.pool.get(f"tile:{t}", "float64", max(ntiles, 1)) for t in k.tiled]
@@ -258,12 +247,12 @@ class CudaExecutable:
             prefixes, totals = [], []
             for t, tt in zip(k.tiled, tiles, strict=True):
                 p = self.pool.get(f"prefix:{t}", "float64", max(ntiles, 1))
-                total = self._zeros(f"total:{t}", "float64", 1)
+                total = self.scratch.zeros(f"total:{t}", "float64", 1)
                 if ntiles:
                     self.fixed["exclusive_scan"][1, self.tpb, stream](tt[:ntiles], p[:ntiles], total)
                 prefixes.append(p)
                 totals.append(total)
-            total_of = {t: float(self._host(tot)[0]) for t, tot in zip(k.tiled, totals, strict=True)}
+            total_of = {t: float(self.scratch.host(tot)[0]) for t, tot in zip(k.tiled, totals, strict=True)}
             kept = [cuda.device_array(n, dtype=dt, stream=stream) if name in outputs
                     else self.pool.get(f"kept:{name}", dt, n) for _f, name, dt in k.keeps]
             scan_out = [cuda.device_array(n, dtype=dt, stream=stream) if s.out in outputs
@@ -284,10 +273,7 @@ class CudaExecutable:
                 c0, s0 = state.get(s.out)
                 state.values[s.out] = [c0 + n, s0 + total_of.get(f"scan:{s.out}", 0.0)]
         for agg, cell in zip(k.aggs, cells, strict=True):
-            s, cnt, nan = self._host(cell)
+            s, cnt, nan = self.scratch.host(cell)
             results[agg.out] = scalars[agg.out] = aggregate_value(agg.fn, s, int(cnt), bool(nan))
         for g, (dv, dc, dn) in zip(k.groups, groups, strict=True):
-            results[g.out] = group_values(g.fn, self._host(dv), self._host(dc), self._host(dn))
-
-    def _fill(self, d: Any, value: float) -> None:
-        fill(d, value, self.fixed, self.tpb, self.max_blocks, self.stream, self.simulated)
+            results[g.out] = group_values(g.fn, self.scratch.host(dv), self.scratch.host(dc), self.scratch.host(dn))

@@ -21,6 +21,7 @@ import numpy as np
 from numba import cuda
 
 from dawnstream.accel import radix
+from dawnstream.accel.cpu import BufferPool
 from dawnstream.accel.cuda_device import block_scan
 
 
@@ -151,20 +152,60 @@ def kernels(tpb: int) -> dict[str, Any]:
             "histogram": histogram, "gather": gather, "gather_above": gather_above}
 
 
-def fill(d: Any, value: float, fixed: dict[str, Any], tpb: int, max_blocks: int, stream: Any, simulated: bool) -> None:
-    """Set device array ``d`` to ``value`` on ``stream`` (a kernel: no host buffer, no sync). The simulator
-    runs each thread in Python, so there a large array is filled by a copy instead."""
-    if not d.size:
-        return
-    if simulated and d.size > 256:
-        d.copy_to_device(np.full(d.size, value, dtype=d.dtype), stream=stream)
-    else:
-        fixed["fill"][grid(d.size, tpb, max_blocks) + (stream,)](d, value)
-
-
 def grid(n: int, tpb: int, max_blocks: int) -> tuple[int, int]:
     """(blocks, threads) for a grid-stride loop over ``n`` items (at least one block)."""
     return max(1, min((n + tpb - 1) // tpb, max_blocks)), tpb
+
+
+class DeviceScratch:
+    """Pooled device buffers and launches on one stream, for one executable: arrays come from a
+    :class:`dawnstream.accel.cpu.BufferPool` (no allocation once warm), zeroing is a kernel, small
+    results come back with one stream sync each.
+
+    Args:
+        tpb: threads per block (a power of two).
+        max_blocks: grid size cap of the grid-stride kernels.
+        stream: the CUDA stream every launch and copy goes on (the default stream if None).
+    """
+
+    def __init__(self, tpb: int, max_blocks: int, stream: Any = None) -> None:
+        self.k = kernels(tpb)
+        self.tpb = tpb
+        self.max_blocks = max_blocks
+        self.stream = stream if stream is not None else 0
+        self.simulated = bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
+        self.pool = BufferPool(lambda size, dtype: cuda.device_array(size, dtype=dtype))
+
+    def launch(self, name: str, n: int, *args: Any) -> None:
+        """Fixed kernel ``name`` over ``n`` items (grid-stride) on the stream."""
+        self.k[name][grid(n, self.tpb, self.max_blocks) + (self.stream,)](*args)
+
+    def buf(self, name: str, dtype: Any, size: int) -> Any:
+        """The pooled device array ``name`` of ``size`` items (contents undefined)."""
+        return self.pool.get(name, np.dtype(dtype).name, size)
+
+    def fill(self, d: Any, value: float) -> None:
+        """Set ``d`` to ``value`` on the stream (a kernel: no host buffer, no sync). The simulator runs each
+        thread in Python, so there a large array is filled by a copy instead."""
+        if not d.size:
+            return
+        if self.simulated and d.size > 256:
+            d.copy_to_device(np.full(d.size, value, dtype=d.dtype), stream=self.stream)
+        else:
+            self.launch("fill", d.size, d, value)
+
+    def zeros(self, name: str, dtype: Any, size: int, value: float = 0.0) -> Any:
+        """The pooled device array ``name`` set to ``value``."""
+        d = self.buf(name, dtype, size)
+        self.fill(d, value)
+        return d
+
+    def host(self, d: Any) -> np.ndarray:
+        """A device array's values (waits for the stream)."""
+        h = d.copy_to_host(stream=self.stream)
+        if not isinstance(self.stream, int):  # 0 is the default stream, synchronous already
+            self.stream.synchronize()
+        return h
 
 
 class DeviceSelect:
@@ -176,42 +217,24 @@ class DeviceSelect:
     key is known: at most 2 passes for 32-bit keys, 4 for 64-bit ones, whatever the data's spread.
 
     Args:
-        tpb: threads per block (a power of two).
-        max_blocks: grid size cap of the grid-stride kernels.
+        scratch: the executable's :class:`DeviceScratch` (its stream and pool).
         max_host: the most candidate keys copied back and finished by ``np.partition`` (default 2**16).
-        stream: the CUDA stream every launch and copy goes on (the default stream if None).
-        pool: a :class:`dawnstream.accel.cpu.BufferPool` of device arrays for the histograms, cursors
-            and candidates (fresh allocations if None).
     """
 
-    def __init__(self, tpb: int, max_blocks: int, max_host: int = 1 << 16, stream: Any = None,
-                 pool: Any = None) -> None:
-        self.k = kernels(tpb)
-        self.tpb = tpb
-        self.max_blocks = max_blocks
+    def __init__(self, scratch: DeviceScratch, max_host: int = 1 << 16) -> None:
+        self.scratch = scratch
+        self.k = scratch.k
+        self.tpb = scratch.tpb
+        self.stream = scratch.stream
         self.max_host = max_host
-        self.stream = stream if stream is not None else 0
-        self.pool = pool
-
-    def _launch(self, name: str, n: int, *args: Any) -> None:
-        self.k[name][grid(n, self.tpb, self.max_blocks) + (self.stream,)](*args)
+        self._launch = scratch.launch
+        self._host = scratch.host
 
     def _buf(self, name: str, dtype: Any, size: int) -> Any:
-        dt = np.dtype(dtype).name
-        if self.pool is None:
-            return cuda.device_array(size, dtype=dt, stream=self.stream)
-        return self.pool.get(f"select:{name}", dt, size)
+        return self.scratch.buf(f"select:{name}", dtype, size)
 
     def _zeros(self, name: str, size: int) -> Any:
-        d = self._buf(name, np.int64, size)
-        fill(d, 0, self.k, self.tpb, self.max_blocks, self.stream, bool(getattr(numba.config, "ENABLE_CUDASIM", 0)))
-        return d
-
-    def _host(self, d: Any) -> np.ndarray:
-        h = d.copy_to_host(stream=self.stream)
-        if not isinstance(self.stream, int):  # 0 is the default stream, synchronous already
-            self.stream.synchronize()
-        return h
+        return self.scratch.zeros(f"select:{name}", np.int64, size)
 
     def as_bits(self, d: Any) -> tuple[Any, Any, Any, bool, np.dtype]:
         """(bit view, sign bit, largest non-NaN magnitude bits, is_float, value dtype) of a device column;
