@@ -18,6 +18,7 @@ keeping operator state per partition (``BatchProcessor.chains``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -187,6 +188,10 @@ class KafkaRunner:
                         self.stats.first_message = now
                     if self._process(msgs):
                         last_msg = now
+                        if self.stats.batches == 1:
+                            # What the first batch loaded (lazily imported libraries, models) lives as long
+                            # as the worker: out of the collector's sight, a full collection takes ms, not tens.
+                            gc.freeze()
                 elif max_idle_s is not None and now - last_msg > max_idle_s:
                     break
                 if now - last_lag > LAG_REFRESH_S:

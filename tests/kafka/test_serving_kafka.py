@@ -121,6 +121,10 @@ def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, rating
         assert got[missing]["kind"] == "error" and "item_id" in got[missing]["error"]
         errs = [got[c]["prediction"] - r for c, (_, _, r) in zip(acks, ratings[:500], strict=True)]
         assert np.sqrt(np.mean(np.square(errs))) < 1.2
+        client.forget(acks + asks)
+        assert not set(acks + asks) & (set(client.replies) | set(client.sent) | set(client.arrived))
+        assert client.request({"user_id": 1, "item_id": 1})["kind"] == "prediction"
+        assert len(client.replies) == len(client.sent) == 3  # request() keeps nothing of its own
         # A request without a correlation-id cannot be answered: it is dead-lettered with the reason.
         p = Producer({"bootstrap.servers": kafka_bootstrap})
         p.produce(topo.input.topic, orjson.dumps({"user_id": 1, "item_id": 2}), b"1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -165,6 +166,34 @@ def test_stragglers_are_left_out_and_no_answer_gives_the_flagged_default(registr
     out = lone.process(_rows(_req(3, 1, 1)))[0].to_pylist()[0]
     assert out["default"] and out["model"] == "default" and out["prediction"] == 3.0
     assert lone.status()["counters"]["stragglers"] >= 1
+
+
+def test_a_model_runs_on_the_stage_thread_only_when_the_call_is_expected_under_a_millisecond(registry):
+    c = _Slow("m", 0.0)
+    assert not c.fast(1)  # never measured: its own thread
+    for _ in range(30):
+        c.observe(rows=10, ms=0.05)  # 5 µs per row
+    assert c.fast(1) and c.fast(150) and not c.fast(400)  # 0.75 ms inline; 2 ms goes to its thread
+    c.fail()
+    assert not c.fast(1)  # a model that raised is kept off the stage's thread until it is fast again
+    op = _serve(registry, models=[{"name": "svd", "kind": "onnx", "model": "svd"}])
+    calls = []
+    op.containers[0] = _Recording("svd", calls)
+    for _ in range(30):
+        op.containers[0].observe(rows=10, ms=0.05)
+    op.process(_rows(*[_req(k, 1, 1) for k in range(20)]))
+    op.process(_rows(*[_req(100 + k, 1, 1) for k in range(400)]))
+    assert calls[0] == (20, threading.current_thread().name) and calls[1][0] == 400 and calls[1][1] != calls[0][1]
+
+
+class _Recording(_Slow):
+    def __init__(self, name, calls):
+        super().__init__(name, 0.0)
+        self.calls = calls
+
+    def predict(self, users, items):
+        self.calls.append((len(users), threading.current_thread().name))
+        return np.full(len(users), 4.0)
 
 
 def test_restore_continues_exactly_like_an_uninterrupted_run(registry):

@@ -40,6 +40,8 @@ from dawnstream.operators.serving.aimd import AIMDBatcher
 
 log = get_logger(__name__)
 KINDS = ("velox", "onnx", "online_mf", "mean")
+INLINE_MS = 1.0
+"""A model call expected to take less than this (ms) runs on the stage's thread (:meth:`Container.fast`)."""
 
 
 class Container(ABC):
@@ -61,27 +63,28 @@ class Container(ABC):
         self.calls = 0
         self.rows = 0
         self.failures = 0
-        self.recent_ms = 10.0  # unknown until measured: not "fast"; a failure sets it back (see fail())
+        self.recent_row_ms = INLINE_MS  # unknown until measured: not "fast"; a failure sets it back (fail())
         self.store: MutableMapping[str, bytes] | None = None  # the stage's keyed store (per-key state)
 
     @abstractmethod
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predictions, float64 ``(n,)``, for int64 ``users`` and ``items`` ``(n,)``."""
 
-    def fast(self) -> bool:
-        """True while this model's recent batches took under 1 ms and none failed lately: small batches may
-        then run on the stage's thread (a hung call would block it, so a slow or failing model never does)."""
-        return self.recent_ms < 1.0
+    def fast(self, rows: int = 1) -> bool:
+        """True when a call on ``rows`` rows is expected to take under 1 ms (from the recent calls' ms per
+        row) and no call failed lately: such a call may run on the stage's thread, where a thread handoff
+        would cost more than the call (a hung call would block it, so a slow or failing model never does)."""
+        return rows * self.recent_row_ms < INLINE_MS
 
     def fail(self) -> None:
         """Account a call that raised: the model runs on its own thread until it is fast again."""
         self.failures += 1
-        self.recent_ms = 10.0
+        self.recent_row_ms = INLINE_MS
 
     def observe(self, rows: int, ms: float) -> None:
         """Account one batch call (AIMD sizing and the latency :meth:`fast` looks at)."""
         self.aimd.observe(rows, ms)
-        self.recent_ms = 0.8 * self.recent_ms + 0.2 * ms
+        self.recent_row_ms = 0.8 * self.recent_row_ms + 0.2 * ms / max(rows, 1)
         self.calls += 1
         self.rows += rows
 

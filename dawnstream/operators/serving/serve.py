@@ -50,9 +50,6 @@ from dawnstream.operators.serving.containers import Container, build_container
 from dawnstream.operators.serving.selection import Exp3, Exp4
 
 POLICIES = ("exp4", "exp3")
-INLINE_ROWS = 8
-"""Segments up to this many rows call a model on the stage's thread when its last calls were fast
-(:meth:`~.containers.Container.fast`): a thread handoff costs more than such a call."""
 REPLY_SCHEMA = pa.schema([
     ("correlation_id", pa.string()), ("reply_to", pa.string()), ("kind", pa.string()),
     ("user_id", pa.int64()), ("item_id", pa.int64()), ("prediction", pa.float64()), ("model", pa.string()),
@@ -269,9 +266,11 @@ class Serve(Operator):
         deadline = t0 + self.slo_s
         preds: dict[str, np.ndarray] = {}
         pending: dict[str, Future[Any]] = {}
-        small = len(rows) <= INLINE_ROWS
+        # A model expected to answer this segment within a millisecond runs here: handing it to its
+        # thread and back costs more, and under load a woken thread can wait for a core longer than that.
+        here = {c.name for c in self.containers if c.inline or c.fast(len(rows))}
         for c in self.containers:
-            if c.inline or (small and c.fast()):
+            if c.name in here:
                 continue
             worker = self._workers.get(c.name)
             if worker is None:
@@ -283,7 +282,7 @@ class Serve(Operator):
                     continue
             pending[c.name] = worker.submit(functools.partial(_chunked, c, u, i, deadline))
         for c in self.containers:
-            if c.inline or (small and c.name not in pending and c.fast()):
+            if c.name in here:
                 try:
                     preds[c.name] = _chunked(c, u, i, deadline)
                 except Exception:  # noqa: BLE001 - a model that raises is a straggler
