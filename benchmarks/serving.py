@@ -191,15 +191,16 @@ def open_loop(job: Job, rate: float, seconds: float, users: np.ndarray, items: n
 def latencies(job: Job, ids: list[str], timeout_s: float = 60.0) -> tuple[list[float], int]:
     got = job.client.wait(ids, timeout_s)
     lat = [(job.client.arrived[c] - job.client.sent[c]) * 1000.0 for c in ids if c in got]
-    # The load generator must not stall the next step: tens of thousands of kept replies make each of
-    # this process's full garbage collections a pause of ~80 ms, counted as latency.
+    # The load generator must not stall the next step: with what this process keeps (the data set, the
+    # earlier parts' models, replies), a full garbage collection is a pause of ~80 ms, counted as latency.
     job.client.forget(ids)
     gc.collect()
+    gc.freeze()
     return lat, len(ids) - len(got)
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """CPU time (user + system, s) of ``pid`` and its descendants so far, from /proc (None elsewhere)."""
+def cpu_seconds(pid: int | None, descendants: bool = True) -> float | None:
+    """CPU time (user + system, s) of ``pid`` (and its descendants) so far, from /proc (None elsewhere)."""
     if pid is None:
         return None
     tick = os.sysconf("SC_CLK_TCK")
@@ -209,8 +210,9 @@ def cpu_seconds(pid: int | None) -> float | None:
             p = todo.pop()
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
-            for t in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (t / "children").read_text().split()]
+            if descendants:
+                for t in Path(f"/proc/{p}/task").iterdir():
+                    todo += [int(c) for c in (t / "children").read_text().split()]
     except (OSError, ValueError, IndexError):
         return None
     return total
@@ -220,7 +222,7 @@ def cpu_snapshot(job: Job) -> dict[str, float | None]:
     """CPU seconds so far of the broker, the serving worker and this process (the client)."""
     port = int(job.topo.kafka.bootstrap.rsplit(":", 1)[1])
     return {"broker": cpu_seconds(BrokerManager(port=port).pid()), "worker": cpu_seconds(job.proc.pid),
-            "client": cpu_seconds(os.getpid())}
+            "client": cpu_seconds(os.getpid(), descendants=False)}  # the worker is a child of this process
 
 
 def cpu_per_request(before: dict[str, float | None], after: dict[str, float | None], n: int) -> dict[str, float]:
