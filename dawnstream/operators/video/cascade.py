@@ -13,8 +13,11 @@ Per camera (the ``camera_id`` column), frames go through phases:
    faster than real time waits there for the thread). A fixed frame, and a model registered under
    its training frames (a replay after a crash finds it and uses it), make the labels a function of
    the input alone: exactly-once gives the same labels as an uninterrupted run.
-3. **cascade**: a frame whose difference score is below ``delta`` repeats the last label; otherwise the
-   specialized model's P(true) decides below ``c_low`` / above ``c_high``; otherwise the reference model.
+3. **cascade**: after a *fragile* answer of the reference model (one a typical frame-to-frame jitter of
+   its boxes could flip, :mod:`.fragility`; the jitter is measured on the bootstrap frames), the
+   reference model decides; otherwise a frame whose difference score is below ``delta`` repeats the
+   last label; otherwise the specialized model's P(true) decides below ``c_low`` / above ``c_high``;
+   otherwise the reference model.
    A ``sample`` share of frames (chosen by a hash of camera and frame index) also goes to the reference
    model, to estimate live agreement; when it falls below ``min_agreement`` over the last ``window``
    samples, the camera goes back to bootstrap and the model is retrained on fresh frames.
@@ -43,15 +46,19 @@ import pyarrow as pa
 from dawnstream.errors import ConfigError
 from dawnstream.logs import event, get_logger
 from dawnstream.models.artifacts import from_npz, to_npz
+from dawnstream.models.detectors import Detection
 from dawnstream.models.registry import Registry
 from dawnstream.models.specialized import OnnxSpecialized, SpecConfig
 from dawnstream.operators.base import Operator
 from dawnstream.operators.video.detect import decode, reference_query
 from dawnstream.operators.video.difference import frame_mse, thumbnail
+from dawnstream.operators.video.fragility import SCORE_FLOOR, fragile, jitter, margins
 from dawnstream.operators.video.optimizer import Plan
 from dawnstream.operators.video.training import FittedCascade, fit_cascade, ready
 
 log = get_logger(__name__)
+JITTER_KEPT = 4000
+"""Frame-to-frame box changes kept per camera (the latest)."""
 STAGES = ("difference", "specialized", "reference")
 TRAINING = threading.Lock()
 """One training at a time per process: torch's ONNX export is not thread-safe, and cameras share the cores."""
@@ -88,6 +95,15 @@ class Camera:
     version: int | None = None
     plan: Plan | None = None
     samples: deque[bool] = field(default_factory=lambda: deque(maxlen=200))
+    jitter: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=JITTER_KEPT))
+    """Frame-to-frame (score, pixels) changes of the reference model's boxes (:mod:`.fragility`)."""
+    last_boxes: list[Detection] = field(default_factory=list)
+    last_boxes_at: int = -1
+    """The reference model's boxes on this camera's ``last_boxes_at``-th frame (its last call)."""
+    margin: tuple[float, float] | None = None
+    """(score, pixels) a typical jitter moves a box: fixed from the bootstrap's jitter when training starts."""
+    fragile: bool = False
+    """Whether the reference model's last answer was one a typical jitter could flip."""
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     ref_ms: list[float] = field(default_factory=list)
     diff_ms: list[float] = field(default_factory=list)
@@ -144,6 +160,11 @@ class Cascade(Operator):
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
         self.detector, self.query = reference_query(detector, query, base)
+        # The detector keeps boxes down to half its threshold; the query counts those at or above it, and
+        # the ones in between tell a fragile answer from a sure one (.fragility).
+        self.min_score = float(getattr(self.detector, "min_score", 0.0))
+        if self.min_score > 0:
+            self.detector.min_score = self.min_score * SCORE_FLOOR  # type: ignore[attr-defined]
         t = dict(targets or {})
         self.fn_target, self.fp_target = float(t.pop("fn", 0.01)), float(t.pop("fp", 0.01))
         if t or not (0 <= self.fn_target < 1 and 0 <= self.fp_target < 1):
@@ -198,8 +219,19 @@ class Cascade(Operator):
         ms = (time.perf_counter() - t0) * 1000.0
         cam.ref_ms.append(ms)
         del cam.ref_ms[:-200]
-        n = self.query.count(boxes)
-        return n >= self.query.min_count, n, ms
+        label, n = self._answer(cam, boxes, frame.shape[:2])
+        return label, n, ms
+
+    def _answer(self, cam: Camera, boxes: list[Detection], shape: tuple[int, int]) -> tuple[bool, int]:
+        """The query's answer on the reference model's ``boxes`` (of a ``shape`` = (height, width) frame);
+        keeps their jitter against the camera's previous frame and whether the answer is fragile."""
+        sure = [b for b in boxes if b.score >= self.min_score]
+        n = self.query.count(sure)
+        if cam.phase == "bootstrap" and cam.last_boxes_at == cam.seen - 1:
+            cam.jitter.extend(jitter(cam.last_boxes, boxes, self.query, self.min_score))
+        cam.last_boxes, cam.last_boxes_at = boxes, cam.seen
+        cam.fragile = fragile(boxes, self.query, self.min_score, cam.margin, shape)
+        return n >= self.query.min_count, n
 
     def _frame(self, camera: str, idx: int, raw: bytes) -> tuple[bool, int | None, str, float, float]:
         """(label, count, decided_by, confidence, reference ms) of one frame; moves the camera's state on."""
@@ -233,6 +265,13 @@ class Cascade(Operator):
         plan = cam.plan
         assert plan is not None and cam.spec is not None
         check = sampled(camera, idx, self.sample)
+        if cam.fragile:
+            # The reference model's last answer sat within a typical jitter of the query's boundary (a box
+            # scoring near min_score, a foot near the region's edge): on the next frame it may answer the
+            # other way, which neither a repeated nor a predicted label would follow (.fragility).
+            cam.anchor_gray = gray
+            label, n, ms = self._reference(cam, raw)
+            return self._decided(cam, label, 1.0, "reference", n, ms)
         if not np.isnan(d) and d < plan.delta:
             label, conf, by = cam.last_label, cam.last_conf, "difference"
         else:
@@ -281,6 +320,7 @@ class Cascade(Operator):
         """Train in the background; the model takes over at the camera's ``swap_at``-th frame (by default
         ``swap_after`` frames from now; a restore passes the one it had)."""
         cam.phase, cam.fitted, cam.error = "training", None, None
+        cam.margin = margins(list(cam.jitter))
         cam.swap_at = cam.seen + 1 + self.swap_after if swap_at is None else swap_at
         thumbs, grays = np.stack(cam.thumbs), np.stack(cam.grays)
         diffs, labels = np.array(cam.diffs), np.array(cam.labels)
@@ -394,7 +434,9 @@ class Cascade(Operator):
             meta[name] = {"phase": c.phase, "seen": c.seen, "diffs": c.diffs, "labels": c.labels, "frames": c.frames,
                           "last_label": c.last_label, "last_conf": c.last_conf, "swap_at": c.swap_at,
                           "version": c.version, "plan": c.plan.__dict__ if c.plan else None,
-                          "samples": list(c.samples), "counts": c.counts,
+                          "samples": list(c.samples), "counts": c.counts, "jitter": list(c.jitter),
+                          "last_boxes": [[b.x, b.y, b.w, b.h, b.score] for b in c.last_boxes],
+                          "last_boxes_at": c.last_boxes_at, "margin": c.margin, "fragile": c.fragile,
                           "train_costs": list(c.train_costs)}
             if c.thumbs:
                 arrays[f"t/{name}"] = np.stack(c.thumbs)
@@ -415,6 +457,10 @@ class Cascade(Operator):
                        labels=m["labels"], frames=m["frames"], last_label=m["last_label"], last_conf=m["last_conf"],
                        swap_at=m["swap_at"], version=m["version"], plan=Plan(**m["plan"]) if m["plan"] else None,
                        samples=deque(m["samples"], self.window), counts=m["counts"],
+                       jitter=deque((tuple(v) for v in m.get("jitter", [])), JITTER_KEPT),
+                       last_boxes=[Detection(*v) for v in m.get("last_boxes", [])],
+                       last_boxes_at=m.get("last_boxes_at", -1), fragile=m.get("fragile", False),
+                       margin=tuple(m["margin"]) if m.get("margin") else None,
                        train_costs=tuple(m["train_costs"]))
             c.thumbs = list(arrays[f"t/{name}"]) if f"t/{name}" in arrays else []
             c.grays = list(arrays[f"b/{name}"]) if f"b/{name}" in arrays else []
