@@ -138,17 +138,19 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
         if time.monotonic() - gauges["at"] > 1.0:
             gauges["values"], gauges["at"] = stage_gauges(metrics_url) or gauges["values"], time.monotonic()
         live_agreement = gauges["values"].get("live_agreement")
+        samples = int(gauges["values"].get("live_samples", 0))
         t = Table(title="camera-lawn: NoScope cascade through Kafka (live)")
         for col in ("elapsed", "labelled", "phase", "model", "difference", "specialized", "reference",
                     "ref share (cascade)", "live agreement (sampled)"):
             t.add_column(col, justify="right")
         by = [r["decided_by"] for r in rows]
         casc = [r for r in rows if r["phase"] == "cascade"]
-        share = sum(r["decided_by"] == "reference" for r in casc) / len(casc) if casc else float("nan")
+        share = sum(r["reference_ms"] is not None for r in casc) / len(casc) if casc else float("nan")
         t.add_row(f"{time.perf_counter() - t0:.1f}s", f"{len(rows)}", rows[-1]["phase"] if rows else "-",
                   f"v{rows[-1]['model_version']}" if rows and rows[-1]["model_version"] else "-",
                   *(str(by.count(s)) for s in ("difference", "specialized", "reference")),
-                  f"{share:.0%}" if casc else "-", f"{live_agreement:.3f}" if live_agreement is not None else "-")
+                  f"{share:.0%}" if casc else "-",
+                  f"{live_agreement:.2f} of {samples}" if live_agreement is not None else "-")
         return t
 
     def drain() -> None:

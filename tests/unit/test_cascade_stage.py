@@ -41,6 +41,10 @@ def test_each_camera_bootstraps_trains_swaps_and_labels_every_frame_once_in_orde
         assert Registry(tmp_path).get(f"specialized.cascade.{cam}", 1).training_data["camera"] == cam
     summary = chain.operators[0].summary()  # type: ignore[attr-defined]
     assert summary["lawn"]["plan"]["c_low"] <= summary["lawn"]["plan"]["c_high"]
+    gauges = chain.operators[0].gauges()
+    checked = [r for r in out if r["phase"] == "cascade" and r["decided_by"] != "reference"
+               and r["reference_ms"] is not None]  # the sampled checks of cheap answers
+    assert gauges["live_samples"] == len(checked) and ("live_agreement" in gauges) == bool(checked)
 
 
 def test_a_tighter_target_never_sends_fewer_frames_to_the_reference(tmp_path) -> None:

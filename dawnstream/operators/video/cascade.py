@@ -411,6 +411,7 @@ class Cascade(Operator):
             for s in STAGES:
                 out[f"frames_{s}"] = out.get(f"frames_{s}", 0.0) + cam.counts[s]
         agreements = [a for cam in self.cameras.values() for a in cam.samples]
+        out["live_samples"] = float(len(agreements))  # how much the live agreement rests on
         if agreements:
             out["live_agreement"] = float(np.mean(agreements))
         total = sum(out.get(f"frames_{s}", 0.0) for s in STAGES)
