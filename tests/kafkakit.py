@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
@@ -43,3 +44,22 @@ def read_all(bootstrap: str, topic: str, expected: int | None = None, timeout_s:
     finally:
         c.close()
     return out
+
+
+def free_port_pair(start: int) -> int:
+    """A port whose next port is free too (the broker's controller listens there), below Linux's ephemeral
+    range (32768-60999): a port in it can be taken at any moment by some client's outgoing connection."""
+    for port in range(start, 32000, 2):
+        socks = []
+        try:
+            for p in (port, port + 1):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no two free ports in a row below 32000")

@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 import pytest
 from faultkit import committed, committed_each, start_worker, stop, wait_until, worker_pids, write_topology
-from kafkakit import read_all
+from kafkakit import free_port_pair, read_all
 
 from dawnstream.broker import BrokerManager
 from dawnstream.streams.kafka_clients import TopicAdmin
@@ -84,7 +84,7 @@ def assert_exact_windows(got: Counter, table: pa.Table) -> None:
 
 
 def test_broker_down_for_10s_mid_stream(tmp_path: Path, reader, monkeypatch: pytest.MonkeyPatch) -> None:
-    mgr = BrokerManager(port=39392, home=tmp_path / "broker")
+    mgr = BrokerManager(port=free_port_pair(29392), home=tmp_path / "broker")
     boot = mgr.start(timeout_s=120)
     # This test owns its broker. `make test` exports DAWNSTREAM_KAFKA_BOOTSTRAP (the shared broker), which
     # overrides every client's bootstrap - the helpers' here and the worker's (it inherits the environment).

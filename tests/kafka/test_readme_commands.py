@@ -23,13 +23,16 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from kafkakit import free_port_pair
 
 from dawnstream.broker import cache_root
 from dawnstream.sources import flights, weather
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-PORT = 39492
+
+
+PORT = free_port_pair(29492)
 
 
 def readme_commands() -> list[list[str]]:
