@@ -42,6 +42,15 @@ from dawnstream.streams.kafka_clients import base_settings, client_only
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "review-sentiment.yaml"
 LF_COLUMNS = ("coverage", "overlaps", "conflicts", "learned_accuracy", "emp_accuracy")
+# The last quarter of the stream waits for the worker's first end model: on a busy machine the trainer can
+# register its first version after a short stream has gone by, and then no row would show the end model at work.
+END_MODEL_GATE, GATE_RATE, GATE_WAIT_S = 0.75, 20.0, 60.0
+
+
+def end_model_loaded(url: str) -> bool:
+    """Whether some partition of the labeling worker at ``url`` labels with an end model (its
+    ``end_model_version`` gauge is above 0); False while the worker does not answer."""
+    return any(labels.get("name") == "end_model_version" and value > 0 for labels, value in stage_samples(url))
 
 
 def scrape_lf_table(url: str) -> dict[str, dict[str, float]]:
@@ -95,7 +104,8 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
 
     Args:
         limit: only the first ``limit`` snippets (tests); default all 12,808.
-        rate: snippets sent per second.
+        rate: snippets sent per second. From :data:`END_MODEL_GATE` of the stream on, snippets go at
+            :data:`GATE_RATE` until the worker has loaded an end model (at most :data:`GATE_WAIT_S`).
         train_every: the end model is retrained after this many new labelled rows.
         dev_share: this share of the snippets (a fixed random draw) is sent with its class as ``gold``:
             a small labelled dev set, which gives the LFs' empirical accuracies on typical rows (the
@@ -190,9 +200,19 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
 
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
-            last = 0.0
+            last, gate, loaded = 0.0, int(n * END_MODEL_GATE), False
+            clock = 0.0  # seconds of the send schedule; the gate's trickle stretches it
+            gate_until = time.monotonic() + 10 * 365 * 86400.0
             for k in range(n):
-                ahead = k / rate - (time.perf_counter() - t0)
+                if k == gate:
+                    gate_until = time.monotonic() + GATE_WAIT_S
+                slow = k >= gate and not loaded and time.monotonic() < gate_until
+                if slow and (loaded := end_model_loaded(metrics_url)):
+                    slow = False
+                if slow:  # a trickle from now on, even when the sender had fallen behind its schedule
+                    clock = max(clock, time.perf_counter() - t0)
+                clock += 1.0 / (GATE_RATE if slow else rate)
+                ahead = clock - (time.perf_counter() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
                 if exited(procs):
