@@ -220,6 +220,13 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
             while exited(procs) is None and time.monotonic() < deadline and any(i not in client.replies for i in want):
                 time.sleep(0.1)
                 live.update(view())
+            # the retrainer reads the topic from its start in a process of its own: on a busy machine a short
+            # stream can be over before its first fit, which the final numbers should include
+            deadline = time.monotonic() + 60
+            due = len(acks) >= max(retrain_every // 2, 100)
+            while due and exited(procs) is None and time.monotonic() < deadline and not reg.versions(THETA):
+                time.sleep(0.2)
+                live.update(view())
             live.update(view())
         time.sleep(2.5)  # the worker refreshes its gauges every 2 s
         seen["at"] = 0.0
