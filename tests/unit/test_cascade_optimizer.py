@@ -106,3 +106,38 @@ def test_safe_delta_keeps_the_skips_own_errors_within_the_targets(seed, target) 
     fn, fp = rates(labels, truth)
     assert fn <= target and fp <= target
     assert delta in candidates or delta == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.5), st.floats(0.5, 1.0), st.floats(0.0, 40.0))
+def test_with_confirm_the_specialized_model_never_changes_the_label_and_the_rest_is_unchanged(seed, lo, hi,
+                                                                                          delta) -> None:
+    diff, prob, truth = stream(seed, 300)
+    labels, stage = simulate(diff, prob, truth, delta, lo, hi, confirm=True)
+    prev = np.r_[False, labels[:-1]]
+    assert not (labels != prev)[stage == 1].any()  # only the reference model moves the label
+    assert (labels[stage == 2] == truth[stage == 2]).all()
+    # a plain reading of the rule: the specialized model answers where it is sure and agrees with the last label
+    last, want = False, []
+    for i in range(len(truth)):
+        if i > 0 and not np.isnan(diff[i]) and diff[i] < delta:
+            want.append(0)
+        elif (prob[i] < lo and not last) or (prob[i] > hi and last):
+            want.append(1)
+            last = bool(prob[i] > hi)
+        else:
+            want.append(2)
+            last = bool(truth[i])
+    assert stage.tolist() == want
+
+
+def test_confirming_changes_lowers_the_errors_of_a_model_that_is_sure_and_wrong_at_run_edges() -> None:
+    diff, prob, truth = stream(4, 2000)
+    edge = np.r_[True, truth[1:] != truth[:-1]]
+    prob = np.where(edge, 1.0 - truth, prob)  # sure of the wrong answer where a run starts
+    diff = np.full_like(diff, 100.0)
+    plain = rates(*simulate(diff, prob, truth, 0.0, 0.2, 0.8)[:1], truth)
+    confirmed = rates(*simulate(diff, prob, truth, 0.0, 0.2, 0.8, confirm=True)[:1], truth)
+    assert sum(confirmed) < sum(plain)
+    assert choose(diff, prob, truth, COST, 0.01, 0.01, confirm=True).reference_share < \
+        choose(diff, prob, truth, COST, 0.01, 0.01).reference_share

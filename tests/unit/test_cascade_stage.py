@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from dawnstream.errors import ConfigError
@@ -38,6 +39,9 @@ def test_each_camera_bootstraps_trains_swaps_and_labels_every_frame_once_in_orde
         assert all(r["decided_by"] == "reference" and r["model_version"] is None for r in mine[:first_cascade])
         assert {r["model_version"] for r in mine[first_cascade:]} == {1}
         assert {r["decided_by"] for r in mine[first_cascade:]} <= {"difference", "specialized", "reference"}
+        # confirm_changes (the default): only the reference model changes a camera's label
+        assert all(r["label"] == before["label"] for before, r in zip(mine, mine[1:], strict=False)
+                   if r["decided_by"] != "reference")
         assert Registry(tmp_path).get(f"specialized.cascade.{cam}", 1).training_data["camera"] == cam
     summary = chain.operators[0].summary()  # type: ignore[attr-defined]
     assert summary["lawn"]["plan"]["c_low"] <= summary["lawn"]["plan"]["c_high"]
@@ -45,6 +49,39 @@ def test_each_camera_bootstraps_trains_swaps_and_labels_every_frame_once_in_orde
     checked = [r for r in out if r["phase"] == "cascade" and r["decided_by"] != "reference"
                and r["reference_ms"] is not None]  # the sampled checks of cheap answers
     assert gauges["live_samples"] == len(checked) and ("live_agreement" in gauges) == bool(checked)
+
+
+class _SureModel:
+    """A specialized model that is sure of whatever it is told (P(true) 0.0 or 1.0, in turn per call)."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.answers = list(answers)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.array([1.0 if self.answers.pop(0) else 0.0], np.float32)
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_a_label_change_needs_the_reference_model(tmp_path, confirm) -> None:
+    from dawnstream.operators.video.cascade import Camera
+    from dawnstream.operators.video.optimizer import Plan
+
+    chain = build_chain([("cascade", {**PARAMS, "sample": 0.0, "confirm_changes": confirm,
+                                      "query": {"min_count": 1}, "registry": str(tmp_path)}, None)])
+    op = chain.operators[0]
+    sure = [False, True, True, False, False, True] * 2  # the reference model sees people on every frame
+    op.cameras["lawn"] = Camera(phase="cascade", plan=Plan(-1.0, 0.2, 0.8), spec=_SureModel(sure), version=1)
+    table = pa.Table.from_batches(frames(8))
+    lawn = table.filter(pc.equal(table["camera_id"], "lawn"))
+    out = [r for b in lawn.to_batches() for o in chain.process(b) for r in o.to_pylist()]
+    assert len(out) == 8
+    by = [r["decided_by"] for r in out]
+    if confirm:  # a frame the model calls true after one it called false goes to the reference (which says true)
+        assert by[:3] == ["specialized", "reference", "specialized"] and all(r["label"] for r in out[1:])
+        assert all(r["label"] == b["label"] for b, r in zip(out, out[1:], strict=False)
+                   if r["decided_by"] != "reference")
+    else:  # the model's answers, right or wrong, are the labels
+        assert by == ["specialized"] * len(out) and [r["label"] for r in out] == sure[:len(out)]
 
 
 def test_a_tighter_target_never_sends_fewer_frames_to_the_reference(tmp_path) -> None:

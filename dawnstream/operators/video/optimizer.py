@@ -8,7 +8,8 @@ The cascade (Kang et al., VLDB'17, sections 3 and 6), per frame in order:
    a run of skipped frames can drift far from the frame whose label it repeats; against the anchor
    the repeated label is always that of a frame within ``delta`` of this one;
 2. **specialized model**: P(true) below ``c_low`` -> false, above ``c_high`` -> true;
-3. **reference model** otherwise.
+3. **reference model** otherwise, and (with ``confirm``) where the specialized model's answer would
+   change the label: its errors gather where events start and end, and those frames are few.
 
 Given, on held-out frames, each frame's difference score, the specialized model's probability and the
 reference label, plus the measured per-frame costs (ms) of the three stages, :func:`choose` searches
@@ -78,12 +79,13 @@ def safe_delta(thumbs: np.ndarray, truth: np.ndarray, candidates: np.ndarray, fn
 
 
 def simulate(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, delta: float, c_low: float,
-             c_high: float, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             c_high: float, skip: np.ndarray | None = None, confirm: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Labels the cascade gives ``(n,)`` bool, and which stage decided each frame ``(n,)`` int8
     (0 skipped by the difference detector, 1 specialized model, 2 reference). ``truth`` is what the
     reference model would say (used only where the reference is called). A NaN difference (a camera's
     first frame) is never skipped. ``skip`` (``(n,)`` bool, e.g. :func:`anchor_skips`) replaces the
-    rule ``diff < delta``."""
+    rule ``diff < delta``. ``confirm``: a specialized answer that differs from the previous frame's
+    label goes to the reference model instead (the cascade's ``confirm_changes``)."""
     n = len(diff)
     labels = np.zeros(n, bool)
     stage = np.zeros(n, np.int8)
@@ -93,9 +95,9 @@ def simulate(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, delta: float
     for i in range(n):
         if skip[i]:
             labels[i], stage[i] = last, 0
-        elif prob[i] < c_low:
+        elif prob[i] < c_low and not (confirm and last):
             labels[i], stage[i] = False, 1
-        elif prob[i] > c_high:
+        elif prob[i] > c_high and not (confirm and not last):
             labels[i], stage[i] = True, 1
         else:
             labels[i], stage[i] = bool(truth[i]), 2
@@ -113,7 +115,7 @@ def rates(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple[float, float, float],
            fn_target: float = 0.01, fp_target: float = 0.01, grid: int = 12, thumbs: np.ndarray | None = None,
-           blocks: tuple[int, int] = (1, 1), max_delta: float | None = None) -> Plan:
+           blocks: tuple[int, int] = (1, 1), max_delta: float | None = None, confirm: bool = False) -> Plan:
     """The cheapest plan within the targets (module docstring).
 
     Args:
@@ -124,6 +126,7 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
         thumbs: ``(n, h, w)`` grayscale thumbnails: compare with the anchor (:func:`anchor_skips`, with
             ``blocks``) instead of using ``diff``, which then only gives the candidate thresholds.
         max_delta: no larger difference threshold is tried (e.g. :func:`safe_delta` on more frames).
+        confirm: plans are simulated with the reference model confirming label changes (:func:`simulate`).
 
     Returns:
         The plan; when nothing but the reference meets the targets, ``delta = 0`` and ``c_low = c_high =``
@@ -148,7 +151,8 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
         skip = anchor_skips(thumbs, float(delta), blocks) if thumbs is not None else None
         for lo_i, c_low in enumerate(cuts):
             for c_high in cuts[lo_i:]:
-                labels, stage = simulate(diff, prob, truth, float(delta), float(c_low), float(c_high), skip)
+                labels, stage = simulate(diff, prob, truth, float(delta), float(c_low), float(c_high), skip,
+                                         confirm)
                 fn, fp = rates(labels, truth)
                 if fn > fn_target or fp > fp_target:
                     continue

@@ -54,7 +54,7 @@ class FittedCascade:
 def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, block: int, diff_ms: float,
                 grays: np.ndarray | None = None, diff_blocks: tuple[int, int] = (1, 1),
                 reference_ms: float, fn_target: float, fp_target: float, configs: list[SpecConfig] | None = None,
-                epochs: int = 15, seed: int = 0) -> FittedCascade:
+                epochs: int = 15, seed: int = 0, confirm: bool = False) -> FittedCascade:
     """Train, measure and choose (module docstring).
 
     Args:
@@ -67,6 +67,7 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
         block: frames per block of the temporal split.
         diff_ms, reference_ms: measured cost per frame of the difference detector and the reference model.
         fn_target, fp_target: the error targets the thresholds must meet on the held-out blocks.
+        confirm: the cascade confirms label changes with the reference model (:func:`~.optimizer.simulate`).
 
     Raises:
         ValueError: too few frames of a class in a part (see :func:`ready`), or mismatched shapes.
@@ -93,7 +94,8 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
         spec_ms = (time.perf_counter() - t0) * 1000.0 / len(X)
         costs = (float(diff_ms), float(spec_ms), float(reference_ms))
         plan = choose(d[held], p[held], y[held], costs, fn_target, fp_target,
-                      thumbs=None if grays is None else np.asarray(grays)[held], blocks=diff_blocks, max_delta=cap)
+                      thumbs=None if grays is None else np.asarray(grays)[held], blocks=diff_blocks, max_delta=cap,
+                      confirm=confirm)
         candidates.append({"model": cfg.name, "spec_ms": round(spec_ms, 3), **asdict(plan)})
         if best is None or (plan.reference_share, plan.ms_per_frame) < (best.plan.reference_share,
                                                                           best.plan.ms_per_frame):
