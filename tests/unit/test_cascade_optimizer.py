@@ -139,5 +139,8 @@ def test_confirming_changes_lowers_the_errors_of_a_model_that_is_sure_and_wrong_
     plain = rates(*simulate(diff, prob, truth, 0.0, 0.2, 0.8)[:1], truth)
     confirmed = rates(*simulate(diff, prob, truth, 0.0, 0.2, 0.8, confirm=True)[:1], truth)
     assert sum(confirmed) < sum(plain)
-    assert choose(diff, prob, truth, COST, 0.01, 0.01, confirm=True).reference_share < \
-        choose(diff, prob, truth, COST, 0.01, 0.01).reference_share
+    # the thresholds are chosen without crediting the confirmations; the plan reports what they add
+    plain_plan, plan = (choose(diff, prob, truth, COST, 0.05, 0.05, confirm=c) for c in (False, True))
+    assert (plan.delta, plan.c_low, plan.c_high) == (plain_plan.delta, plain_plan.c_low, plain_plan.c_high)
+    assert plan.reference_share >= plain_plan.reference_share and plan.fn_rate + plan.fp_rate <= \
+        plain_plan.fn_rate + plain_plan.fp_rate
