@@ -12,6 +12,7 @@ snapshot found ahead of the commit). Snapshots go to the changelog at most every
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -59,6 +60,7 @@ class Checkpoint:
         self.skip_snapshot = skip_snapshot
         self.eos = clients.eos
         self._last: dict[int, float] = {}
+        self._snapped: dict[int, int] = {}  # the input offset each partition's last snapshot reflects
         self._due: dict[int, int] = {}  # at-least-once: snapshots to write once the batch is acknowledged
         self._uncommitted: dict[int, int] = {}  # at-least-once: offsets committed asynchronously
         self._pending: dict[int, int] = {}  # at-least-once: offsets processed, not yet committed
@@ -67,6 +69,7 @@ class Checkpoint:
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next snapshot is due at once."""
         self._last.pop(partition, None)
+        self._snapped.pop(partition, None)
         self._due.pop(partition, None)
         off = self._pending.pop(partition, None)
         if off is not None and not self.eos:  # commit what was processed before the partition moves
@@ -137,7 +140,7 @@ class Checkpoint:
                 self._produce(self.changelog, tag_keyed(value, off + 1), key, None,  # type: ignore[arg-type]
                               partition=p)
             self._produce(self.changelog, blob, snapshot_key(p), None, partition=p)
-            self._last[p] = now
+            self._last[p], self._snapped[p] = now, off
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, partition: int = -1) -> None:
         """Produce one record, waiting for room in librdkafka's queue if it is full."""
@@ -254,6 +257,32 @@ class Checkpoint:
                 event(log, "close.commit_skipped", error=e.args[0].str())
         self._uncommitted.clear()
         consumer.close()
+
+    def snapshot_on_stop(self, last_offset: dict[int, int]) -> None:
+        """A clean stop: snapshot every partition whose state moved past its last snapshot (``last_offset``:
+        the last input offset it reflects) and commit them, so that the next start - a deploy, a
+        scale-down - restores without replaying input (Kafka Streams checkpoints on close the same way).
+        A failure here is only logged: the next start then replays from the last snapshot, as after a crash.
+        """
+        due = {p: off for p, off in last_offset.items()
+               if not self.skip_snapshot(p) and self._snapped.get(p, -1) < off}
+        if not due:
+            return
+        try:
+            if self.eos:
+                self.begin()
+                self._write_snapshots(due)
+                self._commit_transaction([], sorted(due))
+            else:
+                self._due.update(due)
+                self._flush_and_commit()
+        except (KafkaException, DawnstreamError) as e:
+            event(log, "stop.snapshot_skipped", level=logging.WARNING, partitions=sorted(due), error=str(e))
+            if self.eos:
+                try:
+                    self.clients.producer.abort_transaction(10)
+                except KafkaException:
+                    pass  # nothing was open, or the producer is gone: either way nothing is committed
 
     def commit_final(self) -> None:
         """Commit what was produced outside a batch (the operators' flush at the end of a finite input)."""

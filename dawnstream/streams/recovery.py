@@ -73,6 +73,7 @@ class Recovery:
         self.pending: dict[int, _Task] = {}
         self.chunk_messages = topology.batch.max_messages  # input messages re-processed per turn of the loop
         self.interrupted = 0  # recoveries dropped unfinished by a revocation
+        self.replayed = 0  # input messages replayed by the finished recoveries
 
     def active(self, partition: int) -> bool:
         """True while ``partition``'s state is incomplete (it must not be snapshotted or fed)."""
@@ -193,6 +194,7 @@ class Recovery:
 
     def _finish(self, task: _Task, position: int | None) -> None:
         task.close()
+        self.replayed += task.replayed
         self.pending.pop(task.partition, None)
         self.consumer().resume([TopicPartition(self.topology.input.topic, task.partition)])
         if task.start is not None and position is not None:

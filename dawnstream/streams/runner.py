@@ -57,6 +57,9 @@ class KafkaRunner:
         metrics_port: overrides ``topology.metrics.port + worker`` (0 = pick a free port,
             -1 = no HTTP endpoint). ``metrics.port: 0`` in the topology also turns it off.
         on_batch: optional callback after each committed batch (progress displays, tests).
+        snapshot_on_stop: a clean stop (``stop``, SIGTERM, ``max_rows``, ``max_idle_s``) snapshots every
+            partition whose state moved since its last snapshot, so the next start replays no input
+            (:meth:`~dawnstream.streams.checkpoint.Checkpoint.snapshot_on_stop`).
 
     Call :meth:`run` (blocks until :meth:`stop`, SIGTERM/SIGINT, or ``max_idle_s`` without input).
 
@@ -68,8 +71,10 @@ class KafkaRunner:
 
     def __init__(self, topology: Topology, worker: int = 0, create_topics: bool = True,
                  metrics_port: int | None = None,
-                 on_batch: Callable[[KafkaRunner, BatchResult], None] | None = None) -> None:
+                 on_batch: Callable[[KafkaRunner, BatchResult], None] | None = None,
+                 snapshot_on_stop: bool = True) -> None:
         t = self.topology = topology
+        self.snapshot_on_stop = snapshot_on_stop
         self.worker = worker
         self.processor = BatchProcessor(topology)
         self.stats = RunnerStats()
@@ -206,6 +211,8 @@ class KafkaRunner:
                 self.checkpoint.produce(final)
                 self.checkpoint.commit_final()
                 self._account([final], 0.0)
+            elif self.snapshot_on_stop:
+                self.checkpoint.snapshot_on_stop({p: off - 1 for p, off in self._position.items()})
         except Exception as e:
             self._fail(e)
             raise
