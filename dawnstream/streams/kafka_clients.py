@@ -9,6 +9,7 @@ producer and admin. Values are never logged unredacted.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -125,7 +126,13 @@ class TopicAdmin:
         return {name: len(t.partitions) for name, t in md.topics.items() if not name.startswith("__")}
 
     def ensure(self, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
-        """Create missing topics; grow partition counts that are too small. Returns created names."""
+        """Create missing topics; grow partition counts that are too small; return once the broker's
+        metadata shows them all (:meth:`wait_visible`). Returns created names.
+
+        Raises:
+            DawnstreamError: the broker refused, or did not show the topics within ``timeout_s``.
+        """
+        specs = list(specs)
         existing = self.list_topics()
         new = [
             NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
@@ -147,7 +154,29 @@ class TopicAdmin:
             for name, fut in self.admin.create_partitions(grow).items():
                 fut.result(timeout=timeout_s)
                 event(log, "topic.partitions_added", topic=name)
+        if new or grow:
+            self.wait_visible({s.name: s.partitions for s in specs}, timeout_s)
         return created
+
+    def wait_visible(self, want: Mapping[str, int], timeout_s: float = 30.0) -> dict[str, int]:
+        """Wait until the metadata shows every topic of ``want`` ({name: partitions}) with at least that
+        many partitions; returns what it showed last. A broker applies a created topic to its metadata a
+        little after the controller accepted it (KRaft), so a process started right after a create -
+        another worker of the job - could otherwise find it missing.
+
+        Raises:
+            DawnstreamError: some are still missing after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            existing = self.list_topics()
+            missing = sorted(n for n, p in want.items() if existing.get(n, 0) < p)
+            if not missing:
+                return existing
+            if time.monotonic() >= deadline:
+                raise DawnstreamError(f"topic(s) {', '.join(missing)} did not appear in the metadata of "
+                                      f"{self.bootstrap} within {timeout_s:.0f}s of their creation")
+            time.sleep(0.1)
 
     def describe(self, name: str, timeout_s: float = 10.0) -> dict[str, object]:
         """Partitions (leader, replicas, low/high offsets) and non-default configs of one topic.
@@ -219,6 +248,10 @@ class TopicAdmin:
                                       "is the broker running? (dawnstream broker status)") from None
 
 
+TOPIC_WAIT_S = 10.0
+"""How long a worker that does not create topics waits for missing ones to appear before it fails."""
+
+
 def ensure_job_topics(topology: Any, create_user_topics: bool = True) -> None:
     """Make sure a job's topics exist before it runs: the internal ones (the state changelog) always,
     the user's (input, dead letters, outputs) created when ``create_user_topics``, else checked.
@@ -238,6 +271,12 @@ def ensure_job_topics(topology: Any, create_user_topics: bool = True) -> None:
         return
     existing = admin.list_topics()
     missing = [s.name for s in t.user_topics() if s.name not in existing]
+    if missing:  # just created by another process (the job's first worker)? metadata can lag a moment
+        try:
+            existing = admin.wait_visible({name: 1 for name in missing}, timeout_s=TOPIC_WAIT_S)
+        except DawnstreamError:
+            pass
+        missing = [s.name for s in t.user_topics() if s.name not in existing]
     if missing:
         raise TopicMissing(missing, t.input.partitions if t.input.topic in missing else None)
     admin.ensure(internal)

@@ -41,3 +41,19 @@ def test_replay_weather_dataset(kafka_bootstrap: str, topic_name, reader) -> Non
     r = CliRunner().invoke(app, ["replay", "weather", "--topic", topic_name("rows", "w2"), "--format", "arrow",
                                  "--batch-rows", "100", "--limit", "1000", "--bootstrap", kafka_bootstrap])
     assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["messages"] == 10
+
+
+def test_ensure_returns_once_a_fresh_consumer_sees_the_topics(kafka_bootstrap: str, topic_name) -> None:
+    import pytest
+
+    from dawnstream.errors import DawnstreamError
+    from dawnstream.streams.kafka_clients import TopicAdmin
+    from dawnstream.topics.spec import TopicSpec
+
+    names = [topic_name(f"t{i}", "visible") for i in range(3)]
+    TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=n, partitions=4) for n in names])
+    # what another process sees right after: a new client of its own (a second worker of the job)
+    seen = TopicAdmin(kafka_bootstrap).list_topics()
+    assert all(seen.get(n) == 4 for n in names)
+    with pytest.raises(DawnstreamError, match="did not appear"):
+        TopicAdmin(kafka_bootstrap).wait_visible({topic_name("never", "visible"): 1}, timeout_s=0.5)
