@@ -200,15 +200,14 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
 
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
-            last, gate, loaded = 0.0, int(n * END_MODEL_GATE), False
+            last, gate, gate_until = 0.0, int(n * END_MODEL_GATE), float("inf")
             clock = 0.0  # seconds of the send schedule; the gate's trickle stretches it
-            gate_until = time.monotonic() + 10 * 365 * 86400.0
             for k in range(n):
                 if k == gate:
                     gate_until = time.monotonic() + GATE_WAIT_S
-                slow = k >= gate and not loaded and time.monotonic() < gate_until
-                if slow and (loaded := end_model_loaded(metrics_url)):
-                    slow = False
+                slow = k >= gate and time.monotonic() < gate_until and not end_model_loaded(metrics_url)
+                if not slow and k >= gate:
+                    gate_until = 0.0  # loaded, or waited long enough: full rate from here on
                 if slow:  # a trickle from now on, even when the sender had fallen behind its schedule
                     clock = max(clock, time.perf_counter() - t0)
                 clock += 1.0 / (GATE_RATE if slow else rate)

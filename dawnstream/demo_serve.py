@@ -149,8 +149,9 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
     # The worker and the retrainer run as the user would run them, in processes of their own: latencies
     # measured here are not those of threads sharing this interpreter's GIL.
     worker = subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(TOPOLOGY)], env=env)
+    min_ratings = max(retrain_every // 2, 100)
     retrainer = subprocess.Popen([sys.executable, "-m", "dawnstream", "models", "retrain", str(TOPOLOGY),
-                                  "--every", str(retrain_every), "--min-ratings", str(max(retrain_every // 2, 100))],
+                                  "--every", str(retrain_every), "--min-ratings", str(min_ratings)],
                                  env=env, stdout=subprocess.DEVNULL)
     procs = {"serving worker": worker, "retrainer": retrainer}
     metrics_url = f"http://{topo.metrics.host}:{topo.metrics.port}/metrics"
@@ -223,7 +224,7 @@ def run_serve_demo(console: Console | None = None, limit: int | None = None, req
             # the retrainer reads the topic from its start in a process of its own: on a busy machine a short
             # stream can be over before its first fit, which the final numbers should include
             deadline = time.monotonic() + 60
-            due = len(acks) >= max(retrain_every // 2, 100)
+            due = len(acks) >= min_ratings
             while due and exited(procs) is None and time.monotonic() < deadline and not reg.versions(THETA):
                 time.sleep(0.2)
                 live.update(view())

@@ -268,14 +268,10 @@ class Checkpoint:
                if not self.skip_snapshot(p) and self._snapped.get(p, -1) < off}
         if not due:
             return
-        try:
-            if self.eos:
-                self.begin()
-                self._write_snapshots(due)
-                self._commit_transaction([], sorted(due))
-            else:
-                self._due.update(due)
-                self._flush_and_commit()
+        try:  # a batch with no input and no outputs, whose due snapshots are all of them
+            self.begin()
+            self.snapshots(due, force=True)
+            self.commit([], sorted(due), {})
         except (KafkaException, DawnstreamError) as e:
             event(log, "stop.snapshot_skipped", level=logging.WARNING, partitions=sorted(due), error=str(e))
             if self.eos:

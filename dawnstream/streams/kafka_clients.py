@@ -273,12 +273,9 @@ def ensure_job_topics(topology: Any, create_user_topics: bool = True) -> None:
     missing = [s.name for s in t.user_topics() if s.name not in existing]
     if missing:  # just created by another process (the job's first worker)? metadata can lag a moment
         try:
-            existing = admin.wait_visible({name: 1 for name in missing}, timeout_s=TOPIC_WAIT_S)
+            admin.wait_visible(dict.fromkeys(missing, 1), timeout_s=TOPIC_WAIT_S)
         except DawnstreamError:
-            pass
-        missing = [s.name for s in t.user_topics() if s.name not in existing]
-    if missing:
-        raise TopicMissing(missing, t.input.partitions if t.input.topic in missing else None)
+            raise TopicMissing(missing, t.input.partitions if t.input.topic in missing else None) from None
     admin.ensure(internal)
 
 

@@ -143,7 +143,8 @@ class Cascade(Operator):
         model: registry name of the specialized models (default ``specialized.<stage name>.<camera>``).
         confirm_changes: a specialized answer that would change the label (the previous frame's) goes to
             the reference model instead: a specialized model errs most where events start and end, and
-            there are few of those (on vtest, 16 positive runs in 795 frames). The optimizer plans with it.
+            there are few of those (on vtest, 16 positive runs in 795 frames). The optimizer's thresholds
+            meet the targets without crediting it (:func:`~.optimizer.choose`).
         registry: registry root (default ``$DAWNSTREAM_REGISTRY``).
 
     Raises:

@@ -143,14 +143,13 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
     diff, prob, truth = np.asarray(diff, float), np.asarray(prob, float), np.asarray(truth, bool)
     if not (len(diff) == len(prob) == len(truth)) or len(diff) == 0:
         raise ValueError("diff, prob and truth must be equal-length, non-empty arrays")
-    t_diff, t_spec, t_ref = cost_ms
     qs = np.linspace(0, 1, grid)
     finite = diff[~np.isnan(diff)]
     deltas = np.unique(np.concatenate([[0.0], np.quantile(finite, qs[:-1]) if len(finite) else []]))
     if max_delta is not None:
         deltas = np.unique(np.concatenate([deltas[deltas <= max_delta], [max_delta]]))
     cuts = np.unique(np.concatenate([[-1.0, 2.0], np.quantile(prob, qs)]))
-    best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, t_diff + t_spec + t_ref)
+    best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, sum(cost_ms))
     best_key = (1.0, best.ms_per_frame)
     for delta in deltas:
         skip = anchor_skips(thumbs, float(delta), blocks) if thumbs is not None else None
@@ -160,17 +159,21 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
                 fn, fp = rates(labels, truth)
                 if fn > fn_target or fp > fp_target:
                     continue
-                ref = float((stage == 2).mean())
-                ms = t_diff + float((stage > 0).mean()) * t_spec + ref * t_ref
-                key = (ref, ms)
+                plan = _plan(float(delta), float(c_low), float(c_high), stage, fn, fp, cost_ms)
+                key = (plan.reference_share, plan.ms_per_frame)
                 if key < best_key:
-                    best_key = key
-                    best = Plan(float(delta), float(c_low), float(c_high), ref, float((stage == 0).mean()), fn, fp, ms)
+                    best_key, best = key, plan
     if confirm and best.reference_share < 1.0:  # what the chosen thresholds give with the confirmations
         skip = anchor_skips(thumbs, best.delta, blocks) if thumbs is not None else None
         labels, stage = simulate(diff, prob, truth, best.delta, best.c_low, best.c_high, skip, confirm=True)
-        fn, fp = rates(labels, truth)
-        ref = float((stage == 2).mean())
-        best = Plan(best.delta, best.c_low, best.c_high, ref, float((stage == 0).mean()), fn, fp,
-                    t_diff + float((stage > 0).mean()) * t_spec + ref * t_ref)
+        best = _plan(best.delta, best.c_low, best.c_high, stage, *rates(labels, truth), cost_ms)
     return best
+
+
+def _plan(delta: float, c_low: float, c_high: float, stage: np.ndarray, fn: float, fp: float,
+          cost_ms: tuple[float, float, float]) -> Plan:
+    """The plan of these thresholds, given which stage decided each frame (:func:`simulate`)."""
+    t_diff, t_spec, t_ref = cost_ms
+    ref = float((stage == 2).mean())
+    return Plan(delta, c_low, c_high, ref, float((stage == 0).mean()), fn, fp,
+                t_diff + float((stage > 0).mean()) * t_spec + ref * t_ref)
