@@ -27,8 +27,14 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError
 
 SMALL_BATCH = 16
 """Batches up to this many rows are encoded row by row (orjson): below it polars' fixed cost per call
-(~1.5 ms) dominates - the latency of a serving topology's small batches. (Decoding keeps one path: the
-row-by-row parser would learn other column types than pyarrow's reader, e.g. strings for timestamps.)"""
+(~1.5 ms) dominates - the latency of a serving topology's small batches."""
+
+SMALL_DECODE = 32
+"""Batches below this many messages whose columns the schema already knows are decoded row by row
+(orjson, ~7 µs a row): pyarrow's JSON reader costs ~200 µs a call whatever the size, which a serving
+worker paid on every partition's micro-batch of a few requests. Rows that bring a new column take the
+reader's path, so a column's learned type never depends on the size of the batch that first carried it
+(the row parser would learn strings where the reader learns timestamps)."""
 
 
 def _plain(t: pa.DataType) -> bool:
@@ -120,6 +126,10 @@ class JsonRowsCodec(Codec):
                     idx.append(i)
         if not idx:
             return Decoded(None, rejected=rejected)
+        if len(idx) < SMALL_DECODE:
+            small = self._rows(messages, idx, schema, rejected, known_only=True)
+            if small is not None:
+                return small
         fast = self._bulk(messages, values, idx, schema)
         if fast is not None:
             table, bad = fast
@@ -196,6 +206,18 @@ class JsonRowsCodec(Codec):
     def _one_by_one(
         self, messages: list[Message], idx: list[int], schema: RowSchema, rejected: list[Rejected]
     ) -> Decoded:
+        out = self._rows(messages, idx, schema, rejected, known_only=False)
+        assert out is not None  # only known_only declines
+        return out
+
+    def _rows(
+        self, messages: list[Message], idx: list[int], schema: RowSchema, rejected: list[Rejected],
+        known_only: bool,
+    ) -> Decoded | None:
+        """Parse, check and build row by row: every bad row is rejected with its reason. ``known_only``:
+        return None (nothing rejected, nothing learned) when a parsed row has a column the schema lacks."""
+        if known_only:
+            rejected = list(rejected)  # the caller's list stays as it was if this path declines
         parsed: list[tuple[int, dict[str, Any]]] = []
         for i in idx:
             m = messages[i]
@@ -217,6 +239,8 @@ class JsonRowsCodec(Codec):
             if dup is not None:
                 rejected.append(Rejected(m, f"duplicate field name {dup!r}: each column may appear once"))
                 continue
+            if known_only and not schema.fields.keys() >= obj.keys():
+                return None
             parsed.append((i, obj))
         self._learn_new_columns([o for _, o in parsed], schema)
         good: list[tuple[int, dict[str, Any]]] = []
