@@ -192,10 +192,12 @@ class StageSpec(BaseModel):
 
 
 class BatchSpec(_Strict):
-    """Micro-batch bounds: at most ``max_messages`` per consume call, waiting at most ``max_wait_ms``."""
+    """Micro-batch bounds: at most ``max_messages`` per consume call, waiting at most ``max_wait_ms`` for
+    them (0: never wait for a batch to fill; take the first message and what is queued behind it - for
+    request/reply, where a wait is latency added to every request)."""
 
     max_messages: int = Field(default=10_000, ge=1, le=1_000_000)
-    max_wait_ms: int = Field(default=100, ge=1, le=60_000)
+    max_wait_ms: int = Field(default=100, ge=0, le=60_000)
 
 
 class KafkaSpec(_Strict):
