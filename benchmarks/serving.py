@@ -23,7 +23,9 @@ client (request/reply over Kafka) in this one. Parts:
 
 Each step of the latency ladder also reports the CPU µs per request spent by the broker, the serving
 worker and this process (the client and load generator), read from /proc: where the time goes that
-batching in the stage cannot remove.
+batching in the stage cannot remove. ``ceiling`` turns the broker's and the client's share at AIMD's
+highest rate into the rate at which those two alone would fill every core of this machine, next to
+the rate the 5x target asks for.
 
     python benchmarks/serving.py [--json] [--bootstrap 127.0.0.1:9092] [--quick]
 """
@@ -342,6 +344,21 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, 
     return out
 
 
+def ceiling(aimd: dict[str, Any], batch1_max: int) -> dict[str, Any]:
+    """What this machine allows whatever the worker does: the broker's and the client's CPU per request at
+    AIMD's highest rate tried, and the rate at which those two alone would take every core - against the
+    5x target (5 times the batching-off maximum)."""
+    top = aimd["ladder"][-1]
+    cpu = top["cpu_us_per_request"]
+    if "broker" not in cpu or "client" not in cpu:
+        return {}
+    cores = os.cpu_count() or 1
+    us = cpu["broker"] + cpu["client"]
+    return {"cores": cores, "at_rate": top["rate"], "broker_and_client_us_per_request": us,
+            "rate_at_which_broker_and_client_fill_the_cores": round(cores * 1e6 / max(us, 1)),
+            "rate_5x_batch1": 5 * batch1_max}
+
+
 def stage_batching(registry: Registry, u, i) -> dict[str, Any]:
     from dawnstream.streams.processor import BatchProcessor
     from dawnstream.topics.message import Message
@@ -464,6 +481,7 @@ def main() -> None:
         b1 = result["latency_batch1"]["max_rate_p99_within_slo"]
         result["aimd_over_batch1_throughput"] = (round(result["latency_aimd"]["max_rate_p99_within_slo"] / b1, 2)
                                                  if b1 else None)
+        result["ceiling"] = ceiling(result["latency_aimd"], b1)
     print(json.dumps(result, indent=None if args.json else 2))
 
 
