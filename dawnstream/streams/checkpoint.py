@@ -5,9 +5,11 @@ offsets), so it all becomes visible together or not at all. At-least-once: the o
 every ``checkpoint_ms``, only after every record was acknowledged (records refused: the state is
 recovered and the input re-read from the last commit); snapshots are written after the outputs are
 acknowledged and before the offsets commit (:mod:`~dawnstream.streams.recovery` resumes from a
-snapshot found ahead of the commit). Snapshots go to the changelog at most every ``checkpoint_ms`` per partition
-(:mod:`dawnstream.streams.state`). Quix Streams keeps the same responsibilities in its
-``Checkpoint`` (``quixstreams/checkpointing/checkpoint.py``).
+snapshot found ahead of the commit). None of it blocks the loop: a checkpoint is *staged* (offsets
+noted, snapshots taken), and later batches go on while per-record delivery reports count its outputs
+in; once they are all acknowledged its snapshots are produced, and once those are, its offsets commit.
+Snapshots go to the changelog at most every ``checkpoint_ms`` per partition (:mod:`dawnstream.streams.state`).
+Quix Streams keeps the same responsibilities in its ``Checkpoint`` (``quixstreams/checkpointing/checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,33 @@ class DeliveryFailed(DawnstreamError):
     """The broker refused or timed out some produced records; the batch is not committed."""
 
 
+class _Acks:
+    """Delivery reports of the records produced in one stretch of batches (at-least-once): ``outstanding``
+    counts those not yet acknowledged or refused; a refusal is recorded where the synchronous path looks."""
+
+    __slots__ = ("errors", "outstanding")
+
+    def __init__(self, errors: list[str]) -> None:
+        self.outstanding = 0
+        self.errors = errors
+
+    def done(self, err: KafkaError | None, msg: Any) -> None:
+        self.outstanding -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
+
+
+class _Staged:
+    """An at-least-once checkpoint on its way: the offsets it commits, the snapshot records taken when it
+    was staged, the outputs they wait for, then the snapshot records' own acknowledgements."""
+
+    __slots__ = ("outputs", "pending", "records", "written")
+
+    def __init__(self, outputs: _Acks, pending: dict[int, int], records: list[tuple[bytes | None, bytes, int]]) -> None:
+        self.outputs, self.pending, self.records = outputs, pending, records
+        self.written: _Acks | None = None
+
+
 class Checkpoint:
     """Produces micro-batch results and commits them with the consumed offsets.
 
@@ -65,9 +94,13 @@ class Checkpoint:
         self._uncommitted: dict[int, int] = {}  # at-least-once: offsets committed asynchronously
         self._pending: dict[int, int] = {}  # at-least-once: offsets processed, not yet committed
         self._committed_at = time.monotonic()
+        self._acks = _Acks(clients.delivery_errors)  # at-least-once: the records produced since the last staging
+        self._staged: _Staged | None = None
 
     def forget(self, partition: int) -> None:
         """The partition left this worker: its next snapshot is due at once."""
+        if not self.eos:
+            self._drain_quietly(f"revoking partition {partition}")
         self._last.pop(partition, None)
         self._snapped.pop(partition, None)
         self._due.pop(partition, None)
@@ -131,26 +164,39 @@ class Checkpoint:
             raise self._unless_heals(e, "writing state snapshots") from None
 
     def _write_snapshots(self, due: dict[int, int]) -> None:
+        self._produce_records(self._take_snapshots(due))
+
+    def _take_snapshots(self, due: dict[int, int]) -> list[tuple[bytes | None, bytes, int]]:
+        """The changelog records (key, value, partition) of ``due``'s snapshots, as the state is now."""
         now = time.monotonic()
+        records: list[tuple[bytes | None, bytes, int]] = []
         for p, off in due.items():
             # The blob is taken first (an operator may move state into its keyed store as it snapshots), its
             # keyed records are written before it: a crash in between leaves records the restore ignores.
             blob = self.processor.snapshot(p, off + 1)
             for key, value in self.processor.keyed_changes(p):  # value None: a tombstone
-                self._produce(self.changelog, tag_keyed(value, off + 1), key, None,  # type: ignore[arg-type]
-                              partition=p)
-            self._produce(self.changelog, blob, snapshot_key(p), None, partition=p)
+                records.append((key, tag_keyed(value, off + 1), p))  # type: ignore[arg-type]
+            records.append((snapshot_key(p), blob, p))
             self._last[p], self._snapped[p] = now, off
+        return records
+
+    def _produce_records(self, records: list[tuple[bytes | None, bytes, int]]) -> None:
+        for key, value, p in records:
+            self._produce(self.changelog, value, key, None, partition=p)
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, partition: int = -1) -> None:
         """Produce one record, waiting for room in librdkafka's queue if it is full."""
         producer = self.clients.producer
+        extra: dict[str, Any] = {} if self.eos else {"on_delivery": self._acks.done}
+        if partition >= 0:
+            extra["partition"] = partition
+        else:
+            extra["headers"] = headers
         while True:
             try:
-                if partition >= 0:
-                    producer.produce(topic, value, key, partition=partition)
-                else:
-                    producer.produce(topic, value, key, headers=headers)
+                producer.produce(topic, value, key, **extra)
+                if not self.eos:
+                    self._acks.outstanding += 1
                 return
             except BufferError:
                 producer.poll(0.05)  # local queue full: let librdkafka send, then retry
@@ -159,12 +205,17 @@ class Checkpoint:
         produce = self.clients.producer.produce
         keys, per, topics = enc.keys, enc.record_headers, enc.topics
         shared: Any = enc.headers
+        acks = None if self.eos else self._acks
         for i, value in enumerate(enc.values):
             t = (topics[i] or topic) if topics is not None else topic
             k = keys[i] if keys is not None else None
             h: Any = per[i] if per is not None else shared
             try:
-                produce(t, value, k, headers=h)
+                if acks is None:
+                    produce(t, value, k, headers=h)
+                else:
+                    produce(t, value, k, headers=h, on_delivery=acks.done)
+                    acks.outstanding += 1
             except BufferError:
                 self._produce(t, value, k, h)
 
@@ -194,55 +245,133 @@ class Checkpoint:
         if self.eos:
             return self._commit_transaction(offsets, partitions)
         self._pending.update({tp.partition: tp.offset for tp in offsets})
-        self.clients.producer.poll(0)  # delivery reports
-        if not self._due and not self.clients.delivery_errors and time.monotonic() - self._committed_at < self.every_s:
-            return True
-        return self._flush_and_commit()
+        return self._step()
 
     def idle(self) -> None:
-        """At-least-once, between batches: commit what is still pending once ``checkpoint_ms`` has passed
-        (a worker whose input stopped must not keep its last offsets uncommitted)."""
-        if self._pending and time.monotonic() - self._committed_at >= self.every_s:
-            self._flush_and_commit()
+        """At-least-once, between batches: move the staged checkpoint on, and stage what is still pending
+        once ``checkpoint_ms`` has passed (a worker whose input stopped must not keep its last offsets
+        uncommitted)."""
+        if self._pending or self._due or self._staged is not None:
+            self._step()
 
-    def _flush_and_commit(self) -> bool:
+    def _step(self) -> bool:
+        """Serve delivery reports, move the staged checkpoint on, stage the next when due; never waits for
+        the broker. False when records were refused (the state is being recovered)."""
+        self.clients.producer.poll(0)  # delivery reports
+        if self.clients.delivery_errors:
+            return self._refused()
+        committed = self._advance()
+        if self._staged is None and (self._due or (self._pending and
+                                                   time.monotonic() - self._committed_at >= self.every_s)):
+            self._stage()
+            committed = self._advance() and committed
+        return committed
+
+    def _stage(self) -> None:
         due, self._due = self._due, {}
         pending, self._pending = self._pending, {}
         try:
-            self.flush()
-            if due:
-                self._write_snapshots(due)
-                self.flush()
+            records = self._take_snapshots(due)
         except KafkaException as e:
             raise self._unless_heals(e, "writing state snapshots") from None
-        except DeliveryFailed as e:
-            # Operator state has moved past records that were lost: recover it and re-read from the commit.
-            event(log, "batch.retry", error=str(e))
-            time.sleep(1.0)
-            self.clients.rebuild_consumer(f"records were refused: {e}")
-            return False
+        self._staged = _Staged(self._acks, pending, records)
+        self._acks = _Acks(self.clients.delivery_errors)
         self._committed_at = time.monotonic()
-        if pending:
-            topic = self.clients.topology.input.topic
+
+    def _advance(self) -> bool:
+        """The staged checkpoint's next step, once what it waits for is acknowledged. False when its offsets
+        could not be committed (the group moved on)."""
+        st = self._staged
+        if st is None or st.outputs.outstanding > 0:
+            return True
+        if st.written is None:
+            outputs, self._acks = self._acks, _Acks(self.clients.delivery_errors)
             try:
-                # Asynchronous: the outputs are acknowledged, so a commit lost in a crash only means a
-                # replay; waiting would add a round trip.
-                self.clients.consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in pending.items()],
-                                             asynchronous=True)
-                self._uncommitted.update(pending)
+                self._produce_records(st.records)
             except KafkaException as e:
-                if e.args[0].code() not in REBALANCED:
-                    raise
-                # The group moved on: these partitions belong to a newer generation, whose owner re-reads
-                # them from the last commit (at-least-once).
-                event(log, "batch.commit_skipped", error=e.args[0].str())
-                return False
+                raise self._unless_heals(e, "writing state snapshots") from None
+            finally:
+                st.written, self._acks = self._acks, outputs
+            if st.written.outstanding > 0:
+                return True
+        if st.written.outstanding > 0:
+            return True
+        self._staged = None
+        return self._commit_offsets(st.pending)
+
+    def _drain(self) -> None:
+        """Finish the staged checkpoint now, waiting for the broker (a revocation, a clean stop).
+
+        Raises:
+            DeliveryFailed: records were refused, or are still unacknowledged after 60 s.
+        """
+        st = self._staged
+        if st is None:
+            return
+        self.flush()
+        if st.written is None:
+            self._produce_records(st.records)
+            self.flush()
+        self._staged = None
+        self._commit_offsets(st.pending)
+
+    def _drain_quietly(self, why: str) -> None:
+        try:
+            self._drain()
+        except (DeliveryFailed, KafkaException) as e:  # the next owner re-reads from the last commit
+            self._staged = None
+            event(log, "checkpoint.drain_skipped", reason=why, error=str(e))
+
+    def _refused(self) -> bool:
+        """Records were refused: operator state has moved past records that were lost, so recover it and
+        re-read from the last commit (what is staged is dropped: its offsets must not commit)."""
+        self._staged, self._due, self._pending = None, {}, {}
+        errors = self.clients.delivery_errors
+        errs = errors[:5]
+        errors.clear()
+        event(log, "batch.retry", error=f"records refused: {errs}")
+        time.sleep(1.0)
+        self.clients.rebuild_consumer(f"records were refused: {errs}")
+        return False
+
+    def _flush_and_commit(self) -> bool:
+        """Stage what is pending and finish it now (a clean stop's snapshots)."""
+        if self._staged is None and (self._due or self._pending):
+            self._stage()
+        try:
+            self._drain()
+        except KafkaException as e:
+            raise self._unless_heals(e, "writing state snapshots") from None
+        except DeliveryFailed:
+            return self._refused()
+        return True
+
+    def _commit_offsets(self, pending: dict[int, int]) -> bool:
+        if not pending:
+            return True
+        topic = self.clients.topology.input.topic
+        try:
+            # Asynchronous: the outputs are acknowledged, so a commit lost in a crash only means a
+            # replay; waiting would add a round trip.
+            self.clients.consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in pending.items()],
+                                         asynchronous=True)
+            self._uncommitted.update(pending)
+        except KafkaException as e:
+            if e.args[0].code() not in REBALANCED:
+                raise
+            # The group moved on: these partitions belong to a newer generation, whose owner re-reads
+            # them from the last commit (at-least-once).
+            event(log, "batch.commit_skipped", error=e.args[0].str())
+            return False
         return True
 
     def close_consumer(self) -> None:
         """Leave the group; at-least-once, first commit the last offsets once more, synchronously (the
         asynchronous commits of the last batches may still be in flight)."""
         consumer = self.clients.consumer
+        if self._staged is not None:  # its snapshots are dropped; its outputs are acknowledged, as below
+            self._pending = {**self._staged.pending, **self._pending}
+            self._staged = None
         if self._pending:  # the runner flushed the producer before closing: these outputs are acknowledged
             self._uncommitted.update(self._pending)
             self._pending.clear()
@@ -264,6 +393,8 @@ class Checkpoint:
         scale-down - restores without replaying input (Kafka Streams checkpoints on close the same way).
         A failure here is only logged: the next start then replays from the last snapshot, as after a crash.
         """
+        if not self.eos:
+            self._drain_quietly("stopping")  # what is staged first: it says which snapshots are already taken
         due = {p: off for p, off in last_offset.items()
                if not self.skip_snapshot(p) and self._snapped.get(p, -1) < off}
         if not due:
@@ -271,7 +402,10 @@ class Checkpoint:
         try:  # a batch with no input and no outputs, whose due snapshots are all of them
             self.begin()
             self.snapshots(due, force=True)
-            self.commit([], sorted(due), {})
+            if self.eos:
+                self.commit([], sorted(due), {})
+            else:
+                self._flush_and_commit()
         except (KafkaException, DawnstreamError) as e:
             event(log, "stop.snapshot_skipped", level=logging.WARNING, partitions=sorted(due), error=str(e))
             if self.eos:
