@@ -5,9 +5,13 @@ offsets), so it all becomes visible together or not at all. At-least-once: the o
 every ``checkpoint_ms``, only after every record was acknowledged (records refused: the state is
 recovered and the input re-read from the last commit); snapshots are written after the outputs are
 acknowledged and before the offsets commit (:mod:`~dawnstream.streams.recovery` resumes from a
-snapshot found ahead of the commit). None of it blocks the loop: a checkpoint is *staged* (offsets
-noted, snapshots taken), and later batches go on while per-record delivery reports count its outputs
+snapshot found ahead of the commit). A checkpoint is *staged* (offsets noted, snapshots taken) and then
+finished: at once, waiting for the broker's acknowledgements (``producer.flush``, as Kafka Streams
+commits), or - in a topology that never waits for a batch (``batch.max_wait_ms: 0``, request/reply) -
+without blocking the loop: later batches go on while per-record delivery reports count its outputs
 in; once they are all acknowledged its snapshots are produced, and once those are, its offsets commit.
+(Counting every record costs a callback per record, ~5-10% of a JSON row-per-message job's
+throughput; a blocked loop costs a serving topology its tail latency.)
 Snapshots go to the changelog at most every ``checkpoint_ms`` per partition (:mod:`dawnstream.streams.state`).
 Quix Streams keeps the same responsibilities in its ``Checkpoint`` (``quixstreams/checkpointing/checkpoint.py``).
 """
@@ -94,7 +98,10 @@ class Checkpoint:
         self._uncommitted: dict[int, int] = {}  # at-least-once: offsets committed asynchronously
         self._pending: dict[int, int] = {}  # at-least-once: offsets processed, not yet committed
         self._committed_at = time.monotonic()
-        self._acks = _Acks(clients.delivery_errors)  # at-least-once: the records produced since the last staging
+        # At-least-once without waiting for the broker (see the module docstring); the producer then
+        # reports every record's delivery, not only refusals.
+        self.pipelined = clients.count_deliveries
+        self._acks = _Acks(clients.delivery_errors)  # pipelined: the records produced since the last staging
         self._staged: _Staged | None = None
 
     def forget(self, partition: int) -> None:
@@ -187,7 +194,7 @@ class Checkpoint:
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: Any, partition: int = -1) -> None:
         """Produce one record, waiting for room in librdkafka's queue if it is full."""
         producer = self.clients.producer
-        extra: dict[str, Any] = {} if self.eos else {"on_delivery": self._acks.done}
+        extra: dict[str, Any] = {"on_delivery": self._acks.done} if self.pipelined else {}
         if partition >= 0:
             extra["partition"] = partition
         else:
@@ -195,7 +202,7 @@ class Checkpoint:
         while True:
             try:
                 producer.produce(topic, value, key, **extra)
-                if not self.eos:
+                if self.pipelined:
                     self._acks.outstanding += 1
                 return
             except BufferError:
@@ -205,7 +212,7 @@ class Checkpoint:
         produce = self.clients.producer.produce
         keys, per, topics = enc.keys, enc.record_headers, enc.topics
         shared: Any = enc.headers
-        acks = None if self.eos else self._acks
+        acks = self._acks if self.pipelined else None
         for i, value in enumerate(enc.values):
             t = (topics[i] or topic) if topics is not None else topic
             k = keys[i] if keys is not None else None
@@ -255,8 +262,9 @@ class Checkpoint:
             self._step()
 
     def _step(self) -> bool:
-        """Serve delivery reports, move the staged checkpoint on, stage the next when due; never waits for
-        the broker. False when records were refused (the state is being recovered)."""
+        """Serve delivery reports, move the staged checkpoint on, stage the next when due (pipelined, without
+        waiting for the broker). False when records were refused (the state is being recovered) or the
+        offsets could not be committed."""
         self.clients.producer.poll(0)  # delivery reports
         if self.clients.delivery_errors:
             return self._refused()
@@ -264,6 +272,8 @@ class Checkpoint:
         if self._staged is None and (self._due or (self._pending and
                                                    time.monotonic() - self._committed_at >= self.every_s)):
             self._stage()
+            if not self.pipelined:
+                return self._flush_and_commit()
             committed = self._advance() and committed
         return committed
 
@@ -282,7 +292,7 @@ class Checkpoint:
         """The staged checkpoint's next step, once what it waits for is acknowledged. False when its offsets
         could not be committed (the group moved on)."""
         st = self._staged
-        if st is None or st.outputs.outstanding > 0:
+        if st is None or not self.pipelined or st.outputs.outstanding > 0:
             return True
         if st.written is None:
             outputs, self._acks = self._acks, _Acks(self.clients.delivery_errors)
@@ -335,7 +345,8 @@ class Checkpoint:
         return False
 
     def _flush_and_commit(self) -> bool:
-        """Stage what is pending and finish it now (a clean stop's snapshots)."""
+        """Stage what is pending and finish it now, waiting for the broker (a clean stop's snapshots; every
+        checkpoint when not pipelined)."""
         if self._staged is None and (self._due or self._pending):
             self._stage()
         try:

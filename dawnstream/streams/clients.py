@@ -89,11 +89,13 @@ class WorkerClients:
         self._missing_since: float | None = None
         self._consumer_conf = consumer_settings(base, topology.group_id, topology.input.start,
                                                 **{"client.id": client_id, "error_cb": self._on_error})
-        # At-least-once, the checkpoint counts every record's delivery report (a callback per record, ~0.3 µs)
-        # to commit without waiting for the broker; a transaction needs only the refusals.
+        # At-least-once in a topology that never waits for a batch, the checkpoint counts every record's
+        # delivery report to commit without blocking (:mod:`dawnstream.streams.checkpoint`); otherwise only
+        # refusals are reported.
+        self.count_deliveries = not self.eos and topology.batch.max_wait_ms == 0
         extra: dict[str, Any] = {"client.id": client_id, "on_delivery": self._on_delivery,
                                  "error_cb": self._on_producer_error,
-                                 "delivery.report.only.error": self.eos}
+                                 "delivery.report.only.error": not self.count_deliveries}
         if self.eos:
             extra.update({"transactional.id": member, "transaction.timeout.ms": 60_000})
         self._producer_conf = producer_settings(base, **extra)

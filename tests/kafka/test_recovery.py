@@ -157,15 +157,16 @@ def test_after_a_clean_stop_the_next_worker_replays_nothing(kafka_bootstrap: str
 
 
 def test_at_least_once_checkpoints_never_wait_for_the_broker(kafka_bootstrap: str, reader) -> None:
-    """At-least-once, a checkpoint is staged and finished by delivery reports: during the run no batch
-    waits for an acknowledgement (the checkpoint's synchronous flush runs only once the loop has
-    stopped), yet offsets commit and snapshots are written all along, and a successor that starts from
-    them counts every row once."""
+    """At-least-once with ``max_wait_ms: 0``, a checkpoint is staged and finished by delivery reports: no batch
+    waits for an acknowledgement during the run (the checkpoint's synchronous flush runs only once the loop
+    has stopped), yet offsets commit and snapshots are written all along, and a successor that starts from
+    them counts every row (a window it re-closes may repeat rows: at-least-once)."""
     tag = uuid.uuid4().hex[:8]
     n = N // 2
     src, dst, name = f"test.nowait-{tag}.rows.v1", f"test.nowait-{tag}.out.v1", f"nowait-{tag}"
     TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=PARTS)])
-    topo = {**topology(name, src, dst, kafka_bootstrap), "guarantee": "at_least_once", "checkpoint_ms": 100}
+    topo = {**topology(name, src, dst, kafka_bootstrap), "guarantee": "at_least_once", "checkpoint_ms": 100,
+            "batch": {"max_messages": 2000, "max_wait_ms": 0}}  # never waits for a batch: nor for a checkpoint
     a = Worker(topo, 0, max_rows=n, max_idle_s=60)
     a.runner.snapshot_on_stop = False  # the successor starts from what the running loop left
     flushes: list[int] = []
