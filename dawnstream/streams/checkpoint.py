@@ -246,8 +246,9 @@ class Checkpoint:
         refused; either way the partitions' state is recovered and their input re-read from the last commit.
 
         At-least-once commits at most every ``checkpoint_ms`` (as Kafka Streams does): outputs are produced
-        without waiting, then flushed, the due snapshots written, and the offsets committed together. A crash
-        replays at most that much input; no batch waits for the broker's acknowledgement in between.
+        without waiting, then flushed (or, pipelined, counted in by their delivery reports), the due snapshots
+        written, and the offsets committed. A crash replays at most that much input; no batch waits for the
+        broker's acknowledgement in between.
         """
         if self.eos:
             return self._commit_transaction(offsets, partitions)
@@ -267,7 +268,10 @@ class Checkpoint:
         offsets could not be committed."""
         self.clients.producer.poll(0)  # delivery reports
         if self.clients.delivery_errors:
-            return self._refused()
+            try:
+                self.flush()  # raises DeliveryFailed, naming them
+            except DeliveryFailed as e:
+                return self._refused(e)
         committed = self._advance()
         if self._staged is None and (self._due or (self._pending and
                                                    time.monotonic() - self._committed_at >= self.every_s)):
@@ -302,8 +306,6 @@ class Checkpoint:
                 raise self._unless_heals(e, "writing state snapshots") from None
             finally:
                 st.written, self._acks = self._acks, outputs
-            if st.written.outstanding > 0:
-                return True
         if st.written.outstanding > 0:
             return True
         self._staged = None
@@ -332,16 +334,13 @@ class Checkpoint:
             self._staged = None
             event(log, "checkpoint.drain_skipped", reason=why, error=str(e))
 
-    def _refused(self) -> bool:
+    def _refused(self, e: DeliveryFailed) -> bool:
         """Records were refused: operator state has moved past records that were lost, so recover it and
         re-read from the last commit (what is staged is dropped: its offsets must not commit)."""
         self._staged, self._due, self._pending = None, {}, {}
-        errors = self.clients.delivery_errors
-        errs = errors[:5]
-        errors.clear()
-        event(log, "batch.retry", error=f"records refused: {errs}")
+        event(log, "batch.retry", error=str(e))
         time.sleep(1.0)
-        self.clients.rebuild_consumer(f"records were refused: {errs}")
+        self.clients.rebuild_consumer(f"records were refused: {e}")
         return False
 
     def _flush_and_commit(self) -> bool:
@@ -353,8 +352,8 @@ class Checkpoint:
             self._drain()
         except KafkaException as e:
             raise self._unless_heals(e, "writing state snapshots") from None
-        except DeliveryFailed:
-            return self._refused()
+        except DeliveryFailed as e:
+            return self._refused(e)
         return True
 
     def _commit_offsets(self, pending: dict[int, int]) -> bool:

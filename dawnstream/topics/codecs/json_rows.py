@@ -142,7 +142,9 @@ class JsonRowsCodec(Codec):
                 idx = [i for i in idx if i not in bad_set]
             rejected.sort(key=lambda r: r.message.offset)
             return Decoded(table if table.num_rows else None, idx, [1] * len(idx), rejected)
-        return self._one_by_one(messages, idx, schema, rejected)
+        slow = self._rows(messages, idx, schema, rejected, known_only=False)
+        assert slow is not None  # only known_only declines
+        return slow
 
     def _bulk(
         self, messages: list[Message], all_values: list[bytes], idx: list[int], schema: RowSchema
@@ -203,13 +205,6 @@ class JsonRowsCodec(Codec):
         for i, why in bad:
             seen.setdefault(i, why)
         return table, sorted(seen.items())
-
-    def _one_by_one(
-        self, messages: list[Message], idx: list[int], schema: RowSchema, rejected: list[Rejected]
-    ) -> Decoded:
-        out = self._rows(messages, idx, schema, rejected, known_only=False)
-        assert out is not None  # only known_only declines
-        return out
 
     def _rows(
         self, messages: list[Message], idx: list[int], schema: RowSchema, rejected: list[Rejected],
