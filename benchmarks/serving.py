@@ -23,9 +23,10 @@ client (request/reply over Kafka) in this one. Parts:
 
 Each step of the latency ladder also reports the CPU µs per request spent by the broker, the serving
 worker and this process (the client and load generator), read from /proc: where the time goes that
-batching in the stage cannot remove. ``ceiling`` turns the broker's and the client's share at AIMD's
-highest rate into the rate at which those two alone would fill every core of this machine, next to
-the rate the 5x target asks for.
+batching in the stage cannot remove; and, from the broker's GC log, its stop-the-world pauses during
+the step and how many of the replies over the SLO were in flight during one. ``ceiling`` turns the
+broker's and the client's share at AIMD's highest rate into the rate at which those two alone would
+fill every core of this machine, next to the rate the 5x target asks for.
 
     python benchmarks/serving.py [--json] [--bootstrap 127.0.0.1:9092] [--quick]
 """
@@ -199,9 +200,13 @@ def open_loop(job: Job, rate: float, seconds: float, users: np.ndarray, items: n
     return ids, times
 
 
-def latencies(job: Job, ids: list[str], timeout_s: float = 60.0) -> tuple[list[float], int]:
+def latencies(job: Job, ids: list[str], timeout_s: float = 60.0,
+              spans: list[tuple[float, float]] | None = None) -> tuple[list[float], int]:
+    """Reply latencies (ms) of ``ids`` and how many got none; ``spans`` gets each reply's (sent, arrived)."""
     got = job.client.wait(ids, timeout_s)
     lat = [(job.client.arrived[c] - job.client.sent[c]) * 1000.0 for c in ids if c in got]
+    if spans is not None:
+        spans.extend((job.client.sent[c], job.client.arrived[c]) for c in ids if c in got)
     # The load generator must not stall the next step: with what this process keeps (the data set, the
     # earlier parts' models, replies), a full garbage collection is a pause of ~80 ms, counted as latency.
     job.client.forget(ids)
@@ -330,11 +335,13 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, 
             t0 = time.monotonic()
             ids, _ = open_loop(job, rate, secs, u, i)
             sent_rate = len(ids) / max(time.monotonic() - t0, 1e-9)
-            lat, lost = latencies(job, ids, timeout_s=120)
+            spans: list[tuple[float, float]] = []
+            lat, lost = latencies(job, ids, timeout_s=120, spans=spans)
             p = pct(lat)
             out.setdefault("ladder", []).append({"rate": rate, "sent_per_s": round(sent_rate), **p, "lost": lost,
                                                  "cpu_us_per_request": cpu_per_request(c0, cpu_snapshot(job),
-                                                                                       len(ids))})
+                                                                                       len(ids)),
+                                                 **broker_gc(job, spans)})
             if lost or p["p99_ms"] > SLO_MS or sent_rate < 0.9 * rate:
                 break
             best = rate
@@ -342,6 +349,25 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, 
     finally:
         job.close()
     return out
+
+
+def broker_gc(job: Job, spans: list[tuple[float, float]]) -> dict[str, Any]:
+    """The broker's GC pauses while a step's requests were in flight (count, longest and total ms, from its
+    GC log), and how many of the replies over the SLO were in flight during one: a tail the broker's
+    collector made, which batching in the worker cannot remove. Empty when the broker keeps no GC log."""
+    if not spans:
+        return {}
+    port = int(job.topo.kafka.bootstrap.rsplit(":", 1)[1])
+    wall = time.time() - time.monotonic()  # the client's stamps are monotonic, the GC log's wall-clock
+    first, last = min(s for s, _ in spans) + wall, max(a for _, a in spans) + wall
+    pauses = BrokerManager(port=port).gc_pauses(first, last + 0.1)
+    if pauses is None:
+        return {}
+    slow = [(s + wall, a + wall) for s, a in spans if (a - s) * 1000.0 > SLO_MS]
+    hit = sum(1 for s, a in slow if any(g.start_s < a and g.end_s > s for g in pauses))
+    return {"broker_gc": {"pauses": len(pauses), "max_ms": round(max((g.ms for g in pauses), default=0.0), 1),
+                          "total_ms": round(sum(g.ms for g in pauses), 1)},
+            "over_slo": len(slow), "over_slo_during_broker_gc": hit}
 
 
 def ceiling(aimd: dict[str, Any], batch1_max: int) -> dict[str, Any]:

@@ -188,6 +188,26 @@ class BrokerManager:
     def config_file(self) -> Path:
         return self._home / "server.properties"
 
+    @property
+    def gc_log(self) -> Path:
+        """The broker JVM's garbage collection log (one line per pause; Kafka's own start script keeps
+        one too, ``kafkaServer-gc.log``): where a latency tail that no client can explain often is."""
+        return self._home / "gc.log"
+
+    def gc_pauses(self, start_s: float, end_s: float) -> list[GcPause] | None:
+        """The broker's stop-the-world GC pauses that ended between ``start_s`` and ``end_s`` (wall-clock
+        seconds, as ``time.time()``), oldest first; None when this broker keeps no GC log (one started
+        before the log was added: restart it)."""
+        texts = []
+        for f in sorted(self._home.glob("gc.log*"), key=lambda f: f.stat().st_mtime):
+            try:
+                texts.append(f.read_text("utf-8", "replace"))
+            except OSError:
+                continue
+        if not texts:
+            return None
+        return [p for p in parse_gc_pauses("\n".join(texts)) if start_s <= p.end_s <= end_s]
+
     # -- install ------------------------------------------------------------------------------
     def install(self) -> Path:
         """Download the Kafka jars with Maven (once; reused later). Returns the libs dir.
@@ -273,8 +293,9 @@ class BrokerManager:
 
     def _java_cmd(self, main: str, *args: str, heap: str | None = None) -> list[str]:
         cmd = ["java"]
-        if heap:
-            cmd += [f"-Xms{min_heap(heap)}", f"-Xmx{heap}"]
+        if heap:  # the server (tools get no heap): its GC log, two files of at most 10 MB
+            cmd += [f"-Xms{min_heap(heap)}", f"-Xmx{heap}",
+                    f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=10m"]
         cmd += [
             # Kafka's own JVM options (KAFKA_JVM_PERFORMANCE_OPTS in bin/kafka-run-class.sh). Without the
             # 20 ms pause goal, G1 aims at 200 ms: young collections of ~27 ms every few seconds, each
@@ -398,6 +419,43 @@ class BrokerManager:
         except OSError:
             return ""
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class GcPause:
+    """One stop-the-world pause of the broker JVM: ``end_s`` wall-clock seconds (``time.time()``) when
+    it ended, ``ms`` its length, ``kind`` as the JVM names it (``Pause Young (Normal) (G1 Evacuation
+    Pause)``)."""
+
+    end_s: float
+    ms: float
+    kind: str
+
+    @property
+    def start_s(self) -> float:
+        return self.end_s - self.ms / 1000.0
+
+
+_GC_LINE = re.compile(r"^\[(?P<time>[^\]]+)\].*?(?P<kind>Pause .*?)\s[\d.]+[KMG]->\S+\s+(?P<ms>[\d.]+)ms\s*$")
+
+
+def parse_gc_pauses(text: str) -> list[GcPause]:
+    """Pauses from a JVM unified GC log (``-Xlog:gc:...:time``): lines like ``[2026-12-02T04:52:16.455+0000]
+    [7.559s] GC(7) Pause Young (Normal) (G1 Evacuation Pause) 191M->158M(498M) 9.979ms``. Other lines
+    (concurrent phases, which do not stop the broker) are skipped."""
+    from datetime import datetime
+
+    out = []
+    for line in text.splitlines():
+        m = _GC_LINE.match(line)
+        if m is None:
+            continue
+        try:
+            end = datetime.strptime(m["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        except ValueError:
+            continue
+        out.append(GcPause(end, float(m["ms"]), m["kind"].strip()))
+    return out
 
 
 def min_heap(heap: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,13 @@ def test_fresh_broker_formats_starts_and_stops_only_its_own_pid(tmp_path: Path, 
         assert (tmp_path / "broker" / "data" / "meta.properties").exists()
         pid = mgr.pid()
         assert pid is not None
+        if shutil.which("jcmd"):  # its GC log, read back: a collection asked for shows up as a pause
+            t0 = time.time()
+            subprocess.run(["jcmd", str(pid), "GC.run"], check=True, capture_output=True, timeout=60)
+            deadline = time.monotonic() + 10
+            while not any("Diagnostic Command" in p.kind for p in mgr.gc_pauses(t0 - 1, time.time() + 1) or []):
+                assert time.monotonic() < deadline, (tmp_path / "broker" / "gc.log").read_text()
+                time.sleep(0.2)
         other = BrokerManager(port=39192, home=tmp_path / "elsewhere")
         assert other.pid() is None and not other.stop()  # a manager never stops a broker it did not start
         assert kafka_answers(addr)
