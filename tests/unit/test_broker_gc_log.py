@@ -50,3 +50,10 @@ def test_the_server_jvm_writes_its_gc_log_in_the_broker_home(tmp_path: Path) -> 
     assert f"-Xlog:gc:file={tmp_path / 'gc.log'}:time,uptime:filecount=2,filesize=10m" in server
     tool = mgr._java_cmd("kafka.tools.StorageTool", "format")
     assert not any(a.startswith("-Xlog") for a in tool)  # the storage tool would overwrite the server's
+
+
+def test_the_server_jvm_gets_a_fixed_young_generation_unless_told_not_to(tmp_path: Path) -> None:
+    server = BrokerManager(port=39292, home=tmp_path)._java_cmd("kafka.Kafka", "s.properties", heap="2g")
+    assert server[1:4] == ["-Xms1024m", "-Xmx2g", "-Xmn768m"]
+    adaptive = BrokerManager(port=39292, home=tmp_path, young_gen=None)._java_cmd("kafka.Kafka", "s", heap="2g")
+    assert not any(a.startswith("-Xmn") for a in adaptive)
