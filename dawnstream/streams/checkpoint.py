@@ -284,11 +284,7 @@ class Checkpoint:
     def _stage(self) -> None:
         due, self._due = self._due, {}
         pending, self._pending = self._pending, {}
-        try:
-            records = self._take_snapshots(due)
-        except KafkaException as e:
-            raise self._unless_heals(e, "writing state snapshots") from None
-        self._staged = _Staged(self._acks, pending, records)
+        self._staged = _Staged(self._acks, pending, self._take_snapshots(due))  # taken here, produced later
         self._acks = _Acks(self.clients.delivery_errors)
         self._committed_at = time.monotonic()
 
