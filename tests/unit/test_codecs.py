@@ -134,6 +134,11 @@ def test_pretty_printed_is_accepted_and_duplicate_keys_are_not() -> None:
     d = get_codec("json").decode(msgs([b'{\n  "x": 1\n}', b'{"x": 2, "x": 3}', b'{"x": 4}']), schema)
     assert [r.reason for r in d.rejected] == ["duplicate field name 'x': each column may appear once"]
     assert d.table is not None and d.table.column("x").to_pylist() == [1, 4]
+    # colons inside strings neither hide a repeated key nor make one up
+    d = get_codec("json").decode(msgs([b'{"s": "a:b", "s": "c"}', b'{"s": "10:30", "x": 5}', b'{"x":6,"x":6}']),
+                                 RowSchema(required={"x"}))
+    assert [r.message.offset for r in d.rejected] == [0, 2]
+    assert all("duplicate field name" in r.reason for r in d.rejected)
 
 
 def test_learned_schema_rejects_later_type_changes_and_never_widens() -> None:

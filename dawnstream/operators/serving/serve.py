@@ -188,11 +188,18 @@ class Serve(Operator):
         labels, errors = col(l_f), col("request_error")
         out: dict[str, list[Any]] = {f: [] for f in REPLY_SCHEMA.names}
 
-        def reply(j: int, kind: str, **values: Any) -> None:
+        def reply(j: int | list[int], kind: str, **values: Any) -> None:
+            """One reply (``j`` a row), or one per row of ``j`` (a list: ``values`` are then columns)."""
+            many = j if isinstance(j, list) else [j]
+            cols = values if isinstance(j, list) else {f: [v] for f, v in values.items()}
+            blank = [None] * len(many)
             for f in REPLY_SCHEMA.names:
-                out[f].append(values.get(f))
-            out["correlation_id"][-1], out["reply_to"][-1], out["kind"][-1] = cids[j], replies[j], kind
-            out["latency_ms"][-1] = (time.perf_counter() - t0) * 1000.0
+                out[f] += cols.get(f, blank)
+            m = len(many)
+            out["correlation_id"][-m:] = [cids[r] for r in many]
+            out["reply_to"][-m:] = [replies[r] for r in many]
+            out["kind"][-m:] = [kind] * m
+            out["latency_ms"][-m:] = [(time.perf_counter() - t0) * 1000.0] * m
 
         feedback: list[int] = []
         kinds: list[str] = []
@@ -232,7 +239,7 @@ class Serve(Operator):
             self._answer(segment, users, items, cids, t0, reply)
         if not out["kind"]:
             return []
-        return [pa.RecordBatch.from_pydict(out, schema=REPLY_SCHEMA)]
+        return [pa.RecordBatch.from_arrays([pa.array(out[f.name], f.type) for f in REPLY_SCHEMA], schema=REPLY_SCHEMA)]
 
     def _fixed_predictions(self, rows: list[int], users: list[Any], items: list[Any]) -> dict[str, dict[int, float]]:
         """Predictions of the models feedback does not change, for every feedback row, one call each."""
@@ -297,29 +304,67 @@ class Serve(Operator):
                 self.counters["stragglers"] += 1
                 if fut.done():
                     next(c for c in self.containers if c.name == name).fail()
-        versions = self._versions()
-        fallback = self._default()
-        weights = self.policy.weights()
+        self._reply_segment(rows, u, i, cids, preds, t0, reply)
+
+    def _reply_segment(self, rows: list[int], u: np.ndarray, i: np.ndarray, cids: list[Any],
+                       preds: dict[str, np.ndarray], t0: float, reply: Callable[..., None]) -> None:
+        """Replies to one segment from the models' answers (``preds``: arm -> ``(n,)`` float64, NaN where a
+        row got none), built a column at a time: under load a segment holds tens of requests, and a
+        Python call per row and field would cost more than the models."""
         arms = self.policy.arms
-        for k, j in enumerate(rows):
-            got = {a: float(preds[a][k]) for a in arms if a in preds and math.isfinite(preds[a][k])}
-            self.counters["requests"] += 1
-            if not got:
-                self.counters["defaults"] += 1
-                reply(j, "prediction", user_id=int(u[k]), item_id=int(i[k]), prediction=fallback, model="default",
-                      answered="", default=True, versions=versions)
-                continue
-            if isinstance(self.policy, Exp4):
-                model = "exp4"
-                value = self.policy.combine(got)
-            else:
+        n = len(rows)
+        table = np.full((n, len(arms)), np.nan)
+        for a, arm in enumerate(arms):
+            if arm in preds:
+                table[:, a] = preds[arm]
+        ok = np.isfinite(table)
+        answered = ok.any(axis=1)
+        self.counters["requests"] += n
+        self.counters["defaults"] += int(n - answered.sum())
+        versions = self._versions()
+        if isinstance(self.policy, Exp4):
+            # combine() row by row, vectorised: the weighted mean over the models that answered
+            w = np.where(ok, np.asarray(self.policy.weight_list()), 0.0)
+            den = w.sum(axis=1)
+            values = (w * np.where(ok, table, 0.0)).sum(axis=1) / np.where(den > 0, den, 1.0)
+            models = ["exp4"] * n
+        else:
+            weights = self.policy.weight_list()
+            values = np.full(n, np.nan)
+            models = []
+            for k, j in enumerate(rows):
+                live = [a for a in range(len(arms)) if ok[k, a]]
                 model, _ = self.policy.choose(str(cids[j]))
-                if model not in got:  # the drawn model straggled: the most trusted one that answered
-                    model = max(got, key=lambda a: weights[arms.index(a)])
-                value = got[model]
-                self.routed[model] += 1
-            reply(j, "prediction", user_id=int(u[k]), item_id=int(i[k]), prediction=self._clip(value), model=model,
-                  answered=",".join(got), scores=_scores(got), default=False, versions=versions)
+                a = arms.index(model)
+                if live and not ok[k, a]:  # the drawn model straggled: the most trusted one that answered
+                    a = max(live, key=lambda g: weights[g])
+                    model = arms[a]
+                if live:
+                    values[k] = table[k, a]
+                    self.routed[model] += 1
+                models.append(model)
+        if self.rating_range is not None:
+            values = np.clip(values, *self.rating_range)
+        full = ",".join(arms)
+        fmt = ",".join(f"{a}={{:.4f}}" for a in arms)
+        cells, masks = table.tolist(), ok.tolist()
+        names: list[str] = []
+        scores: list[str | None] = []
+        for k in range(n):
+            if all(masks[k]):
+                names.append(full)
+                scores.append(fmt.format(*cells[k]))
+            else:
+                got = {arms[a]: cells[k][a] for a in range(len(arms)) if masks[k][a]}
+                names.append(",".join(got))
+                scores.append(_scores(got) if got else None)
+        vals = values.tolist()
+        if not answered.all():
+            fallback = self._default()
+            for k in np.flatnonzero(~answered).tolist():
+                vals[k], models[k] = fallback, "default"
+        reply(rows, "prediction", user_id=u.tolist(), item_id=i.tolist(), prediction=vals, model=models,
+              answered=names, scores=scores, default=(~answered).tolist(), versions=[versions] * n)
 
     # -- feedback ---------------------------------------------------------------------------------
     def _feedback(self, user: int, item: int, label: float, event_id: str,
