@@ -239,7 +239,7 @@ class Serve(Operator):
             self._answer(segment, users, items, cids, t0, reply)
         if not out["kind"]:
             return []
-        return [pa.RecordBatch.from_arrays([pa.array(out[f.name], f.type) for f in REPLY_SCHEMA], schema=REPLY_SCHEMA)]
+        return [pa.RecordBatch.from_arrays([_column(out[f.name], f.type) for f in REPLY_SCHEMA], schema=REPLY_SCHEMA)]
 
     def _fixed_predictions(self, rows: list[int], users: list[Any], items: list[Any]) -> dict[str, dict[int, float]]:
         """Predictions of the models feedback does not change, for every feedback row, one call each."""
@@ -489,6 +489,19 @@ def _chunked(c: Container, users: np.ndarray, items: np.ndarray, deadline: float
         c.observe(end - start, (time.perf_counter() - t0) * 1000.0)
         start = end
     return out
+
+
+def _column(values: list[Any], dtype: pa.DataType) -> pa.Array:
+    """``values`` as an Arrow array of ``dtype``. pyarrow converts a list of ``str`` three times faster when
+    it infers the type than when it is given ``pa.string()`` (10 vs 3.4 µs for nine values, pyarrow 26),
+    and a reply batch has eight string columns, most of them null or all strings."""
+    if all(v is None for v in values):
+        return pa.nulls(len(values), dtype)
+    if dtype == pa.string():
+        arr = pa.array(values)
+        if arr.type == dtype:
+            return arr
+    return pa.array(values, dtype)
 
 
 def _scores(got: dict[str, float]) -> str:
