@@ -14,7 +14,8 @@ client (request/reply over Kafka) in this one. Parts:
    breaks half-way (a θ of noise is promoted) and the share of requests it still gets over the last
    5,000 is reported.
 3. latency: open-loop request rates of 100, 500 and 2,000/s with batching off (one message per micro-
-   batch, one row per model call) and with AIMD; then the highest rate whose p99 stays within the SLO.
+   batch, one row per model call) and with AIMD; then the highest rate whose p99 stays within the SLO,
+   each step ``--step-s`` seconds of load (10 by default).
 4. a θ swap under 500 requests/s (replies lost, repeated, p99 around the swap), and a ``kill -9`` of
    the worker under the same load (lost, repeated, conflicting replies; the longest wait).
 5. stage batching, no broker: the serving stage's µs per request when micro-batches hold 1, 8, 64 and
@@ -28,7 +29,7 @@ the step and how many of the replies over the SLO were in flight during one. ``c
 broker's and the client's share at AIMD's highest rate into the rate at which those two alone would
 fill every core of this machine, next to the rate the 5x target asks for.
 
-    python benchmarks/serving.py [--json] [--bootstrap 127.0.0.1:9092] [--quick]
+    python benchmarks/serving.py [--json] [--bootstrap 127.0.0.1:9092] [--quick] [--step-s 10] [--only PART ...]
 """
 
 from __future__ import annotations
@@ -320,10 +321,10 @@ def exp3(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str
             "replies_missing": len(reqs) + len(acks) - len(got)}
 
 
-def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, quick: bool) -> dict[str, Any]:
+def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, mode: str, step_s: float) -> dict[str, Any]:
     job = Job(bootstrap, workdir, registry, FULL, policy="exp4", **({"max_batch": 1} if mode == "batch1" else {}))
     out: dict[str, Any] = {}
-    secs = 2.0 if quick else 4.0
+    secs = step_s
     try:
         for rate in (100, 500, 2000):
             ids, _ = open_loop(job, rate, secs, u, i)
@@ -464,7 +465,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON document (default: also progress)")
     ap.add_argument("--bootstrap", default=os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
-    ap.add_argument("--quick", action="store_true", help="shorter load steps, fewer SVD refits")
+    ap.add_argument("--quick", action="store_true", help="shorter load steps (2 s), fewer SVD refits")
+    ap.add_argument("--step-s", type=float, default=10.0,
+                    help="seconds of load per step of the latency ladder (default 10: a 4-s step at 4,000/s fails its "
+                         "p99 on any one broker GC pause over 40 ms, and the broker pauses every 30-80 s)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PART",
                     help="run only these parts (anchors accuracy exp3 latency_batch1 latency_aimd swap_and_kill "
                          "stage_batching)")
@@ -499,8 +503,10 @@ def main() -> None:
         for name, fmt, blob in ((THETA, "npz", theta60.to_npz()), (SVD, "onnx", theta60.to_onnx())):
             reg2.promote(name, reg2.register(name, blob, fmt, metrics={"trained_on": "first 60%"}).version)
         step("exp3", exp3, args.bootstrap, workdir, reg2, u, i, r)
-    step("latency_batch1", latency, args.bootstrap, workdir, registry, u, i, "batch1", args.quick)
-    step("latency_aimd", latency, args.bootstrap, workdir, registry, u, i, "aimd", args.quick)
+    step_s = 2.0 if args.quick else args.step_s
+    result["ladder_step_s"] = step_s
+    step("latency_batch1", latency, args.bootstrap, workdir, registry, u, i, "batch1", step_s)
+    step("latency_aimd", latency, args.bootstrap, workdir, registry, u, i, "aimd", step_s)
     step("swap_and_kill", swap_and_kill, args.bootstrap, workdir, registry, u, i, r)
     step("stage_batching", stage_batching, registry, u, i)
     if "latency_batch1" in result and "latency_aimd" in result:
