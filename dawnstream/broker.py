@@ -16,6 +16,8 @@ the internal topics, ``group.initial.rebalance.delay.ms=0``.
 from __future__ import annotations
 
 import base64
+import functools
+import logging
 import os
 import re
 import shutil
@@ -53,7 +55,12 @@ EXTRA_DEPS = (
 )
 JVM_PERFORMANCE_OPTS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
                         "-XX:+ExplicitGCInvokesConcurrent")
-"""The broker's garbage collector settings: Kafka's defaults from ``bin/kafka-run-class.sh``."""
+"""G1, Kafka's defaults from ``bin/kafka-run-class.sh`` (``KAFKA_JVM_PERFORMANCE_OPTS``)."""
+COLLECTORS: dict[str, tuple[str, ...]] = {
+    "shenandoah": ("-XX:+UseShenandoahGC", "-XX:+ExplicitGCInvokesConcurrent"),
+    "g1": JVM_PERFORMANCE_OPTS,
+}
+"""The broker JVM's garbage collectors and their options (:attr:`BrokerManager.collector`)."""
 LOG4J2 = """\
 rootLogger.level=INFO
 rootLogger.appenderRef.stdout.ref=STDOUT
@@ -146,7 +153,14 @@ class BrokerManager:
         version: Apache Kafka version from Maven Central (``$DAWNSTREAM_KAFKA_VERSION``, 4.x).
         home: state dir (config, data, log, pid); default ``<cache>/broker-<port>``.
         heap: JVM heap, e.g. ``2g``.
-        young_gen: the young generation's fixed size (``-Xmn``), e.g. ``768m``; None lets G1 size it for
+        collector: the broker JVM's garbage collector, ``shenandoah`` (default; ``$DAWNSTREAM_BROKER_GC``) or
+            ``g1`` (Kafka's own choice; also used where the JVM has no Shenandoah, e.g. Oracle's builds).
+            Shenandoah (JEP 379) moves objects while the broker runs: its pauses stay under 1 ms, where
+            G1's young pauses on this 2-core machine took 35-150 ms every 30-80 s under serving load
+            (G1 copies what survives, some 10-25 MB, on GC threads that wait for cores the workers and
+            clients hold) and were most of the replies over a 20 ms SLO (``benchmarks/serving.py``:
+            each ladder step counts its replies in flight during a pause). Same CPU per request.
+        young_gen: G1 only: the young generation's fixed size (``-Xmn``), e.g. ``768m``; None lets G1 size it for
             its 20 ms pause goal. Fixed and large because on a small machine shared with the workers and
             clients G1 misses the goal anyway (young pauses of 12-40 ms, GC threads waiting for a core)
             and sizes the young generation down, collecting every 1-3 s under load; a young collection
@@ -160,8 +174,12 @@ class BrokerManager:
     home: Path | None = None
     heap: str = "2g"
     young_gen: str | None = "768m"
+    collector: str = field(default_factory=lambda: os.environ.get("DAWNSTREAM_BROKER_GC", "shenandoah"))
 
     def __post_init__(self) -> None:
+        if self.collector not in COLLECTORS:
+            raise BrokerError(f"unknown broker garbage collector {self.collector!r} (DAWNSTREAM_BROKER_GC): expected "
+                              f"one of {', '.join(COLLECTORS)}")
         if self.controller_port is None:
             self.controller_port = self.port + 1
         if self.home is None:
@@ -301,13 +319,15 @@ class BrokerManager:
     def _java_cmd(self, main: str, *args: str, heap: str | None = None) -> list[str]:
         cmd = ["java"]
         if heap:  # the server (tools get no heap): its GC log, two files of at most 10 MB
-            cmd += [f"-Xms{min_heap(heap)}", f"-Xmx{heap}", *([f"-Xmn{self.young_gen}"] if self.young_gen else []),
+            gc = self.jvm_collector()
+            g1 = gc == "g1"
+            cmd += [f"-Xms{min_heap(heap)}", f"-Xmx{heap}",
+                    *([f"-Xmn{self.young_gen}"] if self.young_gen and g1 else []),
                     f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=10m"]
         cmd += [
-            # Kafka's own JVM options (KAFKA_JVM_PERFORMANCE_OPTS in bin/kafka-run-class.sh). With -Xmn
-            # the young generation no longer follows the 20 ms pause goal; the goal still bounds how much
-            # old generation each mixed collection takes (without it G1 aims at 200 ms).
-            *JVM_PERFORMANCE_OPTS,
+            # With G1 and -Xmn the young generation no longer follows the 20 ms pause goal; the goal still
+            # bounds how much old generation each mixed collection takes (without it G1 aims at 200 ms).
+            *COLLECTORS[gc if heap else "g1"],  # (a tool's few seconds: any collector does)
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self._home / 'log4j2.properties'}",
             "-cp",
@@ -316,6 +336,14 @@ class BrokerManager:
             *args,
         ]
         return cmd
+
+    def jvm_collector(self) -> str:
+        """The collector the server JVM runs: :attr:`collector`, or ``g1`` where ``java`` lacks it."""
+        if self.collector == "shenandoah" and not _java_has_shenandoah():
+            event(log, "broker.gc_fallback", level=logging.WARNING, wanted="shenandoah", using="g1",
+                  why="this JVM has no Shenandoah (java -XX:+UseShenandoahGC -version failed)")
+            return "g1"
+        return self.collector
 
     def _format(self) -> None:
         if (self._home / "data" / "meta.properties").exists():
@@ -410,14 +438,27 @@ class BrokerManager:
         return True
 
     def status(self) -> dict[str, object]:
-        """``{"bootstrap", "pid", "answers", "version", "home"}``."""
+        """``{"bootstrap", "pid", "answers", "version", "home", "collector"}`` (``collector``: the garbage
+        collector the running broker reports in its GC log, e.g. ``Shenandoah``; None when unknown)."""
         return {
             "bootstrap": self.bootstrap,
             "pid": self.pid(),
             "answers": kafka_answers(self.bootstrap),
             "version": self.version,
             "home": str(self._home),
+            "collector": self.running_collector(),
         }
+
+    def running_collector(self) -> str | None:
+        """The collector named by the GC log's ``Using ...`` line (written when the JVM starts), or None."""
+        for path in sorted(self._home.glob("gc.log*"), key=lambda f: f.stat().st_mtime, reverse=True):
+            try:
+                m = re.search(r"\] Using (\w+)", path.read_text(errors="replace")[:4096])
+            except OSError:
+                continue
+            if m:
+                return m.group(1)
+        return None
 
     def logs(self, lines: int = 50) -> str:
         """Last ``lines`` lines of the broker log ('' when there is none)."""
@@ -443,7 +484,7 @@ class GcPause:
         return self.end_s - self.ms / 1000.0
 
 
-_GC_LINE = re.compile(r"^\[(?P<time>[^\]]+)\].*?(?P<kind>Pause .*?)\s[\d.]+[KMG]->\S+\s+(?P<ms>[\d.]+)ms\s*$")
+_GC_LINE = re.compile(r"^\[(?P<time>[^\]]+)\].*?(?P<kind>Pause .*?)\s(?:[\d.]+[KMG]->\S+\s+)?(?P<ms>[\d.]+)ms\s*$")
 
 
 def parse_gc_pauses(text: str) -> list[GcPause]:
@@ -463,6 +504,15 @@ def parse_gc_pauses(text: str) -> list[GcPause]:
             continue
         out.append(GcPause(end, float(m["ms"]), m["kind"].strip()))
     return out
+
+
+@functools.cache
+def _java_has_shenandoah() -> bool:
+    try:
+        return subprocess.run(["java", "-XX:+UseShenandoahGC", "-version"], capture_output=True,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def min_heap(heap: str) -> str:

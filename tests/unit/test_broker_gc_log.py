@@ -7,7 +7,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
+import dawnstream.broker as broker
 from dawnstream.broker import BrokerManager, parse_gc_pauses
+from dawnstream.errors import BrokerError
 
 # Lines as a Java 17 G1 broker writes them with -Xlog:gc:...:time,uptime (copied from a real log).
 LOG = """\
@@ -17,6 +21,18 @@ LOG = """\
 [2026-12-02T04:41:56.000+0000][46.000s] GC(18) Pause Remark 200M->190M(512M) 3.100ms
 [2026-12-02T04:41:56.301+0000][46.301s] GC(18) Concurrent Mark Cycle 511.204ms
 [2026-12-02T04:41:57.200+0000][47.200s] GC(19) Pause Young (Concurrent Start) (System.gc()) 100M->90M(512M) 5.500ms
+"""
+
+
+# ... and as a Java 17 Shenandoah broker writes them (no heap sizes on most pause lines).
+SHENANDOAH = """\
+[2026-12-02T07:44:04.103+0000][0.007s] Using Shenandoah
+[2026-12-02T07:48:03.875+0000][269.509s] GC(8) Pause Init Mark (unload classes) 0.055ms
+[2026-12-02T07:48:03.914+0000][269.548s] GC(8) Concurrent marking (unload classes) 37.349ms
+[2026-12-02T07:48:03.914+0000][269.548s] GC(8) Pause Final Mark (unload classes) 0.096ms
+[2026-12-02T07:48:03.923+0000][269.557s] GC(8) Concurrent cleanup 530M->310M(1769M) 0.067ms
+[2026-12-02T07:48:03.966+0000][269.600s] GC(8) Pause Final Update Refs 0.122ms
+[2026-12-02T07:49:00.000+0000][325.000s] GC(9) Pause Degenerated GC (Mark) 900M->400M(2048M) 35.500ms
 """
 
 
@@ -52,8 +68,41 @@ def test_the_server_jvm_writes_its_gc_log_in_the_broker_home(tmp_path: Path) -> 
     assert not any(a.startswith("-Xlog") for a in tool)  # the storage tool would overwrite the server's
 
 
-def test_the_server_jvm_gets_a_fixed_young_generation_unless_told_not_to(tmp_path: Path) -> None:
+def test_shenandoah_pauses_are_read_and_its_concurrent_phases_are_not() -> None:
+    pauses = parse_gc_pauses(SHENANDOAH)
+    assert [(p.kind, p.ms) for p in pauses] == [("Pause Init Mark (unload classes)", 0.055),
+                                                ("Pause Final Mark (unload classes)", 0.096),
+                                                ("Pause Final Update Refs", 0.122),
+                                                ("Pause Degenerated GC (Mark)", 35.5)]
+
+
+def test_the_server_jvm_runs_shenandoah_and_g1_gets_a_fixed_young_generation(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(broker, "_java_has_shenandoah", lambda: True)
+    monkeypatch.delenv("DAWNSTREAM_BROKER_GC", raising=False)
     server = BrokerManager(port=39292, home=tmp_path)._java_cmd("kafka.Kafka", "s.properties", heap="2g")
-    assert server[1:4] == ["-Xms1024m", "-Xmx2g", "-Xmn768m"]
-    adaptive = BrokerManager(port=39292, home=tmp_path, young_gen=None)._java_cmd("kafka.Kafka", "s", heap="2g")
+    assert server[1:3] == ["-Xms1024m", "-Xmx2g"] and "-XX:+UseShenandoahGC" in server
+    assert not any(a.startswith(("-Xmn", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis")) for a in server)
+    g1 = BrokerManager(port=39292, home=tmp_path, collector="g1")._java_cmd("kafka.Kafka", "s.properties", heap="2g")
+    assert g1[1:4] == ["-Xms1024m", "-Xmx2g", "-Xmn768m"] and "-XX:+UseG1GC" in g1 and "-XX:+UseShenandoahGC" not in g1
+    adaptive = BrokerManager(port=39292, home=tmp_path, collector="g1", young_gen=None)._java_cmd("kafka.Kafka", "s",
+                                                                                                 heap="2g")
     assert not any(a.startswith("-Xmn") for a in adaptive)
+    monkeypatch.setenv("DAWNSTREAM_BROKER_GC", "g1")
+    assert "-XX:+UseG1GC" in BrokerManager(port=39292, home=tmp_path)._java_cmd("kafka.Kafka", "s", heap="2g")
+
+
+def test_a_jvm_without_shenandoah_gets_g1_and_an_unknown_collector_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(broker, "_java_has_shenandoah", lambda: False)
+    mgr = BrokerManager(port=39292, home=tmp_path, collector="shenandoah")
+    assert mgr.jvm_collector() == "g1"
+    server = mgr._java_cmd("kafka.Kafka", "s.properties", heap="2g")
+    assert "-XX:+UseG1GC" in server and "-Xmn768m" in server and "-XX:+UseShenandoahGC" not in server
+    with pytest.raises(BrokerError, match="DAWNSTREAM_BROKER_GC.*shenandoah, g1"):
+        BrokerManager(port=39292, home=tmp_path, collector="zgc")
+
+
+def test_the_running_collector_is_the_one_its_gc_log_names(tmp_path: Path) -> None:
+    mgr = BrokerManager(port=39292, home=tmp_path)
+    assert mgr.running_collector() is None
+    (tmp_path / "gc.log").write_text(SHENANDOAH)
+    assert mgr.running_collector() == "Shenandoah"
