@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import dawnstream.broker as broker
-from dawnstream.broker import BrokerManager, parse_gc_pauses
+from dawnstream.broker import BrokerManager, parse_gc_cycles, parse_gc_pauses
 from dawnstream.errors import BrokerError
 
 # Lines as a Java 17 G1 broker writes them with -Xlog:gc:...:time,uptime (copied from a real log).
@@ -106,3 +106,16 @@ def test_the_running_collector_is_the_one_its_gc_log_names(tmp_path: Path) -> No
     assert mgr.running_collector() is None
     (tmp_path / "gc.log").write_text(SHENANDOAH)
     assert mgr.running_collector() == "Shenandoah"
+
+
+def test_a_cycle_spans_its_pauses_and_concurrent_phases_and_restarts_do_not_merge() -> None:
+    cycles = parse_gc_cycles(SHENANDOAH + LOG)
+    got = {(c.kind, round(c.start_s, 3), round(c.end_s, 3)) for c in cycles}
+    # GC(8): from its init-mark pause to its last update-refs pause, concurrent marking included
+    assert ("GC(8)", round(wall("2026-12-02T07:48:03.875+0000") - 0.000055, 3),
+            round(wall("2026-12-02T07:48:03.966+0000"), 3)) in got
+    # the G1 log that follows is another JVM: its GC(18) spans its own lines only
+    g18 = next(c for c in cycles if c.kind == "GC(18)")
+    assert g18.end_s == wall("2026-12-02T04:41:56.301+0000")
+    assert abs(g18.start_s - (wall("2026-12-02T04:41:56.301+0000") - 0.511204)) < 1e-6
+    assert [c.end_s for c in cycles] == sorted(c.end_s for c in cycles)
