@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,19 +500,23 @@ def parse_gc_pauses(text: str) -> list[GcPause]:
     """Pauses from a JVM unified GC log (``-Xlog:gc:...:time``): lines like ``[2026-12-02T04:52:16.455+0000]
     [7.559s] GC(7) Pause Young (Normal) (G1 Evacuation Pause) 191M->158M(498M) 9.979ms``. Other lines
     (concurrent phases, which do not stop the broker) are skipped."""
+    return [GcPause(end, float(m["ms"]), m["kind"].strip()) for _, m, end in _gc_lines(text, _GC_LINE) if m]
+
+
+def _gc_lines(text: str, pattern: re.Pattern[str]) -> Iterator[tuple[str, re.Match[str] | None, float]]:
+    """Each line of a GC log, ``pattern``'s match on it (None: no match, or an unreadable time stamp) and
+    the wall-clock second it was written (0.0 without a match)."""
     from datetime import datetime
 
-    out = []
     for line in text.splitlines():
-        m = _GC_LINE.match(line)
+        m = pattern.match(line)
         if m is None:
+            yield line, None, 0.0
             continue
         try:
-            end = datetime.strptime(m["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            yield line, m, datetime.strptime(m["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
         except ValueError:
-            continue
-        out.append(GcPause(end, float(m["ms"]), m["kind"].strip()))
-    return out
+            yield line, None, 0.0
 
 
 @functools.cache
@@ -532,8 +537,6 @@ def parse_gc_cycles(text: str) -> list[GcPause]:
     ``GC(n)``. A concurrent phase stops nothing, but on a small machine its GC threads take a core from
     the broker's request threads and from every process beside it (Shenandoah's cycle: ~150 ms of
     marking, evacuation and reference updating, every 1-3 min under serving load on 2 cores)."""
-    from datetime import datetime
-
     out: list[GcPause] = []
     spans: dict[int, list[float]] = {}
 
@@ -541,15 +544,10 @@ def parse_gc_cycles(text: str) -> list[GcPause]:
         out.extend(GcPause(e, (e - s) * 1000.0, f"GC({n})") for n, (s, e) in spans.items())
         spans.clear()
 
-    for line in text.splitlines():
+    for line, m, end in _gc_lines(text, _GC_PHASE):
         if "] Using " in line:  # a JVM (re)started: its GC(n) count starts again
             flush()
-        m = _GC_PHASE.match(line)
         if m is None:
-            continue
-        try:
-            end = datetime.strptime(m["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
-        except ValueError:
             continue
         start = end - float(m["ms"]) / 1000.0
         span = spans.setdefault(int(m["id"]), [start, end])
