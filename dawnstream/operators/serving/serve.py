@@ -309,62 +309,59 @@ class Serve(Operator):
     def _reply_segment(self, rows: list[int], u: np.ndarray, i: np.ndarray, cids: list[Any],
                        preds: dict[str, np.ndarray], t0: float, reply: Callable[..., None]) -> None:
         """Replies to one segment from the models' answers (``preds``: arm -> ``(n,)`` float64, NaN where a
-        row got none), built a column at a time: under load a segment holds tens of requests, and a
-        Python call per row and field would cost more than the models."""
+        row got none): Exp4's weighted mean of the models that answered (Exp3: the drawn model, or the most
+        trusted that answered), clipped, else the flagged default. Plain Python on lists, handed over a
+        column at a time: numpy's per-call cost would outweigh a segment of one, and a call per row and
+        field would outweigh the models."""
         arms = self.policy.arms
-        n = len(rows)
-        table = np.full((n, len(arms)), np.nan)
-        for a, arm in enumerate(arms):
-            if arm in preds:
-                table[:, a] = preds[arm]
-        ok = np.isfinite(table)
-        answered = ok.any(axis=1)
-        self.counters["requests"] += n
-        self.counters["defaults"] += int(n - answered.sum())
-        versions = self._versions()
-        if isinstance(self.policy, Exp4):
-            # combine() row by row, vectorised: the weighted mean over the models that answered
-            w = np.where(ok, np.asarray(self.policy.weight_list()), 0.0)
-            den = w.sum(axis=1)
-            values = (w * np.where(ok, table, 0.0)).sum(axis=1) / np.where(den > 0, den, 1.0)
-            models = ["exp4"] * n
-        else:
-            weights = self.policy.weight_list()
-            values = np.full(n, np.nan)
-            models = []
-            for k, j in enumerate(rows):
-                live = [a for a in range(len(arms)) if ok[k, a]]
-                model, _ = self.policy.choose(str(cids[j]))
-                a = arms.index(model)
-                if live and not ok[k, a]:  # the drawn model straggled: the most trusted one that answered
-                    a = max(live, key=lambda g: weights[g])
-                    model = arms[a]
-                if live:
-                    values[k] = table[k, a]
-                    self.routed[model] += 1
-                models.append(model)
-        if self.rating_range is not None:
-            values = np.clip(values, *self.rating_range)
-        full = ",".join(arms)
-        fmt = ",".join(f"{a}={{:.4f}}" for a in arms)
-        cells, masks = table.tolist(), ok.tolist()
+        w = self.policy.weight_list()
+        cols = [preds[a].tolist() if a in preds else None for a in arms]
+        nan = math.nan
+        full, fmt = ",".join(arms), ",".join(f"{a}={{:.4f}}" for a in arms)
+        policy = self.policy
+        fallback: float | None = None
+        vals: list[float] = []
+        models: list[str] = []
         names: list[str] = []
         scores: list[str | None] = []
-        for k in range(n):
-            if all(masks[k]):
-                names.append(full)
-                scores.append(fmt.format(*cells[k]))
+        defaults: list[bool] = []
+        for k, j in enumerate(rows):
+            row = [nan if c is None else c[k] for c in cols]
+            live = [a for a, v in enumerate(row) if math.isfinite(v)]
+            defaults.append(not live)
+            if not live:
+                fallback = self._default() if fallback is None else fallback
+                vals.append(fallback)
+                models.append("default")
+                names.append("")
+                scores.append(None)
+                continue
+            if isinstance(policy, Exp4):  # Exp4.combine(), inlined
+                num = den = 0.0
+                for a in live:
+                    num += w[a] * row[a]
+                    den += w[a]
+                value, model = (num / den if den > 0 else sum(row[a] for a in live) / len(live)), "exp4"
             else:
-                got = {arms[a]: cells[k][a] for a in range(len(arms)) if masks[k][a]}
-                names.append(",".join(got))
-                scores.append(_scores(got) if got else None)
-        vals = values.tolist()
-        if not answered.all():
-            fallback = self._default()
-            for k in np.flatnonzero(~answered).tolist():
-                vals[k], models[k] = fallback, "default"
+                model, _ = policy.choose(str(cids[j]))
+                a = arms.index(model)
+                if a not in live:  # the drawn model straggled: the most trusted one that answered
+                    a = max(live, key=w.__getitem__)
+                    model = arms[a]
+                value = row[a]
+                self.routed[model] += 1
+            vals.append(self._clip(value))
+            models.append(model)
+            if len(live) == len(arms):
+                names.append(full)
+                scores.append(fmt.format(*row))
+            else:
+                names.append(",".join(arms[a] for a in live))
+                scores.append(_scores({arms[a]: row[a] for a in live}))
+        self.counters["requests"] += len(rows)
+        self.counters["defaults"] += sum(defaults)
         reply(rows, "prediction", user_id=u.tolist(), item_id=i.tolist(), prediction=vals, model=models,
-              answered=names, scores=scores, default=(~answered).tolist(), versions=[versions] * n)
+              answered=names, scores=scores, default=defaults, versions=[self._versions()] * len(rows))
 
     # -- feedback ---------------------------------------------------------------------------------
     def _feedback(self, user: int, item: int, label: float, event_id: str,
