@@ -285,8 +285,7 @@ def test_segment_replies_match_the_row_by_row_reference(registry, policy, logw, 
     def reply(j, kind, **cols):
         got_rows.extend({"row": r, **{f: v[k] for f, v in cols.items()}} for k, r in enumerate(j))
 
-    op._reply_segment(rows, np.arange(n), np.arange(n), cids, {a: table[:, j] for j, a in enumerate(arms)},
-                      time.perf_counter(), reply)
+    op._reply_segment(rows, np.arange(n), np.arange(n), cids, {a: table[:, j] for j, a in enumerate(arms)}, reply)
     w = op.policy.weight_list()
     fallback = op._default()
     for k, r in enumerate(got_rows):

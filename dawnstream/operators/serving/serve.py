@@ -304,10 +304,10 @@ class Serve(Operator):
                 self.counters["stragglers"] += 1
                 if fut.done():
                     next(c for c in self.containers if c.name == name).fail()
-        self._reply_segment(rows, u, i, cids, preds, t0, reply)
+        self._reply_segment(rows, u, i, cids, preds, reply)
 
     def _reply_segment(self, rows: list[int], u: np.ndarray, i: np.ndarray, cids: list[Any],
-                       preds: dict[str, np.ndarray], t0: float, reply: Callable[..., None]) -> None:
+                       preds: dict[str, np.ndarray], reply: Callable[..., None]) -> None:
         """Replies to one segment from the models' answers (``preds``: arm -> ``(n,)`` float64, NaN where a
         row got none): Exp4's weighted mean of the models that answered (Exp3: the drawn model, or the most
         trusted that answered), clipped, else the flagged default. Plain Python on lists, handed over a
