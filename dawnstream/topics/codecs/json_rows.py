@@ -233,7 +233,8 @@ class JsonRowsCodec(Codec):
                 continue
             # Every key of the text needs a colon: with no more colons than distinct keys there is no
             # repeated one, and the slower check (a second, hooked parse) is skipped.
-            dup = _duplicate_key(m.value) if m.value.count(b":") > len(obj) else None  # type: ignore[union-attr]
+            raw = m.value or b""  # (parsed above: not empty)
+            dup = _duplicate_key(raw) if raw.count(b":") > len(obj) else None
             if dup is not None:
                 rejected.append(Rejected(m, f"duplicate field name {dup!r}: each column may appear once"))
                 continue
