@@ -459,15 +459,9 @@ class BrokerManager:
         }
 
     def running_collector(self) -> str | None:
-        """The collector named by the GC log's ``Using ...`` line (written when the JVM starts), or None."""
-        for path in sorted(self._home.glob("gc.log*"), key=lambda f: f.stat().st_mtime, reverse=True):
-            try:
-                m = re.search(r"\] Using (\w+)", path.read_text(errors="replace")[:4096])
-            except OSError:
-                continue
-            if m:
-                return m.group(1)
-        return None
+        """The collector named by the GC log's last ``Using ...`` line (written when the JVM starts), or None."""
+        found = re.findall(r"\] Using (\w+)", self._gc_text() or "")
+        return found[-1] if found else None
 
     def logs(self, lines: int = 50) -> str:
         """Last ``lines`` lines of the broker log ('' when there is none)."""
