@@ -15,8 +15,9 @@ client (request/reply over Kafka) in this one. Parts:
    5,000 is reported.
 3. latency: open-loop request rates of 100, 500 and 2,000/s with batching off (one message per micro-
    batch, one row per model call) and with AIMD; then the highest rate whose p99 stays within the SLO,
-   each step ``--step-s`` seconds of load (30 by default; the three fixed rates get at most 10). Both
-   workers run throughout and the two ladders are interleaved, rate by rate.
+   each step ``--step-s`` seconds of load (20 by default; the three fixed rates get at most 10). Both
+   workers run throughout and the two ladders are interleaved, rate by rate; a step that misses the SLO
+   is tried once more, and the rate fails only when both tries miss.
 4. a θ swap under 500 requests/s (replies lost, repeated, p99 around the swap), and a ``kill -9`` of
    the worker under the same load (lost, repeated, conflicting replies; the longest wait).
 5. stage batching, no broker: the serving stage's µs per request when micro-batches hold 1, 8, 64 and
@@ -181,22 +182,27 @@ def open_loop(job: Job, rate: float, seconds: float, users: np.ndarray, items: n
     rng = np.random.default_rng(int(rate))
     ids, times = [], []
     n = int(rate * seconds)
+    pick = rng.integers(0, len(users), n)
+    rows = [{"user_id": a, "item_id": b} for a, b in zip(users[pick].tolist(), items[pick].tolist(), strict=True)]
+    send, clock = job.client.send, time.monotonic
     # No collection in this process while it sends: a full one here took 40-90 ms under load (measured with
     # gc.callbacks), and the replies that arrived meanwhile were stamped late - the client's pause, counted
     # as the server's latency. `latencies()` collects once the step is over.
     gc.disable()
     try:
-        t0 = time.monotonic()
+        t0 = clock()
         for k in range(n):
-            at = t0 + k / rate
-            now = time.monotonic()
-            if at > now:
-                time.sleep(at - now)
-            j = int(rng.integers(0, len(users)))
-            ids.append(job.client.send({"user_id": int(users[j]), "item_id": int(items[j])}))
-            times.append(time.monotonic())
+            # Sleep only when more than 1 ms ahead: a sleep per request (every 125 µs at 8,000/s) cost this
+            # process 30-50 µs of CPU per request, on the cores the broker and worker share. Requests due
+            # within 1 ms leave together (the client's 2 ms linger batches them anyway); each is stamped
+            # when it is sent, so latency is still measured from its own send.
+            ahead = t0 + k / rate - clock()
+            if ahead > 0.001:
+                time.sleep(ahead)
+            ids.append(send(rows[k]))
+            times.append(clock())
             if during is not None:
-                during(time.monotonic() - t0)
+                during(clock() - t0)
     finally:
         gc.enable()
     return ids, times
@@ -327,7 +333,12 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, step_s: flo
     ladder up to the highest rate whose p99 stays within the SLO. The two ladders are interleaved - at
     each rate batching off's step, then AIMD's, while each still holds - with both workers running
     throughout, so that a stretch when this shared machine runs slow (it does: CPU per request 50-80%
-    above the usual for minutes at a time) falls on both modes rather than on one mode's whole ladder."""
+    above the usual for minutes at a time) falls on both modes rather than on one mode's whole ladder.
+
+    A step that misses is run once more at once, in either mode, and the rate fails only when that
+    second try misses too (both tries are in ``ladder``, with ``attempt``): a rate beyond what a mode can
+    serve misses every try, its queue growing all step long, while a burst of late replies made outside
+    the worker - a broker GC cycle, a slow stretch of the machine - seldom falls on two tries running."""
     jobs = {"batch1": Job(bootstrap, workdir, registry, FULL, policy="exp4", max_batch=1),
             "aimd": Job(bootstrap, workdir, registry, FULL, policy="exp4")}
     out: dict[str, dict[str, Any]] = {mode: {} for mode in jobs}
@@ -337,24 +348,41 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, step_s: flo
                 ids, _ = open_loop(job, rate, min(step_s, 10.0), u, i)
                 lat, lost = latencies(job, ids, timeout_s=120)
                 out[mode][f"at_{rate}"] = {**pct(lat), "lost": lost}
-        best = dict.fromkeys(jobs, 0)
-        holding = set(jobs)
-        for rate in LADDER:
-            for mode in [m for m in jobs if m in holding]:
-                step = ladder_step(jobs[mode], rate, step_s, u, i)
-                out[mode].setdefault("ladder", []).append(step)
-                if step["lost"] or step["p99_ms"] > SLO_MS or step["sent_per_s"] < 0.9 * rate:
-                    holding.discard(mode)
-                else:
-                    best[mode] = rate
-            if not holding:
-                break
+        ladders, best = climb(list(jobs), lambda mode, rate: ladder_step(jobs[mode], rate, step_s, u, i))
         for mode in jobs:
+            out[mode]["ladder"] = ladders[mode]
             out[mode]["max_rate_p99_within_slo"] = best[mode]
     finally:
         for job in jobs.values():
             job.close()
     return out
+
+
+def climb(modes: list[str], step: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The interleaved ladder: at each rate of ``LADDER``, ``step(mode, rate)`` for every mode still holding,
+    a second try for one that misses (:func:`within_slo`), and the mode drops out when both miss. Returns
+    each mode's steps (with ``attempt`` 1 or 2) and its highest rate that held (0: none)."""
+    ladders: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    best = dict.fromkeys(modes, 0)
+    holding = list(modes)
+    for rate in LADDER:
+        for mode in list(holding):
+            for attempt in (1, 2):
+                result = {**step(mode, rate), "attempt": attempt}
+                ladders[mode].append(result)
+                if within_slo(result):
+                    best[mode] = rate
+                    break
+            else:
+                holding.remove(mode)
+        if not holding:
+            break
+    return ladders, best
+
+
+def within_slo(step: dict[str, Any]) -> bool:
+    """Whether a ladder step held: every reply came, p99 within the SLO, and the client kept the rate."""
+    return not step["lost"] and step["p99_ms"] <= SLO_MS and step["sent_per_s"] >= 0.9 * step["rate"]
 
 
 def ladder_step(job: Job, rate: float, seconds: float, u: np.ndarray, i: np.ndarray) -> dict[str, Any]:
@@ -489,10 +517,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON document (default: also progress)")
     ap.add_argument("--bootstrap", default=os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--quick", action="store_true", help="shorter load steps (2 s), fewer SVD refits")
-    ap.add_argument("--step-s", type=float, default=30.0,
-                    help="seconds of load per step of the latency ladder (default 30: long enough that one broker GC "
-                         "cycle - ~150 ms of one of 2 cores, every 1-3 min under load - does not decide a step's p99; "
-                         "at 10 s it failed steps at 1,000/s)")
+    ap.add_argument("--step-s", type=float, default=20.0,
+                    help="seconds of load per step of the latency ladder (default 20; a step that misses is tried once "
+                         "more, so one broker GC cycle - ~150 ms of one of 2 cores, every 1-3 min under load - does "
+                         "not decide a rate)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PART",
                     help="run only these parts (anchors accuracy exp3 latency swap_and_kill stage_batching; "
                          "latency runs both modes, interleaved: latency_batch1 and latency_aimd name it too)")
