@@ -155,7 +155,8 @@ class PredictClient:
 
     # -- sending ----------------------------------------------------------------------------------
     def send(self, row: dict[str, Any], correlation_id: str | None = None, reply: bool = True) -> str:
-        """Produce one request (or feedback, when ``row`` has the label); returns its correlation id."""
+        """Produce one request (or feedback, when ``row`` has the label); returns its correlation id
+        (``correlation_id``, else this client's 16 random hex digits, ``-`` and a counter in hex)."""
         cid = correlation_id or f"{self._id_prefix}{next(self._ids):x}"
         headers: list[tuple[str, str | bytes | None]] = [(CORRELATION_ID, cid.encode())]
         if reply:
