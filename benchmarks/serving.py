@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -358,7 +359,8 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, step_s: flo
     return out
 
 
-def climb(modes: list[str], step: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+def climb(modes: list[str], step: Callable[[str, int], dict[str, Any]]
+          ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """The interleaved ladder: at each rate of ``LADDER``, ``step(mode, rate)`` for every mode still holding,
     a second try for one that misses (:func:`within_slo`), and the mode drops out when both miss. Returns
     each mode's steps (with ``attempt`` 1 or 2) and its highest rate that held (0: none)."""
