@@ -1,7 +1,8 @@
 """Reply fence: after a serving worker dies, requests it already answered are not answered again.
 
-At-least-once, a worker that takes over a partition re-reads it from the last committed offset: the
-requests between that offset and the end of the partition at take-over ("the replay range") may
+At-least-once, a worker that takes over a partition re-reads it from the last committed offset (from
+its first offset when none was committed: the worker that died may have answered before its first
+commit): the requests between that offset and the end of the partition at take-over ("the replay range") may
 already have replies on their ``reply-to`` topics, sent by the worker that died before it could
 commit. Sending them again would be a duplicate for the client, and not even an identical one (a
 straggler deadline or an updated per-user weight can change the answer).
@@ -43,30 +44,39 @@ class ReplyFence:
         base: client settings (bootstrap and security) for the reply-topic reader.
         input_topic: the requests topic.
         enabled: False for exactly-once jobs (nothing to fence).
+        start: where the group's consumer starts a partition that has no committed offset
+            (``input.start``): ``earliest`` re-reads it from its first offset.
     """
 
-    def __init__(self, base: Mapping[str, Any], input_topic: str, enabled: bool = True) -> None:
+    def __init__(self, base: Mapping[str, Any], input_topic: str, enabled: bool = True,
+                 start: str = "earliest") -> None:
         self.base = base
         self.input_topic = input_topic
         self.enabled = enabled
+        self.start = start
         self.replay_end: dict[int, int] = {}  # partition -> end offset of its replay range
         self._seen: dict[str, set[str]] = {}  # reply topic -> correlation ids found on it
         self._scanned_from: dict[str, int] = {}  # reply topic -> timestamp (ms) its scan started at
         self.dropped = 0
 
     def recovered(self, consumer: Consumer, partition: int, position: int | None) -> None:
-        """``partition`` resumes at ``position`` (``None``: at its committed offset, if any): note its
-        replay range, up to the partition's current end. A partition no worker of the group has
-        committed yet has nothing to fence."""
+        """``partition`` resumes at ``position`` (``None``: at its committed offset): note its replay
+        range, up to the partition's current end.
+
+        A partition without a committed offset is re-read from its first offset (``start: earliest``):
+        a worker that died before its first commit may have answered any of it, so all of it is fenced.
+        """
         if not self.enabled:
             return
         tp = TopicPartition(self.input_topic, partition)
         try:
+            low, end = consumer.get_watermark_offsets(tp, timeout=10)
             if position is None:
                 position = consumer.committed([tp], timeout=10)[0].offset
-                if position < 0:
-                    return
-            _, end = consumer.get_watermark_offsets(tp, timeout=10)
+                if position < 0:  # never committed: the consumer starts where input.start says
+                    if self.start != "earliest":
+                        return
+                    position = low
         except KafkaException as e:  # without the range, fence nothing: at worst a client gets a duplicate
             event(log, "reply_fence.skipped", partition=partition, error=str(e))
             return

@@ -97,7 +97,7 @@ class KafkaRunner:
         self.clients = WorkerClients(t, worker, self.base, self._forget_all)
         self.checkpoint = Checkpoint(self.clients, self.processor, self.changelog, t.checkpoint_ms,
                                      skip_snapshot=self.recovery.active)
-        self.fence = ReplyFence(self.base, t.input.topic, enabled=not self.eos)
+        self.fence = ReplyFence(self.base, t.input.topic, enabled=not self.eos, start=t.input.start)
         event(log, "runner.clients", worker=worker, settings=describe_settings(self.base))
         self.metrics.init_series(t.input.topic, self._outputs, [op.name for op in t.build_chain().operators])
         port = (t.metrics.port + worker if t.metrics.port else -1) if metrics_port is None else metrics_port

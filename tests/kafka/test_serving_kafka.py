@@ -247,7 +247,7 @@ def test_kill_9_of_a_serving_worker_loses_no_reply_and_applies_feedback_once(kaf
     ensure_job_topics(topo)
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(doc))
-    env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": os.environ.get("DAWNSTREAM_TEST_WORKER_LOG", "WARNING")}
 
     def start() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(path)], env=env)

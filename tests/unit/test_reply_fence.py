@@ -63,3 +63,36 @@ def test_exactly_once_jobs_fence_nothing(scans) -> None:
     out = [("replies", replies(["a"]))]
     fence.filter(0, [request(0)], out)
     assert out[0][1].values == [b"a"] and scans == []
+
+
+class Partition:
+    """The two things the fence asks the group consumer about a partition it takes over."""
+
+    def __init__(self, low: int, end: int, committed: int) -> None:
+        self.low, self.end, self.committed_offset = low, end, committed
+
+    def get_watermark_offsets(self, tp, timeout=None):
+        return self.low, self.end
+
+    def committed(self, tps, timeout=None):
+        return [type("TP", (), {"offset": self.committed_offset})()]
+
+
+@pytest.mark.parametrize(("committed", "start", "fenced_to"), [
+    (5, "earliest", 9),      # resumes at its commit: 5..8 may have been answered
+    (9, "earliest", None),   # committed up to the end: nothing to replay
+    (-1001, "earliest", 9),  # never committed (the worker died before its first commit): all of it is re-read
+    (-1001, "latest", None),  # never committed, starting at the end: nothing is re-read
+])
+def test_the_replay_range_starts_where_the_consumer_resumes(committed, start, fenced_to) -> None:
+    fence = ReplyFence({}, "requests", start=start)
+    fence.recovered(Partition(low=2, end=9, committed=committed), 0, None)  # type: ignore[arg-type]
+    assert fence.replay_end.get(0) == fenced_to
+
+
+def test_a_partition_never_committed_has_its_first_requests_fenced(scans) -> None:
+    fence = ReplyFence({}, "requests")
+    fence.recovered(Partition(low=0, end=3, committed=-1001), 0, None)  # type: ignore[arg-type]
+    out = [("replies", replies(["a", "b", "c"]))]
+    fence.filter(0, [request(0), request(1), request(2)], out)
+    assert out[0][1].values == [b"c"] and fence.dropped == 2
