@@ -337,10 +337,11 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, step_s: flo
     throughout, so that a stretch when this shared machine runs slow (it does: CPU per request 50-80%
     above the usual for minutes at a time) falls on both modes rather than on one mode's whole ladder.
 
-    A step that misses is run once more at once, in either mode, and the rate fails only when that
-    second try misses too (both tries are in ``ladder``, with ``attempt``): a rate beyond what a mode can
-    serve misses every try, its queue growing all step long, while a burst of late replies made outside
-    the worker - a broker GC cycle, a slow stretch of the machine - seldom falls on two tries running."""
+    A step that misses is run once more at once, in either mode, and the rate is missed only when that
+    second try misses too (both tries are in ``ladder``, with ``attempt``); a mode stops after two missed
+    rates in a row (:func:`climb`): a rate beyond what a mode can serve misses every try, its queue growing
+    all step long, while a burst of late replies made outside the worker - a broker GC cycle, a slow
+    stretch of the machine - seldom falls on two tries running, let alone four."""
     jobs = {"batch1": Job(bootstrap, workdir, registry, FULL, policy="exp4", max_batch=1),
             "aimd": Job(bootstrap, workdir, registry, FULL, policy="exp4")}
     out: dict[str, dict[str, Any]] = {mode: {} for mode in jobs}
@@ -360,13 +361,20 @@ def latency(bootstrap: str, workdir: Path, registry: Registry, u, i, step_s: flo
     return out
 
 
-def climb(modes: list[str], step: Callable[[str, int], dict[str, Any]]
+def climb(modes: list[str], step: Callable[[str, int], dict[str, Any]], misses_to_stop: int = 2
           ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """The interleaved ladder: at each rate of ``LADDER``, ``step(mode, rate)`` for every mode still holding,
-    a second try for one that misses (:func:`within_slo`), and the mode drops out when both miss. Returns
-    each mode's steps (with ``attempt`` 1 or 2) and its highest rate that held (0: none)."""
+    and a second try for one that misses (:func:`within_slo`). A rate is missed when both tries miss; a mode
+    drops out after ``misses_to_stop`` missed rates in a row. Returns each mode's steps (with ``attempt``
+    1 or 2) and its highest rate that held (0: none).
+
+    Why go on past one missed rate: what a mode can serve does not shrink as the load grows, so a rate
+    missed below one that holds was missed because of the machine (a slow stretch of this shared 2-core
+    host, a broker GC cycle), not the mode; a rate beyond what the mode serves misses every try from then
+    on (its queue grows all step long). The same rule holds for both modes, and every try is reported."""
     ladders: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     best = dict.fromkeys(modes, 0)
+    missed = dict.fromkeys(modes, 0)
     holding = list(modes)
     for rate in LADDER:
         for mode in list(holding):
@@ -374,10 +382,12 @@ def climb(modes: list[str], step: Callable[[str, int], dict[str, Any]]
                 result = {**step(mode, rate), "attempt": attempt}
                 ladders[mode].append(result)
                 if within_slo(result):
-                    best[mode] = rate
+                    best[mode], missed[mode] = rate, 0
                     break
             else:
-                holding.remove(mode)
+                missed[mode] += 1
+                if missed[mode] >= misses_to_stop:
+                    holding.remove(mode)
         if not holding:
             break
     return ladders, best

@@ -45,24 +45,27 @@ def test_cpu_per_request_is_microseconds_per_request_where_known() -> None:
     assert bench.cpu_per_request(before, after, 1000) == {"broker": 500, "client": 200}
 
 
-def test_the_ladder_tries_a_missed_rate_once_more_and_stops_a_mode_when_both_tries_miss() -> None:
+def test_the_ladder_tries_a_missed_rate_once_more_and_stops_a_mode_after_two_missed_rates() -> None:
     calls: list[tuple[str, int]] = []
     blips = {("aimd", 1000)}  # one late burst: the second try holds
+    slow = {("aimd", 2000)}  # a slow stretch: both tries miss, the next rate holds again
 
     def step(mode: str, rate: int) -> dict:
         calls.append((mode, rate))
         capacity = 750 if mode == "batch1" else 4000
-        miss = rate > capacity or (mode, rate) in blips
+        miss = rate > capacity or (mode, rate) in blips or (mode, rate) in slow
         blips.discard((mode, rate))
         return {"rate": rate, "sent_per_s": rate, "lost": 0, "p99_ms": 80.0 if miss else 9.0}
 
     ladders, best = bench.climb(["batch1", "aimd"], step)
     assert best == {"batch1": 750, "aimd": 4000}
     assert calls[:6] == [("batch1", 250), ("aimd", 250), ("batch1", 500), ("aimd", 500), ("batch1", 750), ("aimd", 750)]
-    assert calls.count(("batch1", 1000)) == 2 and ("batch1", 1250) not in calls  # both tries missed: out
-    assert calls.count(("aimd", 1000)) == 2 and calls.count(("aimd", 5000)) == 2 and ("aimd", 6000) not in calls
-    assert [s["attempt"] for s in ladders["aimd"] if s["rate"] == 1000] == [1, 2]
-    assert len(ladders["batch1"]) == 5
+    # batching off misses 1,000 and 1,250 (both tries each): out, 1,500 is not tried
+    assert calls.count(("batch1", 1000)) == 2 and calls.count(("batch1", 1250)) == 2 and ("batch1", 1500) not in calls
+    assert calls.count(("aimd", 1000)) == 2 and [s["attempt"] for s in ladders["aimd"] if s["rate"] == 1000] == [1, 2]
+    assert calls.count(("aimd", 2000)) == 2 and calls.count(("aimd", 2500)) == 1  # missed once, then held again
+    assert calls.count(("aimd", 5000)) == 2 and calls.count(("aimd", 6000)) == 2 and ("aimd", 8000) not in calls
+    assert len(ladders["batch1"]) == 7
 
 
 def test_a_step_holds_only_with_every_reply_p99_within_the_slo_and_the_rate_kept() -> None:

@@ -214,7 +214,10 @@ class JsonRowsCodec(Codec):
             col = [o.get(name) for o in objs]
             if not _fits_column(col, t):
                 return None
-            arrays.append(pa.array(col, type=t))
+            try:
+                arrays.append(pa.array(col, type=t))
+            except _ARROW_ERRORS:  # not foreseen above: the row path decides
+                return None
         return pa.Table.from_arrays(arrays, names=list(fields))
 
     def _bulk(
