@@ -68,7 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SLO_MS = 20.0
 LADDER = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 10000, 12000, 14000,
           16000, 20000, 24000, 28000, 32000)
-"""Request rates (/s) tried in turn, for batch 1 and for AIMD alike, until p99 exceeds the SLO."""
+"""Request rates (/s) tried in turn, for batch 1 and for AIMD alike, until a mode misses two in a row
+(:func:`climb`)."""
 THETA, SVD = "movielens-theta", "movielens-svd"
 
 

@@ -68,14 +68,14 @@ def value_fits(value: Any, t: pa.DataType) -> str | None:
         if isinstance(value, float) and value.is_integer():
             # What Arrow's safe cast accepts (6.0 -> 6), so both decode paths agree. JSON parsers
             # hand integers beyond 64 bits over as floats: those are out of range, not fractional.
-            return None if _int_in_range(int(value), t) else f"number {value!r} out of range for {t}"
+            return None if int_in_range(int(value), t) else f"number {value!r} out of range for {t}"
         if isinstance(value, bool) or not isinstance(value, int):
             return f"{type(value).__name__} {value!r:.40} is not an integer"
-        return None if _int_in_range(value, t) else f"integer {value} out of range for {t}"
+        return None if int_in_range(value, t) else f"integer {value} out of range for {t}"
     if pa.types.is_floating(t):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{type(value).__name__} {value!r:.40} is not a number"
-        if isinstance(value, int) and abs(value) > 1 << 53:  # pyarrow refuses these, even the exact ones
+        if isinstance(value, int) and abs(value) > FLOAT_EXACT_LIMIT:  # pyarrow refuses these, even the exact ones
             return f"integer {value} has no exact {t} value (beyond 2**53); send it as a string"
         return None
     if pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -116,7 +116,8 @@ FLOAT_EXACT_LIMIT = float(1 << 53)
 """Integers up to this magnitude convert to float64 exactly."""
 
 
-def _int_in_range(v: int, t: pa.DataType) -> bool:
+def int_in_range(v: int, t: pa.DataType) -> bool:
+    """Whether integer ``v`` fits integer type ``t`` (signed or unsigned, by its bit width)."""
     bits = t.bit_width
     if pa.types.is_signed_integer(t):
         return bool(-(1 << (bits - 1)) <= v < (1 << (bits - 1)))

@@ -20,7 +20,7 @@ import pyarrow.json as pajson
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
 from dawnstream.topics.message import Encoded, Message, Rejected
-from dawnstream.topics.schema import RowSchema, beyond_exact_float, cast_json_values
+from dawnstream.topics.schema import FLOAT_EXACT_LIMIT, RowSchema, beyond_exact_float, cast_json_values, int_in_range
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError)
 
@@ -60,16 +60,12 @@ def _fits_column(col: list[Any], t: pa.DataType) -> bool:
     if pa.types.is_integer(t):
         if not all(type(v) is int for v in vals):
             return False
-        lo, hi = min(vals), max(vals)
-        bits = t.bit_width
-        if pa.types.is_signed_integer(t):
-            return bool(-(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1)))
-        return bool(0 <= lo and hi < (1 << bits))
+        return int_in_range(min(vals), t) and int_in_range(max(vals), t)
     if pa.types.is_floating(t):
         if not all(type(v) is float or type(v) is int for v in vals):
             return False
         ints = [v for v in vals if type(v) is int]
-        return not ints or (-(1 << 53) <= min(ints) and max(ints) <= 1 << 53)
+        return not ints or (-FLOAT_EXACT_LIMIT <= min(ints) and max(ints) <= FLOAT_EXACT_LIMIT)
     return False
 
 
