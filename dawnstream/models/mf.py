@@ -19,6 +19,7 @@ import numpy as np
 
 from dawnstream.models.artifacts import from_npz, to_npz
 from dawnstream.models.registry import ModelError
+from dawnstream.operators.rowwise import row_dot
 
 
 @dataclass
@@ -62,7 +63,7 @@ class BiasedMF:
         out[ku] += self.bu[ui[ku]]
         out[ki] += self.bi[ii[ki]]
         both = ku & ki
-        out[both] += np.einsum("nk,nk->n", self.P[ui[both]], self.Q[ii[both]])
+        out[both] += row_dot(self.P[ui[both]], self.Q[ii[both]])  # per request, whatever its batch
         return out
 
     def population_weights(self) -> np.ndarray:

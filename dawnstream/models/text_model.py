@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dawnstream.models.artifacts import from_npz, to_npz
+from dawnstream.operators.rowwise import softmax_rows
 
 N_FEATURES = 1 << 18
 
@@ -80,9 +81,7 @@ class HashedTextModel:
         if self.k == 2 and z.shape[1] == 1:
             p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
             return np.stack([1.0 - p1, p1], axis=1)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax_rows(z)  # a text's probabilities do not depend on the texts batched with it
 
     def to_npz(self) -> bytes:
         """The artifact: coefficients and settings as a plain ``.npz``."""

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats, one_hot
+from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats
+from dawnstream.operators.rowwise import softmax_rows
 
 
 @dataclass
@@ -51,15 +52,32 @@ class LabelModelParams:
         return len(self.p)
 
     def predict_proba(self, L: np.ndarray) -> np.ndarray:
-        """``(n, m)`` votes -> ``(n, k)`` float64 class probabilities (all abstain: the prior)."""
-        U = one_hot(L, self.k)
+        """``(n, m)`` votes -> ``(n, k)`` float64 class probabilities (all abstain: the prior).
+
+        A row's log-likelihoods are gathered from ``log μ`` and added in LF order, then the log prior;
+        no BLAS product and no reduction along an axis: a row's probabilities are the same bits
+        whatever rows share its batch and whichever BLAS kernel the CPU gets (:mod:`~dawnstream.operators.rowwise`).
+
+        Raises:
+            ValueError: a vote outside ``-1..k-1`` or a number of LFs other than the model's.
+        """
+        L = np.asarray(L)
+        k = self.k
+        m = len(self.mu) // k
+        if L.ndim != 2 or L.shape[1] != m:
+            raise ValueError(f"expected (rows, {m}) votes, got shape {L.shape}")
+        if L.size and (L.min() < ABSTAIN or L.max() >= k):
+            raise ValueError(f"votes must be in -1..{k - 1}; found {int(L.min())}..{int(L.max())}")
         log_mu = np.log(self.mu)
         if self.weights is not None:
-            log_mu = log_mu * np.repeat(self.weights, self.k)[:, None]
-        logits = U @ log_mu + np.log(self.p)
-        logits -= logits.max(axis=1, keepdims=True)
-        X = np.exp(logits)
-        return X / X.sum(axis=1, keepdims=True)
+            log_mu = log_mu * np.repeat(self.weights, k)[:, None]
+        logits = np.zeros((len(L), k))
+        for j in range(m):
+            v = L[:, j].astype(np.intp)
+            voted = v != ABSTAIN
+            logits[voted] += log_mu[j * k + v[voted]]
+        logits += np.log(self.p)
+        return softmax_rows(logits)
 
     def accuracies(self) -> np.ndarray:
         """Per LF, the estimated P(λ_j = Y | λ_j ≠ 0), ``(m,)`` (snorkel's ``get_weights``)."""

@@ -10,8 +10,6 @@ them down forgets old rows for drift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 ABSTAIN = -1
@@ -37,23 +35,40 @@ def one_hot(L: np.ndarray, k: int) -> np.ndarray:
     return U
 
 
-@dataclass
 class VoteStats:
     """``S = Uᵀ U`` (``(m·k, m·k)`` float64) and ``n`` rows, summed as batches arrive.
+
+    The rows since the last :meth:`scale` are kept as exact int64 counts and added to the (decayed,
+    so fractional) sums of the rows before only when read or scaled: float additions in batch-sized
+    steps would round differently for each way of cutting the stream, and a replay after a crash
+    would fit another model. ``S`` and ``n`` therefore depend on the rows alone, bit for bit.
 
     Args:
         m: number of labeling functions.
         k: number of classes (cardinality).
+        n: rows already summed (float: decayed rows count fractionally).
+        S: their ``(m·k, m·k)`` sums; ``None``: zeros.
     """
 
-    m: int
-    k: int
-    n: float = 0.0
-    S: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    def __init__(self, m: int, k: int, n: float = 0.0, S: np.ndarray | None = None) -> None:
+        self.m, self.k = int(m), int(k)
+        d = self.m * self.k
+        self._past_n = float(n)
+        self._past_S = np.zeros((d, d)) if S is None or np.size(S) == 0 else np.asarray(S, np.float64).copy()
+        if self._past_S.shape != (d, d):
+            raise ValueError(f"S must be ({d}, {d}) for {m} LFs x {k} classes, got {self._past_S.shape}")
+        self._new_n = 0
+        self._new_S = np.zeros((d, d), np.int64)
 
-    def __post_init__(self) -> None:
-        if self.S.size == 0:
-            self.S = np.zeros((self.m * self.k, self.m * self.k))
+    @property
+    def n(self) -> float:
+        """Rows summed (decayed rows count fractionally)."""
+        return self._past_n + self._new_n
+
+    @property
+    def S(self) -> np.ndarray:  # noqa: N802 - the papers' name
+        """The sums ``Uᵀ U``, ``(m·k, m·k)`` float64 (a new array each read)."""
+        return self._past_S + self._new_S
 
     def add(self, L: np.ndarray) -> None:
         """Add a batch of votes, ``(rows, m)`` int8 (in chunks of :data:`CHUNK_ROWS`: the one-hot form
@@ -61,15 +76,17 @@ class VoteStats:
         if len(L) == 0:
             return
         for start in range(0, len(L), CHUNK_ROWS):
-            # float32 products are exact here (counts below 2**24 per chunk); the sum is kept in float64
+            # 0/1 products summed in float32 are exact integers (counts below 2**24 per chunk) in any order
             U = one_hot(L[start:start + CHUNK_ROWS], self.k).astype(np.float32)
-            self.S += (U.T @ U).astype(np.float64)
-        self.n += len(L)
+            self._new_S += np.rint(U.T @ U).astype(np.int64)
+        self._new_n += len(L)
 
     def scale(self, factor: float) -> None:
         """Multiply the sums by ``factor`` (``1 - decay``: old rows weigh less, for drift)."""
-        self.S *= factor
-        self.n *= factor
+        self._past_S = self.S * factor
+        self._past_n = self.n * factor
+        self._new_S[:] = 0
+        self._new_n = 0
 
     def merge(self, other: VoteStats) -> VoteStats:
         """The statistics of both sets of rows (partitions), as one."""
@@ -88,9 +105,14 @@ class VoteStats:
         return d / max(self.n, 1e-12)
 
     def state(self) -> dict:
-        return {"m": self.m, "k": self.k, "n": self.n, "S": self.S.ravel().tolist()}
+        return {"m": self.m, "k": self.k, "n": self._past_n, "S": self._past_S.ravel().tolist(),
+                "new_n": self._new_n, "new_S": self._new_S.ravel().tolist()}
 
     @classmethod
     def from_state(cls, s: dict) -> VoteStats:
         m, k = int(s["m"]), int(s["k"])
-        return cls(m, k, float(s["n"]), np.asarray(s["S"], float).reshape(m * k, m * k))
+        out = cls(m, k, float(s["n"]), np.asarray(s["S"], float).reshape(m * k, m * k))
+        if "new_S" in s:  # snapshots written before exact counts have everything in S
+            out._new_n = int(s["new_n"])
+            out._new_S = np.asarray(s["new_S"], np.int64).reshape(m * k, m * k)
+        return out

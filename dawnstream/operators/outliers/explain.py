@@ -116,6 +116,8 @@ class StreamingExplainer(Operator):
         self.pending_t: list[list[np.ndarray]] = [[] for _ in self.combos]
         self.O = 0.0  # noqa: N815 - decayed outlier count
         self.T = 0.0  # noqa: N815 - decayed row count
+        self.o_new = 0  # outliers and rows since the last boundary: exact, added to O and T there
+        self.t_new = 0
         self.rows_seen = 0
         self.next_period = period
         self.next_emit = emit_every
@@ -156,8 +158,8 @@ class StreamingExplainer(Operator):
         return out
 
     def _count(self, codes: np.ndarray, flags: np.ndarray) -> None:
-        self.O += float(flags.sum())
-        self.T += float(codes.shape[0])
+        self.o_new += int(flags.sum())
+        self.t_new += int(codes.shape[0])
         for c, attrs in enumerate(self.combos):
             sub = codes[:, attrs]
             present = (sub >= 0).all(axis=1)
@@ -169,6 +171,9 @@ class StreamingExplainer(Operator):
                     self.pending_o[c].append(keys[om])
 
     def _fold(self) -> None:
+        self.O += float(self.o_new)
+        self.T += float(self.t_new)
+        self.o_new = self.t_new = 0
         for c, attrs in enumerate(self.combos):
             if self.pending_o[c]:
                 self.o_sketch[c].update(np.concatenate(self.pending_o[c]))
@@ -263,7 +268,7 @@ class StreamingExplainer(Operator):
             "o": [s.to_state() for s in self.o_sketch], "t": [s.to_state() for s in self.t_sketch],
             "pending_o": [np.concatenate(p).tolist() if p else [] for p in self.pending_o],
             "pending_t": [np.concatenate(p).tolist() if p else [] for p in self.pending_t],
-            "O": self.O, "T": self.T,
+            "O": self.O, "T": self.T, "o_new": self.o_new, "t_new": self.t_new,
             "rows_seen": self.rows_seen, "next_period": self.next_period, "next_emit": self.next_emit,
             "seq": self.seq, "last_emit_rows": self.last_emit_rows,
         }
@@ -276,6 +281,7 @@ class StreamingExplainer(Operator):
         self.pending_o = [[np.asarray(p, dtype=np.int64)] if p else [] for p in st["pending_o"]]
         self.pending_t = [[np.asarray(p, dtype=np.int64)] if p else [] for p in st["pending_t"]]
         self.O, self.T = float(st["O"]), float(st["T"])
+        self.o_new, self.t_new = int(st.get("o_new", 0)), int(st.get("t_new", 0))
         self.rows_seen, self.next_period, self.next_emit = st["rows_seen"], st["next_period"], st["next_emit"]
         self.seq, self.last_emit_rows = st["seq"], st["last_emit_rows"]
 

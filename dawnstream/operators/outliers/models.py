@@ -19,6 +19,7 @@ import numpy as np
 
 from dawnstream.accel.radix import quantile
 from dawnstream.operators.outliers.percentile import tail_cuts
+from dawnstream.operators.rowwise import quadratic_form
 
 
 class MADModel:
@@ -79,10 +80,11 @@ class MCDModel:
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """sqrt((x - mu)^T S^-1 (x - mu)) per row, float64 of length n."""
+        """sqrt((x - mu)^T S^-1 (x - mu)) per row, float64 of length n (a row's score depends on that row
+        only, bit for bit: :func:`~dawnstream.operators.rowwise.quadratic_form`, not einsum/BLAS)."""
         assert self.location is not None and self.precision is not None, "fit the model first"
-        d = np.asarray(x, dtype=np.float64) - self.location
-        m2 = np.einsum("ij,jk,ik->i", d, self.precision, d)
+        d = np.asarray(x, dtype=np.float64).reshape(len(x), -1) - self.location
+        m2 = quadratic_form(d, self.precision)
         return np.sqrt(np.maximum(m2, 0.0))
 
     def to_dict(self) -> dict[str, Any]:
