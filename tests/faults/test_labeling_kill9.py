@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 import yaml
 from faultkit import committed, kill_after_progress, start_worker, stop, wait_until, write_topology
 
@@ -16,6 +17,9 @@ from dawnstream.sources import rotten_tomatoes
 from dawnstream.streams.kafka_clients import TopicAdmin
 from dawnstream.streams.replay import replay_table
 from dawnstream.topics.spec import TopicSpec
+
+# Results promised bit for bit: `make test` runs these again under a second OpenBLAS kernel.
+pytestmark = pytest.mark.bitexact
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = 4

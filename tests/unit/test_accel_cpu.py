@@ -7,6 +7,7 @@ import pytest
 from accelkit import assert_same, programs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.accel import radix
 from dawnstream.accel.cpu import CpuExecutable
@@ -25,7 +26,8 @@ from dawnstream.accel.plan import plan
 from dawnstream.accel.reference import run_reference
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(120), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(programs())
 def test_cpu_backend_matches_the_reference(case) -> None:
     prog, data = case
@@ -95,7 +97,7 @@ def test_ir_errors_name_the_problem() -> None:
         Program([GroupAggregate("g", "count", col("x", "float64"))], {"x": "float64"})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
                           st.sampled_from([0.0, -0.0, 1.0, 1.0, 2.0])), max_size=60),
        st.floats(0, 1), st.sampled_from(["linear", "weibull", "median"]))

@@ -14,6 +14,7 @@ from accelkit import SMALL_SIZES, assert_same, programs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numba import config
+from propkit import examples
 
 from dawnstream.accel.backends import build, gpu_available
 from dawnstream.accel.cuda import CudaExecutable
@@ -36,7 +37,8 @@ from dawnstream.accel.reference import run_reference
 pytestmark = pytest.mark.skipif(not gpu_available(), reason="no CUDA device and the simulator is off")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(programs(sizes=SMALL_SIZES, max_ops=4))
 def test_cuda_backend_matches_the_reference(case) -> None:
     prog, data = case
@@ -219,7 +221,7 @@ def test_float32_maps_and_casts_match_the_reference_bit_for_bit() -> None:
 
 
 @given(st.integers(1, 5))
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=examples(3), deadline=None)
 def test_no_recompile_when_the_batch_length_changes(seed: int) -> None:
     ex = CudaExecutable(Program([Map("y", col("x", "float64") + 1.0)], {"x": "float64"}))
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ import pytest
 from accelkit import assert_bits
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.accel import fmath
 from dawnstream.accel.cpu import CpuExecutable
@@ -71,7 +72,7 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_f
     [2.0**63, -(2.0**63), 2.0**63 - 1024, 2.0**64, 2.0**31, -(2.0**31) - 0.5, 127.9, -128.9, 255.5, -0.5])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(FLOATS, min_size=1, max_size=20), st.sampled_from(fmath.INT_DTYPES), st.booleans())
 def test_float_to_int_casts_truncate_saturate_and_send_nan_to_zero(vals: list[float], dtype: str, f32: bool) -> None:
     a = np.array(vals, dtype=np.float32 if f32 else np.float64)

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.operators.fused import FusedStages
 from dawnstream.operators.outliers.classify import OutlierClassifier
@@ -64,7 +65,7 @@ def same(a: list[pa.RecordBatch], b: list[pa.RecordBatch]) -> None:
             assert ca.tolist() == cb.tolist(), name
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains())
 def test_fused_stages_equal_the_interpreted_stages(case) -> None:
     stages, b = case
@@ -121,7 +122,7 @@ def test_mad_classifier_outputs_are_identical_with_and_without_accel() -> None:
     np.testing.assert_array_equal(np.array(s_on, dtype=float), np.array(s_off, dtype=float))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2]), st.sampled_from([0, 50, 500]),
        st.lists(st.sampled_from([0, 1, 7, 300]), min_size=1, max_size=4))
 def test_window_count_is_identical_with_the_compiled_count(seed, nkeys, lateness, sizes) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.operators.video.optimizer import choose, rates, simulate
 
@@ -43,7 +44,7 @@ def test_the_chosen_plan_meets_the_targets_on_held_out_frames_and_saves_most_ref
     assert plan.ms_per_frame < COST[2] / 2
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(st.integers(0, 1000), st.sampled_from([0.0, 0.005, 0.01, 0.02, 0.05]), st.sampled_from([0.0, 0.01, 0.03]))
 def test_a_tighter_target_never_lowers_the_reference_share(seed, fn, fp) -> None:
     diff, prob, truth = stream(seed, 600)
@@ -62,7 +63,7 @@ def test_zero_targets_fall_back_to_the_reference_where_nothing_else_is_exact() -
         choose(diff[:3], prob, truth, COST)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.5, 40.0))
 def test_anchor_skips_repeat_only_frames_close_to_the_last_decided_one(seed, delta) -> None:
     from dawnstream.operators.video.difference import frame_mse
@@ -81,7 +82,7 @@ def test_anchor_skips_repeat_only_frames_close_to_the_last_decided_one(seed, del
             anchor = i
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(15), deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from([0.0, 0.02, 0.1]))
 def test_safe_delta_keeps_the_skips_own_errors_within_the_targets(seed, target) -> None:
     from dawnstream.operators.video.optimizer import anchor_skips, safe_delta
@@ -108,7 +109,7 @@ def test_safe_delta_keeps_the_skips_own_errors_within_the_targets(seed, target) 
     assert delta in candidates or delta == 0.0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.0, 0.5), st.floats(0.5, 1.0), st.floats(0.0, 40.0))
 def test_with_confirm_the_specialized_model_never_changes_the_label_and_the_rest_is_unchanged(seed, lo, hi,
                                                                                           delta) -> None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from propkit import examples
 
 from dawnstream.topics import Message, RowSchema, dead_letter, get_codec
 from dawnstream.topics.codecs.frames import FramesCodec
@@ -37,7 +38,7 @@ rows_strategy = st.lists(
 SCHEMA = {"i": "int64", "f": "float64", "s": "string", "b": "bool"}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(rows_strategy)
 def test_json_round_trip(rows: list[dict]) -> None:
     codec = get_codec("json")
@@ -64,7 +65,7 @@ raw_rows_strategy = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(raw_rows_strategy)
 def test_small_batches_decode_row_by_row_exactly_as_the_reader_does(values: list[bytes]) -> None:
     """Below SMALL_DECODE messages the codec parses row by row, and below KNOWN_DECODE it first tries
@@ -91,7 +92,7 @@ def test_small_batches_decode_row_by_row_exactly_as_the_reader_does(values: list
     assert decode(small=False, known=True) == reader
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.fixed_dictionaries({
     "i": st.integers(-(2**63), 2**63 - 1),
     "f": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=64),
@@ -120,7 +121,7 @@ def test_known_columns_decode_clean_rows_as_the_row_path_does(rows: list[dict]) 
     assert decode(known=True) == decode(known=False)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(rows_strategy, st.integers(1, 50))
 def test_arrow_round_trip(rows: list[dict], per_message: int) -> None:
     codec = get_codec("arrow", max_rows_per_message=per_message)

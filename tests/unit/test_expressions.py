@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.errors import ConfigError
 from dawnstream.operators.expressions import as_array, evaluate, parse
@@ -81,7 +82,7 @@ rows = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(exprs(), rows)
 def test_boolean_expressions_match_reference(text: str, data: list[dict]) -> None:
     node = parse(text)
@@ -90,7 +91,7 @@ def test_boolean_expressions_match_reference(text: str, data: list[dict]) -> Non
     assert got == [ref_eval(node, r) for r in data]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6)), max_size=30),
        st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6)), max_size=30))
 def test_true_division_and_arithmetic(xs: list, ys: list) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.models.detectors import Detection, RegionQuery
 from dawnstream.operators.video.fragility import MATCH, bounds, fragile, jitter, margins
@@ -22,7 +23,7 @@ def _inside(b: Detection, m: float, grow: bool) -> bool:
     return x0 + s <= x <= x1 - s and y0 + s <= y <= y1 - (0 if y1 >= SHAPE[0] else s)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(bs=boxes, mg=margin, min_score=st.floats(0.05, 0.9), min_count=st.integers(1, 3))
 def test_bounds_count_the_sure_and_the_possible_boxes(bs, mg, min_score, min_count) -> None:
     q = RegionQuery(region=REGION, min_count=min_count)

@@ -98,6 +98,7 @@ def test_the_learned_type_survives_a_snapshot_and_both_partitions_agree() -> Non
     assert fresh.schema(0).fields["id"] == bp.schema(1).fields["id"] == pa.int64()
 
 
+@pytest.mark.bitexact
 def test_once_learned_a_fraction_in_an_integer_column_is_rejected_whatever_the_batch_cut() -> None:
     rows = [b'{"k": 6.0}', b'{"k": 2.5}', b'{"k": 7}']
     together, one = processor(), processor()

@@ -22,6 +22,9 @@ from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import OPERATORS, build_chain
 from dawnstream.streams.processor import OPERATOR_DATA_ERRORS
 
+# Results promised bit for bit: `make test` runs these again under a second OpenBLAS kernel.
+pytestmark = pytest.mark.bitexact
+
 VOLATILE = {"emit_time", "latency_ms", "reference_ms"}  # wall-clock columns
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain
@@ -30,7 +31,7 @@ def batches_of(rows: list[dict], cuts: list[int]) -> list[pa.RecordBatch]:
     return [pa.RecordBatch.from_pylist(rows[a:b], schema=SCHEMA) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(row, max_size=60), st.integers(-100, 100))
 def test_filter_matches_reference(rows: list[dict], c: int) -> None:
     out = Filter(expr=f"x > {c} and k != 'c'").process(pa.RecordBatch.from_pylist(rows, schema=SCHEMA))[0]
@@ -38,7 +39,7 @@ def test_filter_matches_reference(rows: list[dict], c: int) -> None:
     assert out.to_pylist() == expected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(row, max_size=60))
 def test_derive_matches_reference(rows: list[dict]) -> None:
     out = Derive(columns={"y": "x * 3 - t", "pos": "y > 0", "x": "coalesce(x, 0)"}).process(
@@ -62,7 +63,8 @@ def ref_window_counts(rows: list[dict], size: int) -> Counter:
     return Counter((r["t"] // size * size, r["k"]) for r in rows)
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.bitexact
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(row, max_size=80), st.lists(st.integers(0, 80), max_size=4), st.sampled_from([1, 7, 100, 2500]))
 def test_window_count_matches_reference_in_order(rows: list[dict], cuts: list[int], size: int) -> None:
     rows = sorted(rows, key=lambda r: r["t"])  # in-order stream: nothing is late
@@ -77,7 +79,7 @@ def test_window_count_matches_reference_in_order(rows: list[dict], cuts: list[in
     assert got == ref_window_counts(rows, size)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.lists(row, min_size=1, max_size=80), st.integers(1, 79), st.sampled_from([10, 500]))
 def test_window_count_snapshot_restore_is_transparent(rows: list[dict], cut: int, size: int) -> None:
     rows = sorted(rows, key=lambda r: r["t"])

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.errors import ConfigError
 from dawnstream.models.mf import fit_als
@@ -21,7 +22,7 @@ from dawnstream.operators.serving.serve import REPLY_SCHEMA, Serve
 from dawnstream.streams.store import KeyedStore
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(obs=st.lists(st.tuples(st.integers(1, 300), st.floats(0.0, 60.0)), max_size=60))
 def test_aimd_tracks_the_slo(obs):
     a = AIMDBatcher(slo_ms=20.0, step=4, backoff=0.1, max_size=256)
@@ -201,6 +202,7 @@ class _Recording(Container):
         return np.full(len(users), 4.0)
 
 
+@pytest.mark.bitexact
 def test_restore_continues_exactly_like_an_uninterrupted_run(registry):
     rng = np.random.default_rng(2)
     events = [_fb(n, int(rng.integers(1, 8)), int(rng.integers(1, 30)), float(rng.integers(1, 6)))
@@ -265,7 +267,7 @@ def test_config_errors_name_the_key():
         Serve([{"kind": "mean"}, {"kind": "mean"}], _path="stages.0.models")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(policy=st.sampled_from(["exp4", "exp3"]),
        logw=st.lists(st.floats(-12.0, 0.0), min_size=4, max_size=4),
        cells=st.lists(st.lists(st.one_of(st.floats(-2.0, 8.0), st.just(float("nan"))), min_size=4, max_size=4),

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from propkit import examples
 
 from dawnstream.models.mf import BiasedMF, fit_als
 from dawnstream.operators.learning.online_ridge import ridge_batch, sm_update
 from dawnstream.operators.learning.velox import UserState, VeloxModel
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(n=st.integers(1, 30), d=st.integers(1, 6), lam=st.floats(0.1, 20.0), seed=st.integers(0, 2**16))
 def test_sherman_morrison_matches_batch_ridge(n, d, lam, seed):
     rng = np.random.default_rng(seed)
@@ -32,7 +33,7 @@ def _theta(seed: int, k: int = 3) -> BiasedMF:
                     items, rng.normal(size=(10, k)), rng.normal(size=10) * 0.3)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(events=st.lists(st.tuples(st.integers(0, 3), st.integers(8, 21), st.sampled_from([1.0, 2.0, 3.0, 4.0, 5.0])),
                        min_size=1, max_size=40), seed=st.integers(0, 1000))
 def test_swap_rebuilds_as_if_learned_under_new_theta(events, seed):
@@ -47,6 +48,7 @@ def test_swap_rebuilds_as_if_learned_under_new_theta(events, seed):
             assert swapped.predict_one(u, i) == pytest.approx(fresh.predict_one(u, i), rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.bitexact
 def test_user_state_roundtrip_and_restore_from_store():
     vx = VeloxModel(_theta(0), 1)
     for i, r in [(10, 5.0), (11, 1.0), (30, 4.0)]:

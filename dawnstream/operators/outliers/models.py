@@ -1,8 +1,9 @@
 """Robust scoring models: MAD (one metric) and MCD (several metrics).
 
 - MAD: score = |x - median| / MAD with MAD = median(|x - median|) (no 1.4826 factor, as in
-  MacroBase's ``MAD`` classifier). When MAD is 0 (more than half the values equal) the mean
-  absolute deviation is used instead, and 1.0 if that is 0 too, so scores stay finite.
+  MacroBase's ``MAD`` classifier). When MAD is 0 (more than half the values equal), or so small
+  that the largest training deviation divided by it overflows, the mean absolute deviation is used
+  instead, and 1.0 if that is 0 too, so the training rows' scores stay finite.
 - MCD: score = sqrt of the Mahalanobis distance under the Minimum Covariance Determinant
   estimate (Rousseeuw & Van Driessen's FAST-MCD, via ``sklearn.covariance.MinCovDet``).
 - Percentile: score = percentile rank (0..100) of the value among the training sample.
@@ -41,7 +42,11 @@ class MADModel:
         self.median = quantile(v, 0.5, "median")
         dev = np.abs(v - self.median)
         mad = quantile(dev, 0.5, "median")
-        if mad <= 0:
+        with np.errstate(over="ignore", divide="ignore"):
+            # A MAD so small (subnormal) that a training value's score overflows is a zero scale too: an
+            # infinite score would leave the percentile cutoff undefined.
+            degenerate = not (mad > 0 and np.isfinite(dev.max() / mad))
+        if degenerate:
             mad = float(dev.mean()) or 1.0
         self.mad = mad
         return self
