@@ -228,6 +228,29 @@ def test_restore_continues_exactly_like_an_uninterrupted_run(registry):
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.bitexact
+@pytest.mark.parametrize("policy", ["exp4", "exp3"])
+def test_what_feedback_teaches_is_the_same_bits_however_the_stream_is_cut(registry, policy):
+    # onnxruntime sums a row by its position in the batch: the losses learned from are computed row by row.
+    rng = np.random.default_rng(3)
+    events = []
+    for n in range(400):
+        u, i = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+        events.append(_fb(n, u, i, float(rng.integers(1, 6))) if n % 3 else _req(n, u, i))
+    probes = [_req(1000 + n, u, i) for n, (u, i) in enumerate([(1, 3), (2, 5), (7, 7), (50, 4), (9, 59)])]
+
+    def run(size: int) -> tuple[list, list]:
+        op = _serve(registry, policy=policy)
+        for k in range(0, len(events), size):
+            op.process(_rows(*events[k:k + size]))
+        answers = op.process(_rows(*probes))[0]
+        return answers.column("prediction").to_pylist(), op.policy.weight_list()
+
+    whole = run(len(events))
+    for size in (1, 7, 333):
+        assert run(size) == whole, size
+
+
 def test_a_promoted_version_is_swapped_in_between_batches(registry, tmp_path):
     reg = Registry(tmp_path)
     for name in ("theta", "svd"):

@@ -220,8 +220,10 @@ class Serve(Operator):
                 feedback.append(j)
         fixed = self._fixed_predictions(feedback, users, items)
         # Input order, strictly: a request is answered with the state left by the feedback before it and
-        # none after it (item vectors, the mean and the weights are shared by all users), so answers do
-        # not depend on where micro-batches are cut - a replay after a crash gives the same replies.
+        # none after it (item vectors, the mean and the weights are shared by all users), so the state does
+        # not depend on where micro-batches are cut - a replay after a crash learns the same bits. Replies
+        # are too, except an onnxruntime model's, whose batched answer moves in its float32 last bits with
+        # the row's place in the batch (the reply fence answers each request once).
         segment: list[int] = []
         for j, kind in enumerate(kinds):
             if kind == "request":
@@ -242,7 +244,8 @@ class Serve(Operator):
         return [pa.RecordBatch.from_arrays([_column(out[f.name], f.type) for f in REPLY_SCHEMA], schema=REPLY_SCHEMA)]
 
     def _fixed_predictions(self, rows: list[int], users: list[Any], items: list[Any]) -> dict[str, dict[int, float]]:
-        """Predictions of the models feedback does not change, for every feedback row, one call each."""
+        """Predictions of the models feedback does not change, for every feedback row, one call each
+        (:meth:`~.containers.Container.predict_rows`: the losses learned from do not depend on the batch)."""
         if not rows:
             return {}
         u = np.asarray([users[j] for j in rows], dtype=np.int64)
@@ -252,7 +255,7 @@ class Serve(Operator):
             if c.learns:
                 continue
             try:
-                vals = c.predict(u, i)
+                vals = c.predict_rows(u, i)
             except Exception:  # noqa: BLE001 - this model gives no answer to score
                 continue
             out[c.name] = dict(zip(rows, vals.tolist(), strict=True))
