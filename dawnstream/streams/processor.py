@@ -117,7 +117,8 @@ class BatchProcessor:
         s = self.schemas.get(partition)
         if s is None:
             s = self.schemas[partition] = RowSchema(
-                self.topology.input.row_schema, required=self.required, numeric=self.numeric
+                self.topology.input.row_schema, required=self.required, numeric=self.numeric,
+                max_columns=self.topology.input.max_columns,
             )
         return s
 

@@ -133,6 +133,13 @@ def beyond_exact_float(col: pa.ChunkedArray | pa.Array) -> bool:
     return lo is not None and (hi >= FLOAT_EXACT_LIMIT or lo <= -FLOAT_EXACT_LIMIT)
 
 
+MAX_LEARNED_COLUMNS = 256
+"""Undeclared columns a topic's schema learns at most (``input.max_columns``). Every learned column is
+carried by every later row (as nulls where absent): one row of 10,000 keys once made its partition
+~15,000x slower for good. A row that would pass the limit is dead-lettered; declare wider rows' columns
+in ``input.schema`` or raise the limit."""
+
+
 class RowSchema:
     """Columns and types that rows of one input topic must conform to.
 
@@ -141,9 +148,12 @@ class RowSchema:
         required: columns every row must carry (usually the columns the operator chain reads).
             A row where a required column is *absent* is rejected; an explicit JSON ``null`` is kept.
         numeric: columns the chain uses as numbers: learned as float64 unless the data says int.
+        max_columns: undeclared columns learned at most (:data:`MAX_LEARNED_COLUMNS`).
 
-    The first good batch fixes the type of each undeclared column ("learned"); later columns that
-    appear are added. A later value that does not convert to its column's type is rejected.
+    An undeclared column's type is learned from the first good row (in partition order) that carries
+    a non-null value for it, so it does not depend on where batches are cut nor on which decode path
+    saw the row; later columns that appear are added. A later value that does not convert to its
+    column's type is rejected, and a rejected row teaches nothing.
     """
 
     def __init__(
@@ -151,6 +161,7 @@ class RowSchema:
         declared: Mapping[str, str] | None = None,
         required: Iterable[str] = (),
         numeric: Iterable[str] = (),
+        max_columns: int = MAX_LEARNED_COLUMNS,
     ) -> None:
         self.declared: dict[str, pa.DataType] = {
             k: parse_type(v, f"schema.{k}") for k, v in (declared or {}).items()
@@ -158,17 +169,35 @@ class RowSchema:
         self.required: set[str] = set(required)
         self.numeric: set[str] = set(numeric) - set(self.declared)
         self.fields: dict[str, pa.DataType] = dict(self.declared)
+        self.max_columns = int(max_columns)
+
+    def learned(self) -> int:
+        """How many undeclared columns are known."""
+        return len(self.fields) - len(self.declared)
+
+    def room_for(self, new: int) -> str | None:
+        """Why ``new`` more undeclared columns cannot be learned (the limit), or ``None``."""
+        if self.learned() + new <= self.max_columns:
+            return None
+        return (f"the row brings {new} undeclared column(s) and {self.learned()} are already learned; at most "
+                f"{self.max_columns} are (input.max_columns): declare the columns in input.schema or raise the limit")
 
     def learn(self, schema: pa.Schema) -> None:
         """Add columns of ``schema`` not yet known (null-typed columns wait for a real type).
 
         A column the chain uses as a number is learned as float64 whatever the first rows say (a
-        producer may write ``20`` for 20.0); any other column takes the type of its first values.
+        producer may write ``20`` for 20.0); any other column takes the given type.
         A known column's type never changes: a later value that does not fit it is dead-lettered.
+
+        Raises:
+            pyarrow.ArrowInvalid: the new columns would pass ``max_columns`` (nothing is learned).
         """
-        for f in schema:
-            if f.name not in self.fields and not pa.types.is_null(f.type):
-                self.fields[f.name] = pa.float64() if f.name in self.numeric else f.type
+        new = [f for f in schema if f.name not in self.fields and not pa.types.is_null(f.type)]
+        why = self.room_for(len(new))
+        if why is not None:
+            raise pa.ArrowInvalid(why)
+        for f in new:
+            self.fields[f.name] = pa.float64() if f.name in self.numeric else f.type
 
     def _hint(self, name: str, t: pa.DataType) -> str:
         if name in self.declared:

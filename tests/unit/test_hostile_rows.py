@@ -127,3 +127,85 @@ def test_a_declared_float_column_rejects_integers_it_cannot_hold_exactly() -> No
     res = bp.process(0, [msg(b'{"t": 9007199254740992}', 0), msg(b'{"t": 9007199254740993}', 1)])
     assert res.rows_out == 1 and res.rows_dead == 1
     assert "declared double" in dlq_reason(res.dead_letters[0][1].headers)["dlq.error"]
+
+
+# -- a learned type depends on the rows, not on the decode path or the batch cut (issue: one malformed
+# -- message in a partition's first batch retyped its time column as string for good) -----------------
+
+FLIGHT = b'{"carrier": "UA", "time_hour": "2013-01-01T05:00:00+00:00", "dep_delay": 2.0, "flight": 1545}'
+
+
+def learned(bp: BatchProcessor) -> dict[str, str]:
+    return {k: str(t) for k, t in bp.schema(0).fields.items()}
+
+
+def test_a_malformed_message_in_the_first_batch_does_not_change_what_is_learned() -> None:
+    clean, dirty = processor(), processor()
+    rows = [msg(FLIGHT, i) for i in range(40)]
+    clean.process(0, rows)
+    res = dirty.process(0, [msg(b'{"carrier": "UA", "time_hour": ', 0), *rows[1:]])
+    assert res.rows_dead == 1 and res.rows_out == 39
+    assert learned(dirty) == learned(clean) and learned(clean)["time_hour"].startswith("timestamp")
+
+
+def test_a_window_over_the_learned_time_keeps_working_after_a_malformed_first_message() -> None:
+    bp = processor([{"op": "window_count", "key": "carrier", "time": "time_hour", "size": "1h"}])
+    first = bp.process(0, [msg(b"not json", 0), *(msg(FLIGHT, i) for i in range(1, 30))])
+    later = bp.process(0, [msg(FLIGHT.replace(b"05:00", b"07:00"), i) for i in range(30, 60)])
+    assert first.rows_dead == 1 and later.rows_dead == 0
+
+
+HOSTILE_FIRST_ROWS = [
+    b'{"x": 1, "t": "2013-01-01T05:00:00Z", "s": "a"}',
+    b'{"x": 123456789012345678901234567890, "t": "2013-01-01T06:00:00Z"}',  # past int64: taught nothing
+    b'{"x": 2.5, "t": "2013-01-01T07:00:00Z"}',  # a fraction after x was learned int64: dead letter
+    b'{"x": 3, "t": "not a time", "s": 4}',
+    b"{broken",
+    b'{"y": true, "x": 4}',
+    b'{"x": null, "z": null}',
+    b'{"x": 5, "t": "2013-01-01 08:00:00", "z": "late"}',
+]
+
+
+@pytest.mark.bitexact
+@pytest.mark.parametrize("cuts", [[], [1], [2], [1, 2, 3, 4, 5, 6, 7], [3, 5], [4]])
+@pytest.mark.parametrize("first", [0, 1, 2, 4])
+def test_learned_types_and_dead_letters_do_not_depend_on_the_batch_cut(cuts: list[int], first: int) -> None:
+    rows = HOSTILE_FIRST_ROWS[first:] + HOSTILE_FIRST_ROWS[:first]
+
+    def run(edges: list[int]) -> tuple[dict[str, str], list[int], list[dict]]:
+        bp = processor()
+        dead: list[int] = []
+        out: list[dict] = []
+        bounds = [0, *edges, len(rows)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            res = bp.process(0, [msg(rows[i], i) for i in range(a, b)])
+            dead += [int(dlq_reason(d[1].headers)["dlq.offset"]) for d in res.dead_letters]
+            # (a batch's output has the columns known by then: later ones are absent, not null)
+            out += [{k: v for k, v in r.items() if v is not None}
+                    for batch in res.out_batches for r in batch.to_pylist()]
+        return learned(bp), sorted(dead), out
+
+    whole = run([])
+    assert run(cuts) == whole
+
+
+def test_a_row_with_ten_thousand_keys_is_a_dead_letter_and_teaches_nothing() -> None:
+    bp = processor()
+    wide = orjson.dumps({"x": 1, **{f"k{i}": i for i in range(10_000)}})
+    res = bp.process(0, [msg(b'{"x": 1}', 0), msg(wide, 1), msg(b'{"x": 2}', 2)])
+    assert res.rows_dead == 1 and res.rows_out == 2
+    assert "input.max_columns" in dlq_reason(res.dead_letters[0][1].headers)["dlq.error"]
+    assert list(bp.schema(0).fields) == ["x"]
+
+
+def test_declared_columns_do_not_count_against_the_learned_limit_and_the_limit_is_configurable() -> None:
+    bp = BatchProcessor(parse_topology({
+        "name": "wide", "input": {"topic": IN, "schema": {f"d{i}": "int64" for i in range(5)}, "max_columns": 3},
+        "stages": [], "output": {"topic": "test.hostile.out.v1"}}), keep_batches=True)
+    ok = orjson.dumps({**{f"d{i}": i for i in range(5)}, "a": 1, "b": 2, "c": 3})
+    declared = {f"d{i}": i for i in range(5)}
+    res = bp.process(0, [msg(ok, 0), msg(orjson.dumps({**declared, "e": 1}), 1),
+                         msg(orjson.dumps({**declared, "a": 4}), 2)])
+    assert res.rows_out == 2 and res.rows_dead == 1
+    assert "at most 3" in dlq_reason(res.dead_letters[0][1].headers)["dlq.error"]

@@ -9,7 +9,6 @@ Encoding uses ``polars.DataFrame.write_ndjson`` (Rust, ~1.1 us/row) and splits t
 from __future__ import annotations
 
 import io
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -20,7 +19,14 @@ import pyarrow.json as pajson
 
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded, keys_of
 from dawnstream.topics.message import Encoded, Message, Rejected
-from dawnstream.topics.schema import FLOAT_EXACT_LIMIT, RowSchema, beyond_exact_float, cast_json_values, int_in_range
+from dawnstream.topics.schema import (
+    FLOAT_EXACT_LIMIT,
+    RowSchema,
+    beyond_exact_float,
+    cast_json_values,
+    int_in_range,
+    value_fits,
+)
 
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowIndexError)
 
@@ -33,9 +39,9 @@ reply): polars' writer costs ~330 µs a call before its ~0.6 µs a row, so it wi
 SMALL_DECODE = 32
 """Batches below this many messages whose columns the schema already knows are decoded row by row
 (orjson, ~7 µs a row): pyarrow's JSON reader costs ~200 µs a call whatever the size, which a serving
-worker paid on every partition's micro-batch of a few requests. Rows that bring a new column take the
-reader's path, so a column's learned type never depends on the size of the batch that first carried it
-(the row parser would learn strings where the reader learns timestamps)."""
+worker paid on every partition's micro-batch of a few requests. A batch that brings a new column takes the
+checked row path whatever its size: the column's type is learned from the first good row that carries it
+(:func:`_learn_from`), never from the reader's guess over a whole batch, so it does not depend on the cut."""
 
 
 KNOWN_DECODE = 256
@@ -75,17 +81,48 @@ def _plain(t: pa.DataType) -> bool:
         or pa.types.is_large_string(t) or pa.types.is_null(t)
 
 
-def _python_type(v: Any) -> pa.DataType | None:
-    if v is None:
-        return None
-    if isinstance(v, bool):
+def _learned_type(value: Any) -> pa.DataType | str:
+    """The type a new column learns from its first non-null value: what pyarrow's JSON reader infers for
+    that value alone (an ISO 8601 string is a timestamp, as on the bulk path), or why it cannot teach one."""
+    if isinstance(value, bool):
         return pa.bool_()
-    if isinstance(v, int):
-        return pa.int64()
-    if isinstance(v, float):
+    if isinstance(value, int):
+        if int_in_range(value, pa.int64()):
+            return pa.int64()
+        return (f"integer {value} is beyond int64 and cannot set the column's type; send it as a string, "
+                "or declare the column in input.schema")
+    if isinstance(value, float):
         return pa.float64()
-    if isinstance(v, str):
-        return pa.string()
+    if isinstance(value, str):
+        try:
+            t = pajson.read_json(io.BytesIO(orjson.dumps({"v": value}))).schema.field("v").type
+        except _ARROW_ERRORS:
+            return pa.string()
+        return t if pa.types.is_timestamp(t) else pa.string()
+    return f"{type(value).__name__} values are not supported"
+
+
+def _learn_from(row: dict[str, Any], schema: RowSchema) -> str | None:
+    """Learn the undeclared columns ``row`` brings (a good row: the caller checked its known columns), each
+    typed by its value (:func:`_learned_type`); or say why the row cannot be taken, learning nothing."""
+    new = {k: v for k, v in row.items() if k not in schema.fields and v is not None}
+    if not new:
+        return None
+    why = schema.room_for(len(new))
+    if why is not None:
+        return why
+    fields = []
+    for k, v in new.items():
+        t = _learned_type(v)
+        if isinstance(t, str):
+            return f"column {k!r}: {t}"
+        if k in schema.numeric:
+            t = pa.float64()
+        misfit = value_fits(v, t)
+        if misfit is not None:
+            return f"column {k!r}: {misfit} (the chain uses it as a number)"
+        fields.append(pa.field(k, t))
+    schema.learn(pa.schema(fields))
     return None
 
 
@@ -237,6 +274,10 @@ class JsonRowsCodec(Codec):
             return None
         if table.num_rows != len(values) or not _is_flat(table.schema):
             return None
+        if any(f.name not in schema.fields and not pa.types.is_null(f.type) for f in table.schema):
+            # A new column: the row path learns its type from the first good row that carries it, as it
+            # would for any batch cut (the reader would infer from the whole batch, rejected rows included).
+            return None
         try:
             table.validate(full=True)  # pyarrow's JSON reader does not check UTF-8 inside strings
         except _ARROW_ERRORS:
@@ -311,10 +352,9 @@ class JsonRowsCodec(Codec):
             if known_only and not schema.fields.keys() >= obj.keys():
                 return None
             parsed.append((i, obj))
-        self._learn_new_columns([o for _, o in parsed], schema)
         good: list[tuple[int, dict[str, Any]]] = []
-        for i, obj in parsed:
-            why = schema.check_row(obj)
+        for i, obj in parsed:  # in offset order: the first good row that carries a column types it
+            why = schema.check_row(obj) or _learn_from(obj, schema)
             if why is None:
                 good.append((i, obj))
             else:
@@ -325,24 +365,6 @@ class JsonRowsCodec(Codec):
         table = self._build(good, schema)
         kept = [i for i, _ in good]
         return Decoded(table, kept, [1] * len(kept), rejected)
-
-    @staticmethod
-    def _learn_new_columns(rows: list[dict[str, Any]], schema: RowSchema) -> None:
-        """Type unknown columns by majority vote of their values' JSON types (ints+floats -> float64)."""
-        votes: dict[str, Counter[str]] = {}
-        for row in rows:
-            for k, v in row.items():
-                if k not in schema.fields:
-                    t = _python_type(v)
-                    if t is not None:
-                        votes.setdefault(k, Counter())[str(t)] += 1
-        new = []
-        by_name = {"int64": pa.int64(), "double": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
-        for k, c in votes.items():
-            chosen = pa.float64() if c.get("int64") and c.get("double") else by_name[c.most_common(1)[0][0]]
-            new.append(pa.field(k, chosen))
-        if new:
-            schema.learn(pa.schema(new))
 
     @staticmethod
     def _build(good: list[tuple[int, dict[str, Any]]], schema: RowSchema) -> pa.Table:
