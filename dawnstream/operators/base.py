@@ -61,6 +61,13 @@ class Operator(ABC):
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         """Consume one batch, return zero or more output batches."""
 
+    def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
+        """Rows of ``batch`` this stage refuses, ``{row index: why}``: values no row may carry (a gold label
+        that is no class, an event time past the allowed skew). :meth:`Chain.bad_rows` asks each stage that
+        reads input columns before any stage runs, so such a row is dead-lettered alone and moves no state
+        (raising from :meth:`process` instead costs the whole batch). Must not change state. Default: none."""
+        return {}
+
     def explain(self, schema: pa.Schema | None = None) -> str:
         """One line for ``dawnstream accel plan``: how this stage runs on batches of ``schema``
         (compiled by the accel layer, or interpreted). Operators with an accel lowering override it."""
@@ -135,6 +142,24 @@ class Chain:
     def numeric_columns(self) -> set[str]:
         """Input columns the chain uses as numbers (same scoping as :meth:`required_columns`)."""
         return self._input_columns(lambda op: op.numeric_columns())
+
+    def bad_rows(self, batch: pa.RecordBatch) -> dict[int, tuple[str, str]]:
+        """Rows of the chain's input that a stage refuses (:meth:`Operator.bad_rows`), ``{row: (stage, why)}``,
+        the first refusing stage's. Asked of the stages that read the input's columns as given: up to the
+        first stage that does not pass its input through, and not of a stage reading a column an earlier
+        stage produces (that stage's :meth:`~Operator.process` still raises on it, costing the batch)."""
+        out: dict[int, tuple[str, str]] = {}
+        produced: set[str] = set()
+        names = set(batch.schema.names)
+        for op in self.operators:
+            reads = op.required_columns()
+            if not (reads & produced) and reads <= names:
+                for row, why in op.bad_rows(batch).items():
+                    out.setdefault(row, (op.name, why))
+            produced |= op.produced_columns()
+            if not op.passes_through():
+                break
+        return out
 
     def process(self, batch: pa.RecordBatch, stats: StageStats | None = None) -> list[pa.RecordBatch]:
         """Run ``batch`` through every stage.

@@ -15,6 +15,7 @@ layer; a batch whose dense domain would exceed 2**22 cells uses Arrow's hash agg
 from __future__ import annotations
 
 import re
+import time as _time
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,14 +48,39 @@ def parse_duration_ms(text: str | int, path: str = "size") -> int:
     return ms
 
 
-def event_time_ms(col: pa.Array | pa.ChunkedArray, unit: str = "ms") -> np.ndarray:
-    """Event times as int64 ms since the epoch (nulls -> INT64 min, which never closes a window).
+NO_TIME = np.iinfo(np.int64).min
+"""The time of a row without one (null or unusable): it never closes a window and is not counted."""
+MIN_EVENT_MS = -62_135_596_800_000
+"""0001-01-01T00:00:00Z: event times before it are unusable (as after :data:`MAX_EVENT_MS`)."""
+MAX_EVENT_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: a window's end past it would overflow the int64 arithmetic of ms."""
+
+
+def event_times(col: pa.Array | pa.ChunkedArray, unit: str = "ms") -> tuple[np.ndarray, np.ndarray]:
+    """Event times as int64 ms since the epoch, and which rows carry an unusable one (a string that is not
+    a time, a number that is not finite or lies outside years 1-9999 once in ms); both ``(rows,)``.
+    Nulls and unusable values get :data:`NO_TIME`.
 
     Accepts timestamp/date columns, ISO-8601 strings, or numbers in ``unit`` (``ms`` or ``s``).
+
+    Raises:
+        TypeError: a column of another type.
     """
     t = col.type
+    n = len(col)
+    unusable = np.zeros(n, bool)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        col = pc.cast(col, pa.timestamp("ms"))
+        try:
+            col = pc.cast(col, pa.timestamp("ms"))
+        except pa.ArrowInvalid:  # some value is not a time: find which, one by one
+            vals = []
+            for i, v in enumerate(col.to_pylist()):
+                try:
+                    vals.append(None if v is None else pa.array([v]).cast(pa.timestamp("ms"))[0].value)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    unusable[i] = True
+                    vals.append(None)
+            col = pa.array(vals, pa.int64()).cast(pa.timestamp("ms"))
         t = col.type
     if pa.types.is_date(t):
         col = pc.cast(pc.cast(col, pa.date32()), pa.timestamp("ms"))
@@ -64,12 +90,29 @@ def event_time_ms(col: pa.Array | pa.ChunkedArray, unit: str = "ms") -> np.ndarr
             col = pc.cast(col, pa.timestamp(t.unit))
         col = pc.cast(col, pa.timestamp("ms")).cast(pa.int64())
     elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        ms = np.asarray(pc.fill_null(pc.cast(col, pa.float64(), safe=False), 0.0).to_numpy(zero_copy_only=False),
+                        np.float64)  # (inexact beyond 2**53 ms: far outside the usable range anyway)
+        if unit == "s":
+            ms = ms * 1000.0
+        with np.errstate(invalid="ignore"):
+            unusable |= ~((ms >= MIN_EVENT_MS) & (ms <= MAX_EVENT_MS))  # NaN and inf too
+        if unusable.any():
+            col = pc.if_else(pa.array(unusable), pa.scalar(None, col.type), col)
         if unit == "s":
             col = pc.multiply(pc.cast(col, pa.float64()), 1000.0)
         col = pc.cast(col, pa.int64(), safe=False)
-    else:
+    elif not pa.types.is_integer(t):
         raise TypeError(f"time column has type {t}; expected a timestamp, ISO string or number")
-    return np.asarray(pc.fill_null(col, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False), dtype=np.int64)
+    out = np.array(pc.fill_null(col, NO_TIME).to_numpy(zero_copy_only=False), dtype=np.int64)  # a copy
+    out[unusable] = NO_TIME
+    return out, unusable
+
+
+def event_time_ms(col: pa.Array | pa.ChunkedArray, unit: str = "ms") -> np.ndarray:
+    """Event times as int64 ms since the epoch (nulls and unusable values -> INT64 min, which never closes
+    a window); see :func:`event_times`.
+    """
+    return event_times(col, unit)[0]
 
 
 class WindowCount(Operator):
@@ -81,6 +124,12 @@ class WindowCount(Operator):
         size: window length, e.g. ``"1h"`` (see :func:`parse_duration_ms`).
         lateness: how far behind the largest event time a row may still arrive (default 0).
         time_unit: unit of a numeric time column, ``ms`` or ``s``.
+        max_skew: how far ahead of the wall clock an event time may be (default ``1d``; ``null``: no
+            bound). A row past it is dead-lettered with the reason instead of moving the watermark
+            there, which would close every open window and drop every later row as late. (A
+            replay long after the fact is unaffected: its times are in the past.)
+
+    Rows whose time is unusable (not a time, not finite, outside years 1-9999) are dead-lettered too.
 
     Output rows: ``window_start``, ``window_end`` (timestamp[ms], UTC), the key columns, ``count`` (int64),
     emitted in window order then key order.
@@ -101,9 +150,12 @@ class WindowCount(Operator):
         size: str | int,
         lateness: str | int = 0,
         time_unit: str = "ms",
+        max_skew: str | int | None = "1d",
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        self.max_skew_ms = None if max_skew in (None, "none", "off") else parse_duration_ms(max_skew, "max_skew")
+        self.clock = _time.time  # wall clock, s (tests set it)
         self.keys = [key] if isinstance(key, str) else list(key)
         if not self.keys:
             raise ConfigError("key", "window_count needs at least one key column")
@@ -137,11 +189,35 @@ class WindowCount(Operator):
                 "encoded into one dense group key, one group_aggregate pass (Arrow hash aggregation "
                 "when a batch needs more than 2**22 cells)")
 
+    def _refused(self, batch: pa.RecordBatch, margin_ms: int = 0) -> tuple[np.ndarray, dict[int, str]]:
+        """Event times of ``batch`` and the rows to refuse, with why."""
+        col = batch.column(self.time)
+        t, unusable = event_times(col, self.time_unit)
+        why: dict[int, str] = {}
+        for i in np.flatnonzero(unusable).tolist():
+            why[i] = (f"column {self.time!r}: {col[i].as_py()!r:.60} is not a usable event time (a time between "
+                      f"years 1 and 9999{'' if self.time_unit == 'ms' else ', in seconds'})")
+        if self.max_skew_ms is not None:
+            edge = int(self.clock() * 1000) + self.max_skew_ms + margin_ms
+            for i in np.flatnonzero(t > edge).tolist():
+                ahead_h = (int(t[i]) - edge + self.max_skew_ms) / 3_600_000
+                why[i] = (f"column {self.time!r}: event time {np.datetime64(int(t[i]), 'ms')} is {ahead_h:,.1f} h "
+                          f"ahead of the wall clock, past max_skew ({self.max_skew_ms / 3_600_000:g} h): it would "
+                          "close every open window (raise max_skew if the producer's clock is that far ahead)")
+        return t, why
+
+    def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
+        return self._refused(batch)[1] if batch.num_rows else {}
+
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         if batch.num_rows == 0:
             return []
-        t = event_time_ms(batch.column(self.time), self.time_unit)
-        valid = t != np.iinfo(np.int64).min
+        # (a minute of margin: the runner refused these rows a moment ago, with an earlier clock)
+        t, refused = self._refused(batch, margin_ms=60_000)
+        if refused:  # only when the time column is made by an earlier stage: the runner could not look first
+            row, why = next(iter(sorted(refused.items())))
+            raise ValueError(f"row {row}: {why}")
+        valid = t != NO_TIME
         starts = (t // self.size_ms) * self.size_ms
         # A row is late when its window had closed *before that row* (watermark of the rows before
         # it), so lateness does not depend on where micro-batches happen to end.

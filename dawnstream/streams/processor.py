@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from dawnstream.errors import DATA_ERRORS
@@ -279,6 +280,11 @@ class BatchProcessor:
             return res
         rb = table.to_batches()[0]
         chain = self.chain(partition)
+        refused = chain.bad_rows(rb)
+        if refused:  # before any stage runs: a refused row's message is dead-lettered alone, no state moves
+            rb, decoded = self._drop_refused(res, messages, decoded, rb, refused)
+            if rb.num_rows == 0:
+                return res
         try:
             out = chain.process(rb, res.stage_stats)
         except OPERATOR_DATA_ERRORS as e:  # the batch's values: dead letters; anything else is a bug and stops
@@ -296,6 +302,26 @@ class BatchProcessor:
                 self._dead(res, Rejected(messages[i], f"cannot encode the output: {type(e).__name__}: {e}",
                                          stage="encode", rows=n))
         return res
+
+    def _drop_refused(self, res: BatchResult, messages: list[Message], decoded: Decoded, rb: pa.RecordBatch,
+                      refused: dict[int, tuple[str, str]]) -> tuple[pa.RecordBatch, Decoded]:
+        """Dead-letter the messages that carry a refused row (all of that message's rows: an Arrow message
+        is one unit) and return the rows of the others."""
+        owner = np.repeat(np.arange(len(decoded.kept)), decoded.rows_per_kept)
+        first_row = np.concatenate([[0], np.cumsum(decoded.rows_per_kept)])
+        reasons: dict[int, tuple[str, str]] = {}
+        for row in sorted(refused):
+            j = int(owner[row])
+            if j not in reasons:
+                stage, why = refused[row]
+                n = decoded.rows_per_kept[j]
+                reasons[j] = (stage, why if n == 1 else f"row {row - int(first_row[j])} of {n}: {why}")
+        for j, (stage, why) in reasons.items():
+            self._dead(res, Rejected(messages[decoded.kept[j]], why, stage=stage, rows=decoded.rows_per_kept[j]))
+        keep = ~np.isin(owner, list(reasons))
+        left = [j for j in range(len(decoded.kept)) if j not in reasons]
+        return rb.filter(pa.array(keep)), Decoded(None, [decoded.kept[j] for j in left],
+                                                   [decoded.rows_per_kept[j] for j in left], decoded.rejected)
 
     @staticmethod
     def _failing_stage(chain: Chain, stats: StageStats) -> str:

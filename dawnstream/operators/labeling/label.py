@@ -200,21 +200,43 @@ class Label(Operator):
             errors[:, j] = err | bad
         return L, errors
 
-    def _gold(self, batch: pa.RecordBatch) -> np.ndarray | None:
+    def _gold_codes(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray] | None:
+        """Gold class per row (-1: none) and the rows whose gold is not a class; None without a gold column."""
         if self.gold is None or self.gold not in batch.schema.names:
             return None
         col = batch.column(self.gold)
         if pa.types.is_null(col.type):
             return None
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             idx = pc.fill_null(pc.index_in(col, value_set=pa.array(self.classes)), -1).to_numpy().astype(np.int64)
-            bad = (idx < 0) & col.is_valid().to_numpy(zero_copy_only=False)
+            bad = (idx < 0) & valid
+        elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            num = np.asarray(pc.fill_null(pc.cast(col, pa.float64()), -1.0).to_numpy(zero_copy_only=False))
+            whole = np.isfinite(num) & (num == np.floor(num)) & (num >= 0) & (num < self.k)
+            bad = ~whole & valid
+            idx = np.where(whole & valid, num, -1).astype(np.int64)
         else:
-            idx = pc.fill_null(pc.cast(col, pa.int64()), -1).to_numpy()
-            bad = ((idx < 0) | (idx >= self.k)) & col.is_valid().to_numpy(zero_copy_only=False)
+            raise TypeError(f"column {self.gold!r} is {col.type}: gold labels are class names or indices")
+        return idx, bad
+
+    def _not_a_class(self, value: Any) -> str:
+        return f"column {self.gold!r}: {value!r:.60} is not a class; expected one of {self.classes} or 0..{self.k - 1}"
+
+    def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
+        got = self._gold_codes(batch)
+        if got is None or not got[1].any():
+            return {}
+        col = batch.column(self.gold)
+        return {i: self._not_a_class(col[i].as_py()) for i in np.flatnonzero(got[1]).tolist()}
+
+    def _gold(self, batch: pa.RecordBatch) -> np.ndarray | None:
+        got = self._gold_codes(batch)
+        if got is None:
+            return None
+        idx, bad = got
         if bad.any():
-            raise ValueError(f"column {self.gold!r}: {col[int(np.flatnonzero(bad)[0])].as_py()!r} is not a class; "
-                             f"expected one of {self.classes} or 0..{self.k - 1}")
+            raise ValueError(self._not_a_class(batch.column(self.gold)[int(np.flatnonzero(bad)[0])].as_py()))
         return idx
 
     def _predict(self, L: np.ndarray) -> np.ndarray:
