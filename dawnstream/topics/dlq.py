@@ -1,16 +1,29 @@
 """Dead-letter envelope: the original key, value and headers untouched, plus ``dlq.*`` reason headers.
 
 Convention follows Kafka Connect's ``errors.deadletterqueue.context.headers.enable`` and KIP-1034:
-the payload is never rewritten, so a fixed consumer can replay it.
+the payload is not rewritten, so a fixed consumer can replay it; the one exception is a message so large
+that its copy plus the ``dlq.*`` headers would pass the size the broker took it at (:data:`TRUNCATE_ABOVE`):
+its value is cut, the headers say so, and the whole message stays at its topic, partition and offset.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from dawnstream.topics.message import OutRecord, Rejected
 from dawnstream.topics.spec import dlq_topic_name
 
 DLQ_HEADERS = ("dlq.error", "dlq.stage", "dlq.topic", "dlq.partition", "dlq.offset")
 MAX_REASON_BYTES = 2000
+TRUNCATE_ABOVE = 64 << 10
+"""A dead letter of a message larger than this (bytes of key, value and headers) is never larger than the
+message itself: its payload loses as many bytes as the ``dlq.*`` headers add (and a margin), so a message
+that fit the broker's limit cannot make its dead letter fail to produce (that stopped the job for good)."""
+_MARGIN = 1024
+
+
+def _size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") + 8 for k, v in headers)
 
 
 def dead_letter(rejected: Rejected) -> tuple[str, OutRecord]:
@@ -19,7 +32,9 @@ def dead_letter(rejected: Rejected) -> tuple[str, OutRecord]:
     Returns:
         ``(dlq_topic, record)``; ``record.value``/``key`` are the original bytes (an empty value
         stands for a ``None`` payload), original headers first, then ``dlq.error`` (UTF-8, at most
-        2000 bytes), ``dlq.stage``, ``dlq.topic``, ``dlq.partition``, ``dlq.offset``.
+        2000 bytes), ``dlq.stage``, ``dlq.topic``, ``dlq.partition``, ``dlq.offset``. A message over
+        :data:`TRUNCATE_ABOVE` bytes whose dead letter would outgrow it keeps the head of its value, and
+        ``dlq.truncated``, ``dlq.value.bytes`` and ``dlq.value.sha256`` (of the whole value) say so.
     """
     m = rejected.message
     reason = rejected.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]
@@ -30,7 +45,18 @@ def dead_letter(rejected: Rejected) -> tuple[str, OutRecord]:
         ("dlq.partition", str(m.partition).encode()),
         ("dlq.offset", str(m.offset).encode()),
     ]
-    return dlq_topic_name(m.topic), OutRecord(value=m.value or b"", key=m.key, headers=headers)
+    value = m.value or b""
+    original = _size(m.key, value, list(m.headers))
+    if original > TRUNCATE_ABOVE:
+        extra = [("dlq.truncated", b"0" * 20), ("dlq.value.bytes", b"0" * 20), ("dlq.value.sha256", b"0" * 64)]
+        room = original - (_size(m.key, b"", headers + extra) + _MARGIN)
+        if room < len(value):
+            headers += [("dlq.truncated", f"the value's first {max(room, 0)} of {len(value)} bytes are kept; the "
+                                          "whole message is at dlq.topic/dlq.partition/dlq.offset".encode()),
+                        ("dlq.value.bytes", str(len(value)).encode()),
+                        ("dlq.value.sha256", hashlib.sha256(value).hexdigest().encode())]
+            value = value[:max(room, 0)]
+    return dlq_topic_name(m.topic), OutRecord(value=value, key=m.key, headers=headers)
 
 
 def dlq_reason(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
