@@ -52,8 +52,35 @@ def resolve(mode: str) -> str:
     return mode
 
 
+class ReferenceExecutable:
+    """The program run by the numpy reference (:func:`~dawnstream.accel.reference.run_reference`): what a
+    stage runs when its kernel cannot be compiled (no room or no write access for the kernel cache)."""
+
+    backend = "off"
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+
+    def run(self, columns: dict[str, np.ndarray], params: dict[str, float] | None = None,
+            state: ScanState | None = None, n: int | None = None) -> dict[str, Any]:
+        from dawnstream.accel.reference import run_reference
+
+        return run_reference(self.program, columns, params, state)
+
+
+_WARNED: set[str] = set()
+
+
 def build(program: Program, mode: str) -> Executable:
-    """Compile ``program`` for ``mode`` (``cpu``/``gpu``/``auto``)."""
+    """Compile ``program`` for ``mode`` (``cpu``/``gpu``/``auto``).
+
+    A CPU kernel whose cache cannot be written (a full disk, a read-only home: ``OSError``) runs
+    uncompiled instead (:class:`ReferenceExecutable`, the same results, slower), with one warning per
+    cause in the log: a worker must not stop because its cache has no room.
+
+    Raises:
+        ValueError: as :func:`resolve`.
+    """
     backend = resolve(mode)
     if backend == "gpu":
         from dawnstream.accel.cuda import CudaExecutable
@@ -61,4 +88,16 @@ def build(program: Program, mode: str) -> Executable:
         return CudaExecutable(program)
     from dawnstream.accel.cpu import CpuExecutable
 
-    return CpuExecutable(program)
+    try:
+        return CpuExecutable(program)
+    except OSError as e:
+        why = f"{type(e).__name__}: {e}"
+        if why not in _WARNED:
+            _WARNED.add(why)
+            import logging
+
+            from dawnstream.logs import event, get_logger
+
+            event(get_logger(__name__), "accel.uncompiled", level=logging.WARNING, error=why,
+                  hint="free space under $DAWNSTREAM_CACHE (or point it elsewhere); stages run uncompiled meanwhile")
+        return ReferenceExecutable(program)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from accelkit import assert_same, programs
 from hypothesis import HealthCheck, given, settings
@@ -132,3 +133,34 @@ def test_a_key_outside_the_domain_raises_only_on_rows_the_where_keeps(fn: str) -
     for run in (run_reference, CpuExecutable(prog).run):
         with pytest.raises(ValueError, match="domain"):
             run(prog, kept) if run is run_reference else run(kept)
+
+
+@pytest.mark.parametrize("cause", ["unwritable", "no space"])
+def test_a_kernel_cache_that_cannot_be_written_runs_the_program_uncompiled(cause, tmp_path, monkeypatch,
+                                                                          caplog) -> None:
+    import errno
+
+    import dawnstream.accel.cpu as cpu
+    from dawnstream.accel.backends import ReferenceExecutable, build
+    from dawnstream.operators.window_count import WindowCount
+
+    if cause == "unwritable":
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("DAWNSTREAM_CACHE", str(tmp_path / "file" / "cache"))  # mkdir: not a directory
+    else:
+        def full(key: str, source: str) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / f"k{key}.py"))
+
+        monkeypatch.setattr(cpu, "load_module", full)
+    monkeypatch.setattr(cpu, "_MODULES", {})  # as in a fresh worker: nothing compiled yet
+    prog = mad_chain()
+    exe = build(prog, "cpu")
+    assert isinstance(exe, ReferenceExecutable)
+    rng = np.random.default_rng(1)
+    data = {"x": rng.normal(size=1000).astype(np.float32), "cat": rng.integers(0, 64, 1000)}
+    np.testing.assert_array_equal(exe.run(data)["z"], run_reference(prog, data)["z"])
+    assert any("accel.uncompiled" in r.getMessage() for r in caplog.records)
+    w = WindowCount(key="k", time="t", size="10ms")  # a stage built on build() keeps working
+    w.accel = "cpu"
+    out = w.process(pa.record_batch({"k": ["a", "a", "b", "a"], "t": [1, 2, 3, 11]}))
+    assert out[0].to_pydict()["count"] == [2, 1]
