@@ -190,7 +190,10 @@ def test_the_review_queue_takes_the_least_certain_share_of_rows(reviews) -> None
 
 @pytest.mark.parametrize(("params", "path", "says"), [
     ({"lfs": ["no.such.module"], "classes": ["a", "b"]}, "stages.0.lfs.0", "cannot import LF module"),
-    ({"lfs": ["json"], "classes": ["a", "b"]}, "stages.0.lfs.0", "defines no labeling function"),
+    ({"lfs": ["json"], "classes": ["a", "b"]}, "stages.0.lfs.0", "standard library"),
+    ({"lfs": ["this"], "classes": ["a", "b"]}, "stages.0.lfs.0", "standard library"),  # never imported
+    ({"lfs": ["dawnstream.operators"], "classes": ["a", "b"]}, "stages.0.lfs.0", "defines no labeling function"),
+    ({"lfs": ["os; rm -rf"], "classes": ["a", "b"]}, "stages.0.lfs.0", "not a module import path"),
     ({"lfs": SENTIMENT, "classes": ["a"]}, "stages.0.classes", "at least two"),
     ({"lfs": SENTIMENT, "classes": ["a", "b"], "model": "em"}, "stages.0.model", "expected one of"),
     ({"lfs": SENTIMENT, "classes": ["a", "b"], "class_balance": [1, 0]}, "stages.0.class_balance", "positive"),
@@ -233,3 +236,17 @@ def test_the_shipped_lfs_vote_as_their_row_wise_reference(reviews) -> None:
         votes = fast.apply(batch)[0]
         assert np.array_equal(votes, slow.apply(batch)[0]), fast.name
         assert (votes != ABSTAIN).any(), fast.name
+
+
+def test_an_lf_module_is_checked_before_it_is_imported(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    sys.modules.pop("this", None)
+    with pytest.raises(ConfigError, match="standard library"):
+        build_operator("label", {"lfs": ["this"], "classes": ["a", "b"]}, None, "stages.0")
+    assert "this" not in sys.modules and "Zen of Python" not in capsys.readouterr().out
+    (tmp_path / "stray_lfs.py").write_text("raise SystemExit('ran before the check')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # on sys.path, but not an installed distribution
+    with pytest.raises(ConfigError, match="trusted code") as e:
+        build_operator("label", {"lfs": ["stray_lfs"], "classes": ["a", "b"]}, None, "stages.0")
+    assert e.value.path == "stages.0.lfs.0" and "stray_lfs" not in sys.modules

@@ -29,6 +29,12 @@ they move the LFs' empirical accuracies and the estimated class balance only, as
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import sys
+import sysconfig
 import time
 from typing import Any
 
@@ -62,19 +68,51 @@ REVIEW_BLOCK = 100
 review flags, like the labels, do not depend on batching)."""
 
 
+_MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def untrusted_module(name: str) -> str | None:
+    """Why ``name`` may not be imported as an LF module, or None. LF modules are trusted code: importing one
+    runs it inside the worker, so before anything runs the name must be a module path whose top-level
+    package is dawnstream's, belongs to an installed distribution (``importlib.metadata``) or lies in the
+    interpreter's site-packages, or is already imported; never Python's standard library (``lfs: [this]``
+    printed the Zen of Python)."""
+    if not isinstance(name, str) or not _MODULE_PATH.fullmatch(name):
+        return f"{name!r} is not a module import path (e.g. mypackage.lfs)"
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return f"{name!r} is part of Python's standard library, not an LF module"
+    if top == "dawnstream" or name in sys.modules or top in importlib.metadata.packages_distributions():
+        return None
+    spec = importlib.util.find_spec(top)  # a top-level lookup: searches sys.path, runs nothing
+    if spec is None:
+        return None  # the import below reports it missing
+    origin = spec.origin or next(iter(spec.submodule_search_locations or []), "")
+    installed = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    if origin and any(os.path.abspath(origin).startswith(os.path.abspath(d) + os.sep) for d in installed):
+        return None
+    return (f"{name!r} is not part of an installed distribution (found at {origin}): LF modules are trusted code "
+            "that runs in the worker, so only installed packages are imported; install yours (pip install -e .)")
+
+
 def load_lfs(modules: list[str], path: str = "lfs") -> list[LabelingFunction]:
     """The LFs of the named modules, in order: each module's ``LFS`` list, else its module-level
-    :class:`~.lf.LabelingFunction` objects in definition order. Only code installed with the worker
-    runs: a module is imported by name, never loaded from a topic or a file a user sent.
+    :class:`~.lf.LabelingFunction` objects in definition order. LF modules are trusted code: a module is
+    imported by name only after :func:`untrusted_module` found it installed, never loaded from a topic or
+    a file a user sent.
 
     Raises:
-        ConfigError: a module cannot be imported, defines no LF, or two LFs share a name.
+        ConfigError: a name that is not an installed module (checked before anything is imported), a
+            module that cannot be imported or defines no LF, or two LFs that share a name.
     """
     out: list[LabelingFunction] = []
     if not isinstance(modules, list) or not modules:
         raise ConfigError(path, "expected a non-empty list of module import paths, e.g. "
                                 "[dawnstream.operators.labeling.lfs.sentiment]")
     for i, name in enumerate(modules):
+        why = untrusted_module(name)
+        if why is not None:
+            raise ConfigError(f"{path}.{i}", why)
         try:
             mod = importlib.import_module(str(name))
         except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module
