@@ -87,13 +87,20 @@ class BiasedMF:
         """
         a = from_npz(data)
         try:
-            m = cls(float(a["mu"][0]), a["user_ids"].astype(np.int64), a["P"].astype(np.float64),
-                    a["bu"].astype(np.float64), a["item_ids"].astype(np.int64), a["Q"].astype(np.float64),
-                    a["bi"].astype(np.float64))
+            m = cls(float(a["mu"].reshape(-1)[0]), a["user_ids"].astype(np.int64).reshape(-1),
+                    a["P"].astype(np.float64), a["bu"].astype(np.float64).reshape(-1),
+                    a["item_ids"].astype(np.int64).reshape(-1), a["Q"].astype(np.float64),
+                    a["bi"].astype(np.float64).reshape(-1))
         except KeyError as e:
             raise ModelError(f"biased MF artifact lacks array {e}") from None
-        if m.P.shape != (len(m.user_ids), m.k) or m.Q.shape[0] != len(m.item_ids) or len(m.bi) != len(m.item_ids):
-            raise ModelError("biased MF artifact has inconsistent shapes")
+        except (IndexError, ValueError, TypeError) as e:  # an empty mu, strings where numbers belong...
+            raise ModelError(f"biased MF artifact has unusable arrays: {type(e).__name__}: {e}") from None
+        shapes = {k: getattr(m, k).shape for k in ("user_ids", "P", "bu", "item_ids", "Q", "bi")}
+        if m.P.ndim != 2 or m.Q.ndim != 2 or m.P.shape[1] != m.Q.shape[1] \
+                or not (len(m.user_ids) == len(m.P) == len(m.bu)) or not (len(m.item_ids) == len(m.Q) == len(m.bi)):
+            raise ModelError(f"biased MF artifact has inconsistent shapes: {shapes}")
+        if not all(np.isfinite(v).all() for v in (m.P, m.Q, m.bu, m.bi)) or not np.isfinite(m.mu):
+            raise ModelError("biased MF artifact has values that are not finite")
         return m
 
     def to_onnx(self) -> bytes:

@@ -100,5 +100,17 @@ class HashedTextModel:
         a = from_npz(data)
         if not {"coef", "intercept", "settings"} <= set(a):
             raise ModelError(f"not a text model artifact: arrays {sorted(a)}")
-        k, n_features, ngram_max = (int(v) for v in a["settings"])
-        return cls(a["coef"], a["intercept"], k, n_features, ngram_max)
+        try:
+            k, n_features, ngram_max = (int(v) for v in a["settings"].reshape(-1))
+            coef = np.asarray(a["coef"], np.float32)
+            intercept = np.asarray(a["intercept"], np.float64).reshape(-1)
+        except (ValueError, TypeError) as e:
+            raise ModelError(f"text model artifact has unusable arrays: {type(e).__name__}: {e}") from None
+        shapes = ((1 if k == 2 else k, n_features), (k, n_features))
+        if k < 2 or n_features < 1 or not 1 <= ngram_max <= 5 or coef.shape not in shapes \
+                or intercept.shape != (coef.shape[0],):
+            raise ModelError(f"text model artifact is inconsistent: k={k}, n_features={n_features}, "
+                             f"ngram_max={ngram_max}, coef {coef.shape}, intercept {intercept.shape}")
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise ModelError("text model artifact has values that are not finite")
+        return cls(coef, intercept, k, n_features, ngram_max)

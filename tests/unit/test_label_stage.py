@@ -225,6 +225,39 @@ def test_a_promoted_end_model_labels_the_rows_no_lf_covers(reviews, tmp_path) ->
     assert set(covered.column("labeled_by").to_pylist()) == {"matrix_completion"}
 
 
+@pytest.mark.parametrize("bad", ["three classes", "wrong width", "not finite", "not npz"])
+def test_a_malformed_end_model_is_refused_once_and_the_last_good_one_stays(reviews, tmp_path, caplog, bad) -> None:
+    import io
+    import logging
+
+    from dawnstream.models.registry import Registry
+    from dawnstream.models.text_model import HashedTextModel
+
+    registry = Registry(tmp_path / "registry")
+    texts = reviews.column("text").to_pylist()[:1000]
+    good = HashedTextModel.fit(texts, np.eye(2)[reviews.column("label").to_numpy()[:1000]], n_features=1 << 12)
+    registry.promote("end", registry.register("end", good.to_npz(), "npz").version)
+    op = stage(end_model="end", registry=str(registry.root), refresh_s=0.0)
+    run(op, reviews.slice(0, 300), [])
+    with np.load(io.BytesIO(good.to_npz())) as z:
+        arrays = {k: z[k] for k in z.files}
+    if bad == "three classes":  # loads and predicts, but 3 probabilities for a 2-class stage
+        arrays = {"coef": np.zeros((3, 1 << 12), np.float32), "intercept": np.zeros(3),
+                  "settings": np.array([3, 1 << 12, 2])}
+    elif bad == "wrong width":
+        arrays["coef"] = arrays["coef"][:, :100]
+    elif bad == "not finite":
+        arrays["intercept"] = np.array([np.inf])
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    registry.promote("end", registry.register("end", b"junk" if bad == "not npz" else buf.getvalue(), "npz").version)
+    with caplog.at_level(logging.WARNING):
+        out = [run(op, reviews.slice(300 + 100 * i, 100), []) for i in range(5)]
+    uncovered = pa.concat_tables(out).filter(pa.concat_tables(out).column("abstained"))
+    assert uncovered.num_rows and set(uncovered.column("labeled_by").to_pylist()) == {"end_model:1"}
+    assert sum("label.end_model_refused" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_the_shipped_lfs_vote_as_their_row_wise_reference(reviews) -> None:
     """Vectorized (pyarrow.compute, shared tokens) and plain-Python row-wise forms of the twelve sentiment LFs."""
     from dawnstream.operators.labeling.lf import LFBatch

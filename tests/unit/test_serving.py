@@ -329,3 +329,45 @@ def test_segment_replies_match_the_row_by_row_reference(registry, policy, logw, 
         assert not r["default"] and r["model"] == model
         assert r["prediction"] == pytest.approx(min(5.0, max(1.0, want)), rel=1e-12, abs=1e-12)
         assert r["scores"] == ",".join(f"{a}={v:.4f}" for a, v in answered.items())
+
+
+def _npz(**arrays) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _theta_arrays(registry) -> dict:
+    import io
+
+    with np.load(io.BytesIO(registry.get("theta").read_bytes())) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("break_it", [
+    lambda a: {**a, "mu": np.zeros(0)},  # IndexError in the loader: it escaped and retried every refresh
+    lambda a: {**a, "bu": a["bu"][:-3]},  # loads, then IndexError on a request
+    lambda a: {**a, "P": a["P"][:, :2]},
+    lambda a: {**a, "Q": np.full_like(a["Q"], np.nan)},
+    lambda a: {**a, "user_ids": np.array(["x"] * len(a["user_ids"]))},
+])
+def test_a_malformed_version_is_refused_once_and_the_last_good_one_keeps_serving(registry, tmp_path, caplog,
+                                                                              break_it):
+    import logging
+
+    reg = Registry(tmp_path)
+    src = registry.get("theta")
+    reg.promote("theta", reg.register("theta", src.read_bytes(), "npz").version)
+    op = _serve(reg, models=[{"name": "velox", "kind": "velox", "model": "theta"}], refresh_s=0.0)
+    before = op.process(_rows(_req(1, 1, 1)))[0].to_pylist()[0]
+    reg.promote("theta", reg.register("theta", _npz(**break_it(_theta_arrays(registry))), "npz").version)
+    with caplog.at_level(logging.WARNING):
+        for k in range(40):
+            out = op.process(_rows(_req(10 + k, 1, 1), _fb(k, 2, 3, 4.0)))[0].to_pylist()
+            time.sleep(0.005)
+    assert all(r["kind"] != "error" for r in out) and "velox:1" in out[0]["versions"]
+    assert out[0]["default"] is False and before["default"] is False
+    assert op.containers[0]._refused == {2}
+    assert sum("serve.swap_failed" in r.getMessage() for r in caplog.records) == 1

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -215,6 +216,7 @@ class Label(Operator):
         self._end: HashedTextModel | None = None
         self.end_version = 0
         self._end_checked = -1e18
+        self._end_refused: set[int] = set()
 
     def required_columns(self) -> set[str]:
         return {self.text, self.id}
@@ -352,25 +354,46 @@ class Label(Operator):
         end = self._end_model()
         if end is not None and uncovered.any():
             texts = pc.fill_null(batch.column(self.text), "").filter(pa.array(uncovered)).to_pylist()
-            probs[uncovered] = end.predict_proba(texts)
-            by[uncovered] = f"end_model:{self.end_version}"
+            try:  # the state above has moved: an end model that fails here must not cost the batch
+                end_probs = end.predict_proba(texts)
+                if end_probs.shape != (len(texts), self.k) or not np.isfinite(end_probs).all():
+                    raise ModelError(f"it gave {end_probs.shape} probabilities for {len(texts)} texts")
+            except Exception as e:  # noqa: BLE001
+                self._refuse_end(self.end_version, e)
+                self._end, self.end_version = None, 0
+            else:
+                probs[uncovered] = end_probs
+                by[uncovered] = f"end_model:{self.end_version}"
         return [self._output(batch, L, probs, gold, review, by)]
 
     def _end_model(self) -> HashedTextModel | None:
-        """The promoted end model, looked up every ``refresh_s`` (a version that fails to load is skipped)."""
+        """The promoted end model, looked up every ``refresh_s``. A version that fails to load, or to label a
+        probe text with k finite probabilities, is refused for good (logged once); the last good one stays."""
         if self.registry is None or self.end_model is None:
             return None
         now = time.monotonic()
         if now - self._end_checked >= self.refresh_s:
             self._end_checked = now
+            v: int | None = None
             try:
                 v = self.registry.promoted_version(self.end_model)
-                if v is not None and v != self.end_version:
-                    self._end = HashedTextModel.from_npz(self.registry.get(self.end_model, v).read_bytes())
-                    self.end_version = v
-            except (ModelError, OSError) as e:
-                event(log, "label.end_model_unavailable", model=self.end_model, error=str(e))
+                if v is not None and v != self.end_version and v not in self._end_refused:
+                    model = HashedTextModel.from_npz(self.registry.get(self.end_model, v).read_bytes())
+                    probe = model.predict_proba(["a probe text"])
+                    if probe.shape != (1, self.k) or not np.isfinite(probe).all():
+                        raise ModelError(f"it labels a text with {probe.shape[-1]} probabilities; "
+                                         f"this stage has {self.k} classes")
+                    self._end, self.end_version = model, v
+            except Exception as e:  # noqa: BLE001 - a bad artifact must not stop labeling
+                self._refuse_end(v, e)
         return self._end
+
+    def _refuse_end(self, version: int | None, e: BaseException) -> None:
+        if version is not None:
+            self._end_refused.add(version)
+        event(log, "label.end_model_refused", level=logging.WARNING, model=self.end_model, version=version,
+              error=str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}",
+              keeps=self.end_version or None)
 
     def _review(self, L: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Rows for the review queue: covered rows whose margin (top probability minus the next) is

@@ -21,6 +21,7 @@ swaps to it without a pause: the new version is loaded before the old one is dro
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -195,11 +196,14 @@ class _Registered(Container):
             if v is None or v == self.version or v in self._refused:
                 return
             self._ready = (self._load(registry.get(self.model, v).read_bytes(), v), v)
-        except ModelError as e:
-            # A broken or half-deleted version must not take serving down: keep the current one.
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with a version, serving goes on
+            # A broken or half-deleted version must not take serving down: keep the current one, refuse
+            # this one for good (it is logged once, not at every refresh).
             if v is not None:
                 self._refused.add(v)
-            event(log, "serve.swap_failed", container=self.name, model=self.model, version=v, error=str(e))
+            event(log, "serve.swap_failed", level=logging.WARNING, container=self.name, model=self.model, version=v,
+                  error=f"{type(e).__name__}: {e}" if not isinstance(e, ModelError) else str(e),
+                  keeps=self.version or None)
 
     @abstractmethod
     def _load(self, artifact: bytes, version: int) -> Any:
@@ -230,10 +234,13 @@ class OnnxContainer(_Registered):
         session = onnx_session(artifact)
         one = np.zeros(1, np.int64)
         try:  # warm up before serving: a first run allocates, and must not count against a request's SLO
-            session.run(None, {"user_id": one, "item_id": one})
+            got = np.asarray(session.run(None, {"user_id": one, "item_id": one})[0], dtype=np.float64).reshape(-1)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
             raise ModelError(f"model {self.model!r} v{version} does not take (user_id, item_id) int64 inputs: "
                              f"{e}") from None
+        if got.shape != (1,) or not np.isfinite(got).all():
+            raise ModelError(f"model {self.model!r} v{version} answered one request with {got.tolist()[:4]}: "
+                             "expected one finite number")
         return session
 
     def _install(self, model: Any, version: int) -> None:
