@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import build_chain
+from dawnstream.topics.codecs.arrow_ipc import MAX_DECODED_BYTES
 from dawnstream.topics.schema import MAX_LEARNED_COLUMNS, parse_type
 from dawnstream.topics.spec import MAX_PARTITIONS, TopicSpec, codec_field, topic_field
 
@@ -126,7 +127,9 @@ class InputSpec(_Strict):
     """Input topic and how to read it. ``schema`` maps columns to types (``float64``, ``string``...);
     ``max_message_bytes`` (default 1 MiB, at most the broker's 16 MiB) bounds one JSON message;
     ``max_columns`` (default 256) bounds the undeclared columns learned from the rows (a row that would
-    pass it is dead-lettered); ``require_key`` dead-letters messages without a key."""
+    pass it is dead-lettered); ``max_decoded_bytes`` (default 64 MiB) bounds what one Arrow message may
+    decode to (read from its metadata before decompressing); ``require_key`` dead-letters messages
+    without a key."""
 
     topic: str
     codec: str = "json"
@@ -137,6 +140,7 @@ class InputSpec(_Strict):
     start: Literal["earliest", "latest"] = "earliest"
     max_message_bytes: int = Field(default=1 << 20, ge=1, le=16 << 20)
     max_columns: int = Field(default=MAX_LEARNED_COLUMNS, ge=0, le=100_000)
+    max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, ge=1, le=1 << 34)
     require_key: bool = False
     config: dict[str, str] = Field(default_factory=dict)
 

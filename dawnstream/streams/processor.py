@@ -97,6 +97,7 @@ class BatchProcessor:
         limit = topology.input.max_message_bytes
         self.codecs["json"] = get_codec("json", max_message_bytes=limit)
         self.codecs["requests"] = get_codec("requests", max_message_bytes=limit)
+        self.codecs["arrow"] = get_codec("arrow", max_decoded_bytes=topology.input.max_decoded_bytes)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
         self.routes = [Filter(expr=o.where) if o.where is not None else None for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}

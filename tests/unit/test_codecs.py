@@ -222,6 +222,43 @@ def test_arrow_bad_messages() -> None:
     assert d.table is not None and d.table.num_rows == 4 and d.kept == [0, 5]
 
 
+def _ipc(table: pa.Table, compression: str | None = None) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_an_arrow_compression_bomb_is_refused_before_it_is_decompressed() -> None:
+    zeros = pa.record_batch({"x": pa.array([0.0] * 1_000_000)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, zeros.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        for _ in range(50):  # 400 MB of zeros in a few hundred KB
+            w.write_batch(zeros)
+    bomb = sink.getvalue().to_pybytes()
+    small = _ipc(pa.table({"x": [1.0, 2.0]}), "lz4")
+    d = get_codec("arrow").decode(msgs([small, bomb, small]), RowSchema())
+    assert len(bomb) < 1 << 20 and d.table is not None and d.table.num_rows == 4
+    assert len(d.rejected) == 1 and "decodes to 50,000,000 rows and 400,000,000 bytes" in d.rejected[0].reason
+    assert "input.max_decoded_bytes" in d.rejected[0].reason
+
+
+def test_arrow_limits_are_per_message_and_configurable() -> None:
+    table = pa.table({"x": [float(i) for i in range(1000)]})
+    tight = get_codec("arrow", max_decoded_bytes=4000, max_message_rows=10_000)
+    d = tight.decode(msgs([_ipc(table), _ipc(table, "zstd"), _ipc(table.slice(0, 400))]), RowSchema())
+    assert [r.message.offset for r in d.rejected] == [0, 1] and d.table is not None and d.table.num_rows == 400
+    assert get_codec("arrow", max_message_rows=999).decode(msgs([_ipc(table)]), RowSchema()).table is None
+
+
+def test_arrow_strings_that_are_not_utf8_refuse_their_message_only() -> None:
+    good = _ipc(pa.table({"s": ["ok"]}))
+    data, offsets = pa.py_buffer(b"ok\xff\xfe"), pa.py_buffer(bytes(pa.array([0, 4], pa.int32()).buffers()[1]))
+    bad_strings = pa.Array.from_buffers(pa.string(), 1, [None, offsets, data])
+    d = get_codec("arrow").decode(msgs([good, _ipc(pa.table({"s": bad_strings})), good]), RowSchema())
+    assert d.kept == [0, 2] and "Invalid UTF8" in d.rejected[0].reason
+
+
 def _image(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, format=fmt)
