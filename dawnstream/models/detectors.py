@@ -67,25 +67,37 @@ class HogPeopleDetector:
         win_stride: detection window stride in pixels (OpenCV's ``winStride``).
         scale: image pyramid scale step.
         min_score: boxes with a lower SVM score are dropped.
+        threads: OpenCV threads while detecting (default 1). With several, the pyramid's scales finish in
+            any order and OpenCV groups the windows in that order: the boxes of one frame differed from run
+            to run, which a replay after a crash must not see.
     """
 
     name = "hog"
 
-    def __init__(self, win_stride: int = 8, scale: float = 1.05, min_score: float = 0.3) -> None:
+    def __init__(self, win_stride: int = 8, scale: float = 1.05, min_score: float = 0.3, threads: int = 1) -> None:
         import cv2
 
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
         self.win_stride, self.scale, self.min_score = int(win_stride), float(scale), float(min_score)
+        self.threads = int(threads)
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
-        rects, weights = self.hog.detectMultiScale(frame, winStride=(self.win_stride, self.win_stride),
-                                                   scale=self.scale)
+        import cv2
+
+        before = cv2.getNumThreads()
+        if self.threads:
+            cv2.setNumThreads(self.threads)
+        try:
+            rects, weights = self.hog.detectMultiScale(frame, winStride=(self.win_stride, self.win_stride),
+                                                       scale=self.scale)
+        finally:
+            cv2.setNumThreads(before)
         out = []
         for (x, y, w, h), s in zip(rects, np.ravel(weights) if len(rects) else [], strict=True):
             if float(s) >= self.min_score:
                 out.append(Detection(float(x), float(y), float(w), float(h), float(s)))
-        return out
+        return sorted(out, key=lambda d: (d.x, d.y, d.w, d.h, d.score))
 
 
 def _boxes(corners: np.ndarray, scores: np.ndarray, w: int, h: int) -> list[Detection]:
