@@ -108,3 +108,32 @@ def test_stable_sampling_sends_about_the_share_asked() -> None:
 
     picks = np.array([sampled("lawn", i, 0.05) for i in range(20000)])
     assert 0.04 < picks.mean() < 0.06 and picks[:100].tolist() == [sampled("lawn", i, 0.05) for i in range(100)]
+
+
+@pytest.mark.bitexact
+def test_bootstrap_frames_checkpoint_in_the_keyed_store_and_restore_exactly(tmp_path) -> None:
+    from dawnstream.streams.store import KeyedStore
+
+    params = {**PARAMS, "bootstrap": 30, "registry": str(tmp_path)}  # still bootstrapping at the checkpoint
+    batches = frames(24)
+    whole = build_chain([("cascade", params, None)])
+    whole.operators[0].store = KeyedStore()
+    expected = [r for b in batches for o in whole.process(b) for r in o.to_pylist()]
+
+    first = build_chain([("cascade", params, None)])
+    first.operators[0].store = store = KeyedStore()
+    head = [r for b in batches[:3] for o in first.process(b) for r in o.to_pylist()]
+    blob = first.snapshot()
+    records = store.changes()
+    assert b"npz" not in blob["cascade"] and len(blob["cascade"]) < 20_000  # metadata only, no frames
+    assert records and all(len(v or b"") <= 8 << 20 for _, v in records)
+    assert first.snapshot() == blob and store.changes() == []  # unchanged frames are not written again
+    second = build_chain([("cascade", params, None)])
+    second.operators[0].store = fresh = KeyedStore()
+    second.restore(blob)
+    for key, value in records:
+        fresh.apply(key, value)
+    tail = [r for b in batches[3:] for o in second.process(b) for r in o.to_pylist()]
+    drop = {"reference_ms", "latency_ms", "emit_time"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in head + tail] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in expected]

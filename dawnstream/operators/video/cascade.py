@@ -153,6 +153,10 @@ class Cascade(Operator):
 
     kind = "cascade"
     stateful = True
+    keyed_state = True
+    """A camera's bootstrap frames (thumbnails and difference images) go to the keyed store, in records of
+    at most :data:`FRAMES_RECORD_BYTES`, rewritten only when they changed: ~1,400 noisy frames of one camera
+    once made the snapshot blob pass the changelog's 16 MiB message limit and stopped the job for good."""
 
     def __init__(self, detector: dict[str, Any], query: dict[str, Any] | None = None,
                  targets: dict[str, float] | None = None, count: bool = False, bootstrap: int = 300,
@@ -201,6 +205,8 @@ class Cascade(Operator):
         self.model_name = model
         self.registry = Registry(registry) if registry else Registry()
         self.cameras: dict[str, Camera] = {}
+        self._written: dict[str, tuple[int, int]] = {}  # camera -> (crc32, records) of its frames in the store
+        self._pending_frames: dict[str, int] | None = None
 
     def required_columns(self) -> set[str]:
         return {"camera_id", "frame_index", "image"}
@@ -389,6 +395,7 @@ class Cascade(Operator):
 
     # -- the stage ------------------------------------------------------------------------------
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        self._load_frames()
         images = batch.column("image")
         if not (pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type)):
             raise TypeError(f"column 'image' is {images.type}: expected JPEG/PNG bytes (the frames codec)")
@@ -434,7 +441,53 @@ class Cascade(Operator):
                 for name, c in self.cameras.items()}
 
     # -- state ----------------------------------------------------------------------------------
+    def _keyed(self) -> bool:
+        from dawnstream.streams.store import KeyedStore
+
+        return isinstance(self.store, KeyedStore)
+
+    def _frames_to_store(self, arrays: dict[str, np.ndarray]) -> dict[str, int]:
+        """Write each camera's arrays as compressed npz records of at most :data:`FRAMES_RECORD_BYTES` (only
+        when they changed since the last checkpoint); returns the records per camera, for the blob."""
+        chunks: dict[str, int] = {}
+        for name in self.cameras:
+            mine = {k: v for k, v in arrays.items() if k.split("/", 1)[1] == name}
+            data = zlib.compress(to_npz(mine), 1) if mine else b""
+            parts = [data[i:i + FRAMES_RECORD_BYTES] for i in range(0, len(data), FRAMES_RECORD_BYTES)]
+            chunks[name] = len(parts)
+            digest = zlib.crc32(data)
+            if self._written.get(name) == (digest, len(parts)):
+                continue
+            old = self._written.get(name, (0, 0))[1]
+            for i, part in enumerate(parts):
+                self.store[f"frames/{name}/{i}"] = part
+            for i in range(len(parts), old):
+                self.store.pop(f"frames/{name}/{i}", None)
+            self._written[name] = (digest, len(parts))
+        return chunks
+
+    def _load_frames(self) -> None:
+        """After a restore: the cameras' arrays are the store's records (read back by then)."""
+        pending, self._pending_frames = self._pending_frames, None
+        if pending is None:
+            return
+        for name, n in pending.items():
+            data = b"".join(self.store[f"frames/{name}/{i}"] for i in range(n))
+            arrays = from_npz(zlib.decompress(data)) if data else {}
+            self._written[name] = (zlib.crc32(data), n)
+            self._arrays_to_camera(name, self.cameras[name], arrays)
+
+    def _arrays_to_camera(self, name: str, c: Camera, arrays: dict[str, np.ndarray]) -> None:
+        c.thumbs = list(arrays[f"t/{name}"]) if f"t/{name}" in arrays else []
+        c.grays = list(arrays[f"b/{name}"]) if f"b/{name}" in arrays else []
+        c.prev_gray, c.anchor_gray = arrays.get(f"g/{name}"), arrays.get(f"a/{name}")
+        if c.phase == "training":  # the thread died with the process: train again (or find its model)
+            self._start_training(name, c, swap_at=c.swap_at)
+        elif c.phase == "cascade" and c.version is not None:
+            c.spec = OnnxSpecialized(self.registry.get(self._model(name), c.version).read_bytes())
+
     def _state(self) -> Any:
+        self._load_frames()
         meta, arrays = {}, {}
         for name, c in self.cameras.items():
             meta[name] = {"phase": c.phase, "seen": c.seen, "diffs": c.diffs, "labels": c.labels, "frames": c.frames,
@@ -451,12 +504,17 @@ class Cascade(Operator):
                 arrays[f"g/{name}"] = c.prev_gray
             if c.anchor_gray is not None:
                 arrays[f"a/{name}"] = c.anchor_gray
+        if self._keyed():
+            return {"meta": meta, "frames": self._frames_to_store(arrays)}
         return {"meta": meta, "npz": base64.b64encode(zlib.compress(to_npz(arrays), 1)).decode() if arrays else ""}
 
     def _load_state(self, state: Any) -> None:
         if not state:
             return
-        arrays = from_npz(zlib.decompress(base64.b64decode(state["npz"]))) if state["npz"] else {}
+        npz = state.get("npz")
+        arrays = from_npz(zlib.decompress(base64.b64decode(npz))) if npz else {}
+        self._written = {}
+        self._pending_frames = state.get("frames")  # in the store: read at first use, after its records
         self.cameras = {}
         for name, m in state["meta"].items():
             c = Camera(phase=m["phase"], seen=m["seen"], diffs=[float("nan") if v is None else v for v in m["diffs"]],
@@ -468,15 +526,13 @@ class Cascade(Operator):
                        last_boxes_at=m.get("last_boxes_at", -1), fragile=m.get("fragile", False),
                        margin=tuple(m["margin"]) if m.get("margin") else None,
                        train_costs=tuple(m["train_costs"]))
-            c.thumbs = list(arrays[f"t/{name}"]) if f"t/{name}" in arrays else []
-            c.grays = list(arrays[f"b/{name}"]) if f"b/{name}" in arrays else []
-            c.prev_gray, c.anchor_gray = arrays.get(f"g/{name}"), arrays.get(f"a/{name}")
             self.cameras[name] = c
-            if c.phase == "training":  # the thread died with the process: train again (or find its model)
-                self._start_training(name, c, swap_at=c.swap_at)
-            elif c.phase == "cascade" and c.version is not None:
-                c.spec = OnnxSpecialized(self.registry.get(self._model(name), c.version).read_bytes())
+            if self._pending_frames is None:
+                self._arrays_to_camera(name, c, arrays)
 
+
+FRAMES_RECORD_BYTES = 8 << 20
+"""Largest keyed-store record of a camera's frames (the changelog's message limit is 16 MiB)."""
 
 QUARTER = 4
 """The cheap stages read frames decoded at 1/4 scale (libjpeg's DCT scaling: ~3x faster than full size)."""
