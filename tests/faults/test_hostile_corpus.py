@@ -1,0 +1,160 @@
+"""The hostile corpus, case by case, through a real broker: one bad message costs that message only.
+
+Each case produces good rows around its bad message(s) to a topic of its own and runs the job to the
+end (``drain``). Then: every bad message is in ``<topic>.dlq`` with its reason; the counts balance
+(rows in = rows decoded + rows dead-lettered); the group committed up to the end of the topic (the bad
+message survives no restart); and the output equals a run of the same topology on the good rows alone
+(``BatchProcessor``, no broker), so the state it left is the state without the bad message.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+from confluent_kafka import Producer
+from faultkit import committed, end_offsets
+
+from dawnstream.sources import rotten_tomatoes
+from dawnstream.streams.config import parse_topology
+from dawnstream.streams.kafka_clients import TopicAdmin
+from dawnstream.streams.processor import BatchProcessor
+from dawnstream.streams.runner import KafkaRunner
+from dawnstream.topics import Message
+from dawnstream.topics.spec import TopicSpec
+
+ARROW_CT = [("content-type", b"application/vnd.apache.arrow.stream")]
+Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+
+
+def ipc(table: pa.Table, compression: str | None = None, batches: int = 1) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        for _ in range(batches):
+            w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def flights(n: int, hours: int = 6) -> list[Record]:
+    return [(orjson.dumps({"carrier": "UA AA DL B6".split()[i % 4], "dep_delay": float(i % 50),
+                           "time_hour": f"2013-01-01T{(i * hours // n):02d}:00:00+00:00"}), b"k", [])
+            for i in range(n)]
+
+
+def row(d: dict[str, Any]) -> Record:
+    return (orjson.dumps(d), b"k", [])
+
+
+WINDOW = [{"op": "window_count", "key": "carrier", "time": "time_hour", "size": "1h"}]
+
+
+def _bomb() -> bytes:
+    zeros = pa.table({"carrier": pa.array(["UA"] * 1_000_000), "dep_delay": pa.array([0.0] * 1_000_000)})
+    return ipc(zeros, "zstd", batches=40)
+
+
+def _bad_utf8() -> bytes:
+    data, offsets = pa.py_buffer(b"U\xffA"), pa.py_buffer(bytes(pa.array([0, 3], pa.int32()).buffers()[1]))
+    carrier = pa.Array.from_buffers(pa.string(), 1, [None, offsets, data])
+    return ipc(pa.table({"carrier": carrier, "dep_delay": [1.0], "time_hour": ["2013-01-01T00:00:00"]}))
+
+
+def _reviews(n: int) -> list[dict]:
+    t = rotten_tomatoes().slice(0, n).to_pylist()
+    return [{"id": r["id"], "text": r["text"], "gold": ["rotten", "fresh"][r["label"]] if i % 7 == 0 else None}
+            for i, r in enumerate(t)]
+
+
+@dataclass
+class Case:
+    """One hostile message (or a few) among good rows, and what must become of it."""
+
+    name: str
+    stages: list[dict]
+    good: Callable[[], list[Record]]
+    bad: Callable[[], list[Record]]
+    says: str  # a fragment of every bad message's dlq.error
+    at: float = 0.5  # where the bad messages go among the good ones (0: first)
+    input: dict[str, Any] = field(default_factory=dict)
+    check: Callable[[list], None] | None = None  # more checks on the dead letters
+
+
+CASES = [
+    Case("first-batch-malformed", WINDOW, lambda: flights(400), lambda: [(b'{"carrier": "UA", "time_hour": ', b"k",
+                                                                           [])],
+         "invalid JSON", at=0.0),
+    Case("ten-thousand-keys", [{"op": "filter", "expr": "dep_delay >= 0"}], lambda: flights(300),
+         lambda: [row({"carrier": "UA", "dep_delay": 1.0, **{f"k{i}": i for i in range(10_000)}})],
+         "input.max_columns", at=0.0),
+    Case("integer-past-int64-first", [{"op": "filter", "expr": "dep_delay >= 0"}], lambda: flights(300),
+         lambda: [row({"carrier": "UA", "dep_delay": 1.0, "seats": 2**70})], "beyond int64", at=0.0),
+    Case("event-time-9999", WINDOW, lambda: flights(400),
+         lambda: [row({"carrier": "UA", "dep_delay": 1.0, "time_hour": "9999-12-31T23:59:59+00:00"})], "max_skew"),
+    Case("numeric-time-overflow", [{**WINDOW[0], "time": "t", "time_unit": "s"}],
+         lambda: [row({"carrier": "UA", "t": 1_356_998_400 + 60 * i}) for i in range(300)],
+         lambda: [row({"carrier": "UA", "t": 9_223_372_036_854_775_807})], "not a usable event time"),
+    Case("arrow-compression-bomb", [{"op": "filter", "expr": "dep_delay >= 0"}], lambda: flights(300),
+         lambda: [(_bomb(), b"k", ARROW_CT)], "input.max_decoded_bytes"),
+    Case("arrow-invalid-utf8", WINDOW, lambda: flights(300), lambda: [(_bad_utf8(), b"k", ARROW_CT)],
+         "Invalid UTF8"),
+    Case("near-the-size-limit", [{"op": "filter", "expr": "dep_delay >= 0"}], lambda: flights(200),
+         lambda: [(b'{"carrier": "' + b"x" * ((16 << 20) - 8192) + b'"}', b"k", [])], "exceeds max_message_bytes",
+         check=lambda dead: [dict(m.headers())["dlq.truncated"] for m in dead]),
+    Case("gold-that-is-no-class",
+         [{"op": "label", "lfs": ["dawnstream.operators.labeling.lfs.sentiment"], "classes": ["rotten", "fresh"],
+           "gold": "gold", "refit_every": 100, "class_balance": "estimate"}],
+         lambda: [row(r) for r in _reviews(700)], lambda: [row({**_reviews(1)[0], "gold": "maybe"})],
+         "is not a class"),
+]
+
+
+def _reference(topology: Any, good: list[Record]) -> list[dict]:
+    bp = BatchProcessor(topology)
+    res = bp.process(0, [Message(v, k, h, topology.input.topic, 0, i) for i, (v, k, h) in enumerate(good)])
+    fl = bp.flush()
+    return sorted((orjson.loads(v) for r in (res, fl) for _, enc in r.outputs for v in enc.values),
+                  key=orjson.dumps)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_one_hostile_message_costs_that_message_only(case: Case, kafka_bootstrap: str, reader) -> None:
+    tag = uuid.uuid4().hex[:8]
+    src, dst = f"test.hostile-{tag}.{case.name}.v1", f"test.hostile-{tag}.{case.name}-out.v1"
+    TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=1)])
+    good, bad = case.good(), case.bad()
+    cut = int(len(good) * case.at)
+    records = good[:cut] + bad + good[cut:]
+    p = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 16 << 20, "linger.ms": 5})
+    for value, key, headers in records:
+        p.produce(src, value, key, headers=headers)
+        p.poll(0)
+    assert p.flush(60) == 0
+    doc = {"name": f"hostile-{case.name}-{tag}", "input": {"topic": src, "partitions": 1, **case.input},
+           "stages": case.stages, "outputs": [{"topic": dst}], "kafka": {"bootstrap": kafka_bootstrap},
+           "metrics": {"port": 0}, "batch": {"max_messages": 97}}
+    topology = parse_topology(doc)
+    runner = KafkaRunner(topology)
+    done: list[Any] = []
+    th = threading.Thread(target=lambda: done.append(runner.run(max_rows=len(good) + len(bad), max_idle_s=20,
+                                                                drain=True)))
+    th.start()
+    th.join(240)
+    assert not th.is_alive() and done, "the job did not come to the end of its input"
+    stats = runner.stats
+    assert stats.rows_dead == len(bad) and stats.rows_in == len(good) + len(bad)
+    dead = reader(src + ".dlq", len(bad), timeout_s=60)
+    assert len(dead) == len(bad)
+    for m in dead:
+        why = dict(m.headers())["dlq.error"].decode()
+        assert case.says in why, why
+    if case.check is not None:
+        case.check(dead)
+    assert committed(kafka_bootstrap, topology.group_id, src, 1) == sum(end_offsets(kafka_bootstrap, src).values())
+    got = sorted((orjson.loads(m.value()) for m in reader(dst, None, timeout_s=60, idle_s=3)), key=orjson.dumps)
+    assert got == _reference(parse_topology(doc), good)
