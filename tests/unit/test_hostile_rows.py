@@ -209,3 +209,12 @@ def test_declared_columns_do_not_count_against_the_learned_limit_and_the_limit_i
                          msg(orjson.dumps({**declared, "a": 4}), 2)])
     assert res.rows_out == 2 and res.rows_dead == 1
     assert "at most 3" in dlq_reason(res.dead_letters[0][1].headers)["dlq.error"]
+
+
+def test_an_integer_past_64_bits_in_a_new_column_is_a_dead_letter_not_a_float_column() -> None:
+    # orjson hands 2**70 over as 1.18e21: it must not make the column float64 for good
+    bp = processor()
+    res = bp.process(0, [msg(b'{"x": 1, "big": %d}' % 2**70, 0), msg(b'{"x": 2, "big": 5}', 1)])
+    assert res.rows_dead == 1 and "beyond int64" in dlq_reason(res.dead_letters[0][1].headers)["dlq.error"]
+    assert str(bp.schema(0).fields["big"]) == "int64"
+    assert processor().process(0, [msg(b'{"x": 1, "f": 1e300}', 0)]).rows_dead == 0  # a float literal is a float

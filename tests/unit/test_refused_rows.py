@@ -126,19 +126,19 @@ def _checkpoint(bp: BatchProcessor, offset: int) -> tuple[bytes, dict[bytes, byt
 
 def test_open_windows_past_one_message_checkpoint_key_by_key_and_restore_exactly() -> None:
     stages = [{"op": "window_count", "key": "k", "time": "t", "size": "1h", "max_skew": None}]
-    first = [{"k": f"key-{i}", "t": "2013-01-01T00:10:00"} for i in range(300_000)]
+    first = [{"k": f"key-{i}", "t": "2013-01-01T00:10:00"} for i in range(120_000)]
     bp = processor(stages)
     bp.process(0, [msg(r, i) for i, r in enumerate(first)])
-    blob, records = _checkpoint(bp, 300_000)
-    assert len(blob) < 2_000 and len(records) == 300_000 and max(len(v or b"") for v in records.values()) < 16
-    later = [msg({"k": "key-7", "t": "2013-01-01T00:20:00"}, 300_000), msg({"k": "x", "t": "2013-01-01T02:00:00"},
-                                                                             300_001)]
+    blob, records = _checkpoint(bp, 120_000)
+    assert len(blob) < 2_000 and len(records) == 120_000 and max(len(v or b"") for v in records.values()) < 16
+    later = [msg({"k": "key-7", "t": "2013-01-01T00:20:00"}, 120_000), msg({"k": "x", "t": "2013-01-01T02:00:00"},
+                                                                             120_001)]
     resumed = processor(stages)
-    assert resumed.restore(0, blob) == 300_000
+    assert resumed.restore(0, blob) == 120_000
     resumed.apply_keyed(0, records)
     got = resumed.process(0, later)
     want = bp.process(0, later)
     assert got.out_batches[0].to_pylist() == want.out_batches[0].to_pylist()
     assert {r["k"]: r["count"] for r in got.out_batches[0].to_pylist()}["key-7"] == 2
-    _, after = _checkpoint(resumed, 300_002)  # the closed window's records are deleted, the open one's written
-    assert sum(v is None for v in after.values()) == 300_000 and after[b'p0/window_count/[1357005600000,"x"]'] == b"1"
+    _, after = _checkpoint(resumed, 120_002)  # the closed window's records are deleted, the open one's written
+    assert sum(v is None for v in after.values()) == 120_000 and after[b'p0/window_count/[1357005600000,"x"]'] == b"1"

@@ -102,12 +102,18 @@ def _learned_type(value: Any) -> pa.DataType | str:
     return f"{type(value).__name__} values are not supported"
 
 
-def _learn_from(row: dict[str, Any], schema: RowSchema) -> str | None:
+def _learn_from(row: dict[str, Any], schema: RowSchema, raw: bytes = b"") -> str | None:
     """Learn the undeclared columns ``row`` brings (a good row: the caller checked its known columns), each
-    typed by its value (:func:`_learned_type`); or say why the row cannot be taken, learning nothing."""
+    typed by its value (:func:`_learned_type`); or say why the row cannot be taken, learning nothing.
+    ``raw``: the message, re-read where orjson turned an integer literal past 64 bits into a float."""
     new = {k: v for k, v in row.items() if k not in schema.fields and v is not None}
     if not new:
         return None
+    if raw and any(type(v) is float and v.is_integer() and abs(v) >= 2.0**63 for v in new.values()):
+        import json
+
+        exact = json.loads(raw)  # Python's parser keeps the literal's type: an int stays an int
+        new = {k: exact.get(k, v) for k, v in new.items()}
     why = schema.room_for(len(new))
     if why is not None:
         return why
@@ -354,7 +360,7 @@ class JsonRowsCodec(Codec):
             parsed.append((i, obj))
         good: list[tuple[int, dict[str, Any]]] = []
         for i, obj in parsed:  # in offset order: the first good row that carries a column types it
-            why = schema.check_row(obj) or _learn_from(obj, schema)
+            why = schema.check_row(obj) or _learn_from(obj, schema, messages[i].value or b"")
             if why is None:
                 good.append((i, obj))
             else:
