@@ -123,30 +123,45 @@ def _reference(topology: Any, good: list[Record]) -> list[dict]:
                   key=orjson.dumps)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_one_hostile_message_costs_that_message_only(case: Case, kafka_bootstrap: str, reader) -> None:
-    tag = uuid.uuid4().hex[:8]
-    src, dst = f"test.hostile-{tag}.{case.name}.v1", f"test.hostile-{tag}.{case.name}-out.v1"
-    TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=1)])
-    good, bad = case.good(), case.bad()
-    cut = int(len(good) * case.at)
-    records = good[:cut] + bad + good[cut:]
-    p = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 16 << 20, "linger.ms": 5})
+def _produce(bootstrap: str, topic: str, records: list[Record]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 16 << 20, "linger.ms": 5})
     for value, key, headers in records:
-        p.produce(src, value, key, headers=headers)
+        p.produce(topic, value, key, headers=headers)
         p.poll(0)
     assert p.flush(60) == 0
-    doc = {"name": f"hostile-{case.name}-{tag}", "input": {"topic": src, "partitions": 1, **case.input},
-           "stages": case.stages, "outputs": [{"topic": dst}], "kafka": {"bootstrap": kafka_bootstrap},
-           "metrics": {"port": 0}, "batch": {"max_messages": 97}}
-    topology = parse_topology(doc)
-    runner = KafkaRunner(topology)
+
+
+def _run(doc: dict, rows: int, drain: bool = True) -> KafkaRunner:
+    runner = KafkaRunner(parse_topology(doc))
     done: list[Any] = []
-    th = threading.Thread(target=lambda: done.append(runner.run(max_rows=len(good) + len(bad), max_idle_s=20,
-                                                                drain=True)))
+    th = threading.Thread(target=lambda: done.append(runner.run(max_rows=rows, max_idle_s=20, drain=drain)))
     th.start()
-    th.join(240)
+    th.join(300)
     assert not th.is_alive() and done, "the job did not come to the end of its input"
+    return runner
+
+
+def _job(name: str, bootstrap: str, stages: list[dict], **inp: Any) -> tuple[dict, str, str]:
+    tag = uuid.uuid4().hex[:8]
+    src, dst = f"test.hostile-{tag}.{name}.v1", f"test.hostile-{tag}.{name}-out.v1"
+    TopicAdmin(bootstrap).ensure([TopicSpec(name=src, partitions=1)])
+    doc = {"name": f"hostile-{name}-{tag}", "input": {"topic": src, "partitions": 1, **inp}, "stages": stages,
+           "outputs": [{"topic": dst}], "kafka": {"bootstrap": bootstrap}, "metrics": {"port": 0},
+           "batch": {"max_messages": 97}}
+    return doc, src, dst
+
+
+def _output(reader: Any, dst: str) -> list[dict]:
+    return sorted((orjson.loads(m.value()) for m in reader(dst, None, timeout_s=60, idle_s=3)), key=orjson.dumps)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_one_hostile_message_costs_that_message_only(case: Case, kafka_bootstrap: str, reader) -> None:
+    doc, src, dst = _job(case.name, kafka_bootstrap, case.stages, **case.input)
+    good, bad = case.good(), case.bad()
+    cut = int(len(good) * case.at)
+    _produce(kafka_bootstrap, src, good[:cut] + bad + good[cut:])
+    runner = _run(doc, len(good) + len(bad))
     stats = runner.stats
     assert stats.rows_dead == len(bad) and stats.rows_in == len(good) + len(bad)
     dead = reader(src + ".dlq", len(bad), timeout_s=60)
@@ -156,6 +171,82 @@ def test_one_hostile_message_costs_that_message_only(case: Case, kafka_bootstrap
         assert case.says in why, why
     if case.check is not None:
         case.check(dead)
-    assert committed(kafka_bootstrap, topology.group_id, src, 1) == sum(end_offsets(kafka_bootstrap, src).values())
-    got = sorted((orjson.loads(m.value()) for m in reader(dst, None, timeout_s=60, idle_s=3)), key=orjson.dumps)
-    assert got == _reference(parse_topology(doc), good)
+    group = parse_topology(doc).group_id
+    assert committed(kafka_bootstrap, group, src, 1) == sum(end_offsets(kafka_bootstrap, src).values())
+    assert _output(reader, dst) == _reference(parse_topology(doc), good)
+
+
+def test_open_windows_past_one_message_survive_a_checkpoint_and_a_restart(kafka_bootstrap: str, reader) -> None:
+    # 250,000 keys of 48 characters in one open window: as one blob, 25 MB of snapshot (the changelog takes 16 MiB)
+    stages = [{"op": "window_count", "key": "k", "time": "t", "size": "1h", "max_skew": None}]
+    doc, src, dst = _job("wide-window", kafka_bootstrap, stages)
+    n = 250_000
+    keys = [f"{i:048d}" for i in range(n)]
+    _produce(kafka_bootstrap, src, [(ipc(pa.table({"k": keys[a:a + 10_000], "t": ["2013-01-01T00:10:00"] * 10_000})),
+                                     b"k", ARROW_CT) for a in range(0, n, 10_000)])
+    first = _run(doc, n, drain=False)  # stops after a checkpoint of every open count
+    assert first.stats.rows_in == n and first.stats.rows_dead == 0
+    _produce(kafka_bootstrap, src, [row({"k": "x", "t": "2013-01-01T02:00:00"})])  # closes the first window
+    second = _run(doc, 1, drain=False)  # a new worker: the counts come back from the changelog, key by key
+    assert second.stats.rows_in == 1
+    out = reader(dst, n, timeout_s=120)
+    counts = {orjson.loads(m.value())["k"]: orjson.loads(m.value())["count"] for m in out}
+    assert len(out) == n and counts == dict.fromkeys(keys, 1)
+
+
+def test_a_malformed_end_model_is_refused_and_labelling_goes_on(kafka_bootstrap: str, reader, tmp_path) -> None:
+    import io
+
+    import numpy as np
+
+    from dawnstream.models.registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    buf = io.BytesIO()  # loads, but its coefficients fit no hashed text (IndexError / shape error when used)
+    np.savez(buf, coef=np.zeros((1, 100), np.float32), intercept=np.zeros(1), settings=np.array([2, 1 << 18, 2]))
+    registry.promote("end", registry.register("end", buf.getvalue(), "npz").version)
+    stages = [{"op": "label", "lfs": ["dawnstream.operators.labeling.lfs.sentiment"], "classes": ["rotten", "fresh"],
+               "refit_every": 100, "end_model": "end", "registry": str(registry.root), "refresh_s": 0.0}]
+    doc, src, dst = _job("end-model", kafka_bootstrap, stages)
+    good = [row(r) for r in _reviews(500)]
+    _produce(kafka_bootstrap, src, good)
+    runner = _run(doc, len(good))
+    assert runner.stats.rows_dead == 0 and runner.stats.rows_out == len(good)
+    plain = {**doc, "stages": [{k: v for k, v in stages[0].items() if k not in ("end_model", "registry", "refresh_s")}]}
+    assert _output(reader, dst) == _reference(parse_topology(plain), good)
+
+
+def test_a_kernel_cache_with_no_room_runs_the_job_uncompiled(kafka_bootstrap: str, reader, tmp_path,
+                                                             monkeypatch) -> None:
+    import dawnstream.accel.cpu as cpu
+
+    (tmp_path / "full").write_text("")
+    monkeypatch.setenv("DAWNSTREAM_CACHE", str(tmp_path / "full" / "cache"))  # cannot be created
+    monkeypatch.setattr(cpu, "_MODULES", {})  # a fresh worker: nothing compiled in memory
+    stages = [{"op": "filter", "expr": "dep_delay > 10"}, {"op": "derive", "columns": {"h": "dep_delay / 60"}}]
+    doc, src, dst = _job("no-cache", kafka_bootstrap, stages)
+    doc["accel"] = "cpu"
+    good = flights(300)
+    _produce(kafka_bootstrap, src, good)
+    runner = _run(doc, len(good))
+    assert runner.stats.rows_dead == 0 and runner.stats.rows_in == len(good)
+    assert _output(reader, dst) == _reference(parse_topology(doc), good)
+
+
+@pytest.mark.parametrize("stage,path,says", [
+    ({"op": "label", "lfs": ["this"], "classes": ["a", "b"]}, "stages.0.lfs.0", "standard library"),
+    ({"op": "label", "lfs": ["os.path"], "classes": ["a", "b"]}, "stages.0.lfs.0", "standard library"),
+    ({"op": "window_count", "key": "k", "time": "t", "size": "1h", "max_skew": "later"}, "stages.0.max_skew",
+     "expected a duration"),
+])
+def test_a_hostile_config_fails_at_load_naming_the_key_and_runs_nothing(stage, path, says, capsys) -> None:
+    import sys
+
+    from dawnstream.errors import ConfigError
+
+    sys.modules.pop("this", None)
+    with pytest.raises(ConfigError) as e:
+        parse_topology({"name": "hostile-config", "input": {"topic": "test.hostile.config.v1"}, "stages": [stage],
+                        "outputs": [{"topic": "test.hostile.config-out.v1"}]})
+    assert e.value.path == path and says in e.value.message
+    assert "this" not in sys.modules and "Beautiful is better" not in capsys.readouterr().out
