@@ -59,7 +59,13 @@ class Operator(ABC):
 
     @abstractmethod
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        """Consume one batch, return zero or more output batches."""
+        """Consume one batch, return zero or more output batches.
+
+        A data error (:data:`~dawnstream.errors.DATA_ERRORS`) must be raised before the stage changes its
+        state: the runner dead-letters the whole batch, and the stage must be as if it never saw it (a
+        replay after a crash cuts the stream elsewhere). Values that one row can be refused for belong in
+        :meth:`bad_rows`, which costs that row only.
+        """
 
     def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
         """Rows of ``batch`` this stage refuses, ``{row index: why}``: values no row may carry (a gold label

@@ -137,3 +137,13 @@ def test_bootstrap_frames_checkpoint_in_the_keyed_store_and_restore_exactly(tmp_
     drop = {"reference_ms", "latency_ms", "emit_time"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in head + tail] == \
         [{k: v for k, v in r.items() if k not in drop} for r in expected]
+
+
+def test_a_frame_without_an_image_is_refused_before_any_camera_moves(tmp_path) -> None:
+    chain = build_chain([("cascade", {**PARAMS, "registry": str(tmp_path)}, None)])
+    batch = frames(3)[0]
+    images = batch.column("image").to_pylist()
+    holed = batch.set_column(batch.schema.get_field_index("image"), "image",
+                             pa.array(images[:3] + [None] + images[4:], pa.binary()))
+    assert chain.bad_rows(holed) == {3: ("cascade", "the frame has no image")}
+    assert chain.operators[0].cameras == {}  # asking moved nothing

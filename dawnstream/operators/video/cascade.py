@@ -394,6 +394,14 @@ class Cascade(Operator):
               c_low=f.plan.c_low, c_high=f.plan.c_high, reference_share=f.plan.reference_share)
 
     # -- the stage ------------------------------------------------------------------------------
+    def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
+        """Frames without an image (refused before any camera's state moves; :meth:`process` would have
+        raised midway, after the frames before it had moved their cameras)."""
+        if batch.num_rows == 0 or "image" not in batch.schema.names:
+            return {}
+        missing = np.flatnonzero(~batch.column("image").is_valid().to_numpy(zero_copy_only=False)).tolist()
+        return {i: "the frame has no image" for i in missing}
+
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         self._load_frames()
         images = batch.column("image")
