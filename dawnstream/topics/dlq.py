@@ -2,7 +2,7 @@
 
 Convention follows Kafka Connect's ``errors.deadletterqueue.context.headers.enable`` and KIP-1034:
 the payload is not rewritten, so a fixed consumer can replay it; the one exception is a message so large
-that its copy plus the ``dlq.*`` headers would pass the size the broker took it at (:data:`TRUNCATE_ABOVE`):
+that its copy plus the ``dlq.*`` headers would pass :data:`DLQ_RECORD_LIMIT` (near the broker's 16 MiB):
 its value is cut, the headers say so, and the whole message stays at its topic, partition and offset.
 """
 
@@ -15,10 +15,12 @@ from dawnstream.topics.spec import dlq_topic_name
 
 DLQ_HEADERS = ("dlq.error", "dlq.stage", "dlq.topic", "dlq.partition", "dlq.offset")
 MAX_REASON_BYTES = 2000
-TRUNCATE_ABOVE = 64 << 10
-"""A dead letter of a message larger than this (bytes of key, value and headers) is never larger than the
-message itself: its payload loses as many bytes as the ``dlq.*`` headers add (and a margin), so a message
-that fit the broker's limit cannot make its dead letter fail to produce (that stopped the job for good)."""
+DLQ_RECORD_LIMIT = (16 << 20) - (64 << 10)
+"""The largest dead letter produced whole (bytes of key, value and headers): what the workers' producer
+sends (``message.max.bytes`` 16 MiB) and the dead-letter topics the runner creates accept, less room
+for the record's framing. A message whose copy plus the ``dlq.*`` headers would pass it (one near the
+broker's 16 MiB limit once stopped the job on every restart) keeps the head of its value, cut to fit
+both this limit and the message's own size."""
 _MARGIN = 1024
 
 
@@ -26,14 +28,14 @@ def _size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes
     return len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") + 8 for k, v in headers)
 
 
-def dead_letter(rejected: Rejected) -> tuple[str, OutRecord]:
+def dead_letter(rejected: Rejected, limit: int = DLQ_RECORD_LIMIT) -> tuple[str, OutRecord]:
     """Build the record for ``<topic>.dlq`` from a rejected message.
 
     Returns:
         ``(dlq_topic, record)``; ``record.value``/``key`` are the original bytes (an empty value
         stands for a ``None`` payload), original headers first, then ``dlq.error`` (UTF-8, at most
-        2000 bytes), ``dlq.stage``, ``dlq.topic``, ``dlq.partition``, ``dlq.offset``. A message over
-        :data:`TRUNCATE_ABOVE` bytes whose dead letter would outgrow it keeps the head of its value, and
+        2000 bytes), ``dlq.stage``, ``dlq.topic``, ``dlq.partition``, ``dlq.offset``. A dead letter that would
+        pass ``limit`` bytes (:data:`DLQ_RECORD_LIMIT`) keeps the head of the value, and
         ``dlq.truncated``, ``dlq.value.bytes`` and ``dlq.value.sha256`` (of the whole value) say so.
     """
     m = rejected.message
@@ -46,10 +48,10 @@ def dead_letter(rejected: Rejected) -> tuple[str, OutRecord]:
         ("dlq.offset", str(m.offset).encode()),
     ]
     value = m.value or b""
-    original = _size(m.key, value, list(m.headers))
-    if original > TRUNCATE_ABOVE:
+    if _size(m.key, value, headers) > limit:
+        original = _size(m.key, value, list(m.headers))
         extra = [("dlq.truncated", b"0" * 20), ("dlq.value.bytes", b"0" * 20), ("dlq.value.sha256", b"0" * 64)]
-        room = original - (_size(m.key, b"", headers + extra) + _MARGIN)
+        room = min(limit, original) - (_size(m.key, b"", headers + extra) + _MARGIN)
         if room < len(value):
             headers += [("dlq.truncated", f"the value's first {max(room, 0)} of {len(value)} bytes are kept; the "
                                           "whole message is at dlq.topic/dlq.partition/dlq.offset".encode()),

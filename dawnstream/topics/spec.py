@@ -86,11 +86,12 @@ class TopicSpec(BaseModel):
         return v
 
     def dlq(self) -> TopicSpec:
-        """The spec of this topic's dead-letter topic (same partitions, 7 days retention)."""
+        """The spec of this topic's dead-letter topic (same partitions, 7 days retention, records up to 16 MiB:
+        a dead letter is the whole message plus its ``dlq.*`` headers, :mod:`dawnstream.topics.dlq`)."""
         return TopicSpec(
             name=dlq_topic_name(self.name),
             partitions=self.partitions,
             replication_factor=self.replication_factor,
             codec=self.codec,
-            config={"retention.ms": str(7 * 24 * 3600 * 1000)},
+            config={"retention.ms": str(7 * 24 * 3600 * 1000), "max.message.bytes": str(16 << 20)},
         )
