@@ -129,7 +129,8 @@ class InputSpec(_Strict):
     ``max_columns`` (default 256) bounds the undeclared columns learned from the rows (a row that would
     pass it is dead-lettered); ``max_decoded_bytes`` (default 64 MiB) bounds what one Arrow message may
     decode to (read from its metadata before decompressing); ``require_key`` dead-letters messages
-    without a key."""
+    without a key; ``reply_topics`` (names or ``fnmatch`` patterns; default: the topology's output
+    topics) are the only topics a request's ``reply-to`` may name (:mod:`dawnstream.topics.reply_topics`)."""
 
     topic: str
     codec: str = "json"
@@ -141,6 +142,7 @@ class InputSpec(_Strict):
     max_message_bytes: int = Field(default=1 << 20, ge=1, le=16 << 20)
     max_columns: int = Field(default=MAX_LEARNED_COLUMNS, ge=0, le=100_000)
     max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, ge=1, le=1 << 34)
+    reply_topics: list[str] | None = None
     require_key: bool = False
     config: dict[str, str] = Field(default_factory=dict)
 
@@ -148,6 +150,17 @@ class InputSpec(_Strict):
 
     _topic = field_validator("topic")(topic_field)
     _codec = field_validator("codec")(codec_field)
+
+    @field_validator("reply_topics")
+    @classmethod
+    def _reply_topics(cls, v: list[str] | None) -> list[str] | None:
+        from dawnstream.topics.reply_topics import pattern_error
+
+        for i, entry in enumerate(v or []):
+            why = pattern_error(entry)
+            if why is not None:
+                raise ValueError(f"{i}: {why}")
+        return v
 
     @field_validator("row_schema")
     @classmethod

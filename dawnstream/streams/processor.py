@@ -96,7 +96,13 @@ class BatchProcessor:
         self.codecs: dict[str, Codec] = {name: get_codec(name) for name in CODECS}
         limit = topology.input.max_message_bytes
         self.codecs["json"] = get_codec("json", max_message_bytes=limit)
-        self.codecs["requests"] = get_codec("requests", max_message_bytes=limit)
+        from dawnstream.streams.state import changelog_topic
+        from dawnstream.topics.reply_topics import ReplyTopics
+
+        inp = topology.input
+        replies = ReplyTopics(inp.reply_topics if inp.reply_topics is not None else [o.topic for o in topology.outputs],
+                              forbidden=[inp.topic, changelog_topic(topology.name)])
+        self.codecs["requests"] = get_codec("requests", max_message_bytes=limit, replies=replies)
         self.codecs["arrow"] = get_codec("arrow", max_decoded_bytes=topology.input.max_decoded_bytes)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
         self.routes = [Filter(expr=o.where) if o.where is not None else None for o in topology.outputs]

@@ -12,6 +12,7 @@ import pyarrow as pa
 from dawnstream.topics.codecs.base import CONTENT_TYPE_HEADER, Codec, Decoded
 from dawnstream.topics.codecs.json_rows import JsonRowsCodec
 from dawnstream.topics.message import Encoded, Headers, Message, Rejected
+from dawnstream.topics.reply_topics import ReplyTopics
 from dawnstream.topics.schema import RowSchema
 
 CORRELATION_ID = "correlation-id"
@@ -31,21 +32,34 @@ class RequestsCodec(Codec):
     ``reply-to`` there is nobody to answer, and it goes to the dead-letter topic.
     ``encode`` writes one JSON response per row with the ``correlation-id`` header, addressed to the
     row's ``reply_to`` topic when set.
+
+    A ``reply-to`` that ``replies`` refuses (:class:`~dawnstream.topics.reply_topics.ReplyTopics`: not a
+    topic name, internal, the job's own, not declared) dead-letters its message with the reason: nothing
+    is produced there and nothing of the message is processed.
+
+    Args:
+        max_message_bytes: as :class:`~.json_rows.JsonRowsCodec`.
+        replies: the topics replies may go to (default: any valid topic that is not internal).
     """
 
     name = "requests"
     content_type = "application/json"
 
-    def __init__(self, max_message_bytes: int = 1 << 20) -> None:
+    def __init__(self, max_message_bytes: int = 1 << 20, replies: ReplyTopics | None = None) -> None:
         self._json = JsonRowsCodec(max_message_bytes=max_message_bytes)
+        self.replies = replies or ReplyTopics(None)
 
     def decode(self, messages: list[Message], schema: RowSchema) -> Decoded:
         rejected: list[Rejected] = []
         ok_idx: list[int] = []
         for i, m in enumerate(messages):
             cid = m.header(CORRELATION_ID)
+            reply_to = m.header(REPLY_TO)
+            why = self.replies.refusal(reply_to.decode("utf-8", "replace")) if reply_to else None
             if not cid:
                 rejected.append(Rejected(m, "request without a correlation-id header"))
+            elif why is not None:
+                rejected.append(Rejected(m, why))
             else:
                 ok_idx.append(i)
         sub = [messages[i] for i in ok_idx]
