@@ -371,3 +371,19 @@ def test_a_malformed_version_is_refused_once_and_the_last_good_one_keeps_serving
     assert out[0]["default"] is False and before["default"] is False
     assert op.containers[0]._refused == {2}
     assert sum("serve.swap_failed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("poison", [1e6, 1e300, -3.0, 5.5])
+def test_a_thousand_poisoned_feedback_rows_change_no_models_predictions(registry, poison) -> None:
+    probes = [_req(9000 + n, u, i) for n, (u, i) in enumerate([(1, 3), (2, 5), (7, 7), (50, 4)])]
+    clean, poisoned = _serve(registry), _serve(registry)
+    events = [_fb(n, 1 + n % 7, 1 + n % 29, float(1 + n % 5)) for n in range(200)]
+    clean.process(_rows(*events))
+    poisoned.process(_rows(*events))
+    bad = [_fb(1000 + n, 1 + n % 7, 1 + n % 29, poison, reply="acks") for n in range(1000)]
+    out = poisoned.process(_rows(*bad))[0].to_pylist()
+    assert len(out) == 1000 and all(r["kind"] == "error" and "rating_range" in r["error"] for r in out)
+    want = clean.process(_rows(*probes))[0]
+    got = poisoned.process(_rows(*probes))[0]
+    assert got.column("prediction").to_pylist() == want.column("prediction").to_pylist()
+    assert poisoned.policy.weight_list() == clean.policy.weight_list()

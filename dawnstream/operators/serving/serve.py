@@ -98,7 +98,8 @@ class Serve(Operator):
         registry: registry root (default ``$DAWNSTREAM_REGISTRY`` or ``~/.local/share/dawnstream/registry``).
         refresh_s: how often each container looks for a newly promoted version, s.
         user_field, item_field, label_field: input columns (int64, int64, float64).
-        rating_range: ``[low, high]``: predictions are clipped to it and losses scaled by its width².
+        rating_range: ``[low, high]``: predictions are clipped to it and losses scaled by its width²; feedback
+            outside it gets an error reply and trains nothing.
         cache_size: LRU entries per ONNX container ((version, user, item) -> prediction).
         eta: learning rate of the selection weights (default 2.0 for exp4, 0.05 for exp3).
         gamma: Exp3's exploration share.
@@ -203,11 +204,15 @@ class Serve(Operator):
 
         feedback: list[int] = []
         kinds: list[str] = []
+        rr = self.rating_range
         for j in range(batch.num_rows):
             problem = errors[j] or _bad_ids(users[j], items[j], u_f, i_f)
             label = labels[j]
             if problem is None and label is not None and not _finite(label):
                 problem = f"{l_f} must be a finite number, got {label!r}"
+            elif problem is None and label is not None and rr is not None and not rr[0] <= label <= rr[1]:
+                # a label outside the range would train every learner toward it (1e6 once made the mean 503)
+                problem = f"{l_f} {label!r} is outside rating_range [{rr[0]:g}, {rr[1]:g}]: nothing was learned from it"
             if problem is not None:
                 self.counters["errors"] += 1
                 reply(j, "error", user_id=_int_or_none(users[j]), item_id=_int_or_none(items[j]), error=problem,
