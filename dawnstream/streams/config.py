@@ -32,6 +32,7 @@ from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import build_chain
 from dawnstream.topics.codecs.arrow_ipc import MAX_DECODED_BYTES
+from dawnstream.topics.codecs.frames import MAX_FRAME_PIXELS
 from dawnstream.topics.schema import MAX_LEARNED_COLUMNS, parse_type
 from dawnstream.topics.spec import MAX_PARTITIONS, TopicSpec, codec_field, topic_field
 
@@ -130,7 +131,8 @@ class InputSpec(_Strict):
     pass it is dead-lettered); ``max_decoded_bytes`` (default 64 MiB) bounds what one Arrow message may
     decode to (read from its metadata before decompressing); ``require_key`` dead-letters messages
     without a key; ``reply_topics`` (names or ``fnmatch`` patterns; default: the topology's output
-    topics) are the only topics a request's ``reply-to`` may name (:mod:`dawnstream.topics.reply_topics`)."""
+    topics) are the only topics a request's ``reply-to`` may name (:mod:`dawnstream.topics.reply_topics`);
+    ``max_frame_pixels`` (default 7680x4320) bounds what a frame's header may declare before it is decoded."""
 
     topic: str
     codec: str = "json"
@@ -143,6 +145,7 @@ class InputSpec(_Strict):
     max_columns: int = Field(default=MAX_LEARNED_COLUMNS, ge=0, le=100_000)
     max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, ge=1, le=1 << 34)
     reply_topics: list[str] | None = None
+    max_frame_pixels: int = Field(default=MAX_FRAME_PIXELS, ge=1, le=1 << 31)
     require_key: bool = False
     config: dict[str, str] = Field(default_factory=dict)
 

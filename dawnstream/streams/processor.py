@@ -104,6 +104,7 @@ class BatchProcessor:
                               forbidden=[inp.topic, changelog_topic(topology.name)])
         self.codecs["requests"] = get_codec("requests", max_message_bytes=limit, replies=replies)
         self.codecs["arrow"] = get_codec("arrow", max_decoded_bytes=topology.input.max_decoded_bytes)
+        self.codecs["frames"] = get_codec("frames", max_frame_pixels=topology.input.max_frame_pixels)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
         self.routes = [Filter(expr=o.where) if o.where is not None else None for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}

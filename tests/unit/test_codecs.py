@@ -292,6 +292,27 @@ def test_frames_decode_and_bad_frames() -> None:
     assert dict(enc.record_headers[1])["content-type"] == b"image/png"  # type: ignore[index]
 
 
+def test_frames_are_checked_before_they_are_decoded() -> None:
+    big = io.BytesIO()
+    Image.new("L", (13_000, 13_000)).save(big, format="JPEG", quality=1)  # a few hundred KB, 169 Mpixels
+    jpeg, png = _image("JPEG"), _image("PNG")
+    codec = FramesCodec(max_frame_bytes=16 << 20)
+    ms = [
+        Message(big.getvalue(), b"cam", [], "t", 0, 0),
+        Message(png, b"cam", [("content-type", b"image/jpeg")], "t", 0, 1),
+        Message(jpeg, b"cam", [("frame-index", str(2**70).encode())], "t", 0, 2),
+        Message(jpeg, b"cam", [("timestamp", b"-9223372036854775809")], "t", 0, 3),
+        Message(jpeg, b"cam", [("content-type", b"image/jpeg"), ("frame-index", b"9")], "t", 0, 4),
+    ]
+    d = codec.decode(ms, RowSchema())
+    reasons = [r.reason for r in d.rejected]
+    assert "13000x13000 = 169,000,000 pixels, more than max_frame_pixels=33,177,600" in reasons[0]
+    assert "content-type image/jpeg but the data is a PNG" in reasons[1]
+    assert "header 'frame-index' is 1180591620717411303424: expected an integer in int64's range" in reasons[2]
+    assert "header 'timestamp'" in reasons[3] and d.kept == [4]
+    assert FramesCodec(max_frame_pixels=100).decode(ms[4:], RowSchema()).table is None
+
+
 def test_requests_need_correlation_id_and_replies_go_to_reply_to() -> None:
     codec = RequestsCodec()
     ms = [
