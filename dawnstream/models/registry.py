@@ -196,8 +196,20 @@ class Registry:
         if not meta_path.exists():
             raise ModelError(f"model {name!r} has no version {version} in {self.root} "
                              f"(versions: {sorted(self._version_numbers(name)) or 'none'})")
-        doc = orjson.loads(meta_path.read_bytes())
-        mv = ModelVersion(**doc)
+        try:
+            doc = orjson.loads(meta_path.read_bytes())
+            if not isinstance(doc, dict):
+                raise TypeError(f"expected a JSON object, got {type(doc).__name__}")
+            known = set(ModelVersion.__dataclass_fields__)
+            unknown = sorted(set(doc) - known)
+            if unknown:
+                raise TypeError(f"unknown keys {unknown}")
+            mv = ModelVersion(**doc)
+            if not isinstance(mv.format, str) or not mv.format.isalnum():
+                raise TypeError(f"format {mv.format!r} is not an artifact format")
+        except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+            raise ModelError(f"{meta_path}: not a version's metadata ({type(e).__name__}: {e}); register the "
+                             "model again (dawnstream models register)") from None
         mv.path = meta_path.parent / f"artifact.{mv.format}"
         return mv
 
@@ -226,7 +238,11 @@ class Registry:
             return {"history": []}
         except orjson.JSONDecodeError as e:
             raise ModelError(f"{path}: not valid JSON ({e}); restore it or promote a version again") from None
-        return {"history": [int(v) for v in doc.get("history", [])]}
+        try:
+            return {"history": [int(v) for v in doc.get("history", [])]}
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ModelError(f"{path}: not a promotion history ({type(e).__name__}: {e}); restore it or promote a "
+                             "version again") from None
 
     def _write_pointer(self, name: str, doc: dict[str, Any]) -> None:
         base = self.root / name

@@ -387,3 +387,22 @@ def test_a_thousand_poisoned_feedback_rows_change_no_models_predictions(registry
     got = poisoned.process(_rows(*probes))[0]
     assert got.column("prediction").to_pylist() == want.column("prediction").to_pylist()
     assert poisoned.policy.weight_list() == clean.policy.weight_list()
+
+
+@pytest.mark.parametrize("meta", [b"{not json", b'{"evil": 1}', b"[1, 2]", b'{"name": "theta", "version": 2}'])
+def test_a_broken_registry_entry_never_silences_the_service(registry, tmp_path, meta) -> None:
+    reg = Registry(tmp_path)
+    src = registry.get("theta")
+    reg.promote("theta", reg.register("theta", src.read_bytes(), "npz").version)
+    op = _serve(reg, models=[{"name": "velox", "kind": "velox", "model": "theta"}, {"kind": "mean"}], refresh_s=0.0)
+    assert "velox:1" in op.process(_rows(_req(1, 1, 1)))[0].to_pylist()[0]["versions"]
+    v2 = reg.register("theta", src.read_bytes(), "npz").version
+    reg.promote("theta", v2)
+    (tmp_path / "theta" / str(v2) / "meta.json").write_bytes(meta)  # promoted, then broken on disk
+    for k in range(30):
+        out = op.process(_rows(_req(10 + k, 1, 1), _fb(k, 2, 3, 4.0)))[0].to_pylist()
+        time.sleep(0.005)
+    assert all(r["kind"] != "error" for r in out) and "velox:1" in out[0]["versions"]
+    fresh = _serve(reg, models=[{"name": "velox", "kind": "velox", "model": "theta"}, {"kind": "mean"}])
+    first = fresh.process(_rows(_req(99, 1, 1)))[0].to_pylist()[0]  # no good version at start: still answered
+    assert first["kind"] == "prediction" and first["prediction"] is not None
