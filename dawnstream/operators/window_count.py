@@ -256,7 +256,8 @@ class WindowCount(Operator):
         for row in zip(*(agg[c] for c in cols), agg["count_all"], strict=True):
             k = tuple(row[:-1])
             self.counts[k] = self.counts.get(k, 0) + int(row[-1])
-            self._changed.add(k)
+            if self.store is not None:
+                self._changed.add(k)
 
     def _count_dense(self, batch: pa.RecordBatch, starts: np.ndarray, valid: np.ndarray) -> bool:
         """Count through the accel layer; False (nothing counted) when the dense domain is too big."""
@@ -294,7 +295,8 @@ class WindowCount(Operator):
                 key.append(d[j])
             group = ((w0 + rest) * self.size_ms, *reversed(key))
             self.counts[group] = self.counts.get(group, 0) + int(counts[cell])
-            self._changed.add(group)
+            if self.store is not None:
+                self._changed.add(group)
         return True
 
     def _emit_closed(self, everything: bool = False) -> list[pa.RecordBatch]:
@@ -320,7 +322,8 @@ class WindowCount(Operator):
         for i, k in enumerate(self.keys):
             data[k] = pa.array([key[i + 1] for key in closed], type=types[i])
         data["count"] = pa.array([self.counts.pop(key) for key in closed], pa.int64())
-        self._changed.update(closed)
+        if self.store is not None:
+            self._changed.update(closed)
         return [pa.RecordBatch.from_pydict(data)]
 
     def flush(self) -> list[pa.RecordBatch]:
@@ -363,9 +366,11 @@ class WindowCount(Operator):
         from dawnstream.topics.schema import parse_type
 
         self._changed = set()
-        if "counts" in state:
+        if "counts" in state:  # a blob of before the keyed store, or of a run without one
             self.counts = {tuple(k): int(c) for k, c in state["counts"]}
             self._from_store = False
+            if self._keyed():  # move them into the store at the next checkpoint
+                self._changed = set(self.counts)
         else:
             self.counts, self._from_store = {}, True
         self.watermark = state["watermark"]

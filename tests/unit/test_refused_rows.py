@@ -142,3 +142,19 @@ def test_open_windows_past_one_message_checkpoint_key_by_key_and_restore_exactly
     assert {r["k"]: r["count"] for r in got.out_batches[0].to_pylist()}["key-7"] == 2
     _, after = _checkpoint(resumed, 120_002)  # the closed window's records are deleted, the open one's written
     assert sum(v is None for v in after.values()) == 120_000 and after[b'p0/window_count/[1357005600000,"x"]'] == b"1"
+
+
+def test_counts_from_a_blob_without_a_store_move_into_the_store_at_the_next_checkpoint() -> None:
+    import pyarrow as pa
+
+    from dawnstream.operators.window_count import WindowCount
+    from dawnstream.streams.store import KeyedStore
+
+    old = WindowCount(key="k", time="t", size="1h", max_skew=None)  # no store: counts travel in the blob
+    old.process(pa.record_batch({"k": ["a", "b", "a"], "t": [1_000, 2_000, 3_000]}))
+    assert old._changed == set()  # nothing tracked without a store
+    new = WindowCount(key="k", time="t", size="1h", max_skew=None)
+    new.store = KeyedStore()
+    new.restore(old.snapshot())
+    blob = new.snapshot()
+    assert b"counts" not in blob and dict(new.store.changes()) == {b'[0,"a"]': b"2", b'[0,"b"]': b"1"}
