@@ -177,10 +177,10 @@ def test_one_hostile_message_costs_that_message_only(case: Case, kafka_bootstrap
 
 
 def test_open_windows_past_one_message_survive_a_checkpoint_and_a_restart(kafka_bootstrap: str, reader) -> None:
-    # 250,000 keys of 48 characters in one open window: as one blob, 25 MB of snapshot (the changelog takes 16 MiB)
+    # 200,000 keys of 48 characters in one open window: as one blob, 20 MB of snapshot (the changelog takes 16 MiB)
     stages = [{"op": "window_count", "key": "k", "time": "t", "size": "1h", "max_skew": None}]
     doc, src, dst = _job("wide-window", kafka_bootstrap, stages)
-    n = 250_000
+    n = 200_000
     keys = [f"{i:048d}" for i in range(n)]
     _produce(kafka_bootstrap, src, [(ipc(pa.table({"k": keys[a:a + 10_000], "t": ["2013-01-01T00:10:00"] * 10_000})),
                                      b"k", ARROW_CT) for a in range(0, n, 10_000)])

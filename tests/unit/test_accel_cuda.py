@@ -37,7 +37,7 @@ from dawnstream.accel.reference import run_reference
 pytestmark = pytest.mark.skipif(not gpu_available(), reason="no CUDA device and the simulator is off")
 
 
-@settings(max_examples=examples(25), deadline=None,
+@settings(max_examples=examples(12), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(programs(sizes=SMALL_SIZES, max_ops=4))
 def test_cuda_backend_matches_the_reference(case) -> None:

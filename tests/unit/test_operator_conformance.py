@@ -22,9 +22,6 @@ from dawnstream.operators.base import Chain
 from dawnstream.operators.registry import OPERATORS, build_chain
 from dawnstream.streams.processor import OPERATOR_DATA_ERRORS
 
-# Results promised bit for bit: `make test` runs these again under a second OpenBLAS kernel.
-pytestmark = pytest.mark.bitexact
-
 VOLATILE = {"emit_time", "latency_ms", "reference_ms"}  # wall-clock columns
 
 
@@ -144,6 +141,7 @@ def test_the_example_produces_something(kind: str) -> None:
     assert run(chain(kind), EXAMPLES[kind][1]())
 
 
+@pytest.mark.bitexact  # `make test` runs it again under a second OpenBLAS kernel
 @pytest.mark.parametrize("kind", KINDS)
 def test_snapshot_and_restore_are_transparent(kind: str) -> None:
     batches = EXAMPLES[kind][1]()
@@ -168,6 +166,7 @@ def test_an_empty_batch_changes_nothing(kind: str) -> None:
     assert run(c, [empty, *batches, empty]) == whole
 
 
+@pytest.mark.bitexact  # `make test` runs it again under a second OpenBLAS kernel
 @pytest.mark.parametrize("kind", KINDS)
 def test_results_do_not_depend_on_where_batches_are_cut(kind: str) -> None:
     batches = EXAMPLES[kind][1]()
