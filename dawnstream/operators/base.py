@@ -41,6 +41,13 @@ class Operator(ABC):
         self.partition: int | None = None  # set by the runner: the input partition this instance serves
         self.store: Any = None  # a KeyedStore when keyed_state (set by the processor)
 
+    def has_keyed_store(self) -> bool:
+        """True when a runner gave this instance a keyed store (``keyed_state`` stages run without one in
+        ``dawnstream process`` and tests, where their whole state travels in the snapshot blob)."""
+        from dawnstream.streams.store import KeyedStore
+
+        return isinstance(self.store, KeyedStore)
+
     def required_columns(self) -> set[str]:
         """Input columns this stage reads; rows lacking one are dead-lettered before the chain."""
         return set()

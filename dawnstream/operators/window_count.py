@@ -109,13 +109,6 @@ def event_times(col: pa.Array | pa.ChunkedArray, unit: str = "ms") -> tuple[np.n
     return out, unusable
 
 
-def event_time_ms(col: pa.Array | pa.ChunkedArray, unit: str = "ms") -> np.ndarray:
-    """Event times as int64 ms since the epoch (nulls and unusable values -> INT64 min, which never closes
-    a window); see :func:`event_times`.
-    """
-    return event_times(col, unit)[0]
-
-
 class WindowCount(Operator):
     """Row count per key per tumbling window of event time.
 
@@ -331,11 +324,6 @@ class WindowCount(Operator):
         return self._emit_closed(everything=True)
 
     # -- state: the blob, and the counts in the keyed store ------------------------------------------
-    def _keyed(self) -> bool:
-        from dawnstream.streams.store import KeyedStore
-
-        return isinstance(self.store, KeyedStore)
-
     def _load_store(self) -> None:
         """After a restore: the counts are the store's records (read back from the changelog by then)."""
         if self._from_store:
@@ -350,7 +338,7 @@ class WindowCount(Operator):
             "late_rows": self.late_rows,
             "key_types": [str(t) for t in self._key_types] if self._key_types else None,
         }
-        if not self._keyed():
+        if not self.has_keyed_store():
             out["counts"] = [[list(k), c] for k, c in self.counts.items()]
             return out
         for k in self._changed:
@@ -369,7 +357,7 @@ class WindowCount(Operator):
         if "counts" in state:  # a blob of before the keyed store, or of a run without one
             self.counts = {tuple(k): int(c) for k, c in state["counts"]}
             self._from_store = False
-            if self._keyed():  # move them into the store at the next checkpoint
+            if self.has_keyed_store():  # move them into the store at the next checkpoint
                 self._changed = set(self.counts)
         else:
             self.counts, self._from_store = {}, True

@@ -449,11 +449,6 @@ class Cascade(Operator):
                 for name, c in self.cameras.items()}
 
     # -- state ----------------------------------------------------------------------------------
-    def _keyed(self) -> bool:
-        from dawnstream.streams.store import KeyedStore
-
-        return isinstance(self.store, KeyedStore)
-
     def _frames_to_store(self, arrays: dict[str, np.ndarray]) -> dict[str, int]:
         """Write each camera's arrays as compressed npz records of at most :data:`FRAMES_RECORD_BYTES` (only
         when they changed since the last checkpoint); returns the records per camera, for the blob."""
@@ -512,7 +507,7 @@ class Cascade(Operator):
                 arrays[f"g/{name}"] = c.prev_gray
             if c.anchor_gray is not None:
                 arrays[f"a/{name}"] = c.anchor_gray
-        if self._keyed():
+        if self.has_keyed_store():
             return {"meta": meta, "frames": self._frames_to_store(arrays)}
         return {"meta": meta, "npz": base64.b64encode(zlib.compress(to_npz(arrays), 1)).decode() if arrays else ""}
 
