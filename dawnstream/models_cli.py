@@ -117,19 +117,30 @@ def models_train_end_model(
     topology: Annotated[Path, typer.Argument(help="A labeling topology (a `label` stage with `end_model`).")],
     every: Annotated[int, typer.Option(min=1, help="Retrain after this many new labelled rows.")] = 2000,
     min_rows: Annotated[int, typer.Option(min=1, help="No model before this many usable rows.")] = 500,
-    max_idle: Annotated[float | None, typer.Option(help="Stop after this many seconds without input.")] = None,
-    once: Annotated[bool, typer.Option(help="Train once on what the topic holds, then stop.")] = False,
+    max_idle: Annotated[float | None, typer.Option(
+        help="Stop after this many seconds without progress (with --once: 30 by default).")] = None,
+    once: Annotated[bool, typer.Option(
+        help="Wait until the labeling workers have labelled everything on the input topic, train once, stop.")] = False,
 ) -> None:
     """Train the noise-aware end model from the probabilistic labels topic; register and promote each fit."""
     from dawnstream.streams.config import load_topology
     from dawnstream.streams.end_model import EndModelTrainer
 
     try:
-        t = EndModelTrainer(load_topology(topology), every=every, min_rows=min_rows)
-        # --once: read until the topic has been quiet for max_idle (10 s by default: workers may still be starting)
-        idle = (max_idle if max_idle is not None else 10.0) if once else max_idle
-        versions = t.run(max_idle_s=idle, train=not once)
-        if once and len(t.rows.texts) >= min_rows:
+        topo = load_topology(topology)
+        t = EndModelTrainer(topo, every=every, min_rows=min_rows)
+        # --once: read until the workers' group has committed the whole input topic (not until a quiet
+        # spell: a worker still starting on a slow machine looked like an empty topic)
+        idle = (max_idle if max_idle is not None else 30.0) if once else max_idle
+        versions = t.run(max_idle_s=idle, train=not once, until_caught_up=once)
+        if once:
+            if len(t.rows.texts) < min_rows:
+                behind = ("has committed nothing on it: is `dawnstream run " + str(topology) + "` running?"
+                          if t.lag is None else f"had {t.lag} records left to label.")
+                raise DawnstreamError(
+                    f"only {len(t.rows.texts)} usable labelled rows on {t.topic} (--min-rows {min_rows}) after "
+                    f"{idle:g} s without progress; the labeling group {topo.group_id} on input topic "
+                    f"{topo.input.topic} {behind} Produce more rows, start the workers, or lower --min-rows.")
             versions = [t.train()]
     except DawnstreamError as e:
         _fail(e)

@@ -101,6 +101,8 @@ class EndModelTrainer:
         self.rows = LabelledRows()
         self.trained_at = 0
         self.versions: list[ModelVersion] = []
+        self.lag: int | None = None
+        """Input records the labeling workers had yet to commit at the last check (``until_caught_up``)."""
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -108,16 +110,29 @@ class EndModelTrainer:
         self._stop.set()
 
     def run(self, max_idle_s: float | None = None, max_versions: int | None = None,
-            train: bool = True) -> list[ModelVersion]:
+            train: bool = True, until_caught_up: bool = False) -> list[ModelVersion]:
         """Read the labels topic and train as rows arrive (``train``; else only read), until :meth:`stop`
-        (or idle / enough versions)."""
+        (or idle / enough versions).
+
+        Args:
+            max_idle_s: stop after this many seconds (s) without progress: no labelled row read and,
+                with ``until_caught_up``, no new offset committed by the labeling workers.
+            max_versions: stop after registering this many versions.
+            train: fit as rows arrive (False: only read, e.g. to fit once at the end).
+            until_caught_up: stop as soon as the labeling workers' consumer group has committed the
+                input topic up to its end offsets (read as of each check) and the labels topic has
+                nothing more to read: everything produced so far is labelled and read, however slow
+                the workers were to start.
+        """
         t = self.topology
         base = client_only(base_settings(t.kafka.bootstrap, t.kafka.settings), consumer=True)
         consumer = Consumer({**base, "group.id": f"dawnstream.{t.name}.end-model-{uuid.uuid4().hex[:6]}",
                              "enable.auto.commit": False, "isolation.level": "read_committed"})
+        # group.id: the labeling workers' group, only to read its committed offsets (it never joins it).
+        probe = Consumer({**base, "group.id": t.group_id, "enable.auto.commit": False}) if until_caught_up else None
         try:
             md = None
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + (30 if max_idle_s is None else max_idle_s)
             while md is None and time.monotonic() < deadline and not self._stop.is_set():
                 md = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
                 if md is None or md.error is not None:
@@ -126,6 +141,7 @@ class EndModelTrainer:
             parts = sorted(md.partitions) if md is not None else [0]
             consumer.assign([TopicPartition(self.topic, p, 0) for p in parts])
             idle = time.monotonic()
+            committed: list[int] = []
             while not self._stop.is_set():
                 msgs = consumer.consume(5000, timeout=0.5)
                 for m in msgs:
@@ -133,7 +149,14 @@ class EndModelTrainer:
                         self.rows.add(m.partition() or 0, m.offset() or 0, m.value(), self.text, self.k)
                 if msgs:
                     idle = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle > max_idle_s:
+                elif probe is not None:
+                    now, lag = self._input_lag(probe)
+                    self.lag = lag
+                    if now != committed:  # the workers moved on: their labels are on the way
+                        committed, idle = now, time.monotonic()
+                    elif lag == 0:
+                        break
+                if not msgs and max_idle_s is not None and time.monotonic() - idle > max_idle_s:
                     break
                 due = self.rows.seen - self.trained_at >= (self.every if self.versions else 0)
                 if train and len(self.rows.texts) >= self.min_rows and due:
@@ -142,7 +165,27 @@ class EndModelTrainer:
                         break
         finally:
             consumer.close()
+            if probe is not None:
+                probe.close()
         return self.versions
+
+    def _input_lag(self, probe: Consumer) -> tuple[list[int], int | None]:
+        """The labeling group's committed offsets on the input topic, and how many records it has yet
+        to commit (None: it has committed nothing, or the broker did not answer)."""
+        topic = self.topology.input.topic
+        try:
+            md = probe.list_topics(topic, timeout=10).topics.get(topic)
+            if md is None or md.error is not None:
+                return [], None
+            parts = sorted(md.partitions)
+            got = probe.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            highs = [probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts]
+        except Exception:  # noqa: BLE001 - a coordinator moving or a timeout: no answer this time
+            return [], None
+        offsets = [tp.offset for tp in got]
+        if all(o < 0 for o in offsets):
+            return offsets, None
+        return offsets, int(sum(max(0, h - max(o, 0)) for o, h in zip(offsets, highs)))
 
     def train(self) -> ModelVersion:
         """Fit on the rows read so far (less the gold holdout), register and promote.

@@ -53,6 +53,14 @@ def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_boots
     for value, _ in bad:
         producer.produce(src, value, b"bad")
     producer.flush(30)
+    # The end-model trainer, started while the worker is still labelling: --once waits until the workers'
+    # group has committed the whole input topic, however long they take, and reads every label.
+    from dawnstream.streams.end_model import EndModelTrainer
+
+    trainer = EndModelTrainer(topo, every=10_000, min_rows=500)
+    reading = threading.Thread(target=trainer.run, kwargs={"max_idle_s": 60, "train": False,
+                                                           "until_caught_up": True}, daemon=True)
+    reading.start()
     deadline = time.monotonic() + 120
     while runner.stats.rows_in + runner.stats.rows_dead < N + len(bad):
         assert time.monotonic() < deadline, f"only {runner.stats.rows_in} rows processed"
@@ -80,16 +88,17 @@ def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_boots
     for _, why in bad:
         assert any(why in got for got in reasons), (why, reasons)
 
-    # The end model, trained in the background from the probabilistic labels, registered and promoted.
-    from dawnstream.streams.end_model import EndModelTrainer
-
-    trainer = EndModelTrainer(topo, every=10_000, min_rows=500)
-    versions = trainer.run(max_idle_s=3, max_versions=1)
+    # The end model, trained from the probabilistic labels, registered and promoted.
+    reading.join(90)
+    assert not reading.is_alive() and trainer.lag == 0
+    usable = sum(1 for r in labels if not r["abstained"] or r.get("gold") is not None)
+    assert len(trainer.rows.texts) == usable
+    versions = [trainer.train()]
     assert len(versions) == 1 and trainer.registry.promoted_version("review-sentiment-end-model") == 1
     mv = versions[0]
     assert mv.training_data["topic"] == doc["outputs"][0]["topic"] and mv.training_data["offsets"]
     assert mv.metrics["holdout_gold_rows"] == 60 and 0.5 < mv.metrics["holdout_gold_accuracy"] <= 1.0
-    assert mv.metrics["rows"] == sum(1 for r in labels if not r["abstained"] or r.get("gold") is not None) - 60
+    assert mv.metrics["rows"] == usable - 60
 
 
 @pytest.mark.parametrize("model", ["triplets", "majority"])
@@ -107,3 +116,25 @@ def test_other_label_models_run_through_the_broker(kafka_bootstrap, topic_name, 
     thread.join(120)
     assert runner.stats.rows_in == 1000
     assert len(reader(doc["outputs"][0]["topic"], 1000)) == 1000
+
+
+def test_train_end_model_once_says_why_when_no_worker_labelled_the_input(kafka_bootstrap, topic_name, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    doc = topology_doc(kafka_bootstrap, topic_name)
+    doc["stages"][0]["registry"] = str(tmp_path / "registry")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(doc))
+    from dawnstream.streams.kafka_clients import ensure_job_topics
+
+    ensure_job_topics(parse_topology(doc))  # as `dawnstream topics create` would
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(20):
+        producer.produce(doc["input"]["topic"], orjson.dumps({"id": i, "text": "a fine film"}))
+    producer.flush(30)
+    r = subprocess.run([sys.executable, "-m", "dawnstream", "models", "train-end-model", str(tmp_path / "t.yaml"),
+                        "--once", "--max-idle", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and not r.stdout
+    err = " ".join(r.stderr.split())
+    assert f"the labeling group dawnstream.{doc['name']}" in err and "has committed nothing" in err
+    assert "--min-rows 500" in err and "dawnstream run" in err
