@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from dawnstream.errors import DawnstreamError
 from dawnstream.logs import event, get_logger
-from dawnstream.streams.clients import ClientStuck, WorkerClients, call_bounded
+from dawnstream.streams.clients import ClientStuck, DeliveryErrors, WorkerClients, call_bounded
 from dawnstream.streams.kafka_errors import heals
 from dawnstream.streams.processor import BatchProcessor, BatchResult
 from dawnstream.streams.state import snapshot_key, tag_keyed
@@ -42,6 +42,11 @@ REBALANCED = (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, Kafka
 """Commit errors that mean the consumer group rebalanced under an at-least-once batch (nothing is lost)."""
 
 
+REFUSED_AT_PRODUCE = (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                      KafkaError.TOPIC_AUTHORIZATION_FAILED)
+"""What ``produce()`` raises at once for a topic the client knows it cannot write."""
+
+
 class DeliveryFailed(DawnstreamError):
     """The broker refused or timed out some produced records; the batch is not committed."""
 
@@ -52,14 +57,14 @@ class _Acks:
 
     __slots__ = ("errors", "outstanding")
 
-    def __init__(self, errors: list[str]) -> None:
+    def __init__(self, errors: DeliveryErrors) -> None:
         self.outstanding = 0
         self.errors = errors
 
     def done(self, err: KafkaError | None, msg: Any) -> None:
         self.outstanding -= 1
         if err is not None:
-            self.errors.append(f"{msg.topic()}: {err.str()}")
+            self.errors.add(msg.topic(), err)
 
 
 class _Staged:
@@ -225,6 +230,12 @@ class Checkpoint:
                     acks.outstanding += 1
             except BufferError:
                 self._produce(t, value, k, h)
+            except KafkaException as e:
+                if t == topic or e.args[0].code() not in REFUSED_AT_PRODUCE:
+                    raise
+                # A reply topic the client already knows is gone or forbidden: refused like a delivery, so
+                # the batch is re-read and the request dead-lettered (the reply topic is remembered refused).
+                self.clients.delivery_errors.add(t, e.args[0])
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait until every produced record is acknowledged.
@@ -334,6 +345,7 @@ class Checkpoint:
         """Records were refused: operator state has moved past records that were lost, so recover it and
         re-read from the last commit (what is staged is dropped: its offsets must not commit)."""
         self._staged, self._due, self._pending = None, {}, {}
+        self.processor.replies.recheck()
         event(log, "batch.retry", error=str(e))
         time.sleep(1.0)
         self.clients.rebuild_consumer(f"records were refused: {e}")
@@ -436,6 +448,10 @@ class Checkpoint:
         partitions' state is recovered from the changelog and the input re-read from the committed
         offsets. Returns True when committed."""
         c = self.clients
+        if c.delivery_errors:  # a record refused when produced (a reply topic): nothing of the batch may commit
+            event(log, "txn.abort", step="produce", error=str(c.delivery_errors[:5]))
+            self._abort_and_recover(partitions)
+            return False
         step = "send_offsets"
         attempts = 0
         while True:
@@ -475,10 +491,15 @@ class Checkpoint:
         """Abort the open transaction, then rejoin with a fresh consumer: assignment recovers every
         partition from its changelog and resumes at the committed offsets."""
         c = self.clients
+        self.processor.replies.recheck()  # a reply topic deleted since it was checked may be why
         deadline = time.monotonic() + 300
         while True:
             try:
                 self._bounded("abort_transaction", partial(c.producer.abort_transaction, 30), 30)
+                # The aborted transaction's refusals, and its records purged by the abort ("Purged in
+                # queue"): the re-read batch starts afresh.
+                c.producer.poll(0)
+                c.delivery_errors.clear()
                 break
             except ClientStuck as e:
                 c.replace(str(e))

@@ -62,6 +62,21 @@ def call_bounded(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
     return box.get("result")
 
 
+class DeliveryErrors(list):
+    """The records the broker refused since the last flush, as ``"topic: reason"`` strings; each refusal
+    is also told to ``listeners`` (``f(topic, reason)``: e.g. a reply topic to stop answering on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[Callable[[str, str], None]] = []
+
+    def add(self, topic: str, err: KafkaError) -> None:
+        """Record one refused record."""
+        self.append(f"{topic}: {err.str()}")
+        for listener in self.listeners:
+            listener(topic, err.str())
+
+
 class WorkerClients:
     """The consumer and producer of one worker, rebuilt whole when needed.
 
@@ -84,7 +99,7 @@ class WorkerClients:
         # partitions move after 6 s.)
         member = f"{topology.group_id}.{socket.gethostname()}.{worker}"
         self.fatal: str | None = None  # set by the consumer's error callback: rebuild before the next consume
-        self.delivery_errors: list[str] = []  # records the broker refused since the last flush
+        self.delivery_errors = DeliveryErrors()  # records the broker refused since the last flush
         self.producer_fatal: KafkaError | None = None  # the producer's fatal error (why later calls fail)
         self._missing_since: float | None = None
         self._consumer_conf = consumer_settings(base, topology.group_id, topology.input.start,
@@ -135,7 +150,7 @@ class WorkerClients:
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            self.delivery_errors.append(f"{msg.topic()}: {err.str()}")
+            self.delivery_errors.add(msg.topic(), err)
 
     def consume_error(self, err: KafkaError) -> None:
         """Log what heals (broker away); raise what does not (refused, or the input topic is gone).

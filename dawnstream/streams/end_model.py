@@ -185,7 +185,7 @@ class EndModelTrainer:
         offsets = [tp.offset for tp in got]
         if all(o < 0 for o in offsets):
             return offsets, None
-        return offsets, int(sum(max(0, h - max(o, 0)) for o, h in zip(offsets, highs)))
+        return offsets, int(sum(max(0, h - max(o, 0)) for o, h in zip(offsets, highs, strict=True)))
 
     def train(self) -> ModelVersion:
         """Fit on the rows read so far (less the gold holdout), register and promote.

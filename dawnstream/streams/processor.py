@@ -100,9 +100,12 @@ class BatchProcessor:
         from dawnstream.topics.reply_topics import ReplyTopics
 
         inp = topology.input
-        replies = ReplyTopics(inp.reply_topics if inp.reply_topics is not None else [o.topic for o in topology.outputs],
-                              forbidden=[inp.topic, changelog_topic(topology.name)])
-        self.codecs["requests"] = get_codec("requests", max_message_bytes=limit, replies=replies)
+        outs = [o.topic for o in topology.outputs]
+        self.replies = ReplyTopics(inp.reply_topics if inp.reply_topics is not None else outs,
+                                   forbidden=[inp.topic, changelog_topic(topology.name)], outputs=outs)
+        if topology.guarantee == "exactly_once":
+            self.replies.ok_ttl_s = 0.0  # asked once per batch: a stale yes would stall the transaction
+        self.codecs["requests"] = get_codec("requests", max_message_bytes=limit, replies=self.replies)
         self.codecs["arrow"] = get_codec("arrow", max_decoded_bytes=topology.input.max_decoded_bytes)
         self.codecs["frames"] = get_codec("frames", max_frame_pixels=topology.input.max_frame_pixels)
         self.outputs = [(o, _make_output_codec(o)) for o in topology.outputs]
@@ -232,6 +235,7 @@ class BatchProcessor:
     def decode(self, partition: int, messages: list[Message]) -> Decoded:
         """Decode one partition's messages; never raises for bad input."""
         schema = self.schema(partition)
+        self.replies.new_batch()
         groups: dict[str, list[int]] = {}
         rejected: list[Rejected] = []
         for i, m in enumerate(messages):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dawnstream.errors import ConfigError, DawnstreamError
 from dawnstream.logs import event, get_logger
@@ -95,6 +95,10 @@ class KafkaRunner:
         self.recovery = Recovery(t, self.processor, self.base, self.changelog, lambda: self.clients.consumer,
                                  self._recovered)
         self.clients = WorkerClients(t, worker, self.base, self._forget_all)
+        # Reply topics a request names: asked of the broker before producing, and refused deliveries noted,
+        # so a missing or forbidden one dead-letters its requests instead of stalling or failing the worker.
+        self.processor.replies.broker_check = self._reply_topic_refusal
+        self.clients.delivery_errors.listeners.append(self.processor.replies.refused)
         self.checkpoint = Checkpoint(self.clients, self.processor, self.changelog, t.checkpoint_ms,
                                      skip_snapshot=self.recovery.active)
         self.fence = ReplyFence(self.base, t.input.topic, enabled=not self.eos, start=t.input.start)
@@ -152,6 +156,23 @@ class KafkaRunner:
             self._position[partition] = position
 
     # -- the loop -----------------------------------------------------------------------------
+    def _reply_topic_refusal(self, topic: str) -> str | None:
+        """Why the broker will not take replies on ``topic`` (missing, not authorized), or None; None
+        too when the broker does not answer (the produce path waits for it as for any output)."""
+        try:
+            md = self.clients.producer.list_topics(topic, timeout=5)
+        except KafkaException:
+            return None
+        tm = md.topics.get(topic)
+        code = tm.error.code() if tm is not None and tm.error is not None else None
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return (f"reply-to {topic!r}: this worker is not authorized to write it (the broker refused): nothing "
+                    "was answered; grant the worker's principal WRITE on it, or have the caller use another")
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return (f"reply-to {topic!r} does not exist on the broker: nothing was answered; create it (the "
+                    "broker does not create topics on first use), or have the caller name one that exists")
+        return None  # there, or a transient answer (leader moving): the produce path copes with those
+
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit, and return."""
         self._stop.set()

@@ -289,3 +289,41 @@ def test_kill_9_of_a_serving_worker_loses_no_reply_and_applies_feedback_once(kaf
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_reply_topics_the_broker_will_not_take_dead_letter_their_requests(kafka_bootstrap, registry, reader,
+                                                                          guarantee) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    doc = topology_doc(registry, partitions=1)
+    doc["guarantee"] = guarantee
+    tag = doc["name"].rsplit("-", 1)[1]
+    doc["input"]["reply_topics"] = [doc["outputs"][0]["topic"], f"test.callers-{tag}.*"]
+    # librdkafka fails records for a topic gone from its metadata after this long (30 s by default)
+    doc["kafka"]["settings"]["topic.metadata.propagation.max.ms"] = "3000"
+    missing, gone = f"test.callers-{tag}.missing.v1", f"test.callers-{tag}.gone.v1"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(gone, 1, 1)])[gone].result(30)
+    with serving(doc) as (topo, client):
+        def ask(reply_to: str, user: int) -> str:
+            cid = uuid.uuid4().hex
+            client.producer.produce(topo.input.topic, orjson.dumps({"user_id": user, "item_id": 1}), str(user).encode(),
+                                    headers=[("correlation-id", cid.encode()), ("reply-to", reply_to.encode())])
+            client.producer.flush(10)
+            return cid
+
+        ask(missing, 1)  # declared by the pattern, but never created: dead-lettered, nothing produced
+        ask(gone, 2)  # answered there
+        assert len(reader(gone, expected=1)) == 1
+        admin.delete_topics([gone])[gone].result(30)
+        time.sleep(2)
+        ask(gone, 3)  # deleted after the worker had answered on it: refused at produce time, dead-lettered
+        assert client.request({"user_id": 4, "item_id": 1}, timeout_s=60)["kind"] == "prediction"  # still serving
+        dead = reader(f"{topo.input.topic}.dlq", expected=2, timeout_s=90)
+        reasons = sorted(dict(m.headers())["dlq.error"].decode() for m in dead)
+        assert len(dead) == 2, reasons
+        assert any(missing in r and "does not exist" in r for r in reasons), reasons
+        assert any(gone in r and ("does not exist" in r or "refused by the broker" in r) for r in reasons), reasons
+        assert client.request({"user_id": 5, "item_id": 1}, timeout_s=60)["kind"] == "prediction"
+    assert missing not in admin.list_topics(timeout=10).topics  # nothing created it

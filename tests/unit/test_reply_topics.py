@@ -58,3 +58,43 @@ def test_a_bad_reply_topics_entry_fails_at_load_naming_the_key(entry: str) -> No
     with pytest.raises(ConfigError) as e:
         processor(reply_topics=[OUT, entry])
     assert e.value.path.startswith("input.reply_topics")
+
+
+def test_the_broker_is_asked_once_per_reply_topic_and_a_refused_delivery_is_remembered(monkeypatch) -> None:
+    from dawnstream.topics import reply_topics as rt
+
+    now = [1000.0]
+    monkeypatch.setattr(rt.time, "monotonic", lambda: now[0])
+    asked: list[str] = []
+    r = rt.ReplyTopics([OUT, "callers.*"], outputs=[OUT])
+
+    def check(name: str) -> str | None:
+        asked.append(name)
+        return None if name != "callers.missing.v1" else "does not exist"
+
+    r.broker_check = check
+    assert r.refusal("callers.a.v1") is None and r.refusal("callers.a.v1") is None
+    assert r.refusal("callers.missing.v1") == "does not exist"
+    assert r.refusal(OUT) is None and r.refusal("bad topic!") is not None  # never asked about
+    assert asked == ["callers.a.v1", "callers.missing.v1"]
+    r.refused("callers.a.v1", "Local: Unknown partition")  # a delivery report: refused from now on
+    assert "refused by the broker" in r.refusal("callers.a.v1") and "Unknown partition" in r.refusal("callers.a.v1")
+    r.refused(OUT, "x")  # the job's own output: its failure is the job's, not a caller's
+    r.refused("elsewhere.x.v1", "x")  # not a reply topic it may use: nothing to remember
+    assert r.refusal(OUT) is None and "not a topic this job answers on" in r.refusal("elsewhere.x.v1")
+    now[0] += rt.REFUSED_TTL_S + 1  # asked again: the topic may have been created meanwhile
+    assert r.refusal("callers.a.v1") is None and r.refusal("callers.missing.v1") == "does not exist"
+    assert asked[2:] == ["callers.a.v1", "callers.missing.v1"]
+    now[0] += rt.REFUSED_TTL_S + 1
+    r.refusal("callers.a.v1")
+    assert len(asked) == 4  # a topic the broker showed is trusted for OK_TTL_S
+    now[0] += rt.OK_TTL_S
+    r.refusal("callers.a.v1")
+    assert len(asked) == 5
+    r.ok_ttl_s = 0.0  # exactly-once: a yes stands for the current batch only
+    r.refusal("callers.b.v1")
+    r.refusal("callers.b.v1")
+    assert asked[5:] == ["callers.b.v1"]
+    r.new_batch()
+    r.refusal("callers.b.v1")
+    assert asked[5:] == ["callers.b.v1"] * 2
