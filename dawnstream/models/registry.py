@@ -218,6 +218,14 @@ class Registry:
         history = self._pointer(name)["history"]
         return self.get(name, history[-1]) if history else None
 
+    def history(self, name: str) -> list[int]:
+        """The versions of ``name`` promoted so far, oldest first (a version promoted twice appears twice).
+
+        Raises:
+            ModelError: the promotion file is not what it should be.
+        """
+        return [int(v) for v in self._pointer(name)["history"]]
+
     def promoted_version(self, name: str) -> int | None:
         """Just the promoted version number (one small file read: cheap enough to poll per batch)."""
         history = self._pointer(name)["history"]

@@ -81,6 +81,16 @@ class Operator(ABC):
         (raising from :meth:`process` instead costs the whole batch). Must not change state. Default: none."""
         return {}
 
+    def preflight(self) -> None:
+        """Called once when a worker starts, before its first message: raise if this stage cannot work
+        at all (e.g. every promoted version of a model it serves fails to load), so the job fails at
+        start naming why instead of answering every request with an error. Default: nothing to check.
+
+        Raises:
+            DawnstreamError: the stage cannot run; the message says what to do.
+        """
+        return None
+
     def explain(self, schema: pa.Schema | None = None) -> str:
         """One line for ``dawnstream accel plan``: how this stage runs on batches of ``schema``
         (compiled by the accel layer, or interpreted). Operators with an accel lowering override it."""

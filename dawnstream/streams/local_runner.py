@@ -46,6 +46,7 @@ class LocalRunner:
     def __init__(self, topology: Topology, batch_rows: int | None = None, encode: bool = True) -> None:
         self.topology = topology
         self.processor = BatchProcessor(topology, keep_batches=True)
+        self.processor.preflight()
         self.batch_rows = batch_rows or topology.batch.max_messages
         self.encode = encode
 

@@ -88,7 +88,7 @@ class BatchProcessor:
         self.keep_batches = keep_batches
         self.chains: dict[int, Chain] = {}
         self.schemas: dict[int, RowSchema] = {}
-        probe = topology.build_chain()
+        probe = self._probe = topology.build_chain()
         # Columns the chain reads, and every column the topology declares a type for, must be present.
         self.required = probe.required_columns() | set(topology.input.row_schema)
         self.numeric = probe.numeric_columns()
@@ -112,6 +112,16 @@ class BatchProcessor:
         self.routes = [Filter(expr=o.where) if o.where is not None else None for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}
         self.require_key = topology.input.require_key
+
+    def preflight(self) -> None:
+        """Ask every stage whether it can run at all (:meth:`~dawnstream.operators.base.Operator.preflight`)
+        on the chain built to read the topology's columns (no partition's), before the first message.
+
+        Raises:
+            DawnstreamError: a stage cannot run, saying why and what to do.
+        """
+        for op in self._probe.operators:
+            op.preflight()
 
     # -- per-partition state ----------------------------------------------------------------
     def chain(self, partition: int) -> Chain:

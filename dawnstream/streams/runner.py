@@ -80,6 +80,7 @@ class KafkaRunner:
         self.snapshot_on_stop = snapshot_on_stop
         self.worker = worker
         self.processor = BatchProcessor(topology)
+        self.processor.preflight()  # a stage that cannot run at all fails the job here, saying why
         self.stats = RunnerStats()
         self.metrics = WorkerMetrics(topology.name, worker)
         self.on_batch = on_batch

@@ -327,3 +327,22 @@ def test_reply_topics_the_broker_will_not_take_dead_letter_their_requests(kafka_
         assert any(gone in r and ("does not exist" in r or "refused by the broker" in r) for r in reasons), reasons
         assert client.request({"user_id": 5, "item_id": 1}, timeout_s=60)["kind"] == "prediction"
     assert missing not in admin.list_topics(timeout=10).topics  # nothing created it
+
+
+def test_a_serving_job_whose_model_has_no_loadable_version_fails_at_start(kafka_bootstrap, registry, tmp_path) -> None:
+    import io
+
+    with np.load(io.BytesIO(registry.get("movielens-theta").read_bytes())) as z:
+        arrays = {k: z[k] for k in z.files}
+    buf = io.BytesIO()
+    np.savez(buf, **{**arrays, "mu": np.zeros(0)})
+    registry.promote("movielens-theta", registry.register("movielens-theta", buf.getvalue(), "npz").version)
+    (registry.root / "movielens-theta" / "1" / "artifact.npz").write_bytes(b"not a model")  # the last good one, gone
+    doc = topology_doc(registry)
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(doc))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "dawnstream", "run", str(tmp_path / "t.yaml"), "--max-idle", "30"],
+                       capture_output=True, text=True, timeout=120)
+    err = " ".join(r.stderr.split())
+    assert r.returncode != 0 and time.monotonic() - t0 < 30, err  # at start, not after the idle time
+    assert "no promoted version of 'movielens-theta'" in err and "version 2:" in err and "version 1:" in err, err

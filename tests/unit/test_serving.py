@@ -406,3 +406,40 @@ def test_a_broken_registry_entry_never_silences_the_service(registry, tmp_path, 
     fresh = _serve(reg, models=[{"name": "velox", "kind": "velox", "model": "theta"}, {"kind": "mean"}])
     first = fresh.process(_rows(_req(99, 1, 1)))[0].to_pylist()[0]  # no good version at start: still answered
     assert first["kind"] == "prediction" and first["prediction"] is not None
+
+
+def test_a_worker_starting_on_a_broken_newest_version_serves_the_last_good_one(registry, tmp_path) -> None:
+    reg = Registry(tmp_path)
+    good = reg.register("theta", registry.get("theta").read_bytes(), "npz").version
+    reg.promote("theta", good)
+    reg.promote("theta", reg.register("theta", _npz(**{**_theta_arrays(registry), "mu": np.zeros(0)}), "npz").version)
+    op = _serve(reg, models=[{"name": "velox", "kind": "velox", "model": "theta"}])
+    op.preflight()  # one promoted version loads: the worker may start
+    out = op.process(_rows(_req(1, 1, 1)))[0].to_pylist()[0]
+    assert out["kind"] == "prediction" and out["default"] is False and out["versions"] == f"velox:{good}"
+    assert op.containers[0]._refused == {2}
+
+
+@pytest.mark.parametrize("case", ["every_version_broken", "promotion_file_broken"])
+def test_a_worker_fails_at_start_when_no_promoted_version_of_a_model_loads(registry, tmp_path, case) -> None:
+    from dawnstream.models.registry import ModelError
+
+    reg = Registry(tmp_path)
+    for arrays in ({**_theta_arrays(registry), "mu": np.zeros(0)}, {**_theta_arrays(registry), "P": np.zeros(3)}):
+        reg.promote("theta", reg.register("theta", _npz(**arrays), "npz").version)
+    if case == "promotion_file_broken":
+        (tmp_path / "theta" / "promoted.json").write_text("{not json")
+    op = _serve(reg, models=[{"name": "velox", "kind": "velox", "model": "theta"}, {"kind": "mean"}])
+    with pytest.raises(ModelError) as e:
+        op.preflight()
+    if case == "every_version_broken":
+        assert "no promoted version of 'theta'" in str(e.value) and "version 2:" in str(e.value)
+        assert "version 1:" in str(e.value) and "dawnstream models promote theta" in str(e.value)
+    else:
+        assert "promoted.json" in str(e.value)
+    # Nothing promoted yet is a cold start, not an error: answers come without the model (flagged default).
+    cold = Registry(tmp_path / "cold")
+    cold.register("theta", registry.get("theta").read_bytes(), "npz")
+    op = _serve(cold, models=[{"name": "velox", "kind": "velox", "model": "theta"}, {"kind": "mean"}])
+    op.preflight()
+    assert op.process(_rows(_req(1, 1, 1)))[0].to_pylist()[0]["kind"] == "prediction"

@@ -155,7 +155,7 @@ class MeanContainer(Container):
         self.count, self.total = int(state.get("count", 0)), float(state.get("total", 0.0))
 
 
-class _Registered(Container):
+class RegisteredContainer(Container):
     """A container whose model comes from the registry (``model``: the registered name).
 
     The first version is loaded in the caller's thread (there is nothing to serve before it); later
@@ -170,6 +170,7 @@ class _Registered(Container):
         self._ready: tuple[Any, int] | None = None
         self._loading: threading.Thread | None = None
         self._refused: set[int] = set()
+        self._pointer_error = ""
 
     def refresh(self, registry: Registry | None, every_s: float = 1.0) -> bool:
         ready, self._ready = self._ready, None
@@ -189,21 +190,77 @@ class _Registered(Container):
         self._loading.start()
         return False
 
-    def _fetch(self, registry: Registry) -> None:
-        v: int | None = None
+    def preflight(self, registry: Registry) -> None:
+        """Load the newest promoted version that loads, as the first refresh will (a worker's start).
+
+        Raises:
+            ModelError: versions were promoted but none of them loads (each one's reason is named), or
+                the promotion history cannot be read. Nothing promoted yet is not an error: the stage
+                answers without this model (flagged ``default``) until a version is.
+        """
+        if not registry.history(self.model):
+            event(log, "serve.cold", level=logging.WARNING, container=self.name, model=self.model,
+                  hint=f"no promoted version yet: answers come without it until one is (dawnstream models "
+                       f"promote {self.model} <version>)")
+            return
+        failures = self._first(registry)
+        if self._ready is None:
+            raise ModelError(
+                f"serve stage: model {self.name!r}: no promoted version of {self.model!r} in {registry.root} can be "
+                f"loaded ({'; '.join(failures)}); register and promote a good version (dawnstream models "
+                f"promote {self.model} <version>), or remove {self.name!r} from the stage's models")
+
+    def _first(self, registry: Registry) -> list[str]:
+        """Nothing served yet: load the newest promoted version that loads, newest first through the
+        promotion history (the last good one when the newest is broken). Returns why others failed."""
+        failures: list[str] = []
         try:
-            v = registry.promoted_version(self.model)
-            if v is None or v == self.version or v in self._refused:
-                return
+            history = registry.history(self.model)
+        except ModelError as e:
+            event(log, "serve.swap_failed", level=logging.WARNING, container=self.name, model=self.model, error=str(e))
+            return [str(e)]
+        for v in dict.fromkeys(reversed(history)):
+            if v in self._refused:
+                continue
+            why = self._try(registry, v)
+            if why is None:
+                if failures:
+                    event(log, "serve.fallback", level=logging.WARNING, container=self.name, model=self.model,
+                          version=v, refused=failures)
+                return failures
+            failures.append(f"version {v}: {why}")
+        return failures
+
+    def _try(self, registry: Registry, v: int) -> str | None:
+        """Load version ``v`` into ``_ready``; None, or why it cannot be served (it is then refused for good)."""
+        try:
             self._ready = (self._load(registry.get(self.model, v).read_bytes(), v), v)
+            return None
         except Exception as e:  # noqa: BLE001 - whatever is wrong with a version, serving goes on
             # A broken or half-deleted version must not take serving down: keep the current one, refuse
             # this one for good (it is logged once, not at every refresh).
-            if v is not None:
-                self._refused.add(v)
+            self._refused.add(v)
+            why = str(e) if isinstance(e, ModelError) else f"{type(e).__name__}: {e}"
             event(log, "serve.swap_failed", level=logging.WARNING, container=self.name, model=self.model, version=v,
-                  error=f"{type(e).__name__}: {e}" if not isinstance(e, ModelError) else str(e),
-                  keeps=self.version or None)
+                  error=why, keeps=self.version or None)
+            return why
+
+    def _fetch(self, registry: Registry) -> None:
+        if self.version == 0:
+            self._first(registry)
+            return
+        v: int | None = None
+        try:
+            v = registry.promoted_version(self.model)
+        except ModelError as e:  # the promotion file: keep the current version (logged once per reason)
+            if str(e) != self._pointer_error:
+                self._pointer_error = str(e)
+                event(log, "serve.swap_failed", level=logging.WARNING, container=self.name, model=self.model,
+                      error=str(e), keeps=self.version)
+            return
+        self._pointer_error = ""
+        if v is not None and v != self.version and v not in self._refused:
+            self._try(registry, v)
 
     @abstractmethod
     def _load(self, artifact: bytes, version: int) -> Any:
@@ -218,7 +275,7 @@ class _Registered(Container):
         """Start answering with ``model`` (cheap: between two batches)."""
 
 
-class OnnxContainer(_Registered):
+class OnnxContainer(RegisteredContainer):
     """An ONNX graph run by onnxruntime; answers cached per (version, user, item) in an LRU."""
 
     kind = "onnx"
@@ -282,7 +339,7 @@ class OnnxContainer(_Registered):
                                .reshape(-1)[0]) for j in range(len(u))], np.float64)
 
 
-class VeloxContainer(_Registered):
+class VeloxContainer(RegisteredContainer):
     """The Velox hybrid model; per-user weights live in the stage's keyed store (``velox/<user>``)."""
 
     kind = "velox"

@@ -46,7 +46,7 @@ import pyarrow as pa
 from dawnstream.errors import ConfigError
 from dawnstream.models.registry import Registry
 from dawnstream.operators.base import Operator
-from dawnstream.operators.serving.containers import Container, build_container
+from dawnstream.operators.serving.containers import Container, RegisteredContainer, build_container
 from dawnstream.operators.serving.selection import Exp3, Exp4
 
 POLICIES = ("exp4", "exp3")
@@ -438,6 +438,16 @@ class Serve(Operator):
             "routed": dict(self.routed),
             "cache_hits": {c.name: getattr(c, "hits", 0) for c in self.containers},
         }
+
+    def preflight(self) -> None:
+        """Every registry model must have a promoted version that loads, or none promoted yet.
+
+        Raises:
+            ModelError: a model's promoted versions all fail to load (each reason named).
+        """
+        for c in self.containers:
+            if isinstance(c, RegisteredContainer):
+                c.preflight(self.registry)
 
     def gauges(self) -> dict[str, float]:
         """``/metrics`` series: the counters, and per model ``rmse.``, ``scored.``, ``weight.``, ``batch.``
