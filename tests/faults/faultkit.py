@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -21,6 +22,18 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
     finally:
         c.close()
+
+
+def topic_ends(admin: AdminClient) -> dict[str, int]:
+    """Sum of the end offsets of every non-internal topic on the broker, per topic (one ListOffsets call):
+    taken before and after a test, the topics whose sum moved are the topics that received records."""
+    md = admin.list_topics(timeout=30)
+    want = {TopicPartition(n, p): OffsetSpec.latest() for n, t in md.topics.items() if not n.startswith("__")
+            for p in t.partitions}
+    ends: dict[str, int] = {}
+    for tp, fut in (admin.list_offsets(want, request_timeout=30).items() if want else []):
+        ends[tp.topic] = ends.get(tp.topic, 0) + fut.result().offset
+    return ends
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:

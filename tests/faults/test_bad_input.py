@@ -1,5 +1,7 @@
-"""A corpus of 23 kinds of bad input interleaved with 100,000 good rows: every bad message lands in
-<topic>.dlq with its reason and original bytes, every good row is processed exactly once."""
+"""A corpus of 26 kinds of bad input (rows, frames, requests) interleaved with 100,000 good rows: every bad
+message lands in <topic>.dlq with its reason and original bytes, every good row is processed exactly once,
+and no topic but each job's output, dead-letter topic and changelog receives a record. (The request
+surface in full: ``test_hostile_requests.py``; stage-level cases: ``test_hostile_corpus.py``.)"""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import uuid
 import orjson
 import pyarrow as pa
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from faultkit import topic_ends
 from PIL import Image
 
 from dawnstream.streams.config import parse_topology
 from dawnstream.streams.kafka_clients import TopicAdmin
 from dawnstream.streams.runner import KafkaRunner
+from dawnstream.streams.state import changelog_topic
 from dawnstream.topics import get_codec
 from dawnstream.topics.spec import TopicSpec
 
@@ -52,12 +57,23 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
+def _image(size: tuple[int, int], fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size).save(buf, format=fmt, **({"quality": 1} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
 JPEG = _jpeg()
 FRAMES_CORPUS = [
     (JPEG[:-100], b"cam", [], "truncated JPEG"),
     (b"GIF89a" + b"\x00" * 100, b"cam", [], "wrong magic bytes"),
     (b"\xff\xd8\xff" + b"\x00" * (9 << 20) + b"\xff\xd9", b"cam", [], "exceeds max_frame_bytes"),
     (JPEG, None, [], "camera id"),
+    # A small JPEG declaring 36 Mpixels: refused from its header, never decoded.
+    (_image((9000, 4000), "JPEG"), b"cam", [], "more than max_frame_pixels"),
+    (_image((16, 16), "PNG"), b"cam", [("content-type", b"image/jpeg")],
+     "content-type image/jpeg but the data is a PNG"),
+    (JPEG + b"\x00", b"cam", [("frame-index", str(2**70).encode())], "header 'frame-index'"),
 ]
 REQUESTS_CORPUS = [
     (b'{"x": 1.0}', b"r", [("reply-to", b"test.svc.replies.v1")], "correlation-id"),
@@ -97,6 +113,8 @@ def test_bad_input_corpus_goes_to_the_dlq_and_good_rows_pass_once(kafka_bootstra
             else:
                 p.produce(names[kind][0], b'{"x": 2.0}', b"r", headers=[("correlation-id", f"c{j}".encode())])
     assert p.flush(60) == 0
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    before = topic_ends(admin)
 
     def topo(kind: str, codec: str, **inp: object) -> object:
         s, d = names[kind]
@@ -135,3 +153,9 @@ def test_bad_input_corpus_goes_to_the_dlq_and_good_rows_pass_once(kafka_bootstra
     out = reader(names["rows"][1], GOOD, timeout_s=120)
     ids = [orjson.loads(m.value())["id"] for m in out]
     assert len(ids) == GOOD and len(set(ids)) == GOOD and set(ids) == set(range(GOOD))
+    # No topic but each job's output, dead-letter topic and changelog received a record.
+    after = topic_ends(admin)
+    moved = {t for t in set(before) | set(after) if before.get(t, 0) != after.get(t, 0)}
+    allowed = {t for s, d in names.values() for t in (d, s + ".dlq")} | {
+        changelog_topic(f"bad-{kind}-{tag}") for kind in names}
+    assert moved <= allowed, moved - allowed
