@@ -9,6 +9,7 @@ from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Chain, Operator
 from dawnstream.operators.derive import Derive
 from dawnstream.operators.filter import Filter
+from dawnstream.operators.group_by import GroupBy
 from dawnstream.operators.labeling.label import Label
 from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
@@ -23,6 +24,7 @@ OPERATORS: dict[str, type[Operator]] = {
     Filter.kind: Filter,
     Derive.kind: Derive,
     Select.kind: Select,
+    GroupBy.kind: GroupBy,
     WindowCount.kind: WindowCount,
     OutlierClassifier.kind: OutlierClassifier,
     StreamingExplainer.kind: StreamingExplainer,

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Operator
+from dawnstream.operators.group_by import SOURCE_PARTITION
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -150,9 +151,13 @@ class WindowCount(Operator):
         lateness: str | int = 0,
         time_unit: str = "ms",
         max_skew: str | int | None = "1d",
+        upstream_partitions: int | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
+        if upstream_partitions is not None and (not isinstance(upstream_partitions, int) or upstream_partitions < 1):
+            raise ConfigError("upstream_partitions", f"expected a partition count >= 1, got {upstream_partitions!r}")
+        self.upstream_partitions = upstream_partitions
         self.max_skew_ms = None if max_skew in (None, "none", "off") else parse_duration_ms(max_skew, "max_skew")
         self.clock = _time.time  # wall clock, s (tests set it)
         self.keys = [key] if isinstance(key, str) else list(key)
@@ -170,6 +175,7 @@ class WindowCount(Operator):
         self.watermark: int | None = None
         self.emitted_until: int | None = None  # windows starting before this are closed
         self.late_rows = 0
+        self.source_marks: dict[int, int] = {}  # upstream partition -> largest event time it sent (group_by)
         self._key_types: list[pa.DataType] | None = None
         self.accel = "off"  # set by build_chain from the topology
         self._exes: dict[int, Any] = {}  # dense domain -> compiled count
@@ -225,8 +231,11 @@ class WindowCount(Operator):
         # it), so lateness does not depend on where micro-batches happen to end.
         lo = np.iinfo(np.int64).min
         prior = np.where(valid, t, lo)
-        before = np.maximum.accumulate(np.concatenate([[self.watermark if self.watermark is not None else lo],
-                                                       prior[:-1]]))
+        if SOURCE_PARTITION in batch.schema.names:
+            before = self._before_per_source(batch, prior)
+        else:
+            before = np.maximum.accumulate(np.concatenate([[self.watermark if self.watermark is not None else lo],
+                                                           prior[:-1]]))
         late = valid & (before != lo) & (starts + self.size_ms <= before - self.lateness_ms)
         if self.emitted_until is not None:
             late |= valid & (starts < self.emitted_until)
@@ -237,9 +246,35 @@ class WindowCount(Operator):
         if valid.any():
             if self.accel == "off" or not self._count_dense(batch, starts, valid):
                 self._count_hashed(batch, starts, valid)
-            top = int(t[valid].max())
-            self.watermark = top if self.watermark is None else max(self.watermark, top)
+            if not self.source_marks:
+                top = int(t[valid].max())
+                self.watermark = top if self.watermark is None else max(self.watermark, top)
         return self._emit_closed()
+
+    def _before_per_source(self, batch: pa.RecordBatch, prior: np.ndarray) -> np.ndarray:
+        """The watermark before each row when rows come from several upstream partitions (a
+        ``group_by``'s repartition topic): the smallest, over the upstream partitions seen so far, of the
+        largest event time each has sent - one running ahead of the others closes no window early (the
+        watermark of a shuffle is the minimum of its inputs': the Dataflow model, Flink's watermarks).
+        Updates ``source_marks`` and ``watermark`` to after the batch."""
+        lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        src = np.asarray(batch.column(SOURCE_PARTITION).fill_null(-1).to_numpy(zero_copy_only=False), np.int64)
+        seen = sorted(set(self.source_marks) | set(np.unique(src).tolist()))
+        before = np.full(len(prior), hi, np.int64)
+        for k in seen:
+            mine = np.where(src == k, prior, lo)
+            mark = self.source_marks.get(k, lo)
+            upto = np.maximum.accumulate(np.concatenate([[mark], mine[:-1]]))
+            before = np.minimum(before, upto)
+            top = max(mark, int(mine.max()) if len(mine) else lo)
+            if top != lo:
+                self.source_marks[k] = top
+        # Until every upstream partition has sent an event time, nothing is known to be complete.
+        if self.upstream_partitions is not None and len(self.source_marks) < self.upstream_partitions:
+            self.watermark = None
+            return np.full(len(prior), lo, np.int64)
+        self.watermark = min(self.source_marks.values()) if self.source_marks else None
+        return before
 
     def _count_hashed(self, batch: pa.RecordBatch, starts: np.ndarray, valid: np.ndarray) -> None:
         table = pa.table({"__ws": starts, **{f"__k{i}": batch.column(k) for i, k in enumerate(self.keys)}})
@@ -293,9 +328,9 @@ class WindowCount(Operator):
         return True
 
     def _emit_closed(self, everything: bool = False) -> list[pa.RecordBatch]:
-        if self.watermark is None:
+        if self.watermark is None and not everything:
             return []
-        limit = self.watermark - self.lateness_ms
+        limit = (self.watermark if self.watermark is not None else np.iinfo(np.int64).min // 2) - self.lateness_ms
         # A window [s, s+size) is complete once the watermark reaches s + size.
         closed = sorted(
             (k for k in self.counts if everything or k[0] + self.size_ms <= limit),
@@ -336,6 +371,7 @@ class WindowCount(Operator):
             "watermark": self.watermark,
             "emitted_until": self.emitted_until,
             "late_rows": self.late_rows,
+            "source_marks": [[k, v] for k, v in sorted(self.source_marks.items())],
             "key_types": [str(t) for t in self._key_types] if self._key_types else None,
         }
         if not self.has_keyed_store():
@@ -364,6 +400,7 @@ class WindowCount(Operator):
         self.watermark = state["watermark"]
         self.emitted_until = state["emitted_until"]
         self.late_rows = int(state["late_rows"])
+        self.source_marks = {int(k): int(v) for k, v in state.get("source_marks", [])}
         kt = state.get("key_types")
         self._key_types = [_type_from_str(t, parse_type) for t in kt] if kt else None
 

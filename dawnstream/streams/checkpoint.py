@@ -202,7 +202,7 @@ class Checkpoint:
         extra: dict[str, Any] = {"on_delivery": self._acks.done} if self.pipelined else {}
         if partition >= 0:
             extra["partition"] = partition
-        else:
+        if headers is not None:
             extra["headers"] = headers
         while True:
             try:
@@ -214,6 +214,10 @@ class Checkpoint:
                 producer.poll(0.05)  # local queue full: let librdkafka send, then retry
 
     def _produce_encoded(self, topic: str, enc: Encoded) -> None:
+        if enc.partitions is not None:
+            for value, p in zip(enc.values, enc.partitions, strict=True):
+                self._produce(topic, value, None, enc.headers, partition=p)
+            return
         produce = self.clients.producer.produce
         keys, per, topics = enc.keys, enc.record_headers, enc.topics
         shared: Any = enc.headers

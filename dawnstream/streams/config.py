@@ -192,6 +192,9 @@ class OutputSpec(_Strict):
     max_rows_per_message: int = Field(default=10_000, ge=1)
     config: dict[str, str] = Field(default_factory=dict)
     where: str | None = None
+    partition_by: str | None = None
+    """Arrow codec only: rows go to partition :func:`~dawnstream.operators.group_by.partition_of` of this
+    column, one message per partition per batch (set on the repartition topic a ``group_by`` stage makes)."""
 
     _topic = field_validator("topic")(topic_field)
     _codec = field_validator("codec")(codec_field)
@@ -281,6 +284,44 @@ class Topology(_Strict):
         """The topics this job reads and writes: input, its dead-letter topic, every output."""
         in_spec = self.input.spec()
         return [in_spec, in_spec.dlq(), *(o.spec(self.input.partitions) for o in self.outputs)]
+
+    def repartition_topic(self, key: str) -> str:
+        """The internal topic a ``group_by`` on ``key`` writes to: ``state.<job>.by-<key>.v1``."""
+        fold = lambda text: re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-") or "x"  # noqa: E731
+        return f"state.{fold(self.name)}.by-{fold(key)}.v1"
+
+    def split(self) -> list[Topology]:
+        """The jobs this topology runs as in Kafka: itself, or, with a ``group_by`` stage, two - the stages
+        before it writing to the repartition topic (partitioned by the key), then the stages after it
+        reading that topic (:mod:`dawnstream.operators.group_by`).
+
+        Raises:
+            ConfigError: more than one ``group_by`` stage.
+        """
+        at = [i for i, st in enumerate(self.stages) if st.op == "group_by"]
+        if not at:
+            return [self]
+        if len(at) > 1:
+            raise ConfigError(f"stages.{at[1]}", "one group_by per topology: split the job in two topologies")
+        i = at[0]
+        key = str(self.stages[i].params()["key"])
+        topic = self.repartition_topic(key)
+        n = self.input.partitions
+        rekey = self.model_copy(deep=True, update={
+            "name": f"{self.name}.by-{key}", "stages": self.stages[:i],
+            "outputs": [OutputSpec(topic=topic, codec="arrow", partitions=n, partition_by=key,
+                                   config={"max.message.bytes": str(16 << 20)})],
+            "metrics": self.metrics.model_copy(update={"port": self.metrics.port + 100 if self.metrics.port else 0}),
+        })
+        later = [st.model_copy(update={"upstream_partitions": n}) if st.op == "window_count" and
+                 "upstream_partitions" not in st.params() else st for st in self.stages[i + 1:]]
+        after = self.model_copy(deep=True, update={
+            "input": self.input.model_copy(update={"topic": topic, "codec": "arrow", "key_field": None,
+                                                   "group": None, "start": "earliest", "require_key": False,
+                                                   "row_schema": {}, "config": {"max.message.bytes": str(16 << 20)}}),
+            "stages": later,
+        })
+        return [rekey, after]
 
     def stage_tuples(self) -> list[tuple[str, dict[str, Any], str | None]]:
         return [(s.op, s.params(), s.name) for s in self.stages]

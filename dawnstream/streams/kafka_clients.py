@@ -265,12 +265,15 @@ def ensure_job_topics(topology: Any, create_user_topics: bool = True) -> None:
 
     t = topology
     admin = TopicAdmin(t.kafka.bootstrap, t.kafka.settings)
-    internal = [changelog_spec(t.name, t.input.partitions)]
+    # ``state.*`` topics are the job's own (its changelog, a group_by's repartition topic): always created
+    topics = t.user_topics()
+    users = [s for s in topics if not s.name.startswith("state.")]
+    internal = [changelog_spec(t.name, t.input.partitions), *(s for s in topics if s.name.startswith("state."))]
     if create_user_topics:
-        admin.ensure(t.user_topics() + internal)
+        admin.ensure(users + internal)
         return
     existing = admin.list_topics()
-    missing = [s.name for s in t.user_topics() if s.name not in existing]
+    missing = [s.name for s in users if s.name not in existing]
     if missing:  # just created by another process (the job's first worker)? metadata can lag a moment
         try:
             admin.wait_visible(dict.fromkeys(missing, 1), timeout_s=TOPIC_WAIT_S)

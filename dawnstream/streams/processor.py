@@ -58,6 +58,27 @@ def _make_output_codec(out: OutputSpec) -> Codec:
     return get_codec(out.codec)
 
 
+def _encode_partitioned(codec: Codec, rows: pa.RecordBatch, key: str, partitions: int,
+                        source: int | None) -> Encoded:
+    """``rows`` encoded per destination partition (:func:`~dawnstream.operators.group_by.partition_of`):
+    the messages of partition p hold exactly its rows, in their order, each with the input partition
+    ``source`` they were read from (:data:`~dawnstream.operators.group_by.SOURCE_PARTITION`)."""
+    from dawnstream.operators.group_by import SOURCE_PARTITION, partition_of
+
+    part = partition_of(rows, key, partitions)
+    if source is not None:
+        rows = rows.append_column(SOURCE_PARTITION, pa.array(np.full(rows.num_rows, source, np.int32)))
+    values: list[bytes] = []
+    dest: list[int] = []
+    headers = None
+    for p in np.unique(part).tolist():
+        sub = codec.encode(rows.filter(pa.array(part == p)))
+        values += sub.values
+        dest += [p] * len(sub.values)
+        headers = sub.headers
+    return Encoded(values, None, headers, partitions=dest)
+
+
 def _combine(parts: list[tuple[list[int], Decoded]], rejected: list[Rejected], schema: RowSchema) -> Decoded:
     """One :class:`Decoded` from decodes of sub-lists of a batch (``parts``: the sub-list's indexes into
     the batch, and its result), plus messages already ``rejected``."""
@@ -315,7 +336,7 @@ class BatchProcessor:
                 self._dead(res, Rejected(messages[i], f"{type(e).__name__}: {e}", stage=stage, rows=n))
             return res
         try:
-            self.emit(out, res)
+            self.emit(out, res, partition)
         except Exception as e:  # noqa: BLE001 - an output that cannot be encoded must not stop the worker
             res.outputs.clear()
             res.out_batches.clear()
@@ -352,12 +373,16 @@ class BatchProcessor:
                 return op.name
         return chain.operators[-1].name if chain.operators else "chain"
 
-    def emit(self, batches: list[pa.RecordBatch], res: BatchResult) -> None:
-        """Encode ``batches`` for every output topic into ``res``."""
+    def emit(self, batches: list[pa.RecordBatch], res: BatchResult, partition: int | None = None) -> None:
+        """Encode ``batches`` (output rows of input ``partition``) for every output topic into ``res``."""
+        from dawnstream.operators.group_by import SOURCE_PARTITION
+
         t0 = time.perf_counter()
         n_in = sum(b.num_rows for b in batches)
         n_records = 0
         for b in batches:
+            if SOURCE_PARTITION in b.schema.names:  # after a group_by: the upstream partition is not output
+                b = b.drop_columns([SOURCE_PARTITION])
             res.rows_out += b.num_rows
             if self.keep_batches:
                 res.out_batches.append(b)
@@ -365,7 +390,8 @@ class BatchProcessor:
                 rows = b if route is None else route.process(b)[0]
                 if not rows.num_rows:
                     continue
-                enc = codec.encode(rows, spec.key_field)
+                enc = codec.encode(rows, spec.key_field) if spec.partition_by is None else \
+                    _encode_partitioned(codec, rows, spec.partition_by, spec.partitions or 1, partition)
                 n_records += len(enc)
                 res.outputs.append((spec.topic, enc))
         s = res.stage_stats.setdefault("encode", [0.0, 0, 0])
@@ -382,13 +408,13 @@ class BatchProcessor:
     def tick(self, now_ms: int) -> BatchResult:
         """Run time-driven emission of every partition's chain."""
         res = BatchResult()
-        for chain in self.chains.values():
-            self.emit(chain.on_tick(now_ms), res)
+        for p, chain in self.chains.items():
+            self.emit(chain.on_tick(now_ms), res, p)
         return res
 
     def flush(self) -> BatchResult:
         """End of a finite input: flush every chain (open windows are emitted)."""
         res = BatchResult()
         for p in sorted(self.chains):
-            self.emit(self.chains[p].flush(), res)
+            self.emit(self.chains[p].flush(), res, p)
         return res

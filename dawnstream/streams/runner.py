@@ -77,6 +77,9 @@ class KafkaRunner:
                  on_batch: Callable[[KafkaRunner, BatchResult], None] | None = None,
                  snapshot_on_stop: bool = True) -> None:
         t = self.topology = topology
+        if any(st.op == "group_by" for st in t.stages):
+            raise ConfigError("stages", "a topology with a group_by stage runs as two jobs: give each of "
+                                        "topology.split() a runner (dawnstream run does)")
         self.snapshot_on_stop = snapshot_on_stop
         self.worker = worker
         self.processor = BatchProcessor(topology)

@@ -71,7 +71,7 @@ def _stop_when_orphaned(runner: Any, every_s: float = 0.5) -> None:
 
 
 def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, bootstrap: str | None,
-                 failures: Any) -> None:
+                 failures: Any, part: int = 0, slot: int | None = None) -> None:
     import faulthandler
     import sys
 
@@ -81,7 +81,7 @@ def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, boot
         from dawnstream.streams.config import load_topology
         from dawnstream.streams.runner import KafkaRunner
 
-        topo = load_topology(topology_path)
+        topo = load_topology(topology_path).split()[part]
         if bootstrap:
             topo.kafka.bootstrap = bootstrap
         runner = KafkaRunner(topo, worker=worker, create_topics=False)  # the parent created them
@@ -94,7 +94,8 @@ def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, boot
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides for the job
         from dawnstream.errors import DawnstreamError
 
-        failures.put((worker, str(e) if isinstance(e, DawnstreamError) else f"{type(e).__name__}: {e}"))
+        failures.put((worker if slot is None else slot,
+                      str(e) if isinstance(e, DawnstreamError) else f"{type(e).__name__}: {e}"))
         sys.exit(FAILED)
 
 
@@ -102,10 +103,10 @@ def _create_topics(topology_path: str | Path, bootstrap: str | None) -> None:
     from dawnstream.streams.config import load_topology
     from dawnstream.streams.kafka_clients import ensure_job_topics
 
-    t = load_topology(topology_path)
-    if bootstrap:
-        t.kafka.bootstrap = bootstrap
-    ensure_job_topics(t)
+    for t in load_topology(topology_path).split():
+        if bootstrap:
+            t.kafka.bootstrap = bootstrap
+        ensure_job_topics(t)
 
 
 def run_workers(
@@ -124,21 +125,29 @@ def run_workers(
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    from dawnstream.streams.config import load_topology
+
+    names = [t.name for t in load_topology(topology_path).split()]  # a group_by: two halves, each N workers
     if create_topics:
         _create_topics(topology_path, bootstrap)
     ctx = mp.get_context("spawn")
     failures = ctx.SimpleQueue()
     procs: dict[int, Any] = {}
-    replaced: dict[int, list[float]] = {i: [] for i in range(workers)}
+    slots = len(names) * workers  # slot k: worker k % workers of half k // workers
+    replaced: dict[int, list[float]] = {k: [] for k in range(slots)}
+
+    def label(k: int) -> str:
+        return str(k) if len(names) == 1 else f"{k % workers} of {names[k // workers]}"
     outcome = JobOutcome()
     stopping = False
 
-    def start(i: int) -> None:
-        p = ctx.Process(target=_worker_main, args=(str(topology_path), i, max_idle_s, bootstrap, failures),
-                        name=f"dawnstream-worker-{i}")
+    def start(k: int) -> None:
+        p = ctx.Process(target=_worker_main, args=(str(topology_path), k % workers, max_idle_s, bootstrap, failures,
+                                                   k // workers, k),
+                        name=f"dawnstream-worker-{k}")
         p.start()
-        procs[i] = p
-        event(log, "worker.started", worker=i, pid=p.pid)
+        procs[k] = p
+        event(log, "worker.started", worker=label(k), pid=p.pid)
 
     def stop_all() -> None:
         nonlocal stopping
@@ -149,14 +158,14 @@ def run_workers(
 
     def fail(i: int, reason: str) -> None:
         if outcome.error is None:
-            outcome.exit_code, outcome.error = FAILED, f"worker {i}: {reason}"
-            event(log, "job.failed", worker=i, error=reason)
+            outcome.exit_code, outcome.error = FAILED, f"worker {label(i)}: {reason}"
+            event(log, "job.failed", worker=label(i), error=reason)
         stop_all()
 
     old = {s: signal.signal(s, lambda *_: stop_all()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for i in range(workers):
-            start(i)
+        for k in range(slots):
+            start(k)
         live = dict(procs)
         while live:
             wait([p.sentinel for p in live.values()])
@@ -171,21 +180,21 @@ def run_workers(
                     w, why = failures.get()
                     reasons[w] = why
                 if code == 0 or stopping and code == -signal.SIGTERM:
-                    event(log, "worker.stopped", worker=i)
+                    event(log, "worker.stopped", worker=label(i))
                 elif code > 0:
                     fail(i, reasons.get(i, f"exited with status {code}"))
                 elif stopping:
-                    event(log, "worker.stopped", worker=i, signal=-code)
+                    event(log, "worker.stopped", worker=label(i), signal=-code)
                 else:
                     recent = [t for t in replaced[i] if time.monotonic() - t < REPLACEMENT_WINDOW_S]
-                    event(log, "worker.killed", worker=i, signal=-code, replacements=len(recent))
+                    event(log, "worker.killed", worker=label(i), signal=-code, replacements=len(recent))
                     if len(recent) >= MAX_REPLACEMENTS:
                         fail(i, f"killed by signal {-code} {len(recent) + 1} times in {REPLACEMENT_WINDOW_S:.0f} s")
                         continue
                     replaced[i] = [*recent, time.monotonic()]
                     start(i)
                     live[i] = procs[i]
-                    event(log, "worker.replaced", worker=i, pid=procs[i].pid)
+                    event(log, "worker.replaced", worker=label(i), pid=procs[i].pid)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

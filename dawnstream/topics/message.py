@@ -108,6 +108,7 @@ class Encoded:
         headers: headers shared by every record (e.g. ``content-type``), or ``None``.
         record_headers: per-record headers (replace ``headers`` when given), or ``None``.
         topics: per-record topic override (request/reply ``reply-to``), or ``None``.
+        partitions: per-record partition (a repartition topic), or ``None``: the producer's partitioner.
     """
 
     values: list[bytes]
@@ -115,6 +116,7 @@ class Encoded:
     headers: Headers | None = None
     record_headers: list[Headers] | None = None
     topics: list[str | None] | None = None
+    partitions: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.values)

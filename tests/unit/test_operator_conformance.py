@@ -99,6 +99,7 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "derive": ({"columns": {"y": "x * 2 + 1", "big": "abs(x) > 2"}}, stream, "x"),
     "select": ({"columns": ["k", "x"], "rename": {"x": "value"}}, stream, None),
     "window_count": ({"key": "k", "time": "t", "size": "1m"}, stream, "t"),
+    "group_by": ({"key": "k"}, stream, None),  # any type of key: its text decides the partition
     "classify": ({"metrics": "x", "warmup": 200, "period": 500, "reservoir": 300, "score_reservoir": 300},
                  stream, "x"),
     "explain": ({"attributes": ["k"], "emit_every": 700, "period": 300, "min_support": 0.05, "min_ratio": 1.5},
