@@ -7,6 +7,8 @@ sets ``NUMBA_ENABLE_CUDASIM=1``), so sizes stay small; tile edges (0, 1, 31, 32,
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -121,7 +123,11 @@ def test_device_radix_select_equals_numpy(dtype: str) -> None:
     np.testing.assert_array_equal(got["top"], np.sort(v)[::-1][:4])
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int32"])
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+# In the simulator each dtype costs ~20 s of CI: one float and one int width there, all four on a GPU.
+@pytest.mark.parametrize("dtype", ["float64", "int32"] if SIMULATED else ["float64", "float32", "int64", "int32"])
 def test_radix_select_finishes_on_the_device_when_one_bucket_holds_everything(dtype: str) -> None:
     """Values that share their top 16 key bits: the first pass puts all of them in one bucket; with
     ``max_host`` low the select goes on digit by digit on the device instead of copying it back."""

@@ -24,6 +24,7 @@ SENSOR10K = "macrobase/legacy/sensor10k.csv.gz"
 SOURCES = {
     "flights-late.yaml": ("flights", "late.parquet"),
     "flights-late-per-day.yaml": ("flights", "per-day.jsonl"),
+    "flights-per-origin-hourly.yaml": ("flights", "per-origin-hourly.jsonl"),
     "flight-delays.yaml": ("flights", "summaries.jsonl"),
     "flight-delays-merge.yaml": ("out:summaries.jsonl", "explanations.jsonl"),
     "device-telemetry.yaml": ("shared:" + SENSOR10K, "devices.jsonl"),
@@ -87,6 +88,9 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
     late = pc.sum(pc.greater(table.column("dep_delay"), 60)).as_py()
     assert results["flights-late.yaml"] == {"rows_in": 336_776, "rows_out": late, "out": str(tmp_path / "late.parquet")}
     assert results["device-telemetry.yaml"]["rows_in"] == 10_479
+    # one partition: group_by passes rows through; the drained windows are every (hour, origin) once
+    hourly = results["flights-per-origin-hourly.yaml"]
+    assert hourly["rows_in"] == 336_776 and hourly["rows_out"] == 19_486
     # serve: a reply per request (no registry here: velox answers with the running mean, svd straggles)
     assert results["movie-ratings.yaml"] == {"rows_in": 3000 + asks, "rows_out": asks,
                                              "out": str(tmp_path / "replies.jsonl")}
