@@ -6,7 +6,9 @@ counted in 1-hour tumbling event-time windows. Both systems read the same input 
 replayed once, keyed as the topology's input says, not timed), both re-key through a repartition topic
 and both run the same guarantee.
 
-- **dawnstream**: ``dawnstream run <topology>`` (both halves: one process each).
+- **dawnstream**: ``dawnstream run <topology>`` (both halves: one process each); and the same job without
+  its ``group_by`` (``dawnstream_without_group_by``: what the re-key costs; its ``output_rows`` are partial
+  counts, one per window, key and input partition).
 - **Quix Streams**: ``group_by(key)`` + ``tumbling_window(size, grace_ms=lateness).count().final()``, event
   time from the same column, run from a virtual environment of its own (``--quix-venv``; created with
   ``pip install quixstreams`` when missing: Quix Streams is a benchmark reference, not a dependency).
@@ -189,6 +191,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--quix-venv", default=str(Path.home() / ".cache" / "dawnstream" / "bench-quix-venv"))
     ap.add_argument("--skip-quix", action="store_true")
+    ap.add_argument("--quix-grace", default=None,
+                    help="Quix Streams' grace period (default: the topology's lateness), e.g. 400d")
     args = ap.parse_args()
 
     doc = yaml.safe_load(Path(args.topology).read_text())
@@ -237,13 +241,29 @@ def main() -> None:
         d["rows_per_s"] = round(table.num_rows / d["seconds"])
         d["steady_rows_per_s"] = round(table.num_rows / d["steady_seconds"])
         result["dawnstream"] = d
+        # The same job without the re-key (what it cost, and what it fixes: partial counts per partition)
+        plain = {**doc, "name": f"{doc['name']}-plain", "stages": [st for st in stages if st["op"] != "group_by"],
+                 "outputs": [{**doc["outputs"][0], "topic": f"bench.keyed-window-{tag}.plain-counts.v1"}]}
+        (Path(tmp) / "plain.yaml").write_text(yaml.safe_dump(plain))
+        b = _timed([sys.executable, "-m", "dawnstream", "run", str(Path(tmp) / "plain.yaml"), "--max-idle", "5"],
+                   args.bootstrap, [parse_topology(plain).group_id], env)
+        merged: dict[tuple[int, str], int] = {}
+        for r in _read_all(args.bootstrap, plain["outputs"][0]["topic"]):
+            k = (int(pc.cast(pa.scalar(r["window_start"]).cast(pa.timestamp("ms")), pa.int64()).as_py()),
+                 str(r[win["key"]]))
+            merged[k] = merged.get(k, 0) + 1  # how many partial counts each window came out as
+        b["output_rows"] = sum(merged.values())
+        b["rows_per_s"] = round(table.num_rows / b["seconds"])
+        b["steady_rows_per_s"] = round(table.num_rows / b["steady_seconds"])
+        result["dawnstream_without_group_by"] = b
         if not args.skip_quix:
             py = _quix_python(Path(args.quix_venv))
             group = f"bench-quix-{tag}"
             out = f"bench.keyed-window-{tag}.quix-counts.v1"
             TopicAdmin(args.bootstrap).ensure([TopicSpec(name=out, partitions=parts)])
             qa = {"bootstrap": args.bootstrap, "group": group, "input": src, "output": out, "key": gb["key"],
-                  "time": win["time"], "size_ms": size_ms, "grace_ms": lateness_ms, "idle_s": 5.0,
+                  "time": win["time"], "size_ms": size_ms, "idle_s": 5.0,
+                  "grace_ms": parse_duration_ms(args.quix_grace) if args.quix_grace else lateness_ms,
                   "guarantee": args.guarantee.replace("_", "-"), "state_dir": str(Path(tmp) / "quix-state")}
             (Path(tmp) / "quix_app.py").write_text(QUIX_APP)
             q = _timed([py, str(Path(tmp) / "quix_app.py"), json.dumps(qa)], args.bootstrap, [group], env)
@@ -254,6 +274,7 @@ def main() -> None:
             q["steady_rows_per_s"] = round(table.num_rows / q["steady_seconds"])
             q["version"] = subprocess.run([py, "-c", "import quixstreams; print(quixstreams.__version__)"],
                                           capture_output=True, text=True).stdout.strip()
+            q["grace_ms"] = qa["grace_ms"]
             result["quix_streams"] = q
             result["rows_per_s_ratio"] = round(d["rows_per_s"] / q["rows_per_s"], 2)
             result["steady_rows_per_s_ratio"] = round(d["steady_rows_per_s"] / q["steady_rows_per_s"], 2)
