@@ -14,6 +14,8 @@ job in two where it stands, as Kafka Streams splits a topology into sub-topologi
    Each row carries the input partition it came from (:data:`SOURCE_PARTITION`), so an event-time
    window there advances with the slowest upstream partition, not the fastest: the upstream
    partitions' rows interleave on the repartition topic in whatever order their batches were read.
+   Upstream partitions that hold no rows at all are left out (the runner reads the input topic's
+   offsets: :meth:`~dawnstream.streams.processor.BatchProcessor.set_upstream_active`).
 
 Each half is a worker of its own (``dawnstream run`` starts both, in one supervised job; the
 first's metrics port is ``metrics.port + 100``) with its own consumer group and changelog; under

@@ -158,6 +158,8 @@ class WindowCount(Operator):
         if upstream_partitions is not None and (not isinstance(upstream_partitions, int) or upstream_partitions < 1):
             raise ConfigError("upstream_partitions", f"expected a partition count >= 1, got {upstream_partitions!r}")
         self.upstream_partitions = upstream_partitions
+        self.upstream_active: set[int] | None = None
+        """The upstream partitions that hold rows at all (set by the runner); None: all of them."""
         self.max_skew_ms = None if max_skew in (None, "none", "off") else parse_duration_ms(max_skew, "max_skew")
         self.clock = _time.time  # wall clock, s (tests set it)
         self.keys = [key] if isinstance(key, str) else list(key)
@@ -269,10 +271,12 @@ class WindowCount(Operator):
             top = max(mark, int(mine.max()) if len(mine) else lo)
             if top != lo:
                 self.source_marks[k] = top
-        # Until every upstream partition has sent an event time, nothing is known to be complete.
-        if self.upstream_partitions is not None and len(self.source_marks) < self.upstream_partitions:
-            self.watermark = None
-            return np.full(len(prior), lo, np.int64)
+        # Until every upstream partition that holds rows has sent an event time, nothing is known complete.
+        if self.upstream_partitions is not None:
+            needed = self.upstream_active if self.upstream_active is not None else set(range(self.upstream_partitions))
+            if not needed <= set(self.source_marks):
+                self.watermark = None
+                return np.full(len(prior), lo, np.int64)
         self.watermark = min(self.source_marks.values()) if self.source_marks else None
         return before
 

@@ -148,6 +148,9 @@ class InputSpec(_Strict):
     max_frame_pixels: int = Field(default=MAX_FRAME_PIXELS, ge=1, le=1 << 31)
     require_key: bool = False
     config: dict[str, str] = Field(default_factory=dict)
+    upstream_topic: str | None = None
+    """Set on the second half of a ``group_by`` job: the topic whose partitions feed this repartition
+    topic (the runner tells windows which of them hold rows at all: an empty one holds no window open)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -317,6 +320,7 @@ class Topology(_Strict):
                  "upstream_partitions" not in st.params() else st for st in self.stages[i + 1:]]
         after = self.model_copy(deep=True, update={
             "input": self.input.model_copy(update={"topic": topic, "codec": "arrow", "key_field": None,
+                                                   "upstream_topic": self.input.topic,
                                                    "group": None, "start": "earliest", "require_key": False,
                                                    "row_schema": {}, "config": {"max.message.bytes": str(16 << 20)}}),
             "stages": later,

@@ -133,6 +133,7 @@ class BatchProcessor:
         self.routes = [Filter(expr=o.where) if o.where is not None else None for o in topology.outputs]
         self._ct_cache: dict[bytes, str] = {}
         self.require_key = topology.input.require_key
+        self.upstream_active: set[int] | None = None
 
     def preflight(self) -> None:
         """Ask every stage whether it can run at all (:meth:`~dawnstream.operators.base.Operator.preflight`)
@@ -154,7 +155,18 @@ class BatchProcessor:
                 op.partition = partition
                 if op.keyed_state:
                     op.store = KeyedStore()
+                if self.upstream_active is not None and hasattr(op, "upstream_active"):
+                    op.upstream_active = set(self.upstream_active)
         return c
+
+    def set_upstream_active(self, active: set[int]) -> None:
+        """After a ``group_by``: the upstream partitions that hold rows at all (the runner reads them from
+        the upstream topic's offsets); windows wait for these, not for partitions that are empty."""
+        self.upstream_active = set(active)
+        for c in self.chains.values():
+            for op in c.operators:
+                if hasattr(op, "upstream_active"):
+                    op.upstream_active = set(active)
 
     def schema(self, partition: int) -> RowSchema:
         s = self.schemas.get(partition)

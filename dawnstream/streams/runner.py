@@ -160,6 +160,28 @@ class KafkaRunner:
             self._position[partition] = position
 
     # -- the loop -----------------------------------------------------------------------------
+    def _refresh_upstream(self) -> None:
+        """After a ``group_by``: tell the windows which upstream partitions hold rows at all (their end
+        offset past their start), so an empty one - fewer keys than partitions, a topic grown after it
+        was filled - does not hold every window open. Kept as it was when the broker does not answer."""
+        topic = self.topology.input.upstream_topic
+        if topic is None:
+            return
+        try:
+            md = self.consumer.list_topics(topic, timeout=5).topics.get(topic)
+            if md is None or md.error is not None:
+                return
+            active = set()
+            for p in md.partitions:
+                lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                if hi > lo:
+                    active.add(p)
+        except KafkaException:
+            return
+        if active != self.processor.upstream_active:
+            event(log, "upstream.partitions", topic=topic, with_rows=sorted(active), partitions=len(md.partitions))
+            self.processor.set_upstream_active(active)
+
     def _reply_topic_refusal(self, topic: str) -> str | None:
         """Why the broker will not take replies on ``topic`` (missing, not authorized), or None; None
         too when the broker does not answer (the produce path waits for it as for any output)."""
@@ -205,6 +227,7 @@ class KafkaRunner:
         self.metrics.status = {"state": "running", "group": t.group_id, "input": t.input.topic}
         event(log, "runner.start", worker=self.worker, topology=t.name, group=t.group_id, input=t.input.topic)
         last_msg, last_lag = time.monotonic(), 0.0
+        self._refresh_upstream()
         wait_s = t.batch.max_wait_ms / 1000.0
         try:
             while not self._stop.is_set():
@@ -228,6 +251,7 @@ class KafkaRunner:
                     break
                 if now - last_lag > LAG_REFRESH_S:
                     self.metrics.refresh(self.consumer, t.input.topic, sorted(self._position), self.processor.chains)
+                    self._refresh_upstream()
                     last_lag = now
                 self._tick()
                 if max_rows is not None and self.stats.rows_in >= max_rows:

@@ -109,3 +109,19 @@ def test_windows_after_a_repartition_count_every_row_of_in_order_upstream_partit
     for ti, ki in zip(t, key, strict=True):
         want[(ti // H * H, ki)] = want.get((ti // H * H, ki), 0) + 1
     assert got == sorted((w, k, n) for (w, k), n in want.items()) and op.late_rows == 0
+
+
+def test_an_upstream_partition_with_no_rows_holds_no_window_open() -> None:
+    def batch(src: int, hours: list[int]) -> pa.RecordBatch:
+        return pa.record_batch({"k": ["JFK"] * len(hours), "t": pa.array([h * H for h in hours], pa.int64()),
+                                SOURCE_PARTITION: pa.array([src] * len(hours), pa.int32())})
+
+    waits = WindowCount(key="k", time="t", size="1h", upstream_partitions=3)
+    assert waits.process(batch(0, [0, 1, 5])) == [] and waits.process(batch(2, [0, 4, 5])) == []
+    assert waits.watermark is None  # partition 1 may still send hour 0
+    told = WindowCount(key="k", time="t", size="1h", upstream_partitions=3)
+    told.upstream_active = {0, 2}  # the runner read partition 1's offsets: it holds nothing
+    told.process(batch(0, [0, 1, 5]))
+    out = told.process(batch(2, [0, 4, 5]))
+    assert [(b.column("window_start")[i].value // H, b.column("count")[i].as_py()) for b in out
+            for i in range(b.num_rows)] == [(0, 2), (1, 1), (4, 1)] and told.watermark == 5 * H
