@@ -14,6 +14,7 @@ from dawnstream.operators.labeling.label import Label
 from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
 from dawnstream.operators.select import Select
+from dawnstream.operators.serving.predict import Predict
 from dawnstream.operators.serving.serve import Serve
 from dawnstream.operators.video.cascade import Cascade
 from dawnstream.operators.video.detect import Detect
@@ -34,6 +35,7 @@ OPERATORS: dict[str, type[Operator]] = {
     DifferenceDetector.kind: DifferenceDetector,
     Cascade.kind: Cascade,
     Detect.kind: Detect,
+    Predict.kind: Predict,
 }
 
 

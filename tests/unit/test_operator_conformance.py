@@ -73,6 +73,40 @@ def reviews() -> list[pa.RecordBatch]:
     return t.combine_chunks().to_batches(max_chunksize=500)
 
 
+def review_requests() -> list[pa.RecordBatch]:
+    """Requests for ``predict`` (review text and a source key) and, 40 rows later, their gold labels as
+    feedback naming the request's correlation-id; every row with its Kafka timestamp."""
+    from dawnstream.sources import rotten_tomatoes
+
+    t = rotten_tomatoes().slice(2000, 600)
+    texts, gold = t.column("text").to_pylist(), t.column("label").to_pylist()
+    out: list[dict] = []
+    for i, text in enumerate(texts):
+        out.append({"correlation_id": f"r{i}", "reply_to": "replies" if i % 3 else None, "text": text,
+                    "source": f"s{i % 7}", "label": None})
+        if i >= 40:
+            out.append({"correlation_id": f"r{i - 40}", "reply_to": None, "text": None, "source": None,
+                        "label": ["rotten", "fresh"][gold[i - 40]]})
+    for k, r in enumerate(out):
+        r["kafka_timestamp_ms"] = 1_700_000_000_000 + 100 * k
+    return pa.Table.from_pylist(out).to_batches(max_chunksize=400)
+
+
+def _predict_registry() -> str:
+    """A registry holding a text model trained on other reviews (the labeling pipeline's end model kind)."""
+    from dawnstream.models.registry import Registry
+    from dawnstream.models.text_model import HashedTextModel
+    from dawnstream.sources import rotten_tomatoes
+
+    root = tempfile.mkdtemp(prefix="dawnstream-predict-")
+    t = rotten_tomatoes().slice(0, 1500)
+    y = np.asarray(t.column("label").to_pylist())
+    m = HashedTextModel.fit(t.column("text").to_pylist(), np.eye(2)[y], n_features=1 << 14)
+    reg = Registry(root)
+    reg.promote("reviews", reg.register("reviews", m.to_npz(), "npz").version)
+    return root
+
+
 def camera_frames() -> list[pa.RecordBatch]:
     """JPEG frames of vtest from two cameras, interleaved (the frames codec's columns)."""
     from dawnstream.video_source import jpeg, read_frames, vtest
@@ -92,6 +126,10 @@ CASCADE_REGISTRY = tempfile.mkdtemp(prefix="dawnstream-cascade-")  # shared: a r
 
 SERVE = {"models": [{"name": "velox", "kind": "velox", "model": "absent-theta"}, {"kind": "online_mf"},
                     {"kind": "mean"}], "rating_range": [1, 5], "registry": "/nonexistent/dawnstream-registry"}
+PREDICT = {"features": {"text": "string", "source": "category"}, "task": "binary", "classes": ["rotten", "fresh"],
+           "models": [{"name": "text", "kind": "text_model", "model": "reviews"},
+                      {"name": "personal", "kind": "online", "over": "text", "key": "source"}, {"kind": "prior"}],
+           "registry": _predict_registry(), "slo_ms": 10_000}
 
 # kind -> (parameters, input batches, a column whose values may be made the wrong type, or None)
 EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]] = {
@@ -107,6 +145,7 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     "merge_explanations": ({"attributes": ["k"], "min_support": 0.05, "min_ratio": 1.5}, summaries, "O"),
     # serve answers values of the wrong type with an error reply (the caller must not wait), never raises
     "serve": (SERVE, ratings, None),
+    "predict": (PREDICT, review_requests, None),
     "difference": ({"threshold": 60.0, "against": "reference", "reference_frames": 5, "blocks": [2, 2]},
                    camera_frames, "image"),
     "detect": ({"detector": {"kind": "hog"}, "query": {"region": [0, 380, 560, 576]}}, few_frames, "image"),

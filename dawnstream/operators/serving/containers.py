@@ -45,8 +45,10 @@ INLINE_MS = 1.0
 """A model call expected to take less than this (ms) runs on the stage's thread (:meth:`Container.fast`)."""
 
 
-class Container(ABC):
-    """One model behind the serving stage.
+class Slot:
+    """What every model behind a serving stage has, whatever it takes as input: a name (the arm), an AIMD
+    batch size tuned to the SLO, a version, call counters, and the latency that decides whether it runs
+    on the stage's thread.
 
     Args:
         name: the arm's name (replies, bandit weights, metrics).
@@ -67,17 +69,6 @@ class Container(ABC):
         self.recent_row_ms = INLINE_MS  # unknown until measured: not "fast"; a failure sets it back (fail())
         self.store: MutableMapping[str, bytes] | None = None  # the stage's keyed store (per-key state)
 
-    @abstractmethod
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Predictions, float64 ``(n,)``, for int64 ``users`` and ``items`` ``(n,)``."""
-
-    def predict_rows(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Like :meth:`predict`, but a row's value does not depend on the rows batched with it, bit for bit:
-        the learning path (the losses Exp3/Exp4 learn from) must give the same state when a replay after a
-        crash cuts the stream elsewhere. Containers that compute row by row in numpy already do; batched
-        runtimes (onnxruntime sums a row differently by its position in the batch) override this."""
-        return self.predict(users, items)
-
     def fast(self, rows: int = 1) -> bool:
         """True when a call on ``rows`` rows is expected to take under 1 ms (from the recent calls' ms per
         row) and no call failed lately: such a call may run on the stage's thread, where a thread handoff
@@ -96,14 +87,6 @@ class Container(ABC):
         self.calls += 1
         self.rows += rows
 
-    def predict_one(self, user: int, item: int) -> float:
-        """One prediction (the feedback path scores one row at a time)."""
-        return float(self.predict(np.array([user], np.int64), np.array([item], np.int64))[0])
-
-    def learn(self, user: int, item: int, label: float) -> None:
-        """One piece of feedback (only containers with ``learns``); fixed models ignore it."""
-        return None
-
     def flush_users(self) -> None:
         """Write the per-key state changed since the last call into :attr:`store` (before a checkpoint);
         containers without per-key state have nothing to write."""
@@ -120,6 +103,29 @@ class Container(ABC):
     def load(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state`."""
         self.aimd.size = int(state.get("aimd", self.aimd.size))
+
+
+class Container(Slot, ABC):
+    """One model behind the ``serve`` stage, answering ``(user, item)`` pairs (the MovieLens path)."""
+
+    @abstractmethod
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predictions, float64 ``(n,)``, for int64 ``users`` and ``items`` ``(n,)``."""
+
+    def predict_rows(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Like :meth:`predict`, but a row's value does not depend on the rows batched with it, bit for bit:
+        the learning path (the losses Exp3/Exp4 learn from) must give the same state when a replay after a
+        crash cuts the stream elsewhere. Containers that compute row by row in numpy already do; batched
+        runtimes (onnxruntime sums a row differently by its position in the batch) override this."""
+        return self.predict(users, items)
+
+    def predict_one(self, user: int, item: int) -> float:
+        """One prediction (the feedback path scores one row at a time)."""
+        return float(self.predict(np.array([user], np.int64), np.array([item], np.int64))[0])
+
+    def learn(self, user: int, item: int, label: float) -> None:
+        """One piece of feedback (only containers with ``learns``); fixed models ignore it."""
+        return None
 
 
 class MeanContainer(Container):
@@ -155,8 +161,8 @@ class MeanContainer(Container):
         self.count, self.total = int(state.get("count", 0)), float(state.get("total", 0.0))
 
 
-class RegisteredContainer(Container):
-    """A container whose model comes from the registry (``model``: the registered name).
+class RegistryVersions(Slot, ABC):
+    """A model slot whose model comes from the registry (``model``: the registered name).
 
     The first version is loaded in the caller's thread (there is nothing to serve before it); later
     ones are loaded and warmed up on a background thread, and :meth:`refresh` installs one between
@@ -164,7 +170,7 @@ class RegisteredContainer(Container):
     """
 
     def __init__(self, name: str, slo_ms: float, model: str) -> None:
-        super().__init__(name, slo_ms)
+        Slot.__init__(self, name, slo_ms)  # not super(): a feature model's base takes a task as well
         self.model = model
         self._checked = -1e18
         self._ready: tuple[Any, int] | None = None
@@ -273,6 +279,10 @@ class RegisteredContainer(Container):
     @abstractmethod
     def _install(self, model: Any, version: int) -> None:
         """Start answering with ``model`` (cheap: between two batches)."""
+
+
+class RegisteredContainer(RegistryVersions, Container):
+    """A ``serve`` container whose model comes from the registry (see :class:`RegistryVersions`)."""
 
 
 class OnnxContainer(RegisteredContainer):

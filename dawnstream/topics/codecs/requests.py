@@ -17,6 +17,9 @@ from dawnstream.topics.schema import RowSchema
 
 CORRELATION_ID = "correlation-id"
 REPLY_TO = "reply-to"
+TIMESTAMP = "kafka_timestamp_ms"
+"""Column of each request's Kafka message timestamp (ms since the epoch; 0 when unknown): the event time
+a serving stage measures feedback delays in. Not added when the body has a field of that name."""
 REQUEST_ERROR = "request_error"
 """Column of the rows standing for requests whose body could not be read (the reason); the serving
 stage answers them with an error reply, so a caller is never left waiting."""
@@ -76,11 +79,14 @@ class RequestsCodec(Codec):
         kept = [ok_idx[j] for j in inner.kept]
         table = inner.table.append_column("correlation_id", _header_column(messages, kept, CORRELATION_ID)) \
             .append_column("reply_to", _header_column(messages, kept, REPLY_TO)) if inner.table is not None else None
+        if table is not None and TIMESTAMP not in table.column_names:
+            table = table.append_column(TIMESTAMP, pa.array([messages[i].timestamp_ms for i in kept], pa.int64()))
         if answer:
             bad = [i for i, _ in answer]
             errors = pa.table({"correlation_id": _header_column(messages, bad, CORRELATION_ID),
                                "reply_to": _header_column(messages, bad, REPLY_TO),
-                               REQUEST_ERROR: pa.array([why for _, why in answer], pa.string())})
+                               REQUEST_ERROR: pa.array([why for _, why in answer], pa.string()),
+                               TIMESTAMP: pa.array([messages[i].timestamp_ms for i in bad], pa.int64())})
             table = errors if table is None else pa.concat_tables([table, errors], promote_options="default")
             kept = kept + bad
             order = sorted(range(len(kept)), key=kept.__getitem__)  # back to message order
@@ -92,7 +98,7 @@ class RequestsCodec(Codec):
         names = batch.schema.names
         cids = batch.column("correlation_id").to_pylist() if "correlation_id" in names else [None] * batch.num_rows
         replies = batch.column("reply_to").to_pylist() if "reply_to" in names else [None] * batch.num_rows
-        body = batch.drop_columns([c for c in ("correlation_id", "reply_to") if c in names])
+        body = batch.drop_columns([c for c in ("correlation_id", "reply_to", TIMESTAMP) if c in names])
         enc = self._json.encode(body, key_field)
         ctype = (CONTENT_TYPE_HEADER, self.content_type.encode())
         per: list[Headers] = []
