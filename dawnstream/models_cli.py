@@ -23,7 +23,9 @@ RegistryOpt = Annotated[Path | None, typer.Option(
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(e))}")  # a signature's [None, 3] is no markup
     raise typer.Exit(2)
 
 
@@ -65,6 +67,77 @@ def models_show(name: str, version: Annotated[int | None, typer.Option(help="Def
                               indent=2))
     except DawnstreamError as e:
         _fail(e)
+
+
+@models_app.command("register")
+def models_register(
+    name: str,
+    file: Annotated[Path, typer.Argument(help="The artifact: a .onnx graph (from skl2onnx, torch.onnx, onnxmltools), "
+                                              "or a .npz / .safetensors of a dawnstream model.")],
+    topology: Annotated[Path | None, typer.Option(
+        help="Check the model against this topology's predict stage first (the same check a worker makes "
+             "when it loads a version): a model whose inputs do not match is refused, with both signatures.")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote it at once (workers swap it in within about a second).")]
+    = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Register FILE as the next version of NAME; prints the version and, for ONNX, the graph's signature."""
+    try:
+        from dawnstream.models.registry import FORMATS, ModelError
+
+        fmt = file.suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise ModelError(f"{file}: expected a .onnx, .npz or .safetensors file (never pickle), got {file.suffix!r}")
+        if not file.is_file():
+            raise ModelError(f"{file}: no such file")
+        data = file.read_bytes()
+        signature = _signature(data) if fmt == "onnx" else None
+        reg = _registry(registry)
+        if topology is not None:
+            _check_against(topology, name, data, max((v.version for v in reg.versions(name)), default=0) + 1)
+        mv = reg.register(name, data, fmt, training_data={"file": str(file.resolve())})
+        if promote:
+            reg.promote(name, mv.version)
+        typer.echo(json.dumps({"model": name, "version": mv.version, "promoted": reg.promoted_version(name),
+                               "format": fmt, **({"signature": signature} if signature else {})}))
+    except DawnstreamError as e:
+        _fail(e)
+
+
+def _signature(data: bytes) -> dict[str, list[str]]:
+    """An ONNX graph's inputs and outputs (``name: type[shape]``).
+
+    Raises:
+        ModelError: onnxruntime cannot load it.
+    """
+    from dawnstream.models.artifacts import onnx_session
+
+    session = onnx_session(data)
+    return {k: [f"{i.name}: {i.type}{list(i.shape)}" for i in items]
+            for k, items in (("inputs", session.get_inputs()), ("outputs", session.get_outputs()))}
+
+
+def _check_against(topology: Path, name: str, data: bytes, version: int) -> None:
+    """Load ``data`` with every model of the topology's predict stages that serves ``name``.
+
+    Raises:
+        ModelError: no such model in the topology, or the artifact does not fit it (both signatures named).
+        ConfigError: the topology is invalid.
+    """
+    from dawnstream.models.registry import ModelError
+    from dawnstream.operators.serving.containers import RegistryVersions
+    from dawnstream.operators.serving.predict import Predict
+    from dawnstream.streams.config import load_topology
+
+    checked = 0
+    for op in load_topology(topology).build_chain().operators:
+        if isinstance(op, Predict):
+            for m in op.models:
+                if isinstance(m, RegistryVersions) and m.model == name:
+                    m._load(data, version)
+                    checked += 1
+    if not checked:
+        raise ModelError(f"{topology} has no predict stage model serving {name!r}: nothing to check against")
 
 
 @models_app.command("promote")

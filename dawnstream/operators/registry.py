@@ -14,6 +14,7 @@ from dawnstream.operators.labeling.label import Label
 from dawnstream.operators.outliers.classify import OutlierClassifier
 from dawnstream.operators.outliers.explain import MergeExplanations, StreamingExplainer
 from dawnstream.operators.select import Select
+from dawnstream.operators.serving.forward_feedback import ForwardFeedback
 from dawnstream.operators.serving.predict import Predict
 from dawnstream.operators.serving.serve import Serve
 from dawnstream.operators.video.cascade import Cascade
@@ -36,6 +37,7 @@ OPERATORS: dict[str, type[Operator]] = {
     Cascade.kind: Cascade,
     Detect.kind: Detect,
     Predict.kind: Predict,
+    ForwardFeedback.kind: ForwardFeedback,
 }
 
 

@@ -148,6 +148,9 @@ class InputSpec(_Strict):
     max_frame_pixels: int = Field(default=MAX_FRAME_PIXELS, ge=1, le=1 << 31)
     require_key: bool = False
     config: dict[str, str] = Field(default_factory=dict)
+    feedback_topic: str | None = None
+    """Feedback for a ``predict`` stage on a topic of its own: the job then runs a second job that moves it
+    onto this input topic, keyed like the requests (:mod:`dawnstream.operators.serving.forward_feedback`)."""
     upstream_topic: str | None = None
     """Set on the second half of a ``group_by`` job: the topic whose partitions feed this repartition
     topic (the runner tells windows which of them hold rows at all: an empty one holds no window open)."""
@@ -156,6 +159,11 @@ class InputSpec(_Strict):
 
     _topic = field_validator("topic")(topic_field)
     _codec = field_validator("codec")(codec_field)
+
+    @field_validator("feedback_topic")
+    @classmethod
+    def _feedback_topic(cls, v: str | None) -> str | None:
+        return None if v is None else topic_field(v)
 
     @field_validator("reply_topics")
     @classmethod
@@ -301,6 +309,9 @@ class Topology(_Strict):
         Raises:
             ConfigError: more than one ``group_by`` stage.
         """
+        if self.input.feedback_topic is not None:
+            return [self._feedback_job(), *self.model_copy(update={
+                "input": self.input.model_copy(update={"feedback_topic": None})}).split()]
         at = [i for i, st in enumerate(self.stages) if st.op == "group_by"]
         if not at:
             return [self]
@@ -326,6 +337,36 @@ class Topology(_Strict):
             "stages": later,
         })
         return [rekey, after]
+
+    def _feedback_job(self) -> Topology:
+        """The job moving ``input.feedback_topic`` onto the input topic, keyed like the requests (Java's
+        partitioner, as :class:`~dawnstream.streams.request_reply.PredictClient` sends them), so each piece
+        of feedback reaches the partition that served its request.
+
+        Raises:
+            ConfigError: no ``predict`` stage to learn from the feedback, or the feedback topic is the input.
+        """
+        at = [i for i, st in enumerate(self.stages) if st.op == "predict"]
+        if not at:
+            raise ConfigError("input.feedback_topic", "a feedback topic feeds a predict stage; this topology has none")
+        if self.input.feedback_topic in (self.input.topic, *(o.topic for o in self.outputs)):
+            raise ConfigError("input.feedback_topic", "expected a topic of its own, not the input or an output")
+        label = str(self.stages[at[0]].params().get("label_field", "label"))
+        key, n = self.input.key_field, self.input.partitions
+        stage = StageSpec.model_validate({"op": "forward_feedback", "label_field": label, "key_field": key,
+                                          "need_key": n > 1 and key is not None})
+        settings = {"partitioner": "murmur2_random", **self.kafka.settings}
+        return self.model_copy(deep=True, update={
+            "name": f"{self.name}.feedback",
+            "input": self.input.model_copy(update={
+                "topic": self.input.feedback_topic, "feedback_topic": None, "codec": "requests", "group": None,
+                "row_schema": {}, "require_key": False,
+                "reply_topics": self.input.reply_topics or [o.topic for o in self.outputs]}),
+            "stages": [stage],
+            "outputs": [OutputSpec(topic=self.input.topic, codec="requests", partitions=n, key_field=key)],
+            "kafka": self.kafka.model_copy(update={"settings": settings}),
+            "metrics": self.metrics.model_copy(update={"port": self.metrics.port + 200 if self.metrics.port else 0}),
+        })
 
     def stage_tuples(self) -> list[tuple[str, dict[str, Any], str | None]]:
         return [(s.op, s.params(), s.name) for s in self.stages]

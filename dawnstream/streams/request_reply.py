@@ -156,9 +156,12 @@ class PredictClient:
             self._cond.notify_all()
 
     # -- sending ----------------------------------------------------------------------------------
-    def send(self, row: dict[str, Any], correlation_id: str | None = None, reply: bool = True) -> str:
+    def send(self, row: dict[str, Any], correlation_id: str | None = None, reply: bool = True,
+             topic: str | None = None) -> str:
         """Produce one request (or feedback, when ``row`` has the label); returns its correlation id
-        (``correlation_id``, else this client's 16 random hex digits, ``-`` and a counter in hex)."""
+        (``correlation_id``, else this client's 16 random hex digits, ``-`` and a counter in hex).
+        ``topic``: where to (default the requests topic; a ``predict`` topology's ``input.feedback_topic``
+        for feedback sent later under its request's ``correlation_id``)."""
         cid = correlation_id or f"{self._id_prefix}{next(self._ids):x}"
         headers: list[tuple[str, str | bytes | None]] = [(CORRELATION_ID, cid.encode())]
         if reply:
@@ -166,7 +169,7 @@ class PredictClient:
         key = row.get(self.key_field)
         while True:
             try:
-                self.producer.produce(self.requests_topic, orjson.dumps(row),
+                self.producer.produce(topic or self.requests_topic, orjson.dumps(row),
                                       None if key is None else str(key).encode(), headers=headers)
                 break
             except BufferError:

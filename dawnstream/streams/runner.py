@@ -80,6 +80,9 @@ class KafkaRunner:
         if any(st.op == "group_by" for st in t.stages):
             raise ConfigError("stages", "a topology with a group_by stage runs as two jobs: give each of "
                                         "topology.split() a runner (dawnstream run does)")
+        if t.input.feedback_topic is not None:
+            raise ConfigError("input.feedback_topic", "a topology with a feedback topic runs as two jobs: give each "
+                                                      "of topology.split() a runner (dawnstream run does)")
         self.snapshot_on_stop = snapshot_on_stop
         self.worker = worker
         self.processor = BatchProcessor(topology)

@@ -146,6 +146,7 @@ EXAMPLES: dict[str, tuple[dict, Callable[[], list[pa.RecordBatch]], str | None]]
     # serve answers values of the wrong type with an error reply (the caller must not wait), never raises
     "serve": (SERVE, ratings, None),
     "predict": (PREDICT, review_requests, None),
+    "forward_feedback": ({"label_field": "label", "key_field": "source"}, review_requests, None),
     "difference": ({"threshold": 60.0, "against": "reference", "reference_frames": 5, "blocks": [2, 2]},
                    camera_frames, "image"),
     "detect": ({"detector": {"kind": "hog"}, "query": {"region": [0, 380, 560, 576]}}, few_frames, "image"),
