@@ -30,6 +30,7 @@ SOURCES = {
     "device-telemetry.yaml": ("shared:" + SENSOR10K, "devices.jsonl"),
     "movie-ratings.yaml": ("gen:movielens-events.jsonl", "replies.jsonl"),
     "review-sentiment.yaml": ("rotten_tomatoes", "labels.jsonl"),
+    "review-serving.yaml": ("gen:review-events.jsonl", "review-replies.jsonl"),
     "camera-lawn.yaml": ("vtest", "lawn-labels.jsonl"),
 }
 
@@ -51,6 +52,31 @@ def movielens_events(path: Path, n: int = 3000) -> int:
     return asks
 
 
+def review_events(path: Path, registry: Path, n: int = 2000) -> int:
+    """Requests for ``n`` reviews and, 100 rows later, their gold labels as feedback (what `dawnstream process`
+    reads when the feedback topic is not in play); registers an end model fitted on other reviews. Returns
+    the number of requests."""
+    import numpy as np
+
+    from dawnstream.models.registry import Registry
+    from dawnstream.models.text_model import HashedTextModel
+    from dawnstream.sources import rotten_tomatoes
+
+    t = rotten_tomatoes().to_pylist()
+    train = t[:3000]
+    m = HashedTextModel.fit([r["text"] for r in train], np.eye(2)[[r["label"] for r in train]], n_features=1 << 16)
+    reg = Registry(registry)
+    reg.promote("review-sentiment-end-model", reg.register("review-sentiment-end-model", m.to_npz(), "npz").version)
+    rows = []
+    for k, r in enumerate(t[3000:3000 + n]):
+        rows.append({"correlation_id": f"q{k}", "reply_to": "replies", "text": r["text"], "movie": r["movie"]})
+        if k >= 100:
+            rows.append({"correlation_id": f"q{k - 100}", "reply_to": None, "movie": t[2900 + k]["movie"],
+                         "label": ["rotten", "fresh"][t[2900 + k]["label"]]})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return n
+
+
 def process(topology: str, source: str, out: Path) -> dict:
     env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING", "DAWNSTREAM_REGISTRY": str(out.parent / "registry")}
     r = subprocess.run([sys.executable, "-m", "dawnstream", "process", str(ROOT / "topologies" / topology), source,
@@ -66,13 +92,16 @@ def test_every_topology_file_has_a_source_here() -> None:
 def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    asks = 0
+    asks = reviews = 0
     jobs: dict[str, tuple[str, Path]] = {}
     for topology, (source, out) in SOURCES.items():
         if source.startswith("out:"):
             source = str(tmp_path / source[4:])
         elif source.startswith("shared:"):
             source = str(shared_data / source[7:])
+        elif source == "gen:review-events.jsonl":
+            reviews = review_events(tmp_path / source[4:], tmp_path / "registry")
+            source = str(tmp_path / source[4:])
         elif source.startswith("gen:"):
             asks = movielens_events(tmp_path / source[4:])
             source = str(tmp_path / source[4:])
@@ -94,6 +123,11 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
     # serve: a reply per request (no registry here: velox answers with the running mean, svd straggles)
     assert results["movie-ratings.yaml"] == {"rows_in": 3000 + asks, "rows_out": asks,
                                              "out": str(tmp_path / "replies.jsonl")}
+    # predict: a reply per request, every one with the end model's answer; the feedback is learned from
+    assert results["review-serving.yaml"]["rows_out"] == reviews
+    replies = [json.loads(line) for line in (tmp_path / "review-replies.jsonl").read_text().splitlines()]
+    assert all("end_model" in r["answered"] for r in replies)
+    assert sum(r["answered"] == "end_model,per_movie,prior" for r in replies) == reviews
     assert results["review-sentiment.yaml"]["rows_in"] == results["review-sentiment.yaml"]["rows_out"] == 12_808
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().split("\n") if line]
     assert sum(r["review"] for r in labels) > 100 and sum(r["abstained"] for r in labels) < 0.4 * len(labels)
