@@ -104,7 +104,9 @@ class BiasedMF:
         return m
 
     def to_onnx(self) -> bytes:
-        """An ONNX graph ``(user_id int64[n], item_id int64[n]) -> rating float32[n]``.
+        """An ONNX graph ``(user_id int64[n], item_id int64[n]) -> (rating float32[n], qi
+        float32[n, k+2])``; ``qi`` is ``[q_i, 1, b_i]``, θ's side of the dot product: the features
+        a per-user online layer learns on (Velox, :mod:`~dawnstream.operators.learning.key_layer`).
 
         Raw ids index dense tables (ids past the largest known one, or below 0, hit a zero row), so the
         graph is Clip, Gather, Mul, ReduceSum and Add (opset 17). Built with ``onnx.helper``.
@@ -155,7 +157,8 @@ class BiasedMF:
             nodes, "biased_mf",
             [helper.make_tensor_value_info("user_id", TensorProto.INT64, ["n"]),
              helper.make_tensor_value_info("item_id", TensorProto.INT64, ["n"])],
-            [helper.make_tensor_value_info("rating", TensorProto.FLOAT, ["n"])], initializer=inits)
+            [helper.make_tensor_value_info("rating", TensorProto.FLOAT, ["n"]),
+             helper.make_tensor_value_info("qi", TensorProto.FLOAT, ["n", k + 2])], initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dawnstream")
         model.ir_version = 8
         onnx.checker.check_model(model)

@@ -5,9 +5,9 @@ feature model (retrained rarely), ``w_key`` is learned online for each key (a us
 sensor) from feedback, and a key never seen gets the population's weights. Here ``f(x; θ)`` is the
 served model's own output, read as features ``z``:
 
-- regression: ``z = [f(x), 1]`` and ``ŷ = w·z``; ``w_key`` is an online ridge regression
+- regression: ``z = [f(x), e(x), 1]`` and ``ŷ = w·z``; ``w_key`` is an online ridge regression
   (:mod:`.online_ridge`) shrunk towards the population weights;
-- binary classification: ``z = [logit p(x), 1]`` and ``p̂ = σ(w·z)``; ``w_key`` is an online logistic
+- binary classification: ``z = [logit p(x), e(x), 1]`` and ``p̂ = σ(w·z)``; ``w_key`` is an online logistic
   regression by the online Newton step (Hazan, Agarwal & Kale, "Logarithmic regret algorithms for online
   convex optimization", 2007, section 3.3 - equivalently a Laplace-approximated Bayesian logistic
   regression, Chapelle & Li, NIPS'11): ``A ← A + p(1-p) z zᵀ`` by Sherman-Morrison,
@@ -15,7 +15,10 @@ served model's own output, read as features ``z``:
 - multi-class: ``z = log p(x)`` and ``p̂ = softmax(z + b_key)``; ``b_key`` (one bias per class) moves by
   a gradient step on the log loss, ``b ← b - η (p̂ - e_y) - ηλ/n (b - b̄)``.
 
-Every weight starts from ``[1, 0]`` ("trust the model"), so an untrained layer answers exactly what
+``e(x)`` is an optional embedding the model outputs next to its answer (a matrix factorisation's item
+vector, a network's penultimate layer): with it the layer learns, per key, a linear model on the model's
+features, as Velox does with θ's item factors; without it, a per-key recalibration of the model's answer.
+Every weight starts from ``[1, 0, ..., 0]`` ("trust the model"), so an untrained layer answers exactly what
 the model does. The population weights ``w̄`` are learned by the same update from every key's
 feedback; a new key starts from the population's weights of that moment.
 
@@ -131,31 +134,60 @@ class KeyLayer:
     """
 
     def __init__(self, task: str, k: int = 1, lam: float = 4.0, lr: float = 0.1,
-                 store: MutableMapping[str, bytes] | None = None, prefix: str = "") -> None:
+                 store: MutableMapping[str, bytes] | None = None, prefix: str = "", extra: int = 0) -> None:
         self.task, self.k, self.lam, self.lr = task, int(k), float(lam), float(lr)
-        self.d = self.k if task == "multiclass" else 2
-        start = np.zeros(self.d) if task == "multiclass" else np.array([1.0, 0.0])
-        self.population = KeyState(self.d, start, self.lam)
         self.keys: dict[str, KeyState] = {}
         self.dirty: set[str] = set()
         self.store = store
         self.prefix = prefix
+        self.extra = -1
+        self.resize(extra)
+
+    def resize(self, extra: int) -> None:
+        """Use embeddings of width ``extra`` from now on (a new model version may change it): the weights
+        learned for another width cannot be used, so every key starts again from the model's answer.
+
+        Raises:
+            ValueError: an embedding for a multi-class task.
+        """
+        if extra == self.extra:
+            return
+        if extra and self.task == "multiclass":
+            raise ValueError("a multi-class online layer takes no embedding")
+        self.extra = int(extra)
+        self.d = self.k if self.task == "multiclass" else 2 + self.extra
+        start = np.zeros(self.d)
+        if self.task != "multiclass":
+            start[0] = 1.0
+        self.population = KeyState(self.d, start, self.lam)
+        self.keys.clear()
+        self.dirty.clear()
 
     # -- features ---------------------------------------------------------------------------------
-    def features(self, base: float | Sequence[float]) -> np.ndarray:
-        """``z`` for the model's answer ``base`` (a number, or class probabilities)."""
+    def features(self, base: float | Sequence[float], emb: Sequence[float] = ()) -> np.ndarray:
+        """``z`` for the model's answer ``base`` (a number, or class probabilities) and its embedding ``emb``
+        (``extra`` values).
+
+        Raises:
+            ValueError: ``emb`` is not ``extra`` values long.
+        """
+        if len(emb) != max(self.extra, 0):
+            raise ValueError(f"expected an embedding of {self.extra} values, got {len(emb)}")
         if self.task == "regression":
-            return np.array([float(base), 1.0])  # type: ignore[arg-type]
+            return np.array([float(base), *emb, 1.0])  # type: ignore[arg-type]
         p = np.clip(np.asarray(base, dtype=np.float64), 1e-6, 1.0 - 1e-6)
         if self.task == "binary":
-            return np.array([math.log(p[1] / p[0]), 1.0])
+            return np.array([math.log(p[1] / p[0]), *emb, 1.0])
         return np.log(p)
 
     def _answer(self, st: KeyState, z: np.ndarray) -> list[float] | float:
+        t = 0.0
+        if self.task != "multiclass":
+            for j in range(self.d):  # a plain loop: the same sum, in the same order, on every CPU
+                t += float(z[j]) * float(st.w[j])
         if self.task == "regression":
-            return float(z[0] * st.w[0] + z[1] * st.w[1])
+            return t
         if self.task == "binary":
-            t = z[0] * st.w[0] + z[1] * st.w[1]
             p1 = 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))
             return [1.0 - p1, p1]
         u = [float(z[j] + st.w[j]) for j in range(self.d)]
@@ -173,17 +205,20 @@ class KeyLayer:
         if st is None and self.store is not None:
             data = self.store.get(self.prefix + key)
             if data is not None:
-                st = self.keys[key] = KeyState.from_bytes(data, self.d)
+                try:
+                    st = self.keys[key] = KeyState.from_bytes(data, self.d)
+                except ValueError:  # learned for an embedding of another width (an earlier model version)
+                    st = None
         return st if st is not None else self.population
 
-    def predict(self, key: str | None, base: float | Sequence[float]) -> list[float] | float:
-        """The layer's answer for ``key`` given the model's answer ``base``."""
-        return self._answer(self.state(key), self.features(base))
+    def predict(self, key: str | None, base: float | Sequence[float], emb: Sequence[float] = ()) -> list[float] | float:
+        """The layer's answer for ``key`` given the model's answer ``base`` (and embedding ``emb``)."""
+        return self._answer(self.state(key), self.features(base, emb))
 
-    def learn(self, key: str | None, base: float | Sequence[float], y: float) -> None:
-        """One feedback row: the model's answer ``base`` when the request was served, its label ``y``
-        (a number, or the class index). Updates the key and the population."""
-        z = self.features(base)
+    def learn(self, key: str | None, base: float | Sequence[float], y: float, emb: Sequence[float] = ()) -> None:
+        """One feedback row: the model's answer ``base`` (and embedding ``emb``) when the request was served,
+        its label ``y`` (a number, or the class index). Updates the key and the population."""
+        z = self.features(base, emb)
         targets = [self.population]
         if key is not None:
             st = self.state(key)

@@ -18,7 +18,9 @@ regression (``k = 1``), class probabilities for a classification. Kinds:
 - ``prior``: the running mean of the labels (regression) or the Laplace-smoothed class frequencies: the
   baseline every model must beat, and the default answer.
 - ``online``: Velox's per-key online layer (:class:`~dawnstream.operators.learning.key_layer.KeyLayer`)
-  over another model's answer (``over``), keyed by a request column (``key``; none: one global layer).
+  over another model's answer (``over``), keyed by a request column (``key``; none: one global layer);
+  ``features`` names an output of that model's ONNX graph (an embedding, ``(n, d)``) the layer also
+  learns on - θ's item vectors for a matrix factorisation, as in Velox.
 """
 
 from __future__ import annotations
@@ -60,9 +62,14 @@ class FeatureModel(Slot, ABC):
         super().__init__(name, slo_ms)
         self.task = task
 
+    @property
+    def width(self) -> int:
+        """Values per answered row: the task's ``k``, then the embedding an online layer asked for (if any)."""
+        return self.task.k
+
     @abstractmethod
     def answer(self, cols: Columns, n: int) -> np.ndarray:
-        """``(n, k)`` float64 answers for ``n`` rows of ``cols``.
+        """``(n, width)`` float64 answers for ``n`` rows of ``cols`` (the first ``k`` columns: the answer).
 
         Raises:
             ModelError: no version loaded yet, or the model failed (the stage treats it as a straggler).
@@ -115,9 +122,11 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
             self.inputs[str(graph_input)] = [str(c) for c in many]
         self.packed = {g for g, v in spec.items() if isinstance(v, list)}
         self.output = output
+        self.embedding: str | None = None  # an output an online layer over this model reads (set by the stage)
+        self.embedding_width = 0
         self.session: Any = None
         self._feeds: dict[str, tuple[Any, int]] = {}  # graph input -> (numpy dtype, rank)
-        self._out_index = 0
+        self._out_index: tuple[int, ...] = (0,)
         self.cache: LRUCache[tuple[Any, ...], tuple[float, ...]] = LRUCache(maxsize=max(cache_size, 1))
         self.hits = 0
         self.misses = 0
@@ -168,18 +177,24 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
                 raise refuse(f"input {g!r} takes one value per row, the columns give {width}")
             feeds[g] = (dtype, len(shape))
         self._feeds = feeds
-        out_index = self._pick_output(session, refuse)
+        out_index: tuple[int, ...] = (self._pick_output(session, refuse),)
+        if self.embedding is not None:
+            names = [o.name for o in session.get_outputs()]
+            if self.embedding not in names:
+                raise refuse(f"has no output {self.embedding!r} for the online layer's features")
+            out_index = (*out_index, names.index(self.embedding))
         one = {c: _zero_column(self.schema.types[c]) for g in self.inputs for c in self.inputs[g]}
         try:  # warm up (the first run allocates) and check what one row gives
-            got = self._run(session, out_index, one, 1)
+            got = self._run(session, out_index, one, 1, check=True)
         except ModelError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
             raise refuse(f"fails on one row of zeros ({type(e).__name__}: {str(e)[:200]})") from None
-        if got.shape != (1, self.task.k) or not np.isfinite(got).all():
+        if got.shape[0] != 1 or got.shape[1] < self.task.k or not np.isfinite(got).all() \
+                or (self.embedding is None and got.shape[1] != self.task.k):
             raise refuse(f"answered one row with {np.asarray(got).tolist()!r:.80}: expected {self.task.k} finite "
                          f"number(s) per row for a {self.task.kind} task")
-        return session, out_index, feeds
+        return session, out_index, feeds, got.shape[1] - self.task.k
 
     def _pick_output(self, session: Any, refuse: Any) -> int:
         outputs = session.get_outputs()
@@ -206,9 +221,13 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
         return floats[0]
 
     def _install(self, model: Any, version: int) -> None:
-        session, out_index, feeds = model
-        self._feeds, self._out_index = feeds, out_index
+        session, out_index, feeds, extra = model
+        self._feeds, self._out_index, self.embedding_width = feeds, out_index, extra
         self.session, self.version = session, version
+
+    @property
+    def width(self) -> int:
+        return self.task.k + self.embedding_width
 
     # -- answering ----------------------------------------------------------------------------------
     def _tensor(self, g: str, cols: Columns, n: int) -> np.ndarray:
@@ -218,11 +237,17 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
         x = x.astype(dtype)
         return x.reshape(n) if rank == 1 else x
 
-    def _run(self, session: Any, out_index: int, cols: Columns, n: int) -> np.ndarray:
+    def _run(self, session: Any, out_index: tuple[int, ...], cols: Columns, n: int, check: bool = False) -> np.ndarray:
         feed = {g: self._tensor(g, cols, n) for g in self.inputs}
-        got = np.asarray(session.run(None, feed)[out_index], dtype=np.float64).reshape(n, -1)
+        outs = session.run(None, feed)
+        got = np.asarray(outs[out_index[0]], dtype=np.float64).reshape(n, -1)
         if self.task.kind == "binary" and got.shape[1] == 1:
             got = np.concatenate([1.0 - got, got], axis=1)  # a sigmoid output: P(positive class)
+        if len(out_index) > 1:
+            got = np.concatenate([got, np.asarray(outs[out_index[1]], dtype=np.float64).reshape(n, -1)], axis=1)
+        if not check and got.shape[1] != self.width:
+            raise ModelError(f"model {self.model!r} v{self.version} answered {got.shape[1]} values per row, "
+                             f"expected {self.width}")
         return got
 
     def answer(self, cols: Columns, n: int) -> np.ndarray:
@@ -231,7 +256,7 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
             raise ModelError(f"no promoted version of {self.model!r} in the registry yet")
         used = [c for g in self.inputs for c in self.inputs[g]]
         keys = list(zip(*[_hashable(cols[c]) for c in used], strict=True))
-        out = np.empty((n, self.task.k))
+        out = np.empty((n, self.width))
         miss: list[int] = []
         cache = self.cache
         for j, key in enumerate(keys):
@@ -256,7 +281,7 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
         if session is None:
             raise ModelError(f"no promoted version of {self.model!r} in the registry yet")
         return np.vstack([self._run(session, self._out_index, {c: v[j:j + 1] for c, v in cols.items()}, 1)
-                          for j in range(n)]) if n else np.empty((0, self.task.k))
+                          for j in range(n)]) if n else np.empty((0, self.width))
 
 
 class TextFeatureModel(RegistryVersions, FeatureModel):
@@ -358,15 +383,17 @@ class OnlineLayerModel(FeatureModel):
     learns = True
 
     def __init__(self, name: str, slo_ms: float, task: Task, over: str, key: str | None, schema: FeatureSchema,
-                 lam: float = 4.0, path: str = "models") -> None:
+                 lam: float = 4.0, features: str | None = None, path: str = "models") -> None:
         super().__init__(name, slo_ms, task)
+        if features is not None and task.kind == "multiclass":
+            raise ConfigError(f"{path}.features", "a multi-class online layer learns per-class biases: remove features")
         if key is not None and key not in schema.types:
             raise ConfigError(f"{path}.key", f"expected a declared feature column, got {key!r} ({schema.signature()})")
         if key is not None and schema.types[key].kind == "vector":
             raise ConfigError(f"{path}.key", "a vector column cannot key weights")
         if not lam > 0:
             raise ConfigError(f"{path}.lam", f"expected a positive number, got {lam!r}")
-        self.over, self.key = over, key
+        self.over, self.key, self.features = over, key, features
         self.layer = KeyLayer(task.kind, task.k, lam=float(lam), prefix=f"{name}/")
         self.base: np.ndarray | None = None  # the base model's answers for the segment being answered
 
@@ -380,20 +407,25 @@ class OnlineLayerModel(FeatureModel):
         if self.base is None:
             raise ModelError(f"{self.name}: no answer from {self.over!r} to build on")
         self.layer.store = self.store
-        out = np.full((n, self.task.k), np.nan)
+        k = self.task.k
+        self.layer.resize(self.base.shape[1] - k)
+        out = np.full((n, k), np.nan)
         for j, key in enumerate(self.keys(cols, n)):
-            row = self.base[j]
-            if np.isfinite(row).all():
-                v = self.layer.predict(key, row[0] if self.task.kind == "regression" else row.tolist())
-                out[j] = v
+            row = self.base[j].tolist()
+            if all(math.isfinite(v) for v in row):
+                out[j] = self.layer.predict(key, row[0] if k == 1 and self.task.kind == "regression" else row[:k],
+                                            row[k:])
         return out
 
     def learn(self, key: str | None, answers: dict[str, list[float]], y: float) -> None:
         base = answers.get(self.over)
         if base is None or not all(math.isfinite(v) for v in base):
             return  # the base model gave no answer to this request: nothing to learn the layer on
+        k = self.task.k
+        if len(base) - k != self.layer.extra:
+            return  # served by a model version whose embedding had another width: not comparable
         self.layer.store = self.store
-        self.layer.learn(key, base[0] if self.task.kind == "regression" else base, y)
+        self.layer.learn(key, base[0] if self.task.kind == "regression" else base[:k], y, base[k:])
 
     def flush_users(self) -> None:
         self.layer.store = self.store
@@ -401,12 +433,13 @@ class OnlineLayerModel(FeatureModel):
 
     def state(self) -> dict[str, Any]:
         p = self.layer.population
-        return {**super().state(), "population": p.to_bytes().hex()}
+        return {**super().state(), "extra": self.layer.extra, "population": p.to_bytes().hex()}
 
     def load(self, state: dict[str, Any]) -> None:
         from dawnstream.operators.learning.key_layer import KeyState
 
         super().load(state)
+        self.layer.resize(int(state.get("extra", 0)))
         if "population" in state:
             self.layer.population = KeyState.from_bytes(bytes.fromhex(state["population"]), self.layer.d)
         self.layer.forget_memory()
@@ -421,7 +454,7 @@ def build_feature_model(spec: dict[str, Any], task: Task, schema: FeatureSchema,
     """
     if not isinstance(spec, dict):
         raise ConfigError(path, "expected a mapping like {name: fraud, kind: onnx, model: fraud-score}")
-    allowed = {"name", "kind", "model", "inputs", "output", "text", "over", "key", "lam"}
+    allowed = {"name", "kind", "model", "inputs", "output", "text", "over", "key", "lam", "features"}
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(f"{path}.{sorted(unknown)[0]}", f"unknown key; expected {', '.join(sorted(allowed))}")
@@ -437,7 +470,11 @@ def build_feature_model(spec: dict[str, Any], task: Task, schema: FeatureSchema,
         over = spec.get("over")
         if not isinstance(over, str) or not over:
             raise ConfigError(f"{path}.over", "an online layer needs the name of the model it learns over")
-        return OnlineLayerModel(name, slo_ms, task, over, spec.get("key"), schema, float(spec.get("lam", 4.0)), path)
+        features = spec.get("features")
+        if features is not None and (not isinstance(features, str) or not features):
+            raise ConfigError(f"{path}.features", "expected the name of an output of the model it learns over")
+        return OnlineLayerModel(name, slo_ms, task, over, spec.get("key"), schema, float(spec.get("lam", 4.0)),
+                                features, path)
     model = spec.get("model")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{path}.model", f"a {kind} model needs the registry model name to serve")

@@ -46,6 +46,7 @@ from dawnstream.operators.serving.containers import RegistryVersions
 from dawnstream.operators.serving.feature_models import (
     FeatureModel,
     OnlineLayerModel,
+    OnnxFeatureModel,
     PriorModel,
     build_feature_model,
 )
@@ -130,6 +131,16 @@ class Predict(Operator):
                                   f"expected the name of another, non-online model of this stage ({names}), "
                                   f"got {m.over!r}")
         layers = [m for m in self.models if isinstance(m, OnlineLayerModel)]
+        for m in layers:
+            if m.features is not None:
+                base_model = self.models[names.index(m.over)]
+                if not isinstance(base_model, OnnxFeatureModel):
+                    raise ConfigError(f"{base}.models.{names.index(m.name)}.features",
+                                      f"features come from an ONNX model's outputs; {m.over!r} is {base_model.kind}")
+                if base_model.embedding not in (None, m.features):
+                    raise ConfigError(f"{base}.models.{names.index(m.name)}.features",
+                                      f"{m.over!r} already gives {base_model.embedding!r} to another layer")
+                base_model.embedding = m.features
         self.key_field = key_field if key_field is not None else next((m.key for m in layers if m.key), None)
         if self.key_field is not None and self.key_field not in self.schema.types:
             raise ConfigError(f"{base}.key_field", f"expected a declared feature column, got {self.key_field!r}")
@@ -313,8 +324,10 @@ class Predict(Operator):
         vals: dict[str, list[Any]] = {f: [] for f in ("key", "prediction", "label", "probabilities", "model",
                                                       "answered", "scores", "default")}
         versions = ",".join(f"{m.name}:{m.version}" for m in self.models)
-        for k, j in enumerate(rows):
-            got = {a: c[k] for a, c in cols.items() if all(math.isfinite(x) for x in c[k])}
+        width = task.k
+        for r, j in enumerate(rows):
+            full = {a: c[r] for a, c in cols.items() if all(math.isfinite(x) for x in c[r])}
+            got = {a: v[:width] for a, v in full.items()}  # answers, less any embedding a layer reads
             key = self._key_text(feats, j)
             if not got:
                 answer, model, prob = self._default(), "default", 1.0
@@ -332,7 +345,7 @@ class Predict(Operator):
                     self._routed(model)
                 answer = got[model]
             answer = task.clip(answer[0] if task.kind == "regression" else answer)
-            self.served.record(str(cids[j]), stamps[j], key, got, model, prob)
+            self.served.record(str(cids[j]), stamps[j], key, full, model, prob)
             vals["key"].append(key)
             self._fill(vals, answer)
             vals["model"].append(model)
@@ -379,8 +392,9 @@ class Predict(Operator):
                 reply([j], "error", {"error": [why], "default": [False]})
             return
         self.served.consume(cid, t_ms)
-        answers: dict[str, list[float]] = rec["a"]
         task = self.task
+        full: dict[str, list[float]] = rec["a"]
+        answers = {a: v[:task.k] for a, v in full.items()}
         served = task.clip(self._combine(rec, answers))
         for a, v in answers.items():
             self.metrics[a].add(v[0] if task.kind == "regression" else task.clip(v), y)
@@ -395,7 +409,7 @@ class Predict(Operator):
                 self.policy._penalise({self.policy.index[rec["m"]]: loss / max(rec["p"], 1e-6)})
         for m in self.models:
             if m.learns:
-                m.learn(rec["k"], answers, y)
+                m.learn(rec["k"], full, y)
         self.counters["feedback"] += 1
         if ack:
             vals: dict[str, list[Any]] = {f: [] for f in ("prediction", "label", "probabilities")}
@@ -486,7 +500,7 @@ class Predict(Operator):
 
 def _chunked(m: FeatureModel, cols: dict[str, np.ndarray], n: int, deadline: float) -> np.ndarray:
     """``m``'s answers in chunks of its AIMD size; rows not reached by ``deadline`` stay NaN."""
-    out = np.full((n, m.task.k), np.nan)
+    out = np.full((n, m.width), np.nan)
     start = 0
     while start < n:
         if start and not m.inline and time.perf_counter() >= deadline:
