@@ -14,7 +14,8 @@ regression (``k = 1``), class probabilities for a classification. Kinds:
   stage will feed it, with an error listing both signatures. Answers are cached per (version, feature
   values).
 - ``text_model``: the noise-aware end model the labeling pipeline registers
-  (:class:`~dawnstream.models.text_model.HashedTextModel`) on one text column.
+  (:class:`~dawnstream.models.text_model.HashedTextModel`) on one text column. Its answers are row by row
+  (a sparse product), the same bits in any batch.
 - ``prior``: the running mean of the labels (regression) or the Laplace-smoothed class frequencies: the
   baseline every model must beat, and the default answer.
 - ``online``: Velox's per-key online layer (:class:`~dawnstream.operators.learning.key_layer.KeyLayer`)
@@ -75,12 +76,6 @@ class FeatureModel(Slot, ABC):
             ModelError: no version loaded yet, or the model failed (the stage treats it as a straggler).
         """
 
-    def answer_rows(self, cols: Columns, n: int) -> np.ndarray:
-        """Like :meth:`answer`, but each row's value does not depend on the rows batched with it, bit for
-        bit (the answers feedback is scored and learned from must not depend on batch cuts). Default: the
-        same call (row-wise numpy code already has this property)."""
-        return self.answer(cols, n)
-
     def learn(self, key: str | None, answers: dict[str, list[float]], y: float) -> None:
         """One feedback row: ``answers`` are every arm's answer when the request was served."""
         return None
@@ -94,6 +89,12 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
             same name.
         output: the graph output to read (default: chosen by the task).
         cache_size: LRU entries ((version, feature values) -> answer).
+        exact: one onnxruntime call per row. onnxruntime's kernels sum a row's terms in an order that can
+            depend on the row's place in the batch (a matrix factorisation's ReduceSum: 57 of 2,000 answers
+            moved in their float32 last bits between batches of 333 and 2,000), so batched answers - and the
+            learning that follows what was served - can differ in their last bits when a replay after a crash
+            cuts the stream elsewhere. ``exact`` gives the same bits however batches are cut, at the cost of
+            batching (AIMD then sizes the chunks the SLO is checked between).
 
     Raises:
         ConfigError: an input maps to an undeclared column, or packs a text column.
@@ -103,8 +104,9 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
 
     def __init__(self, name: str, slo_ms: float, task: Task, model: str, schema: FeatureSchema,
                  inputs: dict[str, Any] | None = None, output: str | None = None, cache_size: int = 100_000,
-                 path: str = "models") -> None:
+                 path: str = "models", exact: bool = False) -> None:
         RegistryVersions.__init__(self, name, slo_ms, model)
+        self.exact = bool(exact)
         self.task = task
         self.schema = schema
         self.inputs: dict[str, list[str]] = {}
@@ -269,14 +271,16 @@ class OnnxFeatureModel(RegistryVersions, FeatureModel):
         self.misses += len(miss)
         if miss:
             idx = np.asarray(miss)
-            got = self._run(session, self._out_index, {c: cols[c][idx] for c in used}, len(miss))
+            sub = {c: cols[c][idx] for c in used}
+            got = self.answer_rows(sub, len(miss)) if self.exact else \
+                self._run(session, self._out_index, sub, len(miss))
             out[idx] = got
             for j, row in zip(miss, got.tolist(), strict=True):
                 cache[(version, *keys[j])] = tuple(row)
         return out
 
     def answer_rows(self, cols: Columns, n: int) -> np.ndarray:
-        """One onnxruntime call per row: MLAS sums a row's terms in an order set by its place in the batch."""
+        """One onnxruntime call per row (``exact``): the same bits however the rows are batched."""
         session = self.session
         if session is None:
             raise ModelError(f"no promoted version of {self.model!r} in the registry yet")
@@ -323,12 +327,6 @@ class TextFeatureModel(RegistryVersions, FeatureModel):
         if m is None:
             raise ModelError(f"no promoted version of {self.model!r} in the registry yet")
         return np.asarray(m.predict_proba([str(t) for t in cols[self.text].tolist()]), dtype=np.float64)
-
-    def answer_rows(self, cols: Columns, n: int) -> np.ndarray:
-        """Row by row: a sparse product's sums do not depend on the batch, but the BLAS call on the
-        intercept's broadcast might; one row at a time is the same bits however a replay cuts batches."""
-        return np.vstack([self.answer({self.text: cols[self.text][j:j + 1]}, 1) for j in range(n)]) \
-            if n else np.empty((0, self.task.k))
 
 
 class PriorModel(FeatureModel):
@@ -454,7 +452,7 @@ def build_feature_model(spec: dict[str, Any], task: Task, schema: FeatureSchema,
     """
     if not isinstance(spec, dict):
         raise ConfigError(path, "expected a mapping like {name: fraud, kind: onnx, model: fraud-score}")
-    allowed = {"name", "kind", "model", "inputs", "output", "text", "over", "key", "lam", "features"}
+    allowed = {"name", "kind", "model", "inputs", "output", "text", "over", "key", "lam", "features", "exact"}
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(f"{path}.{sorted(unknown)[0]}", f"unknown key; expected {', '.join(sorted(allowed))}")
@@ -484,8 +482,11 @@ def build_feature_model(spec: dict[str, Any], task: Task, schema: FeatureSchema,
     if inputs is not None and not isinstance(inputs, dict):
         raise ConfigError(f"{path}.inputs", "expected {graph input: column or [columns]}")
     output = spec.get("output")
+    exact = spec.get("exact", False)
+    if not isinstance(exact, bool):
+        raise ConfigError(f"{path}.exact", f"expected true or false, got {exact!r}")
     return OnnxFeatureModel(name, slo_ms, task, model, schema, inputs, str(output) if output else None,
-                            cache_size, path)
+                            cache_size, path, exact)
 
 
 def _zero_column(t: FeatureType) -> np.ndarray:

@@ -180,27 +180,27 @@ class Predict(Operator):
         cids = _col(batch, "correlation_id")
         errors = _col(batch, "request_error")
         stamps = self._stamps(batch)
+        feats = {c: _col(batch, c) for c in self.schema.names}
         self._attach()
-        seen: dict[str, int] = {}  # cid -> 1 served in this batch, 2 applied in this batch
+        overlay: dict[str, dict[str, Any]] = {}  # what process() will have written by each row: cid -> record
         bad: dict[int, str] = {}
         for j, label in enumerate(labels):
             cid = str(cids[j])
             if errors[j] is not None:
                 continue
             if label is None:
-                seen[cid] = 1
+                if self.schema.problem({c: v[j] for c, v in feats.items()}) is None:
+                    overlay[cid] = {"t": stamps[j]}  # answered, so recorded
                 continue
             _, why = self.task.label(label)
+            rec = None
             if why is None:
-                state = seen.get(cid)
-                if state == 2:
-                    why = f"feedback for correlation-id {cid} was already applied (a duplicate)"
-                elif state is None:
-                    why = self.served.lookup(cid, stamps[j])[1]
-            if why is not None:
-                bad[j] = why
+                rec, why = self.served.check(overlay[cid], cid, stamps[j]) if cid in overlay else \
+                    self.served.lookup(cid, stamps[j])
+            if why is not None or rec is None:
+                bad[j] = str(why)
             else:
-                seen[cid] = 2
+                overlay[cid] = {"t": rec["t"], "used": True}
         return bad
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
@@ -240,7 +240,8 @@ class Predict(Operator):
         if segment:
             self._answer(segment, feats, cids, stamps, t0, reply)
         if n:
-            self.counters["expired"] += self.served.expire(max(stamps))
+            self.served.watermark = stamps[-1]
+            self.counters["expired"] += self.served.expire(stamps[-1])
         if not out["kind"]:
             return []
         return [pa.RecordBatch.from_arrays([_column(out[f.name], f.type) for f in REPLY_SCHEMA], schema=REPLY_SCHEMA)]
@@ -258,10 +259,17 @@ class Predict(Operator):
             m.refresh(self.registry, self.refresh_s)
 
     def _stamps(self, batch: pa.RecordBatch) -> list[int]:
-        if TIMESTAMP in batch.schema.names:
-            now = int(time.time() * 1000)
-            return [int(v) if v else now for v in batch.column(TIMESTAMP).to_pylist()]
-        return [int(time.time() * 1000)] * batch.num_rows
+        """Each row's event time as the partition's watermark: the largest Kafka timestamp up to and including
+        the row (ms). Feedback delays and expiry are measured on it, so a record expires at the same row
+        however the stream is cut into batches (a timestamp that goes back never un-expires anything)."""
+        now = int(time.time() * 1000)
+        raw = batch.column(TIMESTAMP).to_pylist() if TIMESTAMP in batch.schema.names else [None] * batch.num_rows
+        out: list[int] = []
+        mark = self.served.watermark
+        for v in raw:
+            mark = max(mark, now if v is None else int(v))
+            out.append(mark)
+        return out
 
     def _key_text(self, feats: dict[str, list[Any]], j: int) -> str | None:
         if self.key_field is None:
@@ -345,7 +353,8 @@ class Predict(Operator):
                     self._routed(model)
                 answer = got[model]
             answer = task.clip(answer[0] if task.kind == "regression" else answer)
-            self.served.record(str(cids[j]), stamps[j], key, full, model, prob)
+            self.served.record(str(cids[j]), stamps[j], key, full, model, prob,
+                               [answer] if task.kind == "regression" else answer)
             vals["key"].append(key)
             self._fill(vals, answer)
             vals["model"].append(model)
@@ -395,17 +404,17 @@ class Predict(Operator):
         task = self.task
         full: dict[str, list[float]] = rec["a"]
         answers = {a: v[:task.k] for a, v in full.items()}
-        served = task.clip(self._combine(rec, answers))
+        served = task.clip(rec["s"][0] if task.kind == "regression" else rec["s"])
         for a, v in answers.items():
-            self.metrics[a].add(v[0] if task.kind == "regression" else task.clip(v), y)
+            self.metrics[a].add(task.clip(v[0] if task.kind == "regression" else v), y)
         self.metrics["served"].add(served, y)
         if answers:
             if isinstance(self.policy, Exp4):
                 self.policy._penalise({self.policy.index[a]: task.bandit_loss(
-                    v[0] if task.kind == "regression" else task.clip(v), y, self.scale) for a, v in answers.items()})
+                    task.clip(v[0] if task.kind == "regression" else v), y, self.scale) for a, v in answers.items()})
             elif rec["m"] in answers and rec["p"] > 0:
                 v = answers[rec["m"]]
-                loss = task.bandit_loss(v[0] if task.kind == "regression" else task.clip(v), y, self.scale)
+                loss = task.bandit_loss(task.clip(v[0] if task.kind == "regression" else v), y, self.scale)
                 self.policy._penalise({self.policy.index[rec["m"]]: loss / max(rec["p"], 1e-6)})
         for m in self.models:
             if m.learns:
@@ -416,20 +425,6 @@ class Predict(Operator):
             self._fill(vals, served)
             reply([j], "feedback", {**vals, "key": [rec["k"]], "model": [rec["m"]], "answered": [",".join(answers)],
                                     "default": [not answers]})
-
-    def _combine(self, rec: dict[str, Any], answers: dict[str, list[float]]) -> Any:
-        """What the request was answered with, from its record (Exp4: the weights of *now* - the weights of
-        that moment are not kept; Exp3: the arm drawn then)."""
-        if not answers:
-            d = self._default()
-            return d[0] if self.task.kind == "regression" else d
-        if rec["m"] in answers:
-            v = answers[rec["m"]]
-        else:
-            w = self.policy.weight_list()
-            den = sum(w[self.policy.index[a]] for a in answers)
-            v = [sum(w[self.policy.index[a]] * x[i] for a, x in answers.items()) / den for i in range(self.task.k)]
-        return v[0] if self.task.kind == "regression" else v
 
     # -- status, state ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -478,6 +473,7 @@ class Predict(Operator):
 
     def _state(self) -> Any:
         state: dict[str, Any] = {"policy": self.policy.state(), "models": {m.name: m.state() for m in self.models},
+                                 "watermark": self.served.watermark,
                                  "counters": self.counters, "metrics": {k: m.state() for k, m in self.metrics.items()}}
         if isinstance(self.store, dict):  # no keyed store from a runner: the records travel in the blob
             state["store"] = {k: v.hex() for k, v in self.store.items()}
@@ -495,6 +491,7 @@ class Predict(Operator):
                 self.metrics[k].load(v)
         if "store" in state and (self.store is None or isinstance(self.store, dict)):
             self.store = {k: bytes.fromhex(v) for k, v in state["store"].items()}
+        self.served.watermark = int(state.get("watermark", self.served.watermark))
         self.served.forget_index()
 
 

@@ -4,7 +4,7 @@ Feedback may come minutes or days after its request, on another topic (Clipper, 
 the selection policy learns from the prediction that was *served*; Velox, CIDR'15, section 4: the
 online weights from the features the request was answered with). So each answered request leaves a
 record in the stage's keyed store - ``served/<correlation-id>`` -> JSON of its event time, key, every
-model's answer, and (Exp3) the arm drawn and its probability - and the feedback that names that
+model's answer, the answer sent, and (Exp3) the arm drawn and its probability - and the feedback that names that
 correlation-id reads it back, once. The record then becomes a tombstone, so a second piece of feedback
 for the same request is recognised as a duplicate; records and tombstones older than the TTL (event
 time: the Kafka timestamps of the messages) are deleted. Everything is in the keyed store, so the
@@ -12,13 +12,13 @@ runner's checkpoints keep it with the partition's offsets: a worker killed with 
 resumes with every served record it had.
 
 >>> log = ServedLog(ttl_ms=60_000, store={})
->>> log.record("c1", 1_000, "alice", {"m": [0.2, 0.8]}, "exp4", 1.0)
+>>> log.record("c1", 1_000, "alice", {"m": [0.2, 0.8]}, "exp4", 1.0, [0.2, 0.8])
 >>> log.lookup("c1", 2_000)[0]["a"]
 {'m': [0.2, 0.8]}
 >>> log.consume("c1", 2_000); log.lookup("c1", 3_000)[1]
 'feedback for correlation-id c1 was already applied (a duplicate)'
 >>> log.lookup("c9", 3_000)[1]
-'no prediction was served for correlation-id c9 (unknown, or older than the feedback TTL of 60 s)'
+'no prediction was served for correlation-id c9 within the feedback TTL of 60 s of event time (unknown, or expired)'
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class ServedLog:
         self._heap: list[tuple[int, str]] = []
         self._scanned = False
         self.expired = 0
+        self.watermark = -(2**62)
+        """The largest event time seen (ms), kept by the stage with its state."""
 
     def attach(self, store: MutableMapping[str, bytes]) -> None:
         """Use ``store`` (after a restore): the expiry index is rebuilt from it on the next :meth:`expire`."""
@@ -60,24 +62,26 @@ class ServedLog:
         self._scanned = False
 
     def record(self, cid: str, t_ms: int, key: str | None, answers: dict[str, list[float]], model: str,
-               probability: float) -> None:
-        """Keep what request ``cid`` was answered with (a retried request replaces its earlier record)."""
+               probability: float, served: list[float]) -> None:
+        """Keep what request ``cid`` was answered with: each model's answer, the policy's pick (``model``,
+        drawn with ``probability``) and the answer sent (``served``). A retried request replaces its record."""
         self.store[PREFIX + cid] = orjson.dumps({"t": int(t_ms), "k": key, "a": answers, "m": model,
-                                                 "p": float(probability)})
+                                                 "p": float(probability), "s": served})
         heapq.heappush(self._heap, (int(t_ms), cid))
 
     def lookup(self, cid: str, t_ms: int) -> tuple[dict[str, Any] | None, str | None]:
         """``(record, None)`` for feedback at ``t_ms``, or ``(None, why it cannot be applied)``. Changes nothing."""
         data = self.store.get(PREFIX + cid)
-        if data is None:
-            return None, (f"no prediction was served for correlation-id {cid} (unknown, or older than the feedback "
-                          f"TTL of {self.ttl_ms / 1000:g} s)")
-        rec = orjson.loads(data)
+        return self.check(orjson.loads(data) if data is not None else None, cid, t_ms)
+
+    def check(self, rec: dict[str, Any] | None, cid: str, t_ms: int) -> tuple[dict[str, Any] | None, str | None]:
+        """:meth:`lookup` on a record already read (or None)."""
+        # Expired and already deleted read the same: whether :meth:`expire` ran yet depends on batch cuts.
+        if rec is None or t_ms - int(rec["t"]) > self.ttl_ms:
+            return None, (f"no prediction was served for correlation-id {cid} within the feedback TTL of "
+                          f"{self.ttl_ms / 1000:g} s of event time (unknown, or expired)")
         if rec.get("used"):
             return None, f"feedback for correlation-id {cid} was already applied (a duplicate)"
-        if t_ms - int(rec["t"]) > self.ttl_ms:
-            return None, (f"feedback for correlation-id {cid} came {(t_ms - int(rec['t'])) / 1000:g} s after its "
-                          f"request, past the feedback TTL of {self.ttl_ms / 1000:g} s")
         return rec, None
 
     def consume(self, cid: str, t_ms: int) -> None:
