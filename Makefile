@@ -60,7 +60,7 @@ demo-video: $(STAMP)
 	$(BIN)/python -m dawnstream.demo_video
 
 lint: $(STAMP)
-	$(BIN)/ruff check dawnstream tests benchmarks
+	$(BIN)/ruff check dawnstream tests benchmarks examples
 	$(BIN)/mypy dawnstream
 
 ## make test: lint, then every test and docstring example; kafka-marked tests run against the broker; then the

@@ -228,6 +228,9 @@ def predict(
     request: Annotated[str, typer.Argument(help='JSON request, e.g. \'{"user_id": 196, "item_id": 242}\'.')],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 30.0,
     reply_topic: Annotated[str | None, typer.Option(help="Reply topic (default: the topology's output).")] = None,
+    feedback_for: Annotated[str | None, typer.Option(
+        help="Send REQUEST as feedback for this correlation-id (a reply's correlation_id) to the topology's "
+             "feedback topic, and wait for nothing: refused feedback goes to the dead-letter topic.")] = None,
 ) -> None:
     """Send one request (or feedback, with a label) through Kafka and print the reply as JSON."""
     from dawnstream.streams.config import load_topology
@@ -241,8 +244,17 @@ def predict(
         _fail(DawnstreamError("the request must be a JSON object"))
     try:
         t = load_topology(topology)
+        if feedback_for is not None and t.input.feedback_topic is None:
+            raise DawnstreamError(f"{topology} has no input.feedback_topic: send feedback as a request with its "
+                                  "label, under the request's correlation-id")
         with PredictClient(t.kafka.bootstrap, t.input.topic, reply_topic or t.outputs[0].topic,
                            key_field=t.input.key_field or "user_id", settings=t.kafka.settings) as client:
+            if feedback_for is not None:
+                client.send(row, correlation_id=feedback_for, reply=False, topic=t.input.feedback_topic)
+                client.flush()
+                typer.echo(json.dumps({"sent": "feedback", "correlation_id": feedback_for,
+                                       "topic": t.input.feedback_topic}))
+                return
             reply = client.request(row, timeout)
     except DawnstreamError as e:
         _fail(e)

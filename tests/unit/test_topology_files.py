@@ -31,6 +31,7 @@ SOURCES = {
     "movie-ratings.yaml": ("gen:movielens-events.jsonl", "replies.jsonl"),
     "review-sentiment.yaml": ("rotten_tomatoes", "labels.jsonl"),
     "review-serving.yaml": ("gen:review-events.jsonl", "review-replies.jsonl"),
+    "flight-delay-classifier.yaml": ("gen:flight-events.jsonl", "flight-replies.jsonl"),
     "camera-lawn.yaml": ("vtest", "lawn-labels.jsonl"),
 }
 
@@ -77,6 +78,34 @@ def review_events(path: Path, registry: Path, n: int = 2000) -> int:
     return n
 
 
+def flight_events(path: Path, registry: Path, n: int = 3000) -> int:
+    """The README's user model (examples/train_flight_late_model.py: scikit-learn, exported to ONNX) registered
+    through the CLI's check against the topology; ``n`` July flights as requests and, 100 rows later, whether
+    each landed late as feedback. Returns the number of requests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_flight", ROOT / "examples" / "train_flight_late_model.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.train(str(path.parent / "flight-late.onnx"))
+    r = subprocess.run([sys.executable, "-m", "dawnstream", "models", "register", "flight-late",
+                        str(path.parent / "flight-late.onnx"), "--topology",
+                        str(ROOT / "topologies" / "flight-delay-classifier.yaml"), "--promote", "--registry",
+                        str(registry)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _, _, flown = mod.flights_xy(7, 7)
+    rows = []
+    for k, f in enumerate(flown[:n]):
+        rows.append({"correlation_id": f"q{k}", "reply_to": "replies", **{c: f[c] for c in mod.COLUMNS},
+                     "carrier": f["carrier"]})
+        if k >= 100:
+            rows.append({"correlation_id": f"q{k - 100}", "reply_to": None, "carrier": flown[k - 100]["carrier"],
+                         "label": flown[k - 100]["label"]})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return n
+
+
 def process(topology: str, source: str, out: Path) -> dict:
     env = {**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING", "DAWNSTREAM_REGISTRY": str(out.parent / "registry")}
     r = subprocess.run([sys.executable, "-m", "dawnstream", "process", str(ROOT / "topologies" / topology), source,
@@ -92,13 +121,16 @@ def test_every_topology_file_has_a_source_here() -> None:
 def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    asks = reviews = 0
+    asks = reviews = flights_asked = 0
     jobs: dict[str, tuple[str, Path]] = {}
     for topology, (source, out) in SOURCES.items():
         if source.startswith("out:"):
             source = str(tmp_path / source[4:])
         elif source.startswith("shared:"):
             source = str(shared_data / source[7:])
+        elif source == "gen:flight-events.jsonl":
+            flights_asked = flight_events(tmp_path / source[4:], tmp_path / "registry")
+            source = str(tmp_path / source[4:])
         elif source == "gen:review-events.jsonl":
             reviews = review_events(tmp_path / source[4:], tmp_path / "registry")
             source = str(tmp_path / source[4:])
@@ -128,6 +160,9 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
     replies = [json.loads(line) for line in (tmp_path / "review-replies.jsonl").read_text().splitlines()]
     assert all("end_model" in r["answered"] for r in replies)
     assert sum(r["answered"] == "end_model,per_movie,prior" for r in replies) == reviews
+    assert results["flight-delay-classifier.yaml"]["rows_out"] == flights_asked
+    replies = [json.loads(line) for line in (tmp_path / "flight-replies.jsonl").read_text().splitlines()]
+    assert all(r["answered"] == "model,per_carrier,prior" and r["label"] in ("on_time", "late") for r in replies)
     assert results["review-sentiment.yaml"]["rows_in"] == results["review-sentiment.yaml"]["rows_out"] == 12_808
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().split("\n") if line]
     assert sum(r["review"] for r in labels) > 100 and sum(r["abstained"] for r in labels) < 0.4 * len(labels)
