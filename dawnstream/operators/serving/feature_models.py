@@ -371,17 +371,29 @@ class PriorModel(FeatureModel):
         self.sums = [float(v) for v in state.get("sums", self.sums)]
 
 
+AUTO_LAMBDAS = (64.0, 16.0, 4.0, 1.0)
+"""The shrinkage strengths ``lam: auto`` learns in parallel (strongest first: a tie keeps the key closest to
+the population)."""
+
+
 class OnlineLayerModel(FeatureModel):
     """Velox's per-key online layer over the answer of model ``over`` (see
     :mod:`~dawnstream.operators.learning.key_layer`); per-key weights live in the stage's keyed store
-    (``<name>/<key>``), the population's in the snapshot."""
+    (``<name>/<λ>/<key>``), the population's in the snapshot.
+
+    How far a key may move from the population on little feedback (λ) depends on the data: reviews of one
+    movie share a verdict, flights of one carrier barely differ from the model's view. With ``lam: auto``
+    (the default) the layer learns with each λ of :data:`AUTO_LAMBDAS` side by side, scores each on every piece
+    of feedback before learning it (progressive validation, the task's loss) and answers with the λ whose
+    running loss is lowest - a choice made by the stream, the same on a replay. A number fixes λ.
+    """
 
     kind = "online"
     inline = True
     learns = True
 
     def __init__(self, name: str, slo_ms: float, task: Task, over: str, key: str | None, schema: FeatureSchema,
-                 lam: float = 4.0, features: str | None = None, path: str = "models") -> None:
+                 lam: float | str = "auto", features: str | None = None, path: str = "models") -> None:
         super().__init__(name, slo_ms, task)
         if features is not None and task.kind == "multiclass":
             raise ConfigError(f"{path}.features", "a multi-class online layer learns per-class biases: remove features")
@@ -389,11 +401,22 @@ class OnlineLayerModel(FeatureModel):
             raise ConfigError(f"{path}.key", f"expected a declared feature column, got {key!r} ({schema.signature()})")
         if key is not None and schema.types[key].kind == "vector":
             raise ConfigError(f"{path}.key", "a vector column cannot key weights")
-        if not lam > 0:
-            raise ConfigError(f"{path}.lam", f"expected a positive number, got {lam!r}")
+        if lam == "auto":
+            lams = list(AUTO_LAMBDAS)
+        elif isinstance(lam, (int, float)) and not isinstance(lam, bool) and lam > 0:
+            lams = [float(lam)]
+        else:
+            raise ConfigError(f"{path}.lam", f"expected auto or a positive number, got {lam!r}")
         self.over, self.key, self.features = over, key, features
-        self.layer = KeyLayer(task.kind, task.k, lam=float(lam), prefix=f"{name}/")
+        self.lams = lams
+        self.layers = [KeyLayer(task.kind, task.k, lam=v, prefix=f"{name}/{v:g}/") for v in lams]
+        self.losses = [0.0] * len(lams)
         self.base: np.ndarray | None = None  # the base model's answers for the segment being answered
+
+    @property
+    def layer(self) -> KeyLayer:
+        """The layer answering now: the λ with the lowest running loss."""
+        return self.layers[min(range(len(self.layers)), key=self.losses.__getitem__)]
 
     def keys(self, cols: Columns, n: int) -> list[str | None]:
         """Each row's key (None without a key column)."""
@@ -404,15 +427,16 @@ class OnlineLayerModel(FeatureModel):
     def answer(self, cols: Columns, n: int) -> np.ndarray:
         if self.base is None:
             raise ModelError(f"{self.name}: no answer from {self.over!r} to build on")
-        self.layer.store = self.store
         k = self.task.k
-        self.layer.resize(self.base.shape[1] - k)
+        for lay in self.layers:
+            lay.store = self.store
+            lay.resize(self.base.shape[1] - k)
+        layer = self.layer
         out = np.full((n, k), np.nan)
         for j, key in enumerate(self.keys(cols, n)):
             row = self.base[j].tolist()
             if all(math.isfinite(v) for v in row):
-                out[j] = self.layer.predict(key, row[0] if k == 1 and self.task.kind == "regression" else row[:k],
-                                            row[k:])
+                out[j] = layer.predict(key, row[0] if self.task.kind == "regression" else row[:k], row[k:])
         return out
 
     def learn(self, key: str | None, answers: dict[str, list[float]], y: float) -> None:
@@ -420,27 +444,47 @@ class OnlineLayerModel(FeatureModel):
         if base is None or not all(math.isfinite(v) for v in base):
             return  # the base model gave no answer to this request: nothing to learn the layer on
         k = self.task.k
-        if len(base) - k != self.layer.extra:
+        if len(base) - k != self.layers[0].extra:
             return  # served by a model version whose embedding had another width: not comparable
-        self.layer.store = self.store
-        self.layer.learn(key, base[0] if self.task.kind == "regression" else base[:k], y, base[k:])
+        answer, emb = (base[0] if self.task.kind == "regression" else base[:k]), base[k:]
+        for j, lay in enumerate(self.layers):
+            lay.store = self.store
+            if len(self.layers) > 1:
+                self.losses[j] += self.task.loss(self.task.clip(lay.predict(key, answer, emb)), y)
+            lay.learn(key, answer, y, emb)
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) the update kernels on a throwaway layer: done at the first
+        feedback instead, it stalled the requests behind it for ~200 ms."""
+        scratch = KeyLayer(self.task.kind, self.task.k)
+        base: float | list[float] = 3.0 if self.task.kind == "regression" else [1.0 / self.task.k] * self.task.k
+        scratch.learn("k", base, 0.0)
+        scratch.predict("k", base)
+
+    def chosen_lam(self) -> float:
+        """The λ answering now."""
+        return self.lams[self.layers.index(self.layer)]
 
     def flush_users(self) -> None:
-        self.layer.store = self.store
-        self.layer.flush()
+        for lay in self.layers:
+            lay.store = self.store
+            lay.flush()
 
     def state(self) -> dict[str, Any]:
-        p = self.layer.population
-        return {**super().state(), "extra": self.layer.extra, "population": p.to_bytes().hex()}
+        return {**super().state(), "extra": self.layers[0].extra, "losses": self.losses,
+                "population": [lay.population.to_bytes().hex() for lay in self.layers]}
 
     def load(self, state: dict[str, Any]) -> None:
         from dawnstream.operators.learning.key_layer import KeyState
 
         super().load(state)
-        self.layer.resize(int(state.get("extra", 0)))
-        if "population" in state:
-            self.layer.population = KeyState.from_bytes(bytes.fromhex(state["population"]), self.layer.d)
-        self.layer.forget_memory()
+        pops = state.get("population", [])
+        for j, lay in enumerate(self.layers):
+            lay.resize(int(state.get("extra", 0)))
+            if j < len(pops):
+                lay.population = KeyState.from_bytes(bytes.fromhex(pops[j]), lay.d)
+            lay.forget_memory()
+        self.losses = [float(v) for v in state.get("losses", self.losses)]
 
 
 def build_feature_model(spec: dict[str, Any], task: Task, schema: FeatureSchema, slo_ms: float, cache_size: int,
@@ -471,7 +515,7 @@ def build_feature_model(spec: dict[str, Any], task: Task, schema: FeatureSchema,
         features = spec.get("features")
         if features is not None and (not isinstance(features, str) or not features):
             raise ConfigError(f"{path}.features", "expected the name of an output of the model it learns over")
-        return OnlineLayerModel(name, slo_ms, task, over, spec.get("key"), schema, float(spec.get("lam", 4.0)),
+        return OnlineLayerModel(name, slo_ms, task, over, spec.get("key"), schema, spec.get("lam", "auto"),
                                 features, path)
     model = spec.get("model")
     if not isinstance(model, str) or not model:

@@ -429,7 +429,7 @@ class Predict(Operator):
     # -- status, state ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Live numbers: counters, the task's metrics per model and for the answers served (on feedback),
-        AIMD sizes, versions, cache hits, the policy's weights."""
+        AIMD sizes, versions, cache hits, the policy's weights, each online layer's chosen λ."""
         return {
             "counters": dict(self.counters),
             "metrics": {k: m.values() for k, m in self.metrics.items()},
@@ -438,24 +438,27 @@ class Predict(Operator):
             "versions": {m.name: m.version for m in self.models},
             "weights": dict(zip(self.policy.arms, self.policy.weights().round(4).tolist(), strict=True)),
             "cache_hits": {m.name: getattr(m, "hits", 0) for m in self.models},
+            "lam": {m.name: m.chosen_lam() for m in self.models if isinstance(m, OnlineLayerModel)},
         }
 
     def gauges(self) -> dict[str, float]:
         """``/metrics`` series: the counters; per model ``<metric>.<model>`` (``rmse``, or ``log_loss``,
-        ``accuracy``, ``roc_auc``), ``scored.``, ``weight.``, ``batch.``, ``version.``, ``cache_hits.``."""
+        ``accuracy``, ``roc_auc``), ``scored.``, ``weight.``, ``batch.``, ``version.``, ``cache_hits.``, and
+        ``lam.`` (the shrinkage each online layer answers with)."""
         st = self.status()
         out: dict[str, float] = {k: float(v) for k, v in st["counters"].items()}
         for model, values in st["metrics"].items():
             for metric, v in values.items():
                 out[f"{metric}.{model}"] = float(v)
-        for key in ("scored", "weights", "batch", "versions", "cache_hits"):
+        for key in ("scored", "weights", "batch", "versions", "cache_hits", "lam"):
             name = {"weights": "weight", "versions": "version"}.get(key, key)
             for model, v in st[key].items():
                 out[f"{name}.{model}"] = float(v)
         return out
 
     def preflight(self) -> None:
-        """Every registry model must have a promoted version that loads, or none promoted yet.
+        """Every registry model must have a promoted version that loads, or none promoted yet; the online
+        layers' kernels are compiled before the first request.
 
         Raises:
             ModelError: a model's promoted versions all fail to load (each reason named).
@@ -463,6 +466,8 @@ class Predict(Operator):
         for m in self.models:
             if isinstance(m, RegistryVersions):
                 m.preflight(self.registry)
+            elif isinstance(m, OnlineLayerModel):
+                m.warm_up()
 
     def snapshot(self) -> bytes:
         self._attach()

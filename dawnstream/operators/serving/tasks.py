@@ -22,7 +22,6 @@ the tests compare them to it.
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -33,8 +32,9 @@ TASKS = ("regression", "binary", "multiclass")
 EPS = 1e-4
 """Smallest probability a log loss is computed with (scikit-learn clips at machine epsilon; bandit losses
 need a bound)."""
-AUC_WINDOW = 20_000
-"""Feedback rows the live ROC-AUC is computed over (the most recent ones)."""
+AUC_BINS = 1000
+"""The live ROC-AUC sorts scores into this many equal bins of [0, 1] (ties within a bin count half): exact
+for the scores rounded down to 1/1000, and a state of two small histograms however long the stream."""
 
 
 class Task:
@@ -129,14 +129,14 @@ class Task:
 class TaskMetrics:
     """Running metrics of one model's answers on feedback (progressive validation: each answer was made
     before its label was learned). Regression: RMSE; classification: log loss, accuracy, ROC-AUC (binary,
-    over the last :data:`AUC_WINDOW` rows)."""
+    from score histograms, :data:`AUC_BINS`)."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
         self.n = 0
         self.loss_sum = 0.0
         self.correct = 0
-        self.recent: deque[tuple[float, int]] = deque(maxlen=AUC_WINDOW)
+        self.bins: tuple[dict[int, int], dict[int, int]] = ({}, {})  # negatives', positives' score bins
 
     def add(self, p: Any, y: float) -> None:
         """One answer ``p`` and its label ``y``."""
@@ -145,7 +145,9 @@ class TaskMetrics:
         if self.task.kind != "regression":
             self.correct += int(int(np.argmax(p)) == int(y))
             if self.task.kind == "binary":
-                self.recent.append((float(p[1]), int(y)))
+                b = min(max(int(float(p[1]) * AUC_BINS), 0), AUC_BINS - 1)
+                counts = self.bins[int(y)]
+                counts[b] = counts.get(b, 0) + 1
 
     def values(self) -> dict[str, float]:
         """``{rmse}`` or ``{log_loss, accuracy, roc_auc}`` (NaN before any feedback)."""
@@ -154,17 +156,36 @@ class TaskMetrics:
         out = {"log_loss": self.loss_sum / self.n if self.n else math.nan,
                "accuracy": self.correct / self.n if self.n else math.nan}
         if self.task.kind == "binary":
-            out["roc_auc"] = roc_auc([s for s, _ in self.recent], [y for _, y in self.recent])
+            out["roc_auc"] = binned_auc(*self.bins)
         return out
 
     def state(self) -> dict[str, Any]:
-        return {"n": self.n, "loss_sum": self.loss_sum, "correct": self.correct, "recent": list(self.recent)}
+        return {"n": self.n, "loss_sum": self.loss_sum, "correct": self.correct,
+                "bins": [{str(b): c for b, c in sorted(h.items())} for h in self.bins]}
 
     def load(self, state: dict[str, Any]) -> None:
         self.n, self.loss_sum = int(state.get("n", 0)), float(state.get("loss_sum", 0.0))
         self.correct = int(state.get("correct", 0))
-        self.recent.clear()
-        self.recent.extend((float(s), int(y)) for s, y in state.get("recent", []))
+        got = state.get("bins", [{}, {}])
+        self.bins = ({int(b): int(c) for b, c in got[0].items()}, {int(b): int(c) for b, c in got[1].items()})
+
+
+def binned_auc(neg: dict[int, int], pos: dict[int, int]) -> float:
+    """ROC-AUC from score histograms (bin -> count of negatives, of positives); NaN with one class only.
+
+    >>> binned_auc({1: 1, 4: 1}, {3: 1, 8: 1})   # scores 0.1, 0.4 (negatives), 0.35, 0.8 (positives)
+    0.75
+    """
+    n_neg, n_pos = sum(neg.values()), sum(pos.values())
+    if not n_neg or not n_pos:
+        return math.nan
+    below = 0  # negatives in lower bins
+    total = 0.0
+    for b in sorted(set(neg) | set(pos)):
+        p, q = pos.get(b, 0), neg.get(b, 0)
+        total += p * (below + 0.5 * q)
+        below += q
+    return total / (n_pos * n_neg)
 
 
 def roc_auc(scores: list[float] | np.ndarray, labels: list[int] | np.ndarray) -> float:
