@@ -20,7 +20,11 @@ client (request/reply over Kafka) in this one. Parts:
    is tried once more, and the rate fails only when both tries miss.
 4. a θ swap under 500 requests/s (replies lost, repeated, p99 around the swap), and a ``kill -9`` of
    the worker under the same load (lost, repeated, conflicting replies; the longest wait).
-5. stage batching, no broker: the serving stage's µs per request when micro-batches hold 1, 8, 64 and
+5. general path, text, user model: MovieLens on the general ``predict`` stage (the accuracy part's numbers,
+   on declared feature columns); then :mod:`serving_any`'s parts - a text classifier and a user's ONNX
+   model with delayed feedback on a topic of its own (``python benchmarks/serving_any.py`` takes your
+   topology, model and data by flag).
+6. stage batching, no broker: the serving stage's µs per request when micro-batches hold 1, 8, 64 and
    256 requests (the same processor the worker runs, fed pre-encoded request messages): how much of
    batching's gain the stage itself gets, apart from the broker and client that share this machine.
 
@@ -288,6 +292,66 @@ def accuracy(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict
     return out
 
 
+def general_path(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str, Any]:
+    """MovieLens on the general ``predict`` stage: the same ONNX graph (θ, with its item-vector output) on
+    declared ``{user_id, item_id}`` columns, Velox's per-user layer learning on θ's item vectors, the prior;
+    every rating is a request, then its feedback (the label) under the request's correlation-id. RMSE of the
+    last 20% of replies, each made before its rating was learned - the ``accuracy`` part's numbers, on the
+    general path."""
+    doc = yaml.safe_load((ROOT / "topologies" / "movie-ratings.yaml").read_text())
+    tag = uuid.uuid4().hex[:8]
+    doc["name"] = f"bench-general-{tag}"
+    doc["input"]["topic"] = f"bench.general-{tag}.events.v1"
+    doc["outputs"][0]["topic"] = f"bench.general-{tag}.replies.v1"
+    doc["input"].pop("schema", None)
+    doc["kafka"]["bootstrap"], doc["metrics"]["port"] = bootstrap, 0
+    doc["stages"] = [{"op": "predict", "task": "regression", "label_range": [1, 5], "label_field": "rating",
+                      "features": {"user_id": "int64", "item_id": "int64"}, "slo_ms": SLO_MS,
+                      "registry": str(registry.root), "feedback_ttl_s": 86400 * 365 * 30,
+                      "models": [{"name": "svd", "kind": "onnx", "model": SVD},
+                                 {"name": "velox", "kind": "online", "over": "svd", "key": "user_id", "features": "qi"},
+                                 {"name": "mean", "kind": "prior"}]}]
+    path = workdir / f"{doc['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    topo = parse_topology(doc)
+    ensure_job_topics(topo)
+    proc = subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(path)],
+                            env={**os.environ, "DAWNSTREAM_LOG_LEVEL": "WARNING"})
+    client = PredictClient(bootstrap, topo.input.topic, topo.outputs[0].topic)
+    n = int(0.8 * len(r))
+    try:
+        first = client.send({"user_id": int(u[0]), "item_id": int(i[0])}, correlation_id="warm-up")
+        if first not in client.wait([first], timeout_s=180):
+            raise RuntimeError("the predict worker did not answer within 180 s")
+        t0 = time.perf_counter()
+        ids = []
+        for k, (a, b, c) in enumerate(zip(u.tolist(), i.tolist(), r.tolist(), strict=True)):
+            ids.append(client.send({"user_id": a, "item_id": b}, correlation_id=f"q{k}", reply=k >= n))
+            client.send({"user_id": a, "rating": c}, correlation_id=f"q{k}", reply=False)
+            if k % 5000 == 0:
+                client.flush()
+        got = client.wait(ids[n:], timeout_s=600)
+        seconds = time.perf_counter() - t0
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        TopicAdmin(bootstrap).delete([topo.input.topic, topo.input.topic + ".dlq", topo.outputs[0].topic,
+                                      changelog_topic(topo.name)])
+    y = r[n:]
+    last = ids[n:]
+    scores = [parse_scores(got[c]["scores"]) if c in got else {} for c in last]
+    out: dict[str, Any] = {"events": 2 * len(r), "seconds": round(seconds, 1),
+                           "events_per_s": round(2 * len(r) / seconds), "replies_missing": len(last) - len(got)}
+    for m in ("velox", "svd", "mean"):
+        have = [k for k, s_ in enumerate(scores) if m in s_]
+        out[f"rmse_{m}"] = rmse(np.asarray([scores[k][m] for k in have]), y[have]) if have else None
+        out[f"answered_{m}"] = len(have)  # the rest straggled past the SLO
+    out["rmse_exp4"] = rmse(np.asarray([got[c]["prediction"] for c in last if c in got]),
+                            y[[k for k, c in enumerate(last) if c in got]])
+    return out
+
+
 def exp3(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> dict[str, Any]:
     warm = int(0.6 * len(r))
     job = Job(bootstrap, workdir, registry, FULL, policy="exp3")
@@ -536,7 +600,8 @@ def main() -> None:
                          "more, so one broker GC cycle - ~150 ms of one of 2 cores, every 1-3 min under load - does "
                          "not decide a rate)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PART",
-                    help="run only these parts (anchors accuracy exp3 latency swap_and_kill stage_batching; "
+                    help="run only these parts (anchors accuracy general_path text user_model exp3 latency "
+                         "swap_and_kill stage_batching; "
                          "latency runs both modes, interleaved: latency_batch1 and latency_aimd name it too)")
     args = ap.parse_args()
     if args.only is not None and {"latency_batch1", "latency_aimd"} & set(args.only):
@@ -563,6 +628,12 @@ def main() -> None:
 
     step("anchors", anchors, u, i, r, theta, args.quick)
     step("accuracy", accuracy, args.bootstrap, workdir, registry, u, i, r)
+    step("general_path", general_path, args.bootstrap, workdir, registry, u, i, r)
+    # Any model on any features, with delayed feedback on its own topic (benchmarks/serving_any.py).
+    import serving_any
+
+    step("text", serving_any.text_part, args.bootstrap, workdir, 3000, 200.0, 200)
+    step("user_model", serving_any.user_model_part, args.bootstrap, workdir, 3000, 200.0, 200, None, None, None, None)
     # Exp3 breaks its θ: a registry of its own, with θ fitted on the 60% its warm-up replays, so that no
     # model has seen the ratings Exp3 is scored on.
     if args.only is None or "exp3" in args.only:

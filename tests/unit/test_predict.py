@@ -410,3 +410,33 @@ def test_what_is_learned_does_not_depend_on_batch_cuts_with_exact_onnx_and_times
     assert whole[4]["feedback_refused"] == 0  # bad_rows refused exactly what process() would have
     for size in (1, 7, 333):
         assert run(size) == whole, size
+
+
+def test_a_model_that_missed_the_slo_is_asked_again_at_feedback_time_and_learned_from(churn) -> None:
+    import time as _time
+
+    root, X, plan, y, clf = churn
+    op = _stage(root, slo_ms=30)
+    _apply(op, [_req(0, X, plan)])  # loads the model
+    lr = op.models[0]
+    real = lr.answer
+
+    def slow(cols, n):  # noqa: ANN001, ANN202 - the model, 0.3 s late
+        _time.sleep(0.3)
+        return real(cols, n)
+
+    lr.answer = slow  # type: ignore[method-assign]
+    t0 = _time.perf_counter()
+    out = _apply(op, [_req(k, X, plan) for k in range(1, 40)])
+    assert _time.perf_counter() - t0 < 0.25 and all(r["answered"] == "prior" for r in out)  # replied without it
+    del lr.answer  # on time again
+    _time.sleep(0.4)  # the late call finishes on its thread
+    _apply(op, [_fb(k, y) for k in range(1, 40)])
+    st = op.status()
+    assert st["scored"]["lr"] == 39 and st["scored"]["per_plan"] == 39  # asked at feedback time, then learned
+    assert op.models[1].layer.state("basic").n + op.models[1].layer.state("pro").n == 39
+    want = clf.predict_proba(X[1:40].astype(np.float64))
+    truth = y[1:40]
+    from sklearn.metrics import log_loss
+
+    assert st["metrics"]["lr"]["log_loss"] == pytest.approx(log_loss(truth, want, labels=[0, 1]), rel=1e-5)

@@ -374,6 +374,10 @@ class PriorModel(FeatureModel):
 AUTO_LAMBDAS = (64.0, 16.0, 4.0, 1.0)
 """The shrinkage strengths ``lam: auto`` learns in parallel (strongest first: a tie keeps the key closest to
 the population)."""
+LOSS_DISCOUNT = 1e-3
+"""Per piece of feedback, the running losses ``lam: auto`` compares forget this share: the choice follows
+the last few thousand pieces of feedback. Without it, MovieLens' first 80% - the ratings θ was fitted on,
+where trusting θ looks best - kept λ at 64 (last-20% RMSE 0.9565) where 16 does 0.9487; with it, 0.9486."""
 
 
 class OnlineLayerModel(FeatureModel):
@@ -384,8 +388,9 @@ class OnlineLayerModel(FeatureModel):
     How far a key may move from the population on little feedback (λ) depends on the data: reviews of one
     movie share a verdict, flights of one carrier barely differ from the model's view. With ``lam: auto``
     (the default) the layer learns with each λ of :data:`AUTO_LAMBDAS` side by side, scores each on every piece
-    of feedback before learning it (progressive validation, the task's loss) and answers with the λ whose
-    running loss is lowest - a choice made by the stream, the same on a replay. A number fixes λ.
+    of feedback before learning it (progressive validation, the task's loss, discounted by
+    :data:`LOSS_DISCOUNT`) and answers with the λ whose running loss is lowest - a choice made by the stream,
+    the same on a replay. A number fixes λ.
     """
 
     kind = "online"
@@ -450,7 +455,8 @@ class OnlineLayerModel(FeatureModel):
         for j, lay in enumerate(self.layers):
             lay.store = self.store
             if len(self.layers) > 1:
-                self.losses[j] += self.task.loss(self.task.clip(lay.predict(key, answer, emb)), y)
+                loss = self.task.loss(self.task.clip(lay.predict(key, answer, emb)), y)
+                self.losses[j] = self.losses[j] * (1.0 - LOSS_DISCOUNT) + loss
             lay.learn(key, answer, y, emb)
 
     def warm_up(self) -> None:

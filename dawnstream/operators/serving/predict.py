@@ -353,13 +353,15 @@ class Predict(Operator):
                     self._routed(model)
                 answer = got[model]
             answer = task.clip(answer[0] if task.kind == "regression" else answer)
+            late = len(full) < len(arms)  # a model missed the SLO: keep the features to ask it at feedback time
             self.served.record(str(cids[j]), stamps[j], key, full, model, prob,
-                               [answer] if task.kind == "regression" else answer)
+                               [answer] if task.kind == "regression" else answer,
+                               {c: feats[c][j] for c in self.schema.names} if late else None)
             vals["key"].append(key)
             self._fill(vals, answer)
             vals["model"].append(model)
             vals["answered"].append(",".join(got))
-            vals["scores"].append(",".join(f"{a}={_score(task.kind, v):.4f}" for a, v in got.items()) or None)
+            vals["scores"].append(",".join(f"{a}={_score(task, v):.4f}" for a, v in got.items()) or None)
             vals["default"].append(not got)
         self.counters["requests"] += len(rows)
         self.counters["defaults"] += sum(vals["default"])
@@ -403,6 +405,8 @@ class Predict(Operator):
         self.served.consume(cid, t_ms)
         task = self.task
         full: dict[str, list[float]] = rec["a"]
+        if "x" in rec:
+            self._late_answers(rec, full)
         answers = {a: v[:task.k] for a, v in full.items()}
         served = task.clip(rec["s"][0] if task.kind == "regression" else rec["s"])
         for a, v in answers.items():
@@ -425,6 +429,30 @@ class Predict(Operator):
             self._fill(vals, served)
             reply([j], "feedback", {**vals, "key": [rec["k"]], "model": [rec["m"]], "answered": [",".join(answers)],
                                     "default": [not answers]})
+
+    def _late_answers(self, rec: dict[str, Any], full: dict[str, list[float]]) -> None:
+        """Answers of the models that missed the request's SLO, computed now from the features the record
+        kept (one row: the same bits as any other one-row call), and of the online layers over them - so the
+        policy, the metrics and the layers learn from every piece of feedback whether a model was late or
+        not (the reply itself went out without them). A model that fails now stays without an answer."""
+        cols = {c: column_array(self.schema.types[c], [rec["x"][c]]) for c in self.schema.names}
+        for m in self.models:
+            if m.learns or m.name in full:
+                continue
+            try:
+                row = m.answer(cols, 1)[0].tolist()
+            except Exception:  # noqa: BLE001 - no answer from this model for this feedback
+                continue
+            if all(math.isfinite(v) for v in row):
+                full[m.name] = row
+        for m in self.models:
+            if isinstance(m, OnlineLayerModel) and m.name not in full and m.over in full:
+                m.base = np.asarray([full[m.over]])
+                m.store = self.store
+                try:
+                    full[m.name] = m.answer(cols, 1)[0].tolist()
+                finally:
+                    m.base = None
 
     # -- status, state ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -519,6 +547,7 @@ def _col(batch: pa.RecordBatch, name: str) -> list[Any]:
     return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
 
 
-def _score(kind: str, v: list[float]) -> float:
-    """One number per model for the reply's ``scores``: the value, P(positive class), or the top probability."""
-    return v[0] if kind == "regression" else v[1] if kind == "binary" else max(v)
+def _score(task: Task, v: list[float]) -> float:
+    """One number per model for the reply's ``scores``: the value (clipped to the label range), P(positive
+    class), or the top probability."""
+    return task.clip(v[0]) if task.kind == "regression" else v[1] if task.kind == "binary" else max(v)

@@ -62,11 +62,14 @@ class ServedLog:
         self._scanned = False
 
     def record(self, cid: str, t_ms: int, key: str | None, answers: dict[str, list[float]], model: str,
-               probability: float, served: list[float]) -> None:
+               probability: float, served: list[float], features: dict[str, Any] | None = None) -> None:
         """Keep what request ``cid`` was answered with: each model's answer, the policy's pick (``model``,
-        drawn with ``probability``) and the answer sent (``served``). A retried request replaces its record."""
-        self.store[PREFIX + cid] = orjson.dumps({"t": int(t_ms), "k": key, "a": answers, "m": model,
-                                                 "p": float(probability), "s": served})
+        drawn with ``probability``), the answer sent (``served``), and the request's ``features`` when some
+        model missed the SLO (it is asked at feedback time). A retried request replaces its record."""
+        rec = {"t": int(t_ms), "k": key, "a": answers, "m": model, "p": float(probability), "s": served}
+        if features is not None:
+            rec["x"] = features
+        self.store[PREFIX + cid] = orjson.dumps(rec)
         heapq.heappush(self._heap, (int(t_ms), cid))
 
     def lookup(self, cid: str, t_ms: int) -> tuple[dict[str, Any] | None, str | None]:
