@@ -59,7 +59,8 @@ def key(cmd: list[str]) -> str:
 
 CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
            "broker logs", "broker stop", "explain", "detect", "accel plan", "run &", "predict", "models retrain",
-           "models list", "models show", "models rollback", "models promote", "models train-end-model"}
+           "models list", "models show", "models rollback", "models promote", "models train-end-model",
+           "models register"}
 
 
 def test_every_readme_command_is_checked() -> None:
@@ -76,6 +77,10 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
     pq.write_table(weather(), tmp_path / "data.parquet")
     shutil.copy(shared_data / "macrobase/legacy/sensor10k.csv.gz", tmp_path)
     shutil.copy(shared_data / "macrobase/lib/sample.csv", tmp_path)
+    # The README's `python examples/train_flight_late_model.py flight-late.onnx` (not a dawnstream line)
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_flight_late_model.py"), "flight-late.onnx"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     env = {**os.environ, "DAWNSTREAM_KAFKA_BOOTSTRAP": boot, "DAWNSTREAM_LOG_LEVEL": "WARNING",
            "DAWNSTREAM_REGISTRY": str(tmp_path / "registry")}
     background: list[subprocess.Popen] = []
@@ -127,10 +132,20 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert pq.read_table(cmd[cmd.index("--out") + 1]).num_rows == 10_479
             elif k == "accel plan":
                 assert "fused" in out
+            elif k == "predict" and "--feedback-for" in cmd:
+                assert json.loads(out)["sent"] == "feedback"  # to the feedback topic (an unknown id: a dead letter)
+            elif k == "predict" and "flight-delay" in cmd[2]:
+                reply = json.loads(out)
+                assert reply["kind"] == "prediction" and reply["label"] in ("on_time", "late")
+                assert "model" in reply["answered"] and 0.0 <= reply["prediction"] <= 1.0
             elif k == "predict":
                 reply = json.loads(out)
                 assert reply["kind"] == ("feedback" if "rating" in cmd[3] else "prediction")
                 assert 1.0 <= reply["prediction"] <= 5.0
+            elif k == "models register":
+                doc = json.loads(out)
+                assert doc["promoted"] == doc["version"] == 1
+                assert doc["signature"]["inputs"] == ["X: tensor(float)[None, 4]"]
             elif k == "models retrain":
                 assert json.loads(out)["versions"]
             elif k == "models train-end-model":
