@@ -64,11 +64,13 @@ from dawnstream.models.registry import Registry
 from dawnstream.operators.learning.velox import VeloxModel
 from dawnstream.sources import movielens
 from dawnstream.streams.config import parse_topology
-from dawnstream.streams.kafka_clients import TopicAdmin, ensure_job_topics
+from dawnstream.streams.kafka_clients import ensure_job_topics
 from dawnstream.streams.request_reply import PredictClient
-from dawnstream.streams.state import changelog_topic
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # serving_any.py, next to this file (also when imported)
+from serving_any import stop_job, text_part, user_model_part  # noqa: E402
+
 SLO_MS = 20.0
 LADDER = (250, 500, 750, 1000, 1250, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000, 8000, 10000, 12000, 14000,
           16000, 20000, 24000, 28000, 32000)
@@ -171,15 +173,7 @@ class Job:
         return subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(self.path)], env=env)
 
     def close(self) -> None:
-        self.client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        t = self.topo
-        TopicAdmin(t.kafka.bootstrap).delete([t.input.topic, t.input.topic + ".dlq", t.outputs[0].topic,
-                                              changelog_topic(t.name)])
+        stop_job(self.client, self.proc, self.topo)
 
 
 def open_loop(job: Job, rate: float, seconds: float, users: np.ndarray, items: np.ndarray,
@@ -333,11 +327,7 @@ def general_path(bootstrap: str, workdir: Path, registry: Registry, u, i, r) -> 
         got = client.wait(ids[n:], timeout_s=600)
         seconds = time.perf_counter() - t0
     finally:
-        client.close()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        TopicAdmin(bootstrap).delete([topo.input.topic, topo.input.topic + ".dlq", topo.outputs[0].topic,
-                                      changelog_topic(topo.name)])
+        stop_job(client, proc, topo)
     y = r[n:]
     last = ids[n:]
     scores = [parse_scores(got[c]["scores"]) if c in got else {} for c in last]
@@ -630,10 +620,8 @@ def main() -> None:
     step("accuracy", accuracy, args.bootstrap, workdir, registry, u, i, r)
     step("general_path", general_path, args.bootstrap, workdir, registry, u, i, r)
     # Any model on any features, with delayed feedback on its own topic (benchmarks/serving_any.py).
-    import serving_any
-
-    step("text", serving_any.text_part, args.bootstrap, workdir, 3000, 200.0, 200)
-    step("user_model", serving_any.user_model_part, args.bootstrap, workdir, 3000, 200.0, 200, None, None, None, None)
+    step("text", text_part, args.bootstrap, workdir, 3000, 200.0, 200)
+    step("user_model", user_model_part, args.bootstrap, workdir, 3000, 200.0, 200, None, None, None, None)
     # Exp3 breaks its θ: a registry of its own, with θ fitted on the 60% its warm-up replays, so that no
     # model has seen the ratings Exp3 is scored on.
     if args.only is None or "exp3" in args.only:

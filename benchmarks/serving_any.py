@@ -91,19 +91,24 @@ class Served:
                                     settings=self.topo.kafka.settings)
 
     def close(self) -> None:
-        from dawnstream.streams.kafka_clients import TopicAdmin
-        from dawnstream.streams.state import changelog_topic
+        stop_job(self.client, self.proc, self.topo)
 
-        self.client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        t = self.topo
-        topics = [t.input.topic, t.input.topic + ".dlq", str(t.input.feedback_topic), f"{t.input.feedback_topic}.dlq",
-                  t.outputs[0].topic]
-        TopicAdmin(t.kafka.bootstrap).delete(topics + [changelog_topic(x.name) for x in t.split()])
+
+def stop_job(client: Any, proc: subprocess.Popen, topology: Any) -> None:
+    """Close ``client``, stop the `dawnstream run` process ``proc`` (SIGTERM, then SIGKILL after 60 s) and
+    delete every topic of ``topology``'s jobs (inputs, dead letters, outputs, changelogs)."""
+    from dawnstream.streams.kafka_clients import TopicAdmin
+    from dawnstream.streams.state import changelog_topic
+
+    client.close()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    topics = {s.name for t in topology.split() for s in t.user_topics()} | \
+        {changelog_topic(t.name) for t in topology.split()}
+    TopicAdmin(topology.kafka.bootstrap).delete(sorted(topics))
 
 
 def run_served(bootstrap: str, workdir: Path, doc: dict, registry: Path, requests: list[dict], labels: list[Any],

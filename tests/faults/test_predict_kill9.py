@@ -15,7 +15,6 @@ import orjson
 import pyarrow as pa
 import pytest
 import yaml
-from confluent_kafka import Consumer, TopicPartition
 from faultkit import committed, end_offsets, start_worker, stop, wait_until, worker_pids, write_topology
 
 from dawnstream.models.registry import Registry
@@ -31,23 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 600
 
 
-def _reference(bootstrap: str, topic: str, params: dict, probes: set[str]) -> dict[str, list[float]]:
-    """The probes' answers from a fresh stage fed every message of the (one-partition) serving topic in order,
-    refusing what its bad_rows refuses, as a runner does."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ref-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
-    _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    c.assign([TopicPartition(topic, 0, 0)])
-    rows: list[dict] = []
-    while len(rows) < high:
-        for m in c.consume(1000, timeout=1.0):
-            if m.error() is None:
-                body = orjson.loads(m.value())
-                h = {k: v.decode() for k, v in (m.headers() or [])}
-                rows.append({"correlation_id": h.get("correlation-id"), "reply_to": h.get("reply-to"),
-                             "text": body.get("text"), "movie": body.get("movie"), "label": body.get("label"),
-                             "kafka_timestamp_ms": m.timestamp()[1]})
-    c.close()
+def _reference(messages: list, params: dict, probes: set[str]) -> dict[str, list[float]]:
+    """The probes' answers from a fresh stage fed ``messages`` (the one-partition serving topic, in order) in
+    one batch, refusing what its bad_rows refuses, as a runner does."""
+    rows = []
+    for m in messages:
+        body = orjson.loads(m.value())
+        h = {k: v.decode() for k, v in (m.headers() or [])}
+        rows.append({"correlation_id": h.get("correlation-id"), "reply_to": h.get("reply-to"),
+                     "text": body.get("text"), "movie": body.get("movie"), "label": body.get("label"),
+                     "kafka_timestamp_ms": m.timestamp()[1]})
     op = Predict(**params)
     batch = pa.RecordBatch.from_pylist(rows)
     bad = op.bad_rows(batch)
@@ -56,7 +48,8 @@ def _reference(bootstrap: str, topic: str, params: dict, probes: set[str]) -> di
             if r["correlation_id"] in probes}
 
 
-def test_kill9_with_feedback_outstanding_loses_and_repeats_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_kill9_with_feedback_outstanding_loses_and_repeats_nothing(kafka_bootstrap: str, reader,
+                                                                   tmp_path: Path) -> None:
     reviews = rotten_tomatoes().slice(0, 3000 + N).to_pylist()
     train = reviews[:3000]
     m = HashedTextModel.fit([r["text"] for r in train], np.eye(2)[[r["label"] for r in train]], n_features=1 << 16)
@@ -108,7 +101,7 @@ def test_kill9_with_feedback_outstanding_loses_and_repeats_nothing(kafka_bootstr
             assert c.duplicates == 0 and c.conflicts == 0  # nothing answered before the kill was answered again
             time.sleep(1)
         params = {k: v for k, v in doc["stages"][0].items() if k != "op"}
-        reference = _reference(kafka_bootstrap, src, params, set(probes))
+        reference = _reference(reader(src, end_offsets(kafka_bootstrap, src)[0]), params, set(probes))
         assert len(reference) == len(probes)
         for cid in probes:  # the per-movie weights learned every piece of feedback once, as without the kill
             assert live[cid]["probabilities"] == reference[cid], cid

@@ -45,11 +45,10 @@ from collections.abc import MutableMapping, Sequence
 import numba
 import numpy as np
 
-from dawnstream.operators.learning.online_ridge import sm_update
+from dawnstream.operators.learning.online_ridge import sm_rank_one, sm_update
 
 _HEADER = struct.Struct("<4sii")
 _MAGIC = b"KLY1"
-POPULATION = "\x00population"
 
 
 @numba.njit(cache=True, fastmath=False)
@@ -62,19 +61,7 @@ def ons_update(a_inv: np.ndarray, w: np.ndarray, z: np.ndarray, y: float) -> Non
         t += w[i] * z[i]
     p = 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))
     h = max(p * (1.0 - p), 1e-6)
-    az = np.zeros(d)
-    for i in range(d):
-        acc = 0.0
-        for j in range(d):
-            acc += a_inv[i, j] * z[j]
-        az[i] = acc
-    denom = 1.0 / h
-    for i in range(d):
-        denom += z[i] * az[i]
-    for i in range(d):
-        f = az[i] / denom
-        for j in range(d):
-            a_inv[i, j] -= f * az[j]
+    sm_rank_one(a_inv, z, 1.0 / h)
     g = y - p
     for i in range(d):
         acc = 0.0

@@ -13,9 +13,10 @@ import numpy as np
 
 
 @numba.njit(cache=True, fastmath=False)
-def sm_update(a_inv: np.ndarray, s: np.ndarray, w: np.ndarray, x: np.ndarray, y: float, prior: np.ndarray,
-              lam: float) -> None:  # pragma: no cover - compiled
-    """Add observation ``(x, y)`` in place: ``a_inv`` (d, d), ``s`` (d,), ``w`` (d,) all float64."""
+def sm_rank_one(a_inv: np.ndarray, x: np.ndarray, c: float) -> None:  # pragma: no cover - compiled
+    """``a_inv`` (d, d) becomes the inverse of ``A + x xᵀ / c`` (Sherman-Morrison), in place: the step that
+    adds one observation ``x`` (d,) of weight ``1/c`` to a least-squares or Newton system. Plain loops:
+    the same sums in the same order on every CPU (no BLAS call)."""
     d = x.shape[0]
     ax = np.zeros(d)
     for i in range(d):
@@ -23,13 +24,21 @@ def sm_update(a_inv: np.ndarray, s: np.ndarray, w: np.ndarray, x: np.ndarray, y:
         for j in range(d):
             acc += a_inv[i, j] * x[j]
         ax[i] = acc
-    denom = 1.0
+    denom = c
     for i in range(d):
         denom += x[i] * ax[i]
     for i in range(d):
         f = ax[i] / denom
         for j in range(d):
             a_inv[i, j] -= f * ax[j]
+
+
+@numba.njit(cache=True, fastmath=False)
+def sm_update(a_inv: np.ndarray, s: np.ndarray, w: np.ndarray, x: np.ndarray, y: float, prior: np.ndarray,
+              lam: float) -> None:  # pragma: no cover - compiled
+    """Add observation ``(x, y)`` in place: ``a_inv`` (d, d), ``s`` (d,), ``w`` (d,) all float64."""
+    d = x.shape[0]
+    sm_rank_one(a_inv, x, 1.0)
     for i in range(d):
         s[i] += x[i] * y
     for i in range(d):

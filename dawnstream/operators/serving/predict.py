@@ -29,11 +29,9 @@ Replies (``kind``: ``prediction``, ``feedback`` - an ack, only when feedback nam
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
 from typing import Any
 
 import numpy as np
@@ -43,6 +41,7 @@ from dawnstream.errors import ConfigError
 from dawnstream.models.registry import Registry
 from dawnstream.operators.base import Operator
 from dawnstream.operators.serving.containers import RegistryVersions
+from dawnstream.operators.serving.dispatch import Worker, answer_within
 from dawnstream.operators.serving.feature_models import (
     FeatureModel,
     OnlineLayerModel,
@@ -52,7 +51,7 @@ from dawnstream.operators.serving.feature_models import (
 )
 from dawnstream.operators.serving.features import FeatureSchema, column_array
 from dawnstream.operators.serving.selection import Exp3, Exp4
-from dawnstream.operators.serving.serve import POLICIES, _column, _Worker
+from dawnstream.operators.serving.serve import POLICIES, _column
 from dawnstream.operators.serving.served import ServedLog
 from dawnstream.operators.serving.tasks import Task, TaskMetrics
 from dawnstream.topics.codecs.requests import TIMESTAMP
@@ -154,7 +153,7 @@ class Predict(Operator):
             if policy == "exp4" else
             Exp3(names, eta if eta is not None else 0.05, gamma, discount=discount if discount is not None else 0.001))
         self.served = ServedLog(int(feedback_ttl_s * 1000))
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Worker] = {}
         self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0,
                          "feedback_refused": 0, "expired": 0}
         self.metrics = {n: TaskMetrics(self.task) for n in [*names, "served"]}
@@ -282,39 +281,10 @@ class Predict(Operator):
         n = len(rows)
         cols = {c: column_array(self.schema.types[c], [feats[c][j] for j in rows]) for c in self.schema.names}
         deadline = t0 + self.slo_s
-        preds: dict[str, np.ndarray] = {}
-        pending: dict[str, Future[Any]] = {}
         layers = [m for m in self.models if isinstance(m, OnlineLayerModel)]
         direct = [m for m in self.models if not isinstance(m, OnlineLayerModel)]
-        here = {m.name for m in direct if m.inline or m.fast(n)}
-        for m in direct:
-            if m.name in here:
-                continue
-            worker = self._workers.get(m.name)
-            if worker is None:
-                worker = self._workers[m.name] = _Worker(m.name)
-            if worker.busy():
-                wait([worker.current], timeout=max(0.0, deadline - time.perf_counter()))  # type: ignore[list-item]
-                if worker.busy():
-                    self.counters["stragglers"] += 1
-                    continue
-            pending[m.name] = worker.submit(functools.partial(_chunked, m, cols, n, deadline))
-        for m in direct:
-            if m.name in here:
-                try:
-                    preds[m.name] = _chunked(m, cols, n, deadline)
-                except Exception:  # noqa: BLE001 - a model that raises is a straggler
-                    m.fail()
-                    self.counters["stragglers"] += 1
-        if pending:
-            wait(list(pending.values()), timeout=max(0.0, deadline - time.perf_counter()))
-        for name, fut in pending.items():
-            if fut.done() and fut.exception() is None:
-                preds[name] = fut.result()
-            else:
-                self.counters["stragglers"] += 1
-                if fut.done():
-                    next(m for m in self.models if m.name == name).fail()
+        preds = answer_within(direct, lambda m: _chunked(m, cols, n, deadline), n, deadline, self._workers,
+                              self.counters)
         for layer in layers:
             layer.base = preds.get(layer.over)
             if layer.base is not None:

@@ -31,13 +31,9 @@ partition after a crash with every piece of feedback applied once.
 from __future__ import annotations
 
 import base64
-import functools
 import math
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
-from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
@@ -47,6 +43,7 @@ from dawnstream.errors import ConfigError
 from dawnstream.models.registry import Registry
 from dawnstream.operators.base import Operator
 from dawnstream.operators.serving.containers import Container, RegisteredContainer, build_container
+from dawnstream.operators.serving.dispatch import Worker, answer_within
 from dawnstream.operators.serving.selection import Exp3, Exp4
 
 POLICIES = ("exp4", "exp3")
@@ -59,32 +56,6 @@ REPLY_SCHEMA = pa.schema([
 """Columns of every reply (``kind``: ``prediction``, ``feedback`` or ``error``). ``answered``: the models that
 answered in time; ``scores``: what each of them said (``velox=3.912,svd=3.801``); ``model``: the policy's
 pick (``exp4`` for the ensemble, the arm under Exp3, ``default`` when none answered)."""
-
-
-class _Worker:
-    """One daemon thread running a container's batches, so a slow model can be left behind."""
-
-    def __init__(self, name: str) -> None:
-        self.jobs: SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = SimpleQueue()
-        self.current: Future[Any] | None = None
-        threading.Thread(target=self._loop, name=f"serve-{name}", daemon=True).start()
-
-    def busy(self) -> bool:
-        return self.current is not None and not self.current.done()
-
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self.current = fut
-        self.jobs.put((fut, fn))
-        return fut
-
-    def _loop(self) -> None:
-        while True:
-            fut, fn = self.jobs.get()
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # noqa: BLE001 - handed to the waiting stage as a straggler
-                fut.set_exception(e)
 
 
 class Serve(Operator):
@@ -157,7 +128,7 @@ class Serve(Operator):
             Exp4(names, eta if eta is not None else 2.0, discount=discount if discount is not None else 0.01)
             if policy == "exp4" else
             Exp3(names, eta if eta is not None else 0.05, gamma, discount=discount if discount is not None else 0.001))
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Worker] = {}
         self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0}
         self.sq_err: dict[str, float] = {n: 0.0 for n in [*names, "served"]}
         self.scored: dict[str, int] = {n: 0 for n in [*names, "served"]}  # feedback each model answered
@@ -278,40 +249,8 @@ class Serve(Operator):
                 reply: Callable[..., None]) -> None:
         u = np.asarray([users[j] for j in rows], dtype=np.int64)
         i = np.asarray([items[j] for j in rows], dtype=np.int64)
-        deadline = t0 + self.slo_s
-        preds: dict[str, np.ndarray] = {}
-        pending: dict[str, Future[Any]] = {}
-        # A model expected to answer this segment within a millisecond runs here: handing it to its
-        # thread and back costs more, and under load a woken thread can wait for a core longer than that.
-        here = {c.name for c in self.containers if c.inline or c.fast(len(rows))}
-        for c in self.containers:
-            if c.name in here:
-                continue
-            worker = self._workers.get(c.name)
-            if worker is None:
-                worker = self._workers[c.name] = _Worker(c.name)
-            if worker.busy():  # still on an earlier batch: give it until this batch's deadline
-                wait([worker.current], timeout=max(0.0, deadline - time.perf_counter()))  # type: ignore[list-item]
-                if worker.busy():
-                    self.counters["stragglers"] += 1
-                    continue
-            pending[c.name] = worker.submit(functools.partial(_chunked, c, u, i, deadline))
-        for c in self.containers:
-            if c.name in here:
-                try:
-                    preds[c.name] = _chunked(c, u, i, deadline)
-                except Exception:  # noqa: BLE001 - a model that raises is a straggler
-                    c.fail()
-                    self.counters["stragglers"] += 1
-        if pending:
-            wait(list(pending.values()), timeout=max(0.0, deadline - time.perf_counter()))
-        for name, fut in pending.items():
-            if fut.done() and fut.exception() is None:
-                preds[name] = fut.result()
-            else:
-                self.counters["stragglers"] += 1
-                if fut.done():
-                    next(c for c in self.containers if c.name == name).fail()
+        preds = answer_within(self.containers, lambda c: _chunked(c, u, i, t0 + self.slo_s), len(rows),
+                              t0 + self.slo_s, self._workers, self.counters)
         self._reply_segment(rows, u, i, cids, preds, reply)
 
     def _reply_segment(self, rows: list[int], u: np.ndarray, i: np.ndarray, cids: list[Any],
