@@ -80,6 +80,10 @@ class Retrainer:
                  reg: float = 10.0, iters: int = 12, holdout: float = 0.02) -> None:
         serve = next((op for op in topology.build_chain().operators if op.kind == "serve"), None)
         if serve is None:
+            if any(op.kind == "predict" for op in topology.build_chain().operators):
+                raise ConfigError("stages", "a predict stage serves your own model: retrain it with your own "
+                                            "training command, then `dawnstream models register NAME FILE.onnx "
+                                            "--topology TOPOLOGY --promote` (workers swap it in without a pause)")
             raise ConfigError("stages", "retraining needs a topology with a `serve` stage")
         self.topology = topology
         self.registry: Registry = serve.registry  # type: ignore[attr-defined]

@@ -440,3 +440,30 @@ def test_a_model_that_missed_the_slo_is_asked_again_at_feedback_time_and_learned
     from sklearn.metrics import log_loss
 
     assert st["metrics"]["lr"]["log_loss"] == pytest.approx(log_loss(truth, want, labels=[0, 1]), rel=1e-5)
+
+
+def test_a_newly_promoted_version_is_swapped_in_between_batches_and_retrain_points_to_register(churn, tmp_path) -> None:
+    import shutil
+
+    from dawnstream.streams.config import parse_topology
+    from dawnstream.streams.retrain import Retrainer
+
+    root, X, plan, _, _ = churn
+    mine = tmp_path / "registry"
+    shutil.copytree(root, mine)
+    op = _stage(mine, refresh_s=0.0)
+    assert {r["versions"] for r in _apply(op, [_req(k, X, plan) for k in range(5)])} == {"lr:1,per_plan:0,prior:0"}
+    reg = Registry(mine)
+    reg.promote("churn", reg.register("churn", reg.get("churn", 1).read_bytes(), "onnx").version)
+    seen: set[str] = set()
+    for k in range(5, 200, 5):  # the new version loads on a thread, then is installed between two batches
+        seen |= {r["versions"] for r in _apply(op, [_req(j, X, plan) for j in range(k, k + 5)])}
+        if "lr:2,per_plan:0,prior:0" in seen:
+            break
+    assert "lr:2,per_plan:0,prior:0" in seen
+    stage = {"op": "predict", "features": {"x": "float64"}, "task": "regression", "models": [{"kind": "prior"}]}
+    doc = {"name": "p", "input": {"topic": "serving.x.requests.v1", "codec": "requests"},
+           "outputs": [{"topic": "serving.x.replies.v1"}],
+           "stages": [stage]}
+    with pytest.raises(ConfigError, match="models register"):
+        Retrainer(parse_topology(doc))
