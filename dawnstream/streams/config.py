@@ -363,7 +363,8 @@ class Topology(_Strict):
                 "row_schema": {}, "require_key": False,
                 "reply_topics": self.input.reply_topics or [o.topic for o in self.outputs]}),
             "stages": [stage],
-            "outputs": [OutputSpec(topic=self.input.topic, codec="requests", partitions=n, key_field=key)],
+            "outputs": [OutputSpec(topic=self.input.topic, codec="requests", partitions=n, key_field=key,
+                                   config=dict(self.input.config))],  # this job may create it first
             # Feedback waits minutes or days anyway: batches of up to 250 ms cost the broker one produce and
             # one offset commit per batch, not per message as a request topic's max_wait_ms: 0 would (at 200
             # requests/s with their feedback, the requests' p99 was 14 ms batched, 12 ms not: no cost to them).

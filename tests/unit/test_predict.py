@@ -467,3 +467,20 @@ def test_a_newly_promoted_version_is_swapped_in_between_batches_and_retrain_poin
            "stages": [stage]}
     with pytest.raises(ConfigError, match="models register"):
         Retrainer(parse_topology(doc))
+
+
+def test_a_sender_cannot_set_event_time(churn) -> None:
+    from dawnstream.topics.codecs.requests import RequestsCodec
+    from dawnstream.topics.message import Message
+    from dawnstream.topics.schema import RowSchema
+
+    body = b'{"tenure": 1.0, "spend": 1.0, "calls": 1.0, "plan": "pro", "kafka_timestamp_ms": 99999999999999}'
+    m = Message(body, b"pro", [("correlation-id", b"c1"), ("reply-to", b"r")], timestamp_ms=1_700_000_000_000)
+    table = RequestsCodec().decode([m], RowSchema({})).table
+    assert table.column("kafka_timestamp_ms").to_pylist() == [1_700_000_000_000]  # Kafka's, not the body's
+    root, X, plan, y, _ = churn
+    op = _stage(root, feedback_ttl_s=60)
+    now = int(__import__("time").time() * 1000)
+    _apply(op, [_req(k, X, plan, t=now) for k in range(10)])
+    _apply(op, [_req(10, X, plan, t=now + 365 * 86_400_000)])  # CreateTime a year ahead: counts as now
+    assert not op.bad_rows(_batch([_fb(k, y, t=now + 1_000) for k in range(10)]))  # nothing expired

@@ -155,14 +155,14 @@ def test_every_topology_processes_real_data(tmp_path: Path, shared_data: Path) -
     # serve: a reply per request (no registry here: velox answers with the running mean, svd straggles)
     assert results["movie-ratings.yaml"] == {"rows_in": 3000 + asks, "rows_out": asks,
                                              "out": str(tmp_path / "replies.jsonl")}
-    # predict: a reply per request, every one with the end model's answer; the feedback is learned from
+    # predict: a reply per request (which models made the SLO depends on this machine's load: not checked here;
+    # tests/kafka/test_predict_kafka.py checks the model's answers)
     assert results["review-serving.yaml"]["rows_out"] == reviews
-    replies = [json.loads(line) for line in (tmp_path / "review-replies.jsonl").read_text().splitlines()]
-    assert all("end_model" in r["answered"] for r in replies)
-    assert sum(r["answered"] == "end_model,per_movie,prior" for r in replies) == reviews
+    for name in ("review-replies.jsonl", "flight-replies.jsonl"):
+        replies = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        assert all(r["kind"] == "prediction" and abs(sum(r["probabilities"]) - 1) < 1e-9 and "prior" in r["answered"]
+                   for r in replies), name
     assert results["flight-delay-classifier.yaml"]["rows_out"] == flights_asked
-    replies = [json.loads(line) for line in (tmp_path / "flight-replies.jsonl").read_text().splitlines()]
-    assert all(r["answered"] == "model,per_carrier,prior" and r["label"] in ("on_time", "late") for r in replies)
     assert results["review-sentiment.yaml"]["rows_in"] == results["review-sentiment.yaml"]["rows_out"] == 12_808
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().split("\n") if line]
     assert sum(r["review"] for r in labels) > 100 and sum(r["abstained"] for r in labels) < 0.4 * len(labels)

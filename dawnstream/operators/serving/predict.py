@@ -56,6 +56,8 @@ from dawnstream.operators.serving.served import ServedLog
 from dawnstream.operators.serving.tasks import Task, TaskMetrics
 from dawnstream.topics.codecs.requests import TIMESTAMP
 
+FUTURE_SKEW_MS = 5 * 60_000
+"""How far ahead of the worker's clock a message's timestamp may be and still count as its event time, ms."""
 REPLY_SCHEMA = pa.schema([
     ("correlation_id", pa.string()), ("reply_to", pa.string()), ("kind", pa.string()), ("key", pa.string()),
     ("prediction", pa.float64()), ("label", pa.string()), ("probabilities", pa.list_(pa.float64())),
@@ -266,7 +268,10 @@ class Predict(Operator):
         out: list[int] = []
         mark = self.served.watermark
         for v in raw:
-            mark = max(mark, now if v is None else int(v))
+            # A producer sets CreateTime as it likes: one message stamped next year would expire every record.
+            # Beyond FUTURE_SKEW_MS ahead of this clock it counts as now (LogAppendTime on the topic is safer).
+            t = now if v is None or int(v) > now + FUTURE_SKEW_MS else int(v)
+            mark = max(mark, t)
             out.append(mark)
         return out
 

@@ -19,7 +19,8 @@ CORRELATION_ID = "correlation-id"
 REPLY_TO = "reply-to"
 TIMESTAMP = "kafka_timestamp_ms"
 """Column of each request's Kafka message timestamp (ms since the epoch; 0 when unknown): the event time
-a serving stage measures feedback delays in. Not added when the body has a field of that name."""
+a serving stage measures feedback delays in. A body field of that name is replaced: event time comes from
+Kafka, not from the sender."""
 REQUEST_ERROR = "request_error"
 """Column of the rows standing for requests whose body could not be read (the reason); the serving
 stage answers them with an error reply, so a caller is never left waiting."""
@@ -79,7 +80,9 @@ class RequestsCodec(Codec):
         kept = [ok_idx[j] for j in inner.kept]
         table = inner.table.append_column("correlation_id", _header_column(messages, kept, CORRELATION_ID)) \
             .append_column("reply_to", _header_column(messages, kept, REPLY_TO)) if inner.table is not None else None
-        if table is not None and TIMESTAMP not in table.column_names:
+        if table is not None:
+            if TIMESTAMP in table.column_names:  # a body may not set its own event time
+                table = table.drop_columns([TIMESTAMP])
             table = table.append_column(TIMESTAMP, pa.array([messages[i].timestamp_ms for i in kept], pa.int64()))
         if answer:
             bad = [i for i, _ in answer]
