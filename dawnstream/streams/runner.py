@@ -42,6 +42,8 @@ from dawnstream.streams.state import changelog_topic
 from dawnstream.topics.message import KafkaMessage, Message
 
 log = get_logger(__name__)
+ANSWERING_STAGES = ("serve", "predict")
+"""Stages that reply to requests (their at-least-once jobs get a :class:`ReplyFence`)."""
 LAG_REFRESH_S = 2.0
 IDLE_POLL_S = 0.05
 """With ``batch.max_wait_ms: 0``, how long one consume call waits for a first message while idle (s): the
@@ -108,7 +110,10 @@ class KafkaRunner:
         self.clients.delivery_errors.listeners.append(self.processor.replies.refused)
         self.checkpoint = Checkpoint(self.clients, self.processor, self.changelog, t.checkpoint_ms,
                                      skip_snapshot=self.recovery.active)
-        self.fence = ReplyFence(self.base, t.input.topic, enabled=not self.eos, start=t.input.start)
+        # Only stages that answer requests are fenced: feedback moved onto a serving topic shares its request's
+        # correlation-id, so a fence there would take a re-read piece of feedback for an answered one and drop it.
+        answers = any(st.op in ANSWERING_STAGES for st in t.stages)
+        self.fence = ReplyFence(self.base, t.input.topic, enabled=not self.eos and answers, start=t.input.start)
         event(log, "runner.clients", worker=worker, settings=describe_settings(self.base))
         self.metrics.init_series(t.input.topic, self._outputs, [op.name for op in t.build_chain().operators])
         port = (t.metrics.port + worker if t.metrics.port else -1) if metrics_port is None else metrics_port

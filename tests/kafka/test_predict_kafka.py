@@ -121,9 +121,12 @@ def test_text_classifier_with_delayed_feedback_on_its_own_topic(kafka_bootstrap,
             c.send({"label": "meh", "movie": rows[1]["movie"]}, correlation_id=asks[1], reply=False, topic=fb_topic)
             c.send({"movie": "Up"}, correlation_id="no-label", reply=False, topic=fb_topic)  # not feedback at all
             c.flush()
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 120
             while jobs.stage().counters["feedback"] < N:
-                assert time.monotonic() < deadline, f"only {jobs.stage().counters['feedback']} feedback applied"
+                assert time.monotonic() < deadline, (
+                    f"only {jobs.stage().counters['feedback']} feedback applied; mover in/out/dead "
+                    f"{[(r.stats.rows_in, r.stats.rows_out, r.stats.rows_dead) for r in jobs.runners]}, "
+                    f"fenced {[r.fence.dropped for r in jobs.runners]}")
                 time.sleep(0.2)
             status = jobs.stage().status()
             # learned from what was served: every model scored on every piece of feedback, once
