@@ -13,7 +13,7 @@ from propkit import examples
 from dawnstream.errors import ConfigError
 from dawnstream.operators.labeling.label import Label
 from dawnstream.operators.labeling.label_model import fit_matrix_completion
-from dawnstream.operators.labeling.lf import ABSTAIN, labeling_function
+from dawnstream.operators.labeling.lf import ABSTAIN, keyword_lf, labeling_function
 from dawnstream.operators.labeling.votes import VoteStats
 from dawnstream.operators.registry import build_operator
 from dawnstream.sources import rotten_tomatoes
@@ -283,3 +283,47 @@ def test_an_lf_module_is_checked_before_it_is_imported(tmp_path, monkeypatch, ca
     with pytest.raises(ConfigError, match="trusted code") as e:
         build_operator("label", {"lfs": ["stray_lfs"], "classes": ["a", "b"]}, None, "stages.0")
     assert e.value.path == "stages.0.lfs.0" and "stray_lfs" not in sys.modules
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    (keyword_lf("earn_words", ["profit"], label="earn"), "labeling function 'earn_words' votes 'earn'"),
+    (keyword_lf("ninth", ["profit"], label=8), "labeling function 'ninth' votes 8: expected a class index 0..7"),
+])
+def test_an_lf_voting_a_label_that_is_no_class_is_refused_at_load(monkeypatch, bad, says) -> None:
+    import sys
+    import types
+
+    mod = types.ModuleType("wrong_label_lfs")
+    mod.LFS = [bad]
+    monkeypatch.setitem(sys.modules, "wrong_label_lfs", mod)
+    with pytest.raises(ConfigError) as e:
+        Label(lfs=["wrong_label_lfs"], classes=[f"c{k}" for k in range(8)], model="majority", _path="stages.0.op")
+    assert e.value.path == "stages.0.lfs" and says in e.value.message
+    with pytest.raises(ConfigError, match="unique"):
+        Label(lfs=["dawnstream.operators.labeling.lfs.sentiment"], classes=["rotten", "rotten"])
+
+
+@labeling_function(name="votes_a_name")
+def votes_a_name(row):
+    return "earn"
+
+
+@labeling_function(name="votes_nine")
+def votes_nine(row):
+    return 9
+
+
+def test_an_lf_that_fails_on_every_row_of_the_first_batch_stops_the_job_naming_it(monkeypatch) -> None:
+    import sys
+    import types
+
+    mod = types.ModuleType("broken_lfs")
+    mod.LFS = [fragile, votes_a_name, votes_nine]
+    monkeypatch.setitem(sys.modules, "broken_lfs", mod)
+    op = Label(lfs=["broken_lfs"], classes=["no", "yes"], model="majority", _path="stages.0.op")
+    with pytest.raises(ConfigError) as e:
+        run(op, pa.table({"id": [1, 2], "text": ["fine", "explode"]}), [])
+    assert e.value.path == "stages.0.lfs" and "fragile" not in e.value.message  # it works on one row
+    assert "votes_a_name: TypeError: voted 'earn', not a class index" in e.value.message
+    assert "votes_nine: voted 9, outside -1..1 (no, yes)" in e.value.message
+    assert op.rows == 0  # nothing was learned: the job stops before the state moves

@@ -91,32 +91,43 @@ class LFBatch:
 
 @dataclass
 class LabelingFunction:
-    """A named LF. ``fn`` is row-wise unless ``vectorized``; ``resources`` are passed as keyword arguments."""
+    """A named LF. ``fn`` is row-wise unless ``vectorized``; ``resources`` are passed as keyword arguments.
+    ``labels``: the class indexes it can vote, when known at definition (the label stage checks them against
+    its classes when it loads); ``last_error``: why it last failed on a row (the exception's last line)."""
 
     name: str
     fn: Callable[..., Any]
     resources: Mapping[str, Any] = field(default_factory=dict)
     vectorized: bool = False
+    labels: tuple[Any, ...] = ()
+    last_error: str | None = field(default=None, compare=False)
 
     def apply(self, batch: LFBatch) -> tuple[np.ndarray, np.ndarray]:
-        """Votes ``(rows,)`` int8 and errors ``(rows,)`` bool (True: the LF raised there and abstains)."""
+        """Votes ``(rows,)`` int64 and errors ``(rows,)`` bool (True: the LF raised there, or voted something
+        that is not an integer, and abstains). Range checks against the classes are the label stage's."""
         n = batch.num_rows
         if self.vectorized:
             try:
-                votes = np.asarray(self.fn(batch, **self.resources), dtype=np.int64)
-                if votes.shape != (n,):
-                    raise ValueError(f"returned {votes.shape} votes for {n} rows")
-            except Exception:  # noqa: BLE001 - a failing LF abstains; the error count says so
-                return np.full(n, ABSTAIN, np.int8), np.ones(n, bool)
-            return votes.astype(np.int8), np.zeros(n, bool)
-        out = np.full(n, ABSTAIN, np.int8)
+                raw = np.asarray(self.fn(batch, **self.resources))
+                if raw.shape != (n,):
+                    raise ValueError(f"returned {raw.shape} votes for {n} rows")
+                if raw.dtype.kind not in "iu":
+                    raise TypeError(f"voted {raw.dtype} values ({raw.tolist()[:3]!r:.60}...), not class indexes")
+            except Exception as e:  # noqa: BLE001 - a failing LF abstains; the error count says so
+                self.last_error = f"{type(e).__name__}: {e}"
+                return np.full(n, ABSTAIN, np.int64), np.ones(n, bool)
+            return raw.astype(np.int64), np.zeros(n, bool)
+        out = np.full(n, ABSTAIN, np.int64)
         errors = np.zeros(n, bool)
         for i, row in enumerate(batch.rows()):
             try:
                 v = self.fn(row, **self.resources)
+                if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool)):
+                    raise TypeError(f"voted {v!r:.40}, not a class index")
                 out[i] = ABSTAIN if v is None else int(v)
-            except Exception:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001
                 errors[i] = True
+                self.last_error = f"{type(e).__name__}: {e}"
         return out, errors
 
 
@@ -144,7 +155,7 @@ def regex_lf(name: str, pattern: str, label: int, column: str | None = None) -> 
         hit = pc.fill_null(pc.match_substring_regex(values, pattern), False).to_numpy(zero_copy_only=False)
         return np.where(hit, label, ABSTAIN)
 
-    return LabelingFunction(name, apply, vectorized=True)
+    return LabelingFunction(name, apply, vectorized=True, labels=(label,))
 
 
 def keyword_lf(name: str, words: list[str], label: int) -> LabelingFunction:
@@ -170,4 +181,4 @@ def lexicon_lf(name: str, lexicon: Mapping[str, float], positive: int, negative:
             score = score / np.maximum(batch.token_counts(), 1)
         return np.where(score > threshold, positive, np.where(score < -threshold, negative, ABSTAIN))
 
-    return LabelingFunction(name, apply, vectorized=True)
+    return LabelingFunction(name, apply, vectorized=True, labels=(positive, negative))
