@@ -301,29 +301,3 @@ def test_an_lf_voting_a_label_that_is_no_class_is_refused_at_load(monkeypatch, b
     assert e.value.path == "stages.0.lfs" and says in e.value.message
     with pytest.raises(ConfigError, match="unique"):
         Label(lfs=["dawnstream.operators.labeling.lfs.sentiment"], classes=["rotten", "rotten"])
-
-
-@labeling_function(name="votes_a_name")
-def votes_a_name(row):
-    return "earn"
-
-
-@labeling_function(name="votes_nine")
-def votes_nine(row):
-    return 9
-
-
-def test_an_lf_that_fails_on_every_row_of_the_first_batch_stops_the_job_naming_it(monkeypatch) -> None:
-    import sys
-    import types
-
-    mod = types.ModuleType("broken_lfs")
-    mod.LFS = [fragile, votes_a_name, votes_nine]
-    monkeypatch.setitem(sys.modules, "broken_lfs", mod)
-    op = Label(lfs=["broken_lfs"], classes=["no", "yes"], model="majority", _path="stages.0.op")
-    with pytest.raises(ConfigError) as e:
-        run(op, pa.table({"id": [1, 2], "text": ["fine", "explode"]}), [])
-    assert e.value.path == "stages.0.lfs" and "fragile" not in e.value.message  # it works on one row
-    assert "votes_a_name: TypeError: voted 'earn', not a class index" in e.value.message
-    assert "votes_nine: voted 9, outside -1..1 (no, yes)" in e.value.message
-    assert op.rows == 0  # nothing was learned: the job stops before the state moves

@@ -203,7 +203,6 @@ class Label(Operator):
                 if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= int(v) < self.k:
                     raise ConfigError(f"{base}.lfs", f"labeling function {lf.name!r} votes {v!r}: expected a class "
                                                      f"index 0..{self.k - 1} ({', '.join(self.classes)})")
-        self._lfs_path = f"{base}.lfs"
         self.text, self.id, self.gold = text, id, gold
         self.model, self.refit_every, self.decay, self.seed = model, int(refit_every), float(decay), int(seed)
         self.estimate_balance = class_balance == "estimate"
@@ -250,17 +249,6 @@ class Label(Operator):
             errors[:, j] = err | bad
         return L, errors
 
-    def _check_first_batch(self, errors: np.ndarray) -> None:
-        """An LF that fails on every row of a partition's first batch is a mistake in its definition (a
-        label that is no class, a column that is not there), not in the data: the job stops, naming it.
-
-        Raises:
-            ConfigError: naming each such LF and its last error.
-        """
-        dead = [j for j in range(len(self.lfs)) if errors[:, j].all()]
-        if dead:
-            raise ConfigError(self._lfs_path, "labeling function(s) failed on every row of the first batch - "
-                              + "; ".join(f"{self.lfs[j].name}: {self.lfs[j].last_error}" for j in dead))
 
     def _gold_codes(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray] | None:
         """Gold class per row (-1: none) and the rows whose gold is not a class; None without a gold column."""
@@ -339,8 +327,6 @@ class Label(Operator):
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
             raise TypeError(f"column {self.text!r} is {t}: the label stage's LFs read text (strings)")
         L, errors = self.label_matrix(batch)
-        if self.rows == 0:
-            self._check_first_batch(errors)
         gold = self._gold(batch)
         has_gold = np.zeros(n, bool) if gold is None else gold >= 0
         probs = np.empty((n, self.k))
