@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,7 +31,7 @@ BootstrapOpt = Annotated[str, typer.Option(envvar="DAWNSTREAM_KAFKA_BOOTSTRAP", 
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    console.print(f"[bold red]error:[/] {escape(str(e))}")  # an example [a, b] is no markup
     raise typer.Exit(2)
 
 
@@ -160,7 +161,7 @@ def run(
     except DawnstreamError as e:
         _fail(e)
     if outcome.error is not None:
-        console.print(f"[bold red]error:[/] {outcome.error}")
+        console.print(f"[bold red]error:[/] {escape(str(outcome.error))}")
     raise typer.Exit(outcome.exit_code)
 
 
@@ -177,7 +178,8 @@ def process(
 
     try:
         topo = load_topology(topology)
-        res = LocalRunner(topo, encode=False).run_table(read_table(source))
+        runner = LocalRunner(topo, encode=False)
+        res = runner.run_table(read_table(source))
         table = res.table()
         if table is None:
             console.print("no output rows")
@@ -185,6 +187,11 @@ def process(
             write_table(table, out_path)
     except DawnstreamError as e:
         _fail(e)
+    stage = label_stage(runner)
+    if stage is not None:  # the LF table a Snorkel user iterates on (stderr: stdout stays one JSON line)
+        from dawnstream.operators.labeling.report import lf_table
+
+        print_lf_table(lf_table(stage))
     typer.echo(json.dumps({"rows_in": res.rows_in, "rows_out": res.rows_out, "out": str(out_path)}))
 
 
@@ -254,11 +261,14 @@ from dawnstream.outliers_cli import explain as _explain  # noqa: E402
 app.command("explain")(_explain)
 app.command("detect")(_detect)
 
+from dawnstream.labels_cli import label_stage, print_lf_table  # noqa: E402
+from dawnstream.labels_cli import lfs as _lfs  # noqa: E402
 from dawnstream.models_cli import models_app as _models_app  # noqa: E402
 from dawnstream.models_cli import predict as _predict  # noqa: E402
 
 app.add_typer(_models_app, name="models")
 app.command("predict")(_predict)
+app.command("lfs")(_lfs)
 
 accel_app = typer.Typer(help="The accel layer: fused, compiled operator chains.", no_args_is_help=True)
 app.add_typer(accel_app, name="accel")

@@ -27,6 +27,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from dawnstream.errors import DawnstreamError
@@ -251,10 +252,10 @@ def exit_status(run: Callable[[Console], Any], name: str) -> int:
     try:
         result = run(console)
     except DawnstreamError as e:
-        console.print(f"[bold red]{name} failed:[/] {e}")
+        console.print(f"[bold red]{name} failed:[/] {escape(str(e))}")
         return 1
     if result.error is not None:
-        console.print(f"[bold red]{name} failed:[/] {result.error}")
+        console.print(f"[bold red]{name} failed:[/] {escape(str(result.error))}")
         return 1
     return 0
 

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dawnstream.errors import DawnstreamError
@@ -33,7 +34,7 @@ PercentileOpt = Annotated[
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    console.print(f"[bold red]error:[/] {escape(str(msg))}")
     raise typer.Exit(2)
 
 

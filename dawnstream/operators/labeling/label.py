@@ -11,11 +11,14 @@ crash gets the same labels. Before the first fit, rows get majority-vote probabi
 
 Models (``model``): ``matrix_completion`` (snorkel's LabelModel, fitted from the statistics; the
 default), ``dependency_aware`` (the same, with the LF pairs that are not conditionally independent
-found from the statistics, left out of the loss and down-weighted), ``triplets`` (FlyingSquid, closed
+found from the statistics, left out of the loss and down-weighted - used only while it is at least as
+accurate as plain matrix completion on the latest gold rows, at least 100 covered ones; otherwise it
+is plain matrix completion), ``triplets`` (FlyingSquid, closed
 form, two classes), ``majority`` (majority vote, no fit).
 
 Output, one row per input row: ``id``, the text, ``probs`` (list of k float64), ``label`` (argmax,
-int8), ``label_name``, ``abstained`` (every LF abstained: the probabilities are the class prior),
+int8; -1 for a row no LF covers, unless ``uncovered: prior`` or an end model labels it), ``label_name``
+(null with label -1), ``abstained`` (every LF abstained: the probabilities are the class prior),
 ``votes`` (the row of the label matrix, list of int8), ``labeled_by`` (the model that gave the
 probabilities: ``matrix_completion``, ``triplets``, ``majority``, ``prior`` for a row no LF covers, or
 ``end_model:<version>`` once an end model labels those), ``review`` (for the review queue: among the
@@ -37,6 +40,7 @@ import re
 import sys
 import sysconfig
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,6 +68,12 @@ MODELS = ("matrix_completion", "dependency_aware", "triplets", "majority")
 MARGIN_BINS = 200
 MIN_REVIEW_HISTORY = 100
 """Covered rows seen before the review queue opens (a threshold from fewer would be noise)."""
+FIRST_ROWS = 50
+"""An LF that fails on every one of a partition's first this many rows is a mistake in its definition (a
+label that is no class, a column the input lacks), not in the data: the job stops naming it. Fewer rows
+would stop a job on one odd first row (a worker started before its data sees batches of one)."""
+DEV_KEEP = 5000
+"""Gold (dev) rows whose votes ``dependency_aware`` keeps to gate its rule on (the latest ones)."""
 REVIEW_BLOCK = 100
 """The margin histogram takes in new rows every this many rows of the partition (exact counts, so the
 review flags, like the labels, do not depend on batching)."""
@@ -79,7 +89,7 @@ def untrusted_module(name: str) -> str | None:
     interpreter's site-packages, or is already imported; never Python's standard library (``lfs: [this]``
     printed the Zen of Python)."""
     if not isinstance(name, str) or not _MODULE_PATH.fullmatch(name):
-        return f"{name!r} is not a module import path (e.g. mypackage.lfs)"
+        return f"{name!r} is neither a module import path (e.g. mypackage.lfs) nor a .py file"
     top = name.split(".")[0]
     if top in sys.stdlib_module_names or top in sys.builtin_module_names:
         return f"{name!r} is part of Python's standard library, not an LF module"
@@ -93,29 +103,71 @@ def untrusted_module(name: str) -> str | None:
     if origin and any(os.path.abspath(origin).startswith(os.path.abspath(d) + os.sep) for d in installed):
         return None
     return (f"{name!r} is not part of an installed distribution (found at {origin}): LF modules are trusted code "
-            "that runs in the worker, so only installed packages are imported; install yours (pip install -e .)")
+            "that runs in the worker, so only installed packages are imported by name")
+
+
+HOW_TO_LOAD = ("list the file by its path, relative to the topology (lfs: [./my_lfs.py]), or install its package "
+               "(pip install -e .) and list its import path (lfs: [mypackage.lfs])")
+
+
+def is_lf_file(entry: str) -> bool:
+    """True for an ``lfs`` entry that names a file (ends in ``.py`` or has a path separator) rather than a module."""
+    return isinstance(entry, str) and (entry.endswith(".py") or "/" in entry or os.sep in entry)
+
+
+def _import_file(path: str) -> Any:
+    """Import the Python file ``path`` as a module of its own (named after the file's absolute path, so two
+    topologies' ``lfs.py`` never collide); importing it again returns the same module."""
+    full = os.path.abspath(path)
+    name = "_dawnstream_lf_file_" + re.sub(r"\W", "_", full)
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, full)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{full} is not a Python source file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # row-wise LFs' functions must be findable by module name (pickling, dataclasses)
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
 
 
 def load_lfs(modules: list[str], path: str = "lfs") -> list[LabelingFunction]:
-    """The LFs of the named modules, in order: each module's ``LFS`` list, else its module-level
-    :class:`~.lf.LabelingFunction` objects in definition order. LF modules are trusted code: a module is
-    imported by name only after :func:`untrusted_module` found it installed, never loaded from a topic or
-    a file a user sent.
+    """The LFs of the named modules or files, in order: each one's ``LFS`` list, else its module-level
+    :class:`~.lf.LabelingFunction` objects in definition order.
+
+    An entry is either an import path (a module imported by name only after :func:`untrusted_module`
+    found it installed) or a ``.py`` file path (:func:`is_lf_file`; :func:`~dawnstream.streams.config.load_topology`
+    makes relative paths relative to the topology file). Both are trusted code, chosen by whoever
+    writes the topology; nothing is ever loaded from a topic or a file a user sent.
 
     Raises:
-        ConfigError: a name that is not an installed module (checked before anything is imported), a
-            module that cannot be imported or defines no LF, or two LFs that share a name.
+        ConfigError: a name that is not an installed module (checked before anything is imported), a file
+            that does not exist, a module that cannot be imported or defines no LF, or two LFs that share a
+            name; errors say both ways to list an LF module.
     """
     out: list[LabelingFunction] = []
     if not isinstance(modules, list) or not modules:
-        raise ConfigError(path, "expected a non-empty list of module import paths, e.g. "
-                                "[dawnstream.operators.labeling.lfs.sentiment]")
+        raise ConfigError(path, "expected a non-empty list of LF modules: import paths, e.g. "
+                                "[dawnstream.operators.labeling.lfs.sentiment], or .py files relative to the topology")
     for i, name in enumerate(modules):
-        why = untrusted_module(name)
-        if why is not None:
-            raise ConfigError(f"{path}.{i}", why)
+        if is_lf_file(name):
+            if not os.path.isfile(name):
+                raise ConfigError(f"{path}.{i}", f"LF file {name!r} does not exist; {HOW_TO_LOAD}")
+            load: Callable[[str], Any] = _import_file
+        else:
+            why = untrusted_module(name)
+            if why is not None:
+                raise ConfigError(f"{path}.{i}", f"{why}; or {HOW_TO_LOAD}")
+            load = importlib.import_module
         try:
-            mod = importlib.import_module(str(name))
+            mod = load(str(name))
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"{path}.{i}", f"cannot import LF module {name!r}: {type(e).__name__}: {e}; "
+                                             f"{HOW_TO_LOAD}") from None
         except Exception as e:  # noqa: BLE001 - any import failure is a config error naming the module
             raise ConfigError(f"{path}.{i}", f"cannot import LF module {name!r}: {type(e).__name__}: {e}") from None
         found = getattr(mod, "LFS", None)
@@ -154,6 +206,9 @@ class Label(Operator):
             once a version is promoted, rows no LF covers get its probabilities instead of the prior.
         registry: registry root (default ``$DAWNSTREAM_REGISTRY`` or ``~/.local/share/dawnstream/registry``).
         refresh_s: how often the promoted end-model version is looked up, s.
+        uncovered: what a row no LF covers (and no end model labels) gets: ``abstain`` (``label`` -1 and
+            ``label_name`` null, as snorkel's ``predict``; ``probs`` is the class prior) or ``prior`` (the
+            prior's likeliest class).
 
     Raises:
         ConfigError: bad parameters, naming the key.
@@ -166,7 +221,8 @@ class Label(Operator):
                  gold: str | None = None, model: str = "matrix_completion", refit_every: int = 500,
                  class_balance: list[float] | str = "uniform", decay: float = 0.0, seed: int = 0,
                  review_share: float = 0.02, end_model: str | None = None, registry: str | None = None,
-                 refresh_s: float = 2.0, name: str | None = None, _path: str = "stages") -> None:
+                 refresh_s: float = 2.0, uncovered: str = "abstain", name: str | None = None,
+                 _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
         self.lfs = load_lfs(lfs, f"{base}.lfs")
@@ -182,6 +238,9 @@ class Label(Operator):
             raise ConfigError(f"{base}.refit_every", f"expected at least 1 row, got {refit_every!r}")
         if not 0.0 <= float(review_share) < 1.0:
             raise ConfigError(f"{base}.review_share", f"expected a share in [0, 1), got {review_share!r}")
+        if uncovered not in ("abstain", "prior"):
+            raise ConfigError(f"{base}.uncovered", f"expected abstain or prior, got {uncovered!r}")
+        self.uncovered = uncovered
         if not 0.0 <= float(decay) < 1.0:
             raise ConfigError(f"{base}.decay", f"expected a number in [0, 1), got {decay!r}")
         self.prior: np.ndarray | None = None
@@ -203,6 +262,9 @@ class Label(Operator):
                 if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= int(v) < self.k:
                     raise ConfigError(f"{base}.lfs", f"labeling function {lf.name!r} votes {v!r}: expected a class "
                                                      f"index 0..{self.k - 1} ({', '.join(self.classes)})")
+        self._lfs_path = f"{base}.lfs"
+        self._first_rows = 0  # rows of the partition's first FIRST_ROWS seen, and each LF's errors on them
+        self._first_errors = np.zeros(len(self.lfs), np.int64)
         self.text, self.id, self.gold = text, id, gold
         self.model, self.refit_every, self.decay, self.seed = model, int(refit_every), float(decay), int(seed)
         self.estimate_balance = class_balance == "estimate"
@@ -211,6 +273,8 @@ class Label(Operator):
         self.stats = LFStats(names, self.k)
         self.gold_counts = np.zeros(self.k, np.int64)  # gold classes seen, up to the last block boundary
         self._gold_pending = np.zeros(self.k, np.int64)
+        self._dev_L = np.zeros((0, len(self.lfs)), np.int8)  # dependency_aware: the latest DEV_KEEP gold rows
+        self._dev_y = np.zeros(0, np.int64)
         self.params: LabelModelParams | None = None
         self.rows = 0  # rows of this partition so far
         self.refits = 0
@@ -249,6 +313,26 @@ class Label(Operator):
             errors[:, j] = err | bad
         return L, errors
 
+    def _check_first_rows(self, errors: np.ndarray) -> None:
+        """Count each LF's errors on the partition's first :data:`FIRST_ROWS` rows; once there are that many,
+        an LF that failed on all of them stops the job (before this batch moves any state).
+
+        Raises:
+            ConfigError: at ``stages.N.lfs``, naming each such LF and its last error.
+        """
+        if self._first_rows >= FIRST_ROWS:
+            return
+        take = min(len(errors), FIRST_ROWS - self._first_rows)
+        counts = self._first_errors + errors[:take].sum(axis=0)
+        if self._first_rows + take >= FIRST_ROWS:
+            dead = np.flatnonzero(counts >= FIRST_ROWS).tolist()
+            if dead:
+                raise ConfigError(self._lfs_path, f"labeling function(s) failed on every one of the first {FIRST_ROWS} "
+                                  "rows - a mistake in the LF, not in the data; fix it and restart: "
+                                  + "; ".join(f"{self.lfs[j].name}: {self.lfs[j].last_error}" for j in dead))
+        self._first_rows += take
+        self._first_errors = counts
+
 
     def _gold_codes(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray] | None:
         """Gold class per row (-1: none) and the rows whose gold is not a class; None without a gold column."""
@@ -257,6 +341,15 @@ class Label(Operator):
         col = batch.column(self.gold)
         if pa.types.is_null(col.type):
             return None
+        return self.class_codes(col, self.gold)
+
+    def class_codes(self, col: pa.Array, name: str = "gold") -> tuple[np.ndarray, np.ndarray]:
+        """``(rows,)`` int64 class index per value of ``col`` (class names or indices; -1: null or not a class)
+        and ``(rows,)`` bool: not null and not a class.
+
+        Raises:
+            TypeError: ``col`` (called ``name`` in the message) holds neither strings nor numbers.
+        """
         valid = col.is_valid().to_numpy(zero_copy_only=False)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             idx = pc.fill_null(pc.index_in(col, value_set=pa.array(self.classes)), -1).to_numpy().astype(np.int64)
@@ -267,7 +360,7 @@ class Label(Operator):
             bad = ~whole & valid
             idx = np.where(whole & valid, num, -1).astype(np.int64)
         else:
-            raise TypeError(f"column {self.gold!r} is {col.type}: gold labels are class names or indices")
+            raise TypeError(f"column {name!r} is {col.type}: gold labels are class names or indices")
         return idx, bad
 
     def _not_a_class(self, value: Any) -> str:
@@ -314,7 +407,7 @@ class Label(Operator):
         if self.model == "triplets":
             self.params = fit_triplets(self.votes, p)
         elif self.model == "dependency_aware":
-            self.params = fit_dependency_aware(self.votes, p, seed=self.seed)
+            self.params = fit_dependency_aware(self.votes, p, seed=self.seed, held_out=(self._dev_L, self._dev_y))
         else:
             self.params = fit_matrix_completion(self.votes, p, seed=self.seed)
         self.refits += 1
@@ -328,6 +421,7 @@ class Label(Operator):
             raise TypeError(f"column {self.text!r} is {t}: the label stage's LFs read text (strings)")
         L, errors = self.label_matrix(batch)
         gold = self._gold(batch)
+        self._check_first_rows(errors)
         has_gold = np.zeros(n, bool) if gold is None else gold >= 0
         probs = np.empty((n, self.k))
         review = np.zeros(n, bool)
@@ -347,6 +441,9 @@ class Label(Operator):
                 g = gold[start:stop][~train]
                 self.stats.add_gold(seg[~train], g)
                 self._gold_pending += np.bincount(g, minlength=self.k)
+                if self.model == "dependency_aware":
+                    self._dev_L = np.concatenate([self._dev_L, seg[~train]])[-DEV_KEEP:]
+                    self._dev_y = np.concatenate([self._dev_y, g])[-DEV_KEEP:]
             self.rows += stop - start
             if self.rows % REVIEW_BLOCK == 0:  # what predictions use moves only here: batching-independent
                 self._margins += self._pending
@@ -427,6 +524,9 @@ class Label(Operator):
     def _output(self, batch: pa.RecordBatch, L: np.ndarray, probs: np.ndarray,
                 gold: np.ndarray | None, review: np.ndarray, by: np.ndarray) -> pa.RecordBatch:
         label = probs.argmax(axis=1).astype(np.int8)
+        if self.uncovered == "abstain":
+            label[by == "prior"] = ABSTAIN
+        names = np.asarray(self.classes + [None], dtype=object)[label]  # index -1: None
         k, m = self.k, L.shape[1]
         cols: dict[str, pa.Array] = {
             self.id: batch.column(self.id),
@@ -434,7 +534,7 @@ class Label(Operator):
             "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel(), pa.float64()), k).cast(
                 pa.list_(pa.float64())),
             "label": pa.array(label, pa.int8()),
-            "label_name": pa.array(np.asarray(self.classes, dtype=object)[label], pa.string()),
+            "label_name": pa.array(names, pa.string()),
             "abstained": pa.array((L == ABSTAIN).all(axis=1), pa.bool_()),
             "votes": pa.FixedSizeListArray.from_arrays(pa.array(L.ravel(), pa.int8()), m).cast(pa.list_(pa.int8())),
             "review": pa.array(review, pa.bool_()),
@@ -451,6 +551,9 @@ class Label(Operator):
         if self.params is not None:
             for row, acc in zip(rows, self.params.accuracies(), strict=True):
                 row["learned_accuracy"] = float(acc)
+        for row, lf in zip(rows, self.lfs, strict=True):
+            if lf.last_error is not None:
+                row["last_error"] = lf.last_error
         return rows
 
     def gauges(self) -> dict[str, float]:
@@ -467,6 +570,8 @@ class Label(Operator):
         return {"votes": self.votes.state(), "stats": self.stats.state(), "rows": self.rows, "refits": self.refits,
                 "gold_counts": self.gold_counts.tolist(), "margins": self._margins.tolist(),
                 "pending": self._pending.tolist(), "gold_pending": self._gold_pending.tolist(),
+                "dev_L": self._dev_L.tolist(), "dev_y": self._dev_y.tolist(),
+                "first_rows": self._first_rows, "first_errors": self._first_errors.tolist(),
                 "params": None if self.params is None else self.params.state()}
 
     def _load_state(self, state: Any) -> None:
@@ -481,4 +586,8 @@ class Label(Operator):
         self.gold_counts = np.asarray(state["gold_counts"], np.int64)
         self._margins, self._pending = np.asarray(state["margins"], float), np.asarray(state["pending"], float)
         self._gold_pending = np.asarray(state["gold_pending"], np.int64)
+        self._dev_L = np.asarray(state.get("dev_L", []), np.int8).reshape(-1, len(self.lfs))
+        self._dev_y = np.asarray(state.get("dev_y", []), np.int64)
+        self._first_rows = int(state.get("first_rows", FIRST_ROWS))  # older snapshots: past the check
+        self._first_errors = np.asarray(state.get("first_errors", np.zeros(len(self.lfs))), np.int64)
         self.params = None if state["params"] is None else LabelModelParams.from_state(state["params"])
