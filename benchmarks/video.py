@@ -21,7 +21,12 @@ the same frames in the same harness. Reported:
 - ``per_hour``: one hour of this camera (36,000 frames at 10 fps) after the bootstrap, projected from the
   measured stage costs and the held-out shares, against the reference on every frame.
 
-    python benchmarks/video.py [--json] [--bootstrap 127.0.0.1:9092]
+Any camera and query, same protocol: ``--video FILE`` (default ``vtest``), ``--topology FILE`` (its first
+``cascade`` stage; default ``topologies/camera-lawn.yaml``), ``--detector ssdlite|hog|onnx:PATH`` and
+``--query JSON`` (e.g. ``'{"region": [300, 200, 768, 576], "point": "center"}'``) override the stage's.
+
+    python benchmarks/video.py [--json] [--bootstrap 127.0.0.1:9092] [--video FILE] [--topology FILE]
+        [--detector ssdlite|hog|onnx:PATH] [--query JSON] [--no-pack]
 """
 
 from __future__ import annotations
@@ -99,11 +104,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--bootstrap", default=os.environ.get("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    ap.add_argument("--video", default="vtest", help="a video file (any format OpenCV reads), or vtest")
+    ap.add_argument("--topology", type=Path, default=ROOT / "topologies" / "camera-lawn.yaml",
+                    help="a topology whose first cascade stage is measured")
+    ap.add_argument("--detector", help="the reference model: ssdlite, hog or onnx:PATH (default: the topology's)")
+    ap.add_argument("--query", type=json.loads, help="the query as JSON (default: the topology's)")
+    ap.add_argument("--no-pack", action="store_true", help="skip the packed-vs-one-by-one training part")
     args = ap.parse_args()
     configure("WARNING")
     from dawnstream.video_source import jpeg, read_frames, vtest
 
-    frames = [(i, ts, jpeg(f)) for i, ts, f in read_frames(vtest())]
+    video = vtest() if args.video == "vtest" else Path(args.video)
+    camera = video.stem
+    frames = [(i, ts, jpeg(f)) for i, ts, f in read_frames(video)]
+    if len(frames) < 6 * BLOCK:
+        sys.exit(f"{video}: {len(frames)} frames; the held-out protocol needs at least {6 * BLOCK}")
     held = [f for f in frames if (f[0] // BLOCK) % 3 == 2]
     seen = [f for f in frames if (f[0] // BLOCK) % 3 != 2]
     tag = uuid.uuid4().hex[:8]
@@ -114,9 +129,16 @@ def main() -> None:
 
     TopicAdmin(args.bootstrap).ensure([TopicSpec(name=t, partitions=1) for t in (t_all, t_held, t_casc)])
     for topic, part in ((t_all, frames), (t_held, held), (t_casc, seen + held)):
-        produce_frames(part, topic, "lawn", args.bootstrap)
-    base = yaml.safe_load((ROOT / "topologies" / "camera-lawn.yaml").read_text())
-    stage = base["stages"][0]
+        produce_frames(part, topic, camera, args.bootstrap)
+    base = yaml.safe_load(args.topology.read_text())
+    stage = next((s for s in base.get("stages", []) if s.get("op") == "cascade"), None)
+    if stage is None:
+        sys.exit(f"{args.topology}: no cascade stage")
+    if args.detector:
+        kind, _, path = args.detector.partition(":")
+        stage["detector"] = {"kind": kind, **({"path": path} if path else {})}
+    if args.query is not None:
+        stage["query"] = args.query
     stage.update({"registry": tempfile.mkdtemp(prefix="bench-video-registry-"), "bootstrap": len(seen),
                   "max_bootstrap": len(seen) + BLOCK, "swap_after": 0})
     common = {"codec": "frames"}
@@ -144,13 +166,14 @@ def main() -> None:
     by = np.array([r["decided_by"] for r in out_held])
     ref_ms = float(np.median([r["reference_ms"] for r in ref_rows.values()]))
     reg = Registry(stage["registry"])
-    name = "specialized.cascade.lawn"
+    name = f"specialized.cascade.{camera}"
     meta = reg.versions(name)[-1] if name in reg.names() else None
     shares = {s: float((by == s).mean()) for s in ("difference", "specialized", "reference")}
     # the reference model's calls: the frames it decided and the sampled checks of the cheap stages' answers
     calls = float(np.mean([r["reference_ms"] is not None for r in out_held]))
     plan_ms = meta.params["plan"]["ms_per_frame"] if meta else ref_ms
     out: dict[str, Any] = {
+        "video": str(video), "camera": camera, "detector": stage["detector"], "query": stage.get("query"),
         "frames": {"all": len(frames), "bootstrap": len(seen), "held_out": len(held)},
         "reference": {"all_wall_s": round(ref_all_s, 2), "all_frames_per_s": round(len(frames) / ref_all_s, 1),
                       "held_out_wall_s": round(ref_held_s, 2), "ms_per_frame_p50": round(ref_ms, 2),
@@ -178,7 +201,8 @@ def main() -> None:
                          meta.params["costs_ms"][0] if meta else 0.0)) / 1000, 1),
                      "shares": shares},
     }
-    out["pack"] = pack_vs_one_by_one(seen, ref_rows)
+    if not args.no_pack:
+        out["pack"] = pack_vs_one_by_one(seen, ref_rows)
     print(json.dumps(out, indent=None if args.json else 2))
 
 

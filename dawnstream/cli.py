@@ -206,7 +206,9 @@ def replay(
     batch_rows: Annotated[int, typer.Option(min=1, help="Rows per Arrow message.")] = 10_000,
     rate: Annotated[float | None, typer.Option(help="Rows/s ceiling (default: as fast as possible).")] = None,
     key: Annotated[str | None, typer.Option(help="Column used as message key.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Replay only the first N rows.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only the rows (frames) before index N.")] = None,
+    start: Annotated[int, typer.Option(min=0, help="The first row (frame) index replayed; the ones before are "
+                                                   "skipped.")] = 0,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions if the topic must be created.")] = 1,
     camera: Annotated[str | None, typer.Option(help="Video: the camera id (default: the file's name).")] = None,
     bootstrap: BootstrapOpt = "127.0.0.1:9092",
@@ -222,7 +224,7 @@ def replay(
         try:
             spec = TopicSpec(name=topic, partitions=partitions, codec="frames")
             TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
-            stats = replay_video(source, topic, camera, bootstrap, rate, limit)
+            stats = replay_video(source, topic, camera, bootstrap, rate, limit, start=start)
         except DawnstreamError as e:
             _fail(e)
         typer.echo(json.dumps({"topic": topic, "frames": stats.rows, "bytes": stats.bytes,
@@ -233,6 +235,7 @@ def replay(
         table = read_table(source)
         if limit is not None:
             table = table.slice(0, limit)
+        table = table.slice(min(start, table.num_rows))
         TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed:,}/{task.total:,} rows"),

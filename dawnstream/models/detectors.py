@@ -83,8 +83,14 @@ class HogPeopleDetector:
         self.threads = int(threads)
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Boxes of people in a BGR uint8 ``(height, width, 3)`` frame, sorted. A frame smaller than the
+        64x128 detection window holds no window to score: no boxes (OpenCV 4.x corrupts its heap on such a
+        frame and kills the process, so it is never called with one)."""
         import cv2
 
+        win_w, win_h = self.hog.winSize
+        if frame.ndim < 2 or frame.shape[0] < win_h or frame.shape[1] < win_w:
+            return []
         before = cv2.getNumThreads()
         if self.threads:
             cv2.setNumThreads(self.threads)

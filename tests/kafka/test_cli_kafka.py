@@ -43,6 +43,23 @@ def test_replay_weather_dataset(kafka_bootstrap: str, topic_name, reader) -> Non
     assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["messages"] == 10
 
 
+def test_replay_starts_where_asked(kafka_bootstrap: str, topic_name, reader) -> None:
+    from dawnstream.sources import weather
+
+    name = topic_name("rows", "wstart")
+    r = CliRunner().invoke(app, ["replay", "weather", "--topic", name, "--start", "300", "--limit", "350",
+                                 "--bootstrap", kafka_bootstrap])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["rows"] == 50
+    want = weather().slice(300, 50).column("temp").to_pylist()
+    assert [json.loads(m.value())["temp"] for m in reader(name, 50)] == want
+    frames = topic_name("frames", "vstart")
+    r = CliRunner().invoke(app, ["replay", "vtest", "--topic", frames, "--start", "790", "--camera", "lawn",
+                                 "--bootstrap", kafka_bootstrap])
+    assert r.exit_code == 0, r.output
+    assert [int(dict(m.headers())["frame-index"]) for m in reader(frames, 5)] == [790, 791, 792, 793, 794]
+
+
 def test_ensure_returns_once_a_fresh_consumer_sees_the_topics(kafka_bootstrap: str, topic_name) -> None:
     import pytest
 

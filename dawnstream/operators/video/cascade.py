@@ -19,14 +19,22 @@ Per camera (the ``camera_id`` column), frames go through phases:
    last label; otherwise the specialized model's P(true) decides below ``c_low`` / above ``c_high``,
    unless its answer would change the label (``confirm_changes``); otherwise the reference model.
    A ``sample`` share of frames (chosen by a hash of camera and frame index) also goes to the reference
-   model, to estimate live agreement; when it falls below ``min_agreement`` over the last ``window``
-   samples, the camera goes back to bootstrap and the model is retrained on fresh frames.
+   model, to estimate live agreement; the reference's answer is then the frame's label (and the one later
+   frames copy): a disagreement is evidence for the live estimate, never an answer thrown away. When the
+   agreement falls below ``min_agreement`` over the last ``window`` samples, the camera goes back to
+   bootstrap and the model is retrained on fresh frames.
+
+Frame geometry is data: a frame of any size decodes (frames that do not are refused alone, before any
+camera's state moves, and go to the dead-letter topic with the reason); the difference detector's ``roi``
+is clipped to each frame, so a frame smaller than the ``roi`` expects still gets a crop of at least one pixel.
 
 Output, one row per frame in order: ``camera_id``, ``frame_index``, ``timestamp_ms``, ``label`` (bool),
 ``count`` (int64, the reference's box count where it ran and ``count: true``; else null),
 ``decided_by`` (``difference`` | ``specialized`` | ``reference``), ``confidence`` (float64: the
 specialized model's probability of its answer, 1.0 for the reference, the repeated frame's for the
-difference detector), ``phase``, ``model_version`` (null before the first swap), ``reference_ms``.
+difference detector), ``phase``, ``model_version`` (null before the first swap), ``reference_ms``,
+``sampled`` (the frame was a live-agreement sample: a cheaper stage answered, the reference model
+checked it, and its answer is the label).
 """
 
 from __future__ import annotations
@@ -65,7 +73,7 @@ TRAINING = threading.Lock()
 OUT_SCHEMA = pa.schema([("camera_id", pa.string()), ("frame_index", pa.int64()), ("timestamp_ms", pa.int64()),
                         ("label", pa.bool_()), ("count", pa.int64()), ("decided_by", pa.string()),
                         ("confidence", pa.float64()), ("phase", pa.string()), ("model_version", pa.int64()),
-                        ("reference_ms", pa.float64())])
+                        ("reference_ms", pa.float64()), ("sampled", pa.bool_())])
 
 
 def sampled(camera: str, frame: int, share: float) -> bool:
@@ -134,8 +142,8 @@ class Cascade(Operator):
         window, min_agreement: retrain when the agreement over the last ``window`` samples (at least 20)
             falls below ``min_agreement``.
         difference: ``{size: [64, 48], blocks: [1, 1], roi: [x0, y0, x1, y1]}`` of the lag-1 difference
-            detector; ``roi`` (pixels) restricts it to the part of the frame the query looks at, so people
-            moving elsewhere do not count as change.
+            detector; ``roi`` (pixels of the full-size frame, like ``query.region``) restricts it to the
+            part of the frame the query looks at, so people moving elsewhere do not count as change.
         grid: the specialized-model candidates, ``[{convs, filters, dense}, ...]`` (default: 8).
         epochs: training epochs of the grid.
         max_bootstrap: the most frames kept while waiting for both classes (the oldest block goes first):
@@ -187,10 +195,11 @@ class Cascade(Operator):
         self.diff_size = tuple(int(v) for v in dd.pop("size", (64, 48)))
         self.diff_blocks = tuple(int(v) for v in dd.pop("blocks", (1, 1)))
         roi = dd.pop("roi", None)
-        self.diff_roi = tuple(int(v) for v in roi) if roi is not None else None
-        if dd or len(self.diff_size) != 2 or len(self.diff_blocks) != 2 or (roi is not None and len(roi) != 4):
+        if dd or len(self.diff_size) != 2 or len(self.diff_blocks) != 2:
             raise ConfigError(f"{base}.difference",
-                              f"expected {{size: [w, h], blocks: [rows, cols]}}, got {difference!r}")
+                              "expected {size: [w, h], blocks: [rows, cols], roi: [x0, y0, x1, y1]}, "
+                              f"got {difference!r}")
+        self.diff_roi = None if roi is None else pixel_box(roi, f"{base}.difference.roi")
         try:
             self.grid = [SpecConfig(**g) for g in grid] if grid else None
         except TypeError as e:
@@ -207,6 +216,7 @@ class Cascade(Operator):
         self.cameras: dict[str, Camera] = {}
         self._written: dict[str, tuple[int, int]] = {}  # camera -> (crc32, records) of its frames in the store
         self._pending_frames: dict[str, int] | None = None
+        self._decoded: dict[tuple[str, int, int], np.ndarray] = {}  # bad_rows' decodes, for process
 
     def required_columns(self) -> set[str]:
         return {"camera_id", "frame_index", "image"}
@@ -243,18 +253,18 @@ class Cascade(Operator):
         cam.fragile = fragile(boxes, self.query, self.min_score, cam.margin, shape)
         return n >= self.query.min_count, n
 
-    def _frame(self, camera: str, idx: int, raw: bytes) -> tuple[bool, int | None, str, float, float]:
-        """(label, count, decided_by, confidence, reference ms) of one frame; moves the camera's state on."""
+    def _frame(self, camera: str, idx: int, raw: bytes) -> tuple[bool, int | None, str, float, float, bool]:
+        """(label, count, decided_by, confidence, reference ms, sampled) of one frame; moves the camera's
+        state on."""
         cam = self.cameras.get(camera)
         if cam is None:
             cam = self.cameras[camera] = Camera(samples=deque(maxlen=self.window))
         cam.seen += 1
         t0 = time.perf_counter()
-        frame = decode(raw, QUARTER)
-        crop = frame
-        if self.diff_roi is not None:
-            x0, y0, x1, y1 = (v // QUARTER for v in self.diff_roi)
-            crop = frame[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+        frame = self._decoded.pop((camera, idx, zlib.crc32(raw)), None)
+        if frame is None:
+            frame = decode(raw, QUARTER)
+        crop = frame if self.diff_roi is None else clip_crop(frame, self.diff_roi, QUARTER)
         gray = np.clip(np.rint(thumbnail(crop, self.diff_size)), 0, 255).astype(np.uint8)  # type: ignore[arg-type]
         # the cascade compares with the anchor; the bootstrap keeps the t-1 score (the optimizer's candidates)
         against = cam.anchor_gray if cam.phase == "cascade" else cam.prev_gray
@@ -296,12 +306,15 @@ class Cascade(Operator):
                 label, n, ms = self._reference(cam, raw)
                 return self._decided(cam, label, 1.0, "reference", n, ms)
         if check:
+            # The reference answer is the frame's label and the one later frames copy (a stale label the
+            # difference detector kept repeating ends here); the cheaper answer is evidence for the estimate.
             truth, n, ms = self._reference(cam, raw)
             cam.samples.append(truth == label)
+            cam.anchor_gray = gray
             if len(cam.samples) >= min(20, self.window) and np.mean(cam.samples) < self.min_agreement:
                 event(log, "cascade.drift", camera=camera, frame=idx, agreement=float(np.mean(cam.samples)))
                 self._reset(cam)
-            return self._decided(cam, label, conf, by, n, ms)
+            return (*self._decided(cam, truth, 1.0, "reference", n, ms)[:-1], True)
         return self._decided(cam, label, conf, by, None, float("nan"))
 
     def _keep(self, cam: Camera, idx: int, frame: np.ndarray, gray: np.ndarray, d: float, label: bool) -> None:
@@ -317,10 +330,10 @@ class Cascade(Operator):
                 del buf[:self.block]
 
     def _decided(self, cam: Camera, label: bool, conf: float, by: str, n: int | None,
-                 ms: float) -> tuple[bool, int | None, str, float, float]:
+                 ms: float) -> tuple[bool, int | None, str, float, float, bool]:
         cam.last_label, cam.last_conf = bool(label), float(conf)
         cam.counts[by] += 1
-        return bool(label), (n if self.count else None), by, float(conf), ms
+        return bool(label), (n if self.count else None), by, float(conf), ms, False
 
     def _reset(self, cam: Camera) -> None:
         cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "bootstrap", [], [], [], [], []
@@ -395,12 +408,27 @@ class Cascade(Operator):
 
     # -- the stage ------------------------------------------------------------------------------
     def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
-        """Frames without an image (refused before any camera's state moves; :meth:`process` would have
-        raised midway, after the frames before it had moved their cameras)."""
-        if batch.num_rows == 0 or "image" not in batch.schema.names:
+        """Frames without an image, or whose image does not decode (refused before any camera's state moves;
+        :meth:`process` would have raised midway, after the frames before it had moved their cameras). The
+        quarter-size decodes are kept for :meth:`process`, so a frame is decoded once."""
+        self._decoded.clear()
+        if batch.num_rows == 0 or not {"image", "camera_id", "frame_index"} <= set(batch.schema.names):
             return {}
-        missing = np.flatnonzero(~batch.column("image").is_valid().to_numpy(zero_copy_only=False)).tolist()
-        return {i: "the frame has no image" for i in missing}
+        images = batch.column("image")
+        if not (pa.types.is_binary(images.type) or pa.types.is_large_binary(images.type)):
+            return {}  # process() says what the column should be
+        cams, idxs = batch.column("camera_id").to_pylist(), batch.column("frame_index").to_pylist()
+        out: dict[int, str] = {}
+        for i in range(batch.num_rows):
+            raw = images[i].as_py()
+            if raw is None:
+                out[i] = "the frame has no image"
+                continue
+            try:
+                self._decoded[(str(cams[i]), int(idxs[i]), zlib.crc32(raw))] = decode(raw, QUARTER)
+            except Exception as e:  # noqa: BLE001 - OpenCV raises cv2.error (not a ValueError) on some inputs
+                out[i] = f"frame {idxs[i]} of camera {cams[i]!r}: {e}"
+        return out
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         self._load_frames()
@@ -411,18 +439,24 @@ class Cascade(Operator):
         idxs = batch.column("frame_index").to_pylist()
         ts = (batch.column("timestamp_ms").to_pylist() if "timestamp_ms" in batch.schema.names
               else [None] * batch.num_rows)
+        import cv2
+
         rows: dict[str, list[Any]] = {n: [] for n in OUT_SCHEMA.names}
         for i in range(batch.num_rows):
             raw = images[i].as_py()
             if raw is None:
                 raise ValueError(f"row {i} of camera {cams[i]!r} has no image")
-            label, n, by, conf, ms = self._frame(str(cams[i]), int(idxs[i]), raw)
+            try:
+                label, n, by, conf, ms, checked = self._frame(str(cams[i]), int(idxs[i]), raw)
+            except cv2.error as e:  # OpenCV on a frame's content: a data error (dead letters), not a bug
+                raise ValueError(f"frame {idxs[i]} of camera {cams[i]!r}: OpenCV: {str(e).strip()[-200:]}") from None
             cam = self.cameras[str(cams[i])]
             for k, v in (("camera_id", str(cams[i])), ("frame_index", int(idxs[i])), ("timestamp_ms", ts[i]),
                          ("label", label), ("count", n), ("decided_by", by), ("confidence", conf),
                          ("phase", cam.phase), ("model_version", cam.version),
-                         ("reference_ms", None if np.isnan(ms) else ms)):
+                         ("reference_ms", None if np.isnan(ms) else ms), ("sampled", checked)):
                 rows[k].append(v)
+        self._decoded.clear()
         return [pa.RecordBatch.from_pydict(rows, schema=OUT_SCHEMA)]
 
     def gauges(self) -> dict[str, float]:
@@ -539,6 +573,35 @@ FRAMES_RECORD_BYTES = 8 << 20
 
 QUARTER = 4
 """The cheap stages read frames decoded at 1/4 scale (libjpeg's DCT scaling: ~3x faster than full size)."""
+
+
+def pixel_box(box: Any, path: str) -> tuple[int, int, int, int]:
+    """``[x0, y0, x1, y1]`` in pixels of the full-size frame, validated.
+
+    Raises:
+        ConfigError: at ``path``: not four numbers, not x0 < x1 and y0 < y1, negative, or fractions of the
+            frame (all within 0..1: the ``difference`` stage's unit, not this one's).
+    """
+    try:
+        v = [float(x) for x in box]
+    except (TypeError, ValueError):
+        v = []
+    if len(v) != 4 or not (0 <= v[0] < v[2] and 0 <= v[1] < v[3]):
+        raise ConfigError(path, f"expected [x0, y0, x1, y1] in pixels with 0 <= x0 < x1 and 0 <= y0 < y1, got {box!r}")
+    if max(v) <= 1.0:
+        raise ConfigError(path, f"{box!r} looks like fractions of the frame; here the box is in pixels of the "
+                                "full-size frame, like query.region (e.g. [0, 280, 600, 576])")
+    return int(v[0]), int(v[1]), int(np.ceil(v[2])), int(np.ceil(v[3]))
+
+
+def clip_crop(frame: np.ndarray, box: tuple[int, int, int, int], scale: int = 1) -> np.ndarray:
+    """The part of ``frame`` (decoded at 1/``scale``) inside ``box`` (full-size pixels), clipped to the frame:
+    at least one pixel whatever the frame's size (a frame smaller than the box expects is data, not a crash)."""
+    h, w = frame.shape[:2]
+    x0, y0 = min(box[0] // scale, w - 1), min(box[1] // scale, h - 1)
+    x1 = min(max(-(-box[2] // scale), x0 + 1), w)  # ceil, then at least one pixel, within the frame
+    y1 = min(max(-(-box[3] // scale), y0 + 1), h)
+    return frame[y0:y1, x0:x1]
 
 
 def _thumb(frame: np.ndarray) -> np.ndarray:
