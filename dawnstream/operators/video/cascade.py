@@ -20,9 +20,16 @@ Per camera (the ``camera_id`` column), frames go through phases:
    unless its answer would change the label (``confirm_changes``); otherwise the reference model.
    A ``sample`` share of frames (chosen by a hash of camera and frame index) also goes to the reference
    model, to estimate live agreement; the reference's answer is then the frame's label (and the one later
-   frames copy): a disagreement is evidence for the live estimate, never an answer thrown away. When the
-   agreement falls below ``min_agreement`` over the last ``window`` samples, the camera goes back to
-   bootstrap and the model is retrained on fresh frames.
+   frames copy): a disagreement is evidence for the live estimate, never an answer thrown away.
+4. **the live test**: the checks since the swap estimate the cascade's FN and FP rates (a frame the
+   reference decided counts as a check without error) and, per deciding stage, its disagreements. When
+   the one-sided Clopper-Pearson lower bound (95%, :mod:`.bounds`) of either rate is above its target -
+   the stage is that sure the plan misses it - or the agreement falls below ``min_agreement`` over the
+   last ``window`` checks, an **alarm** fires: the camera goes back to bootstrap at once (every frame to
+   the reference model), logs ``cascade.alarm`` with the reason and the per-stage counts, counts it in
+   the ``alarms`` gauge, and the model is retrained on the reference's fresh labels. For
+   ``boost_frames`` frames after each swap the checks are sampled at ``boost_sample`` (20%) rather than
+   ``sample``, so a model that is wrong on this camera is caught within tens of frames.
 
 Frame geometry is data: a frame of any size decodes (frames that do not are refused alone, before any
 camera's state moves, and go to the dead-letter topic with the reason); the difference detector's ``roi``
@@ -58,6 +65,7 @@ from dawnstream.models.detectors import Detection
 from dawnstream.models.registry import Registry
 from dawnstream.models.specialized import OnnxSpecialized, SpecConfig
 from dawnstream.operators.base import Operator
+from dawnstream.operators.video.bounds import lower_bound
 from dawnstream.operators.video.detect import decode, reference_query
 from dawnstream.operators.video.difference import frame_mse, thumbnail
 from dawnstream.operators.video.fragility import SCORE_FLOOR, fragile, jitter, margins
@@ -68,6 +76,10 @@ log = get_logger(__name__)
 JITTER_KEPT = 4000
 """Frame-to-frame box changes kept per camera (the latest)."""
 STAGES = ("difference", "specialized", "reference")
+LIVE_KEYS = ("fn", "fp", *STAGES)
+ALPHA = 0.05
+"""The live test fires when the one-sided Clopper-Pearson lower bound of the live FN or FP rate at 1 - ALPHA
+is above the target (:mod:`.bounds`): the stage is 95% sure the target is missed."""
 TRAINING = threading.Lock()
 """One training at a time per process: torch's ONNX export is not thread-safe, and cameras share the cores."""
 OUT_SCHEMA = pa.schema([("camera_id", pa.string()), ("frame_index", pa.int64()), ("timestamp_ms", pa.int64()),
@@ -122,6 +134,13 @@ class Camera:
     train_costs: tuple[float, float] = (0.0, 1.0)
     """Difference detector and reference ms per frame when training started (kept, so a retrain after a
     crash weighs the stages as the first one did)."""
+    live: dict[str, list[int]] = field(default_factory=lambda: {k: [0, 0] for k in LIVE_KEYS})
+    """Since the swap, from the sampled checks: ``fn`` = [true frames checked, of them labelled false],
+    ``fp`` = [false frames checked, labelled true], and per deciding stage [checks, disagreements]."""
+    boost_until: int = -1
+    """Up to this frame of the camera (``seen``), checks are sampled at ``boost_sample``: after a swap."""
+    alarms: int = 0
+    last_alarm: str | None = None
 
 
 class Cascade(Operator):
@@ -153,6 +172,9 @@ class Cascade(Operator):
             the reference model instead: a specialized model errs most where events start and end, and
             there are few of those (on vtest, 16 positive runs in 795 frames). The optimizer's thresholds
             meet the targets without crediting it (:func:`~.optimizer.choose`).
+        boost_sample, boost_frames: for ``boost_frames`` frames after each swap the checks are sampled at
+            ``boost_sample`` (when larger) instead of ``sample``: a new model is watched closely until the
+            live test has evidence (module docstring).
         registry: registry root (default ``$DAWNSTREAM_REGISTRY``).
 
     Raises:
@@ -171,8 +193,9 @@ class Cascade(Operator):
                  min_per_class: int = 20, block: int = 30, swap_after: int = 50, sample: float = 0.05,
                  window: int = 100, min_agreement: float = 0.9, difference: dict[str, Any] | None = None,
                  grid: list[dict[str, int]] | None = None, epochs: int = 15, max_bootstrap: int = 1000,
-                 model: str | None = None, confirm_changes: bool = True,
-                 registry: str | None = None, name: str | None = None, _path: str = "stages") -> None:
+                 model: str | None = None, confirm_changes: bool = True, boost_sample: float = 0.2,
+                 boost_frames: int = 100, registry: str | None = None, name: str | None = None,
+                 _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
         self.detector, self.query = reference_query(detector, query, base)
@@ -191,6 +214,11 @@ class Cascade(Operator):
                 raise ConfigError(f"{base}.{key}", f"expected an integer >= {lo}, got {v!r}")
         if not (0 <= float(sample) <= 1 and 0 <= float(min_agreement) <= 1):
             raise ConfigError(f"{base}.sample", "sample and min_agreement are shares in [0, 1]")
+        if not 0 <= float(boost_sample) <= 1:
+            raise ConfigError(f"{base}.boost_sample", f"expected a share in [0, 1], got {boost_sample!r}")
+        if int(boost_frames) < 0:
+            raise ConfigError(f"{base}.boost_frames", f"expected an integer >= 0, got {boost_frames!r}")
+        self.boost_sample, self.boost_frames = max(float(boost_sample), float(sample)), int(boost_frames)
         dd = dict(difference or {})
         self.diff_size = tuple(int(v) for v in dd.pop("size", (64, 48)))
         self.diff_blocks = tuple(int(v) for v in dd.pop("blocks", (1, 1)))
@@ -284,13 +312,15 @@ class Cascade(Operator):
             return self._decided(cam, label, 1.0, "reference", n, ms)
         plan = cam.plan
         assert plan is not None and cam.spec is not None
-        check = sampled(camera, idx, self.sample)
+        check = sampled(camera, idx, self.boost_sample if cam.seen <= cam.boost_until else self.sample)
         if cam.fragile:
             # The reference model's last answer sat within a typical jitter of the query's boundary (a box
             # scoring near min_score, a foot near the region's edge): on the next frame it may answer the
             # other way, which neither a repeated nor a predicted label would follow (.fragility).
             cam.anchor_gray = gray
             label, n, ms = self._reference(cam, raw)
+            if check:
+                self._watch(camera, cam, idx, "reference", label, label)
             return self._decided(cam, label, 1.0, "reference", n, ms)
         if not np.isnan(d) and d < plan.delta:
             label, conf, by = cam.last_label, cam.last_conf, "difference"
@@ -304,6 +334,8 @@ class Cascade(Operator):
                 label, conf, by = True, p, "specialized"
             else:
                 label, n, ms = self._reference(cam, raw)
+                if check:
+                    self._watch(camera, cam, idx, "reference", label, label)
                 return self._decided(cam, label, 1.0, "reference", n, ms)
         if check:
             # The reference answer is the frame's label and the one later frames copy (a stale label the
@@ -311,11 +343,39 @@ class Cascade(Operator):
             truth, n, ms = self._reference(cam, raw)
             cam.samples.append(truth == label)
             cam.anchor_gray = gray
-            if len(cam.samples) >= min(20, self.window) and np.mean(cam.samples) < self.min_agreement:
-                event(log, "cascade.drift", camera=camera, frame=idx, agreement=float(np.mean(cam.samples)))
-                self._reset(cam)
+            if not self._watch(camera, cam, idx, by, label, truth) and len(cam.samples) >= min(20, self.window) \
+                    and np.mean(cam.samples) < self.min_agreement:
+                self._alarm(camera, cam, idx, f"agreement {np.mean(cam.samples):.3f} < {self.min_agreement} over "
+                                              f"the last {len(cam.samples)} checks")
             return (*self._decided(cam, truth, 1.0, "reference", n, ms)[:-1], True)
         return self._decided(cam, label, conf, by, None, float("nan"))
+
+    def _watch(self, camera: str, cam: Camera, idx: int, by: str, label: bool, truth: bool) -> bool:
+        """Count a sampled check (the cascade's ``label``, decided by ``by``, against the reference's
+        ``truth``) and run the live test; True when it fired. Frames the reference decided count as
+        checks without error, so the rates estimate the cascade's over all frames, as the targets are."""
+        live = cam.live
+        live["fn" if truth else "fp"][0] += 1
+        live[by][0] += 1
+        if label != truth:
+            live["fn" if truth else "fp"][1] += 1
+            live[by][1] += 1
+        for key, target in (("fn", self.fn_target), ("fp", self.fp_target)):
+            n, k = live[key]
+            if k and lower_bound(k, n, ALPHA) > target:
+                self._alarm(camera, cam, idx, f"live {key.upper()} rate {k}/{n}: at least "
+                                              f"{lower_bound(k, n, ALPHA):.3f} (95% sure) > target {target}")
+                return True
+        return False
+
+    def _alarm(self, camera: str, cam: Camera, idx: int, why: str) -> None:
+        """The plan missed its targets live: every frame goes to the reference model again at once (the
+        bootstrap), whose labels retrain the model; logged, counted and exported (``alarms``)."""
+        cam.alarms += 1
+        cam.last_alarm = f"frame {idx}: {why}"
+        event(log, "cascade.alarm", camera=camera, frame=idx, reason=why, version=cam.version,
+              by_stage={s: cam.live[s] for s in STAGES})
+        self._reset(cam)
 
     def _keep(self, cam: Camera, idx: int, frame: np.ndarray, gray: np.ndarray, d: float, label: bool) -> None:
         """A bootstrap frame kept for training; past ``max_bootstrap`` the oldest block goes (the split
@@ -403,6 +463,8 @@ class Cascade(Operator):
         f = cam.fitted
         cam.spec, cam.plan, cam.version = OnnxSpecialized(f.onnx), f.plan, int(f.report["version"])
         cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "cascade", [], [], [], [], []
+        cam.live = {k: [0, 0] for k in LIVE_KEYS}
+        cam.boost_until = cam.seen + self.boost_frames
         event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
               c_low=f.plan.c_low, c_high=f.plan.c_high, reference_share=f.plan.reference_share)
 
@@ -472,6 +534,13 @@ class Cascade(Operator):
         if total:
             out["reference_share"] = out.get("frames_reference", 0.0) / total
         out["cameras_in_cascade"] = float(sum(c.phase == "cascade" for c in self.cameras.values()))
+        out["alarms"] = float(sum(c.alarms for c in self.cameras.values()))
+        for key in LIVE_KEYS:  # the live test's counts since each camera's swap, summed over cameras
+            n = sum(c.live[key][0] for c in self.cameras.values())
+            k = sum(c.live[key][1] for c in self.cameras.values())
+            out[f"live_checks_{key}"] = float(n)
+            if n:
+                out[f"live_{'error_' if key in STAGES else ''}{key}{'_rate' if key in ('fn', 'fp') else ''}"] = k / n
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -479,6 +548,8 @@ class Cascade(Operator):
         return {name: {"phase": c.phase, "model_version": c.version, "frames": dict(c.counts),
                        "plan": c.plan.__dict__ if c.plan else None,
                        "live_agreement": float(np.mean(c.samples)) if c.samples else None,
+                       "live": {k: list(v) for k, v in c.live.items()}, "alarms": c.alarms,
+                       "last_alarm": c.last_alarm,
                        "reference_ms": float(np.median(c.ref_ms)) if c.ref_ms else None}
                 for name, c in self.cameras.items()}
 
@@ -533,7 +604,8 @@ class Cascade(Operator):
                           "samples": list(c.samples), "counts": c.counts, "jitter": list(c.jitter),
                           "last_boxes": [[b.x, b.y, b.w, b.h, b.score] for b in c.last_boxes],
                           "last_boxes_at": c.last_boxes_at, "margin": c.margin, "fragile": c.fragile,
-                          "train_costs": list(c.train_costs)}
+                          "train_costs": list(c.train_costs), "live": c.live, "boost_until": c.boost_until,
+                          "alarms": c.alarms, "last_alarm": c.last_alarm}
             if c.thumbs:
                 arrays[f"t/{name}"] = np.stack(c.thumbs)
                 arrays[f"b/{name}"] = np.stack(c.grays)
@@ -562,7 +634,10 @@ class Cascade(Operator):
                        last_boxes=[Detection(*v) for v in m.get("last_boxes", [])],
                        last_boxes_at=m.get("last_boxes_at", -1), fragile=m.get("fragile", False),
                        margin=tuple(m["margin"]) if m.get("margin") else None,
-                       train_costs=tuple(m["train_costs"]))
+                       train_costs=tuple(m["train_costs"]),
+                       live={k: list(v) for k, v in m.get("live", {}).items()} or {k: [0, 0] for k in LIVE_KEYS},
+                       boost_until=m.get("boost_until", -1), alarms=m.get("alarms", 0),
+                       last_alarm=m.get("last_alarm"))
             self.cameras[name] = c
             if self._pending_frames is None:
                 self._arrays_to_camera(name, c, arrays)
