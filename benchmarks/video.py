@@ -14,6 +14,9 @@ the same frames in the same harness. Reported:
   share (the reference model's calls: the frames it decided and the sampled checks of the others), the
   frames each stage decided, wall s and speedup over the reference on the same frames; a fixed stride
   with the same reference budget over the same frames (its agreement).
+- ``cascade.held_out_all_phases``: the same over every held-out frame whatever its phase, the live
+  checks, and the alarms (the camera leaving the cascade phase: its live test fired) with the frames that
+  were wrong before and after the first.
 - ``cascade.end_to_end``: bootstrap + training + held-out wall s vs the reference on all 795 frames.
 - ``cascade.plan`` / ``training``: the chosen model and thresholds, the measured costs, training seconds.
 - ``pack``: NoScope's grid (8 tiny CNNs) trained jointly in one pass over the bootstrap thumbnails vs
@@ -201,6 +204,23 @@ def main() -> None:
                          meta.params["costs_ms"][0] if meta else 0.0)) / 1000, 1),
                      "shares": shares},
     }
+    # every held-out frame whatever its phase (a camera that never leaves the bootstrap, or one whose live
+    # test fired, answers with the reference), and the alarms: the camera's cascade -> bootstrap turns
+    all_held = [r for r in rows if (r["frame_index"] // BLOCK) % 3 == 2]
+    truth_all = np.array([ref_rows[r["frame_index"]]["label"] for r in all_held], bool)
+    labels_all = np.array([r["label"] for r in all_held], bool)
+    calls_all = float(np.mean([r["reference_ms"] is not None for r in all_held]))
+    turns = [i for i in range(1, len(rows)) if rows[i - 1]["phase"] == "cascade" and rows[i]["phase"] != "cascade"]
+    wrong = [ref_rows[r["frame_index"]]["label"] != r["label"] for r in rows]
+    out["cascade"]["held_out_all_phases"] = {
+        **compare(labels_all, truth_all, calls_all),
+        "phases": {p: sum(r["phase"] == p for r in all_held) for p in ("bootstrap", "training", "cascade")},
+        "sampled": sum(bool(r.get("sampled")) for r in all_held),
+        "wrong_by_stage": {s: int(sum(lab != tru for lab, tru, r in zip(labels_all, truth_all, all_held, strict=True)
+                                      if r["decided_by"] == s)) for s in ("difference", "specialized", "reference")},
+        "alarms": len(turns), "first_alarm_frame": rows[turns[0]]["frame_index"] if turns else None,
+        "wrong_before_first_alarm": int(sum(wrong[:turns[0]])) if turns else None,
+        "wrong_after_first_alarm": int(sum(wrong[turns[0]:])) if turns else None}
     if not args.no_pack:
         out["pack"] = pack_vs_one_by_one(seen, ref_rows)
     print(json.dumps(out, indent=None if args.json else 2))
