@@ -114,3 +114,22 @@ def test_a_sampled_reference_answer_is_the_label_later_frames_copy(vtest_frame, 
     assert all(r["sampled"] and r["decided_by"] == "reference" and r["label"] for r in out)
     assert op.cameras["lawn"].samples.count(False) >= 1  # the stale "empty" was recorded as a disagreement
     assert orjson.dumps(op.gauges())  # the gauges still serialize
+
+
+def test_the_specialized_model_sees_the_query_region_with_a_margin(vtest_frame, tmp_path) -> None:
+    from dawnstream.operators.video.cascade import QUARTER, _thumb, query_box
+    from dawnstream.operators.video.detect import decode
+
+    assert query_box((560, 200, 768, 576), "center") == (456, 12, 872, 764)
+    assert query_box((0, 380, 560, 576), "foot")[1] == 0  # a standing person's height above the feet' region
+    params = {**PARAMS, "query": {"region": [560, 200, 768, 576], "point": "center"}, "registry": str(tmp_path)}
+    raw = jpegs(vtest_frame, [(768, 576)])[0]
+    batch = pa.record_batch({"camera_id": ["cam"], "frame_index": [0], "image": pa.array([raw], pa.binary())})
+    for mode, crop in (("region", (456, 12, 872, 764)), ("frame", None)):
+        chain = build_chain([("cascade", {**params, "specialized_input": mode}, None)])
+        chain.process(batch)
+        frame = decode(raw, QUARTER)
+        want = _thumb(frame if crop is None else clip_crop(frame, crop, QUARTER))
+        assert np.array_equal(chain.operators[0].cameras["cam"].thumbs[0], want)
+    with pytest.raises(ConfigError, match="specialized_input"):
+        build_chain([("cascade", {**params, "specialized_input": "thumbnail"}, None)])

@@ -28,8 +28,9 @@ Per camera (the ``camera_id`` column), frames go through phases:
    last ``window`` checks, an **alarm** fires: the camera goes back to bootstrap at once (every frame to
    the reference model), logs ``cascade.alarm`` with the reason and the per-stage counts, counts it in
    the ``alarms`` gauge, and the model is retrained on the reference's fresh labels. For
-   ``boost_frames`` frames after each swap the checks are sampled at ``boost_sample`` (20%) rather than
-   ``sample``, so a model that is wrong on this camera is caught within tens of frames.
+   ``boost_frames`` frames after each swap, and after each disagreement, the checks are sampled at
+   ``boost_sample`` (20%) rather than ``sample``: a model that is wrong on this camera is caught within
+   tens of frames, and one error is followed up until the test can tell a bad plan from bad luck.
 
 Frame geometry is data: a frame of any size decodes (frames that do not are refused alone, before any
 camera's state moves, and go to the dead-letter topic with the reason); the difference detector's ``roi``
@@ -172,6 +173,9 @@ class Cascade(Operator):
             the reference model instead: a specialized model errs most where events start and end, and
             there are few of those (on vtest, 16 positive runs in 795 frames). The optimizer's thresholds
             meet the targets without crediting it (:func:`~.optimizer.choose`).
+        specialized_input: what the specialized model sees: ``region`` (default; the query's region with a
+            margin, :func:`query_box`, so a region a few pixels wide in a whole-frame thumbnail spans the
+            input) or ``frame`` (a thumbnail of the whole frame; also what a query without a region gets).
         boost_sample, boost_frames: for ``boost_frames`` frames after each swap the checks are sampled at
             ``boost_sample`` (when larger) instead of ``sample``: a new model is watched closely until the
             live test has evidence (module docstring).
@@ -194,7 +198,8 @@ class Cascade(Operator):
                  window: int = 100, min_agreement: float = 0.9, difference: dict[str, Any] | None = None,
                  grid: list[dict[str, int]] | None = None, epochs: int = 15, max_bootstrap: int = 1000,
                  model: str | None = None, confirm_changes: bool = True, boost_sample: float = 0.2,
-                 boost_frames: int = 100, registry: str | None = None, name: str | None = None,
+                 boost_frames: int = 100, specialized_input: str = "region", registry: str | None = None,
+                 name: str | None = None,
                  _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
@@ -219,6 +224,10 @@ class Cascade(Operator):
         if int(boost_frames) < 0:
             raise ConfigError(f"{base}.boost_frames", f"expected an integer >= 0, got {boost_frames!r}")
         self.boost_sample, self.boost_frames = max(float(boost_sample), float(sample)), int(boost_frames)
+        if specialized_input not in ("region", "frame"):
+            raise ConfigError(f"{base}.specialized_input", f"expected region or frame, got {specialized_input!r}")
+        self.spec_box = (query_box(self.query.region, self.query.point)
+                         if specialized_input == "region" and self.query.region is not None else None)
         dd = dict(difference or {})
         self.diff_size = tuple(int(v) for v in dd.pop("size", (64, 48)))
         self.diff_blocks = tuple(int(v) for v in dd.pop("blocks", (1, 1)))
@@ -326,7 +335,7 @@ class Cascade(Operator):
             label, conf, by = cam.last_label, cam.last_conf, "difference"
         else:
             cam.anchor_gray = gray
-            p = float(cam.spec.predict(_thumb(frame)[None].astype(np.float32) / 255.0)[0])
+            p = float(cam.spec.predict(self._spec_thumb(frame)[None].astype(np.float32) / 255.0)[0])
             keep = not self.confirm_changes  # else a change of label needs the reference model
             if p < plan.c_low and (keep or not cam.last_label):
                 label, conf, by = False, 1.0 - p, "specialized"
@@ -360,6 +369,7 @@ class Cascade(Operator):
         if label != truth:
             live["fn" if truth else "fp"][1] += 1
             live[by][1] += 1
+            cam.boost_until = max(cam.boost_until, cam.seen + self.boost_frames)  # one error: look closer
         for key, target in (("fn", self.fn_target), ("fp", self.fp_target)):
             n, k = live[key]
             if k and lower_bound(k, n, ALPHA) > target:
@@ -377,10 +387,14 @@ class Cascade(Operator):
               by_stage={s: cam.live[s] for s in STAGES})
         self._reset(cam)
 
+    def _spec_thumb(self, frame: np.ndarray) -> np.ndarray:
+        """The specialized model's input: the query's part of the frame (:func:`query_box`), or the whole frame."""
+        return _thumb(frame if self.spec_box is None else clip_crop(frame, self.spec_box, QUARTER))
+
     def _keep(self, cam: Camera, idx: int, frame: np.ndarray, gray: np.ndarray, d: float, label: bool) -> None:
         """A bootstrap frame kept for training; past ``max_bootstrap`` the oldest block goes (the split
         stays aligned)."""
-        cam.thumbs.append(_thumb(frame))
+        cam.thumbs.append(self._spec_thumb(frame))
         cam.grays.append(gray)
         cam.diffs.append(d)
         cam.labels.append(label)
@@ -429,7 +443,8 @@ class Cascade(Operator):
                       diffs: np.ndarray, labels: np.ndarray, diff_ms: float, ref_ms: float) -> FittedCascade:
         name = self._model(camera)
         key = {"camera": camera, "frames": list(frames), "targets": [self.fn_target, self.fp_target],
-               "epochs": self.epochs, "block": self.block, "confirm_changes": self.confirm_changes}
+               "epochs": self.epochs, "block": self.block, "confirm_changes": self.confirm_changes,
+               "input": list(self.spec_box) if self.spec_box is not None else "frame"}
         for v in reversed(self.registry.versions(name) if name in self.registry.names() else []):
             if v.training_data == key:  # trained on these very frames before a crash: the same model
                 fitted = FittedCascade(v.read_bytes(), SpecConfig(**v.params["config"]), Plan(**v.params["plan"]),
@@ -667,6 +682,17 @@ def pixel_box(box: Any, path: str) -> tuple[int, int, int, int]:
         raise ConfigError(path, f"{box!r} looks like fractions of the frame; here the box is in pixels of the "
                                 "full-size frame, like query.region (e.g. [0, 280, 600, 576])")
     return int(v[0]), int(v[1]), int(np.ceil(v[2])), int(np.ceil(v[3]))
+
+
+def query_box(region: tuple[float, float, float, float], point: str) -> tuple[int, int, int, int]:
+    """The part of the frame (full-size pixels) the specialized model sees for a query on ``region``: the
+    region with a margin of half its size on each side, and for ``point: foot`` the height of a standing
+    person above it (twice the region's height, at least 160 px), since the boxes whose feet are in the
+    region rise above it. Clipped to each frame when cropped (:func:`clip_crop`)."""
+    x0, y0, x1, y1 = region
+    w, h = x1 - x0, y1 - y0
+    above = max(2 * h, 160.0) if point == "foot" else h / 2
+    return (max(int(x0 - w / 2), 0), max(int(y0 - above), 0), int(np.ceil(x1 + w / 2)), int(np.ceil(y1 + h / 2)))
 
 
 def clip_crop(frame: np.ndarray, box: tuple[int, int, int, int], scale: int = 1) -> np.ndarray:
