@@ -157,12 +157,19 @@ def sentiment_votes() -> tuple[np.ndarray, np.ndarray]:
     return L, table.column("label").to_numpy().astype(np.int64)
 
 
-def test_the_dependency_aware_model_is_plain_matrix_completion_without_enough_held_out_rows(sentiment_votes) -> None:
+@pytest.fixture(scope="module")
+def fits(sentiment_votes):  # noqa: ANN201
+    """The statistics of the first 8,000 rows, plain matrix completion and the dependency rule's model on them."""
     L, y = sentiment_votes
     stats = VoteStats(L.shape[1], 2)
     stats.add(L[:8000])
-    plain = fit_matrix_completion(stats, None, seed=1)
-    rule = fit_dependency_aware(stats, None, seed=1, gate=False)
+    return stats, fit_matrix_completion(stats, None, seed=1), fit_dependency_aware(stats, None, seed=1, gate=False)
+
+
+def test_the_dependency_aware_model_is_plain_matrix_completion_without_enough_held_out_rows(sentiment_votes,
+                                                                                             fits) -> None:
+    L, y = sentiment_votes
+    stats, plain, rule = fits
     assert rule.dependent  # the rule finds pairs on these lexicon LFs
     for held in (None, (L[8000:8050], y[8000:8050])):
         gated = fit_dependency_aware(stats, None, seed=1, held_out=held)
@@ -170,12 +177,9 @@ def test_the_dependency_aware_model_is_plain_matrix_completion_without_enough_he
         assert gated.held_out_scores["needed"] == MIN_HELD_OUT
 
 
-def test_the_gate_keeps_whichever_model_is_better_on_the_held_out_rows(sentiment_votes) -> None:
+def test_the_gate_keeps_whichever_model_is_better_on_the_held_out_rows(sentiment_votes, fits) -> None:
     L, y = sentiment_votes
-    stats = VoteStats(L.shape[1], 2)
-    stats.add(L[:8000])
-    plain = fit_matrix_completion(stats, None, seed=1)
-    rule = fit_dependency_aware(stats, None, seed=1, gate=False)
+    stats, plain, rule = fits
     honest, liar = (L[8000:10000], y[8000:10000]), (L[8000:10000], 1 - y[8000:10000])
     for held in (honest, liar):
         gated = fit_dependency_aware(stats, None, seed=1, held_out=held)
