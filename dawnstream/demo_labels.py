@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -42,6 +43,7 @@ from dawnstream.streams.kafka_clients import base_settings, client_only
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "review-sentiment.yaml"
 LF_COLUMNS = ("coverage", "overlaps", "conflicts", "learned_accuracy", "emp_accuracy")
+SHORT = {"learned_accuracy": "learned acc", "emp_accuracy": "emp acc"}  # the table fits 80 columns
 # The last quarter of the stream waits for the worker's first end model: on a busy machine the trainer can
 # register its first version after a short stream has gone by, and then no row would show the end model at work.
 END_MODEL_GATE, GATE_RATE, GATE_WAIT_S = 0.75, 20.0, 60.0
@@ -182,18 +184,20 @@ def run_labels_demo(console: Console | None = None, limit: int | None = None, ra
         covered = [r for r in recent if not r["abstained"]]
         by_end = [r for r in recent if r["labeled_by"].startswith("end_model")]
         versions = reg.versions(end_name) if end_name in reg.names() else []
-        head = Table(title="review-sentiment: labeling functions + online label model through Kafka")
-        for col in ("elapsed", "sent", "labelled", "reviewed", "covered", "label acc (last 2k, covered)",
-                    "end model", "end-model acc (uncovered)"):
-            head.add_column(col, justify="right")
-        head.add_row(f"{time.perf_counter() - t0:.1f}s", f"{state['sent']:,}/{n:,}", f"{len(rows):,}",
+        head = Table(title=f"review-sentiment: LFs + online label model through Kafka, {n:,} snippets",
+                     caption="acc: the label model's, on the covered rows of the last 2,000; end acc: the end "
+                             "model's, on the rows no LF covers", caption_justify="left", box=box.SIMPLE_HEAD,
+                     padding=(0, 1, 0, 0), pad_edge=False)
+        for col in ("elapsed", "sent", "labelled", "reviewed", "covered", "acc", "end model", "end acc"):
+            head.add_column(col, justify="right", no_wrap=True)
+        head.add_row(f"{time.perf_counter() - t0:.1f}s", f"{state['sent']:,}", f"{len(rows):,}",
                      f"{len(reviewed):,}", f"{len(covered) / max(len(recent), 1):.0%}", f"{accuracy(covered):.3f}",
                      f"v{versions[-1].version}" if versions else "-", f"{accuracy(by_end):.3f}" if by_end else "-")
         lfs = Table(title="labeling functions (over every row so far; accuracies: learned by the label model, "
                           "and empirical on the dev and reviewed rows)")
-        lfs.add_column("LF")
+        lfs.add_column("LF", no_wrap=True)
         for col in LF_COLUMNS:
-            lfs.add_column(col.replace("_", " "), justify="right")
+            lfs.add_column(SHORT.get(col, col), justify="right", no_wrap=True)
         for name, st in state["lf"].items():
             lfs.add_row(name, *(f"{st[c]:.3f}" if c in st else "-" for c in LF_COLUMNS))
         return Group(head, lfs)
