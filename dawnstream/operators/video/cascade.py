@@ -356,7 +356,7 @@ class Cascade(Operator):
                     and np.mean(cam.samples) < self.min_agreement:
                 self._alarm(camera, cam, idx, f"agreement {np.mean(cam.samples):.3f} < {self.min_agreement} over "
                                               f"the last {len(cam.samples)} checks")
-            return (*self._decided(cam, truth, 1.0, "reference", n, ms)[:-1], True)
+            return self._decided(cam, truth, 1.0, "reference", n, ms, sampled=True)
         return self._decided(cam, label, conf, by, None, float("nan"))
 
     def _watch(self, camera: str, cam: Camera, idx: int, by: str, label: bool, truth: bool) -> bool:
@@ -372,9 +372,10 @@ class Cascade(Operator):
             cam.boost_until = max(cam.boost_until, cam.seen + self.boost_frames)  # one error: look closer
         for key, target in (("fn", self.fn_target), ("fp", self.fp_target)):
             n, k = live[key]
-            if k and lower_bound(k, n, ALPHA) > target:
-                self._alarm(camera, cam, idx, f"live {key.upper()} rate {k}/{n}: at least "
-                                              f"{lower_bound(k, n, ALPHA):.3f} (95% sure) > target {target}")
+            low = lower_bound(k, n, ALPHA)
+            if low > target:
+                self._alarm(camera, cam, idx, f"live {key.upper()} rate {k}/{n}: at least {low:.3f} (95% sure) "
+                                              f"> target {target}")
                 return True
         return False
 
@@ -404,10 +405,10 @@ class Cascade(Operator):
                 del buf[:self.block]
 
     def _decided(self, cam: Camera, label: bool, conf: float, by: str, n: int | None,
-                 ms: float) -> tuple[bool, int | None, str, float, float, bool]:
+                 ms: float, sampled: bool = False) -> tuple[bool, int | None, str, float, float, bool]:
         cam.last_label, cam.last_conf = bool(label), float(conf)
         cam.counts[by] += 1
-        return bool(label), (n if self.count else None), by, float(conf), ms, False
+        return bool(label), (n if self.count else None), by, float(conf), ms, sampled
 
     def _reset(self, cam: Camera) -> None:
         cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "bootstrap", [], [], [], [], []
