@@ -31,6 +31,11 @@ class Operator(ABC):
 
     kind: ClassVar[str] = ""
     stateful: ClassVar[bool] = False
+    uses_global: ClassVar[bool] = False
+    """True: the stage learns from every partition's rows through the job's global table
+    (:mod:`~dawnstream.streams.global_table`). The processor gives each partition's instance the worker's
+    table as ``global_table`` and the contributing input partitions as ``global_partitions``, and
+    produces the records :meth:`take_published` hands over in the same transaction as the batch."""
     keyed_state: ClassVar[bool] = False
     """True: the runner gives each partition's instance a :class:`~dawnstream.streams.store.KeyedStore`
     as ``self.store`` (state checkpointed key by key, past one message); ``snapshot()`` then holds
@@ -103,6 +108,10 @@ class Operator(ABC):
 
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
         """Time-driven emission (wall clock ``now_ms``); default emits nothing."""
+        return []
+
+    def take_published(self) -> list[tuple[str, bytes]]:
+        """Global-table records (``(key, value)``) published since the last call (``uses_global`` stages)."""
         return []
 
     def flush(self) -> list[pa.RecordBatch]:

@@ -150,6 +150,8 @@ class Checkpoint:
                 self._produce_encoded(topic, enc)
             for topic, rec in res.dead_letters:
                 self._produce(topic, rec.value, rec.key, rec.headers)
+            for key, value in res.published:
+                self._produce(self.processor.global_topic or "", value, key.encode(), None)
             self.clients.producer.poll(0)
         except KafkaException as e:
             raise self._unless_heals(e, "producing the batch's records") from None

@@ -67,6 +67,8 @@ class LocalRunner:
         """Decode and process messages in micro-batches of ``batch_rows`` (per partition)."""
         out = LocalResult()
         pending: dict[int, list[Message]] = {}
+        messages = list(messages)
+        self.processor.set_global_partitions({m.partition for m in messages} or {0})  # every partition's rows
         for m in messages:
             lst = pending.setdefault(m.partition, [])
             lst.append(m)

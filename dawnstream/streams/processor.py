@@ -9,13 +9,14 @@ runs the partition's operator chain, encodes the outputs and builds dead-letter 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from dawnstream.errors import DATA_ERRORS
-from dawnstream.operators.base import Chain, StageStats
+from dawnstream.operators.base import Chain, Operator, StageStats
 from dawnstream.operators.filter import Filter
 from dawnstream.streams.config import OutputSpec, Topology
 from dawnstream.streams.store import KeyedStore
@@ -40,6 +41,9 @@ class BatchResult:
         rows_out: rows in the chain's output batches (before fan-out to several output topics).
         rows_dead: rows (or messages) dead-lettered.
         stage_stats: ``[seconds, rows in, rows out]`` per stage (``decode``, each operator, ``encode``).
+        published: global-table records ``(key, value)`` for the job's global topic
+            (:mod:`~dawnstream.streams.global_table`), produced with the outputs.
+        touched: (ticks) the partitions whose state the tick changed.
     """
 
     outputs: list[tuple[str, Encoded]] = field(default_factory=list)
@@ -50,6 +54,8 @@ class BatchResult:
     dead_by_stage: dict[str, int] = field(default_factory=dict)
     stage_stats: StageStats = field(default_factory=dict)
     out_batches: list[pa.RecordBatch] = field(default_factory=list)
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)
 
 
 def _make_output_codec(out: OutputSpec) -> Codec:
@@ -134,6 +140,13 @@ class BatchProcessor:
         self._ct_cache: dict[bytes, str] = {}
         self.require_key = topology.input.require_key
         self.upstream_active: set[int] | None = None
+        from dawnstream.streams.global_table import GlobalTable, global_topic
+
+        self.global_table = GlobalTable()
+        self.global_topic = global_topic(topology.name) if any(op.uses_global for op in probe.operators) else None
+        self.global_partitions: set[int] | None = None
+        self.global_drained: set[int] = set()
+        self.hold_until_tick = False  # a Kafka worker's global stages emit held rows at ticks only
 
     def preflight(self) -> None:
         """Ask every stage whether it can run at all (:meth:`~dawnstream.operators.base.Operator.preflight`)
@@ -157,7 +170,35 @@ class BatchProcessor:
                     op.store = KeyedStore()
                 if self.upstream_active is not None and hasattr(op, "upstream_active"):
                     op.upstream_active = set(self.upstream_active)
+                if op.uses_global:
+                    self._share_global(op)
         return c
+
+    def _share_global(self, op: Operator) -> None:
+        op.global_table = self.global_table  # type: ignore[attr-defined]
+        op.global_partitions = None if self.global_partitions is None else set(self.global_partitions)  # type: ignore[attr-defined]
+        op.hold_until_tick = self.hold_until_tick  # type: ignore[attr-defined]
+        op.global_drained = set(self.global_drained)  # type: ignore[attr-defined]
+
+    def set_global_partitions(self, partitions: set[int], drained: set[int] | None = None) -> None:
+        """The input partitions whose rows a global stage's model learns from (the runner: those holding rows),
+        and those read to their end (a model waiting for their next block need not wait)."""
+        self.global_partitions = set(partitions)
+        self.global_drained = set(drained or ())
+        for c in self.chains.values():
+            for op in c.operators:
+                if op.uses_global:
+                    self._share_global(op)
+
+    def holding(self) -> int:
+        """Rows global stages hold, waiting for other partitions' blocks (the ``label`` stage)."""
+        return sum(int(getattr(op, "holding", 0)) for c in self.chains.values() for op in c.operators if op.uses_global)
+
+    @staticmethod
+    def _published(chain: Chain, res: BatchResult) -> None:
+        for op in chain.operators:
+            if op.uses_global:
+                res.published.extend(op.take_published())
 
     def set_upstream_active(self, active: set[int]) -> None:
         """After a ``group_by``: the upstream partitions that hold rows at all (the runner reads them from
@@ -346,7 +387,9 @@ class BatchProcessor:
             stage = self._failing_stage(chain, res.stage_stats)
             for i, n in zip(decoded.kept, decoded.rows_per_kept, strict=True):
                 self._dead(res, Rejected(messages[i], f"{type(e).__name__}: {e}", stage=stage, rows=n))
+            self._published(chain, res)
             return res
+        self._published(chain, res)
         try:
             self.emit(out, res, partition)
         except Exception as e:  # noqa: BLE001 - an output that cannot be encoded must not stop the worker
@@ -417,16 +460,23 @@ class BatchProcessor:
         res.rows_dead += n
         res.dead_by_stage[r.stage] = res.dead_by_stage.get(r.stage, 0) + n
 
-    def tick(self, now_ms: int) -> BatchResult:
-        """Run time-driven emission of every partition's chain."""
+    def tick(self, now_ms: int, skip: Callable[[int], bool] = lambda p: False) -> BatchResult:
+        """Run time-driven emission of every partition's chain (not of those ``skip`` names: still recovering)."""
         res = BatchResult()
-        for p, chain in self.chains.items():
-            self.emit(chain.on_tick(now_ms), res, p)
+        for p, chain in list(self.chains.items()):
+            if skip(p):
+                continue
+            out = chain.on_tick(now_ms)
+            if out:
+                res.touched.add(p)
+                self.emit(out, res, p)
+            self._published(chain, res)
         return res
 
     def flush(self) -> BatchResult:
-        """End of a finite input: flush every chain (open windows are emitted)."""
+        """End of a finite input: flush every chain (open windows are emitted, held rows labelled)."""
         res = BatchResult()
         for p in sorted(self.chains):
             self.emit(self.chains[p].flush(), res, p)
+            self._published(self.chains[p], res)
         return res

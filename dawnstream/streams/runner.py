@@ -33,6 +33,7 @@ from dawnstream.logs import event, get_logger
 from dawnstream.streams.checkpoint import Checkpoint
 from dawnstream.streams.clients import WorkerClients
 from dawnstream.streams.config import Topology
+from dawnstream.streams.global_table import GlobalTopicReader, global_spec
 from dawnstream.streams.kafka_clients import base_settings, describe_settings, ensure_job_topics
 from dawnstream.streams.metrics import MetricsServer, RunnerStats, WorkerMetrics
 from dawnstream.streams.processor import BatchProcessor, BatchResult
@@ -110,6 +111,16 @@ class KafkaRunner:
         self.clients.delivery_errors.listeners.append(self.processor.replies.refused)
         self.checkpoint = Checkpoint(self.clients, self.processor, self.changelog, t.checkpoint_ms,
                                      skip_snapshot=self.recovery.active)
+        self.global_reader: GlobalTopicReader | None = None
+        self._global_read = False
+        if self.processor.global_topic is not None:
+            # Stages that learn from every partition (one label model per topology): rows leave at ticks, and
+            # the worker keeps a copy of the job's global topic (streams.global_table).
+            from dawnstream.streams.kafka_clients import TopicAdmin
+
+            TopicAdmin(t.kafka.bootstrap, t.kafka.settings).ensure([global_spec(t.name)])
+            self.processor.hold_until_tick = True
+            self.global_reader = GlobalTopicReader(self.base, self.processor.global_topic, self.processor.global_table)
         # Only stages that answer requests are fenced: feedback moved onto a serving topic shares its request's
         # correlation-id, so a fence there would take a re-read piece of feedback for an answered one and drop it.
         answers = any(st.op in ANSWERING_STAGES for st in t.stages)
@@ -190,6 +201,53 @@ class KafkaRunner:
             event(log, "upstream.partitions", topic=topic, with_rows=sorted(active), partitions=len(md.partitions))
             self.processor.set_upstream_active(active)
 
+    def _refresh_global(self) -> None:
+        """The input partitions a global stage learns from: those holding rows (all, while none does), so an
+        empty partition does not hold every model back. Kept as it was when the broker does not answer."""
+        if self.global_reader is None:
+            return
+        topic = self.topology.input.topic
+        try:
+            md = self.consumer.list_topics(topic, timeout=5).topics.get(topic)
+            if md is None or md.error is not None:
+                return
+            tps = [TopicPartition(topic, p) for p in md.partitions]
+            committed = {tp.partition: tp.offset for tp in self.consumer.committed(tps, timeout=5)}
+            active, drained = set(), set()
+            for p in md.partitions:
+                lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                if hi > lo:
+                    active.add(p)
+                done = self._position.get(p) if p in self.assigned else committed.get(p)
+                if hi <= lo or (done is not None and done >= hi):
+                    drained.add(p)
+            # A partition read to its end published its blocks in the transactions that committed its offsets:
+            # read the global topic up to now before trusting that a block it has not published will not come.
+            self.global_reader.catch_up(quiet=self._global_read)
+            self._global_read = True
+        except KafkaException:
+            return
+        active = active or set(md.partitions)
+        if active != self.processor.global_partitions:
+            event(log, "global.partitions", topic=topic, with_rows=sorted(active), partitions=len(md.partitions))
+        self.processor.set_global_partitions(active, drained)
+
+    def _settle(self, limit_s: float) -> None:
+        """Before a clean stop: label the rows global stages hold, as their models come in (up to ``limit_s``)."""
+        if self.global_reader is None:
+            return
+        end = time.monotonic() + limit_s
+        last = 0.0
+        while self.processor.holding() and time.monotonic() < end:
+            self.global_reader.poll(0.1)
+            if time.monotonic() - last > LAG_REFRESH_S / 2:
+                self._refresh_global()
+                last = time.monotonic()
+            self._tick()
+        if self.processor.holding():
+            event(log, "global.still_holding", level=logging.WARNING, rows=self.processor.holding(),
+                  note="kept in the state snapshot; the next start labels them")
+
     def _reply_topic_refusal(self, topic: str) -> str | None:
         """Why the broker will not take replies on ``topic`` (missing, not authorized), or None; None
         too when the broker does not answer (the produce path waits for it as for any output)."""
@@ -236,6 +294,7 @@ class KafkaRunner:
         event(log, "runner.start", worker=self.worker, topology=t.name, group=t.group_id, input=t.input.topic)
         last_msg, last_lag = time.monotonic(), 0.0
         self._refresh_upstream()
+        self._refresh_global()
         wait_s = t.batch.max_wait_ms / 1000.0
         try:
             while not self._stop.is_set():
@@ -245,6 +304,8 @@ class KafkaRunner:
                     self.recovery.step()
                     last_msg = time.monotonic()
                 msgs = self._consume(0 if self.recovery.pending else wait_s)
+                if self.global_reader is not None:
+                    self.global_reader.poll(0)
                 now = time.monotonic()
                 if msgs:
                     if self.stats.first_message is None:
@@ -260,6 +321,7 @@ class KafkaRunner:
                 if now - last_lag > LAG_REFRESH_S:
                     self.metrics.refresh(self.consumer, t.input.topic, sorted(self._position), self.processor.chains)
                     self._refresh_upstream()
+                    self._refresh_global()
                     last_lag = now
                 self._tick()
                 if max_rows is not None and self.stats.rows_in >= max_rows:
@@ -271,6 +333,7 @@ class KafkaRunner:
                 self.checkpoint.commit_final()
                 self._account([final], 0.0)
             elif self.snapshot_on_stop:
+                self._settle(self._global_wait_s() + 5.0)
                 self.checkpoint.snapshot_on_stop({p: off - 1 for p, off in self._position.items()})
         except Exception as e:
             self._fail(e)
@@ -304,16 +367,21 @@ class KafkaRunner:
         """Wall-clock emissions (e.g. ``emit_seconds``). Under exactly-once they are a transaction of
         their own together with fresh snapshots of every live partition, so a restart neither repeats
         nor loses them. At-least-once, also the commit an idle worker still owes (``Checkpoint.idle``)."""
-        tick = self.processor.tick(int(time.time() * 1000))
+        tick = self.processor.tick(int(time.time() * 1000), skip=self.recovery.active)
         if not self.eos:
             self.checkpoint.produce(tick)
             self.checkpoint.idle()
-        elif tick.outputs:
+        elif tick.outputs or tick.published:
             self.checkpoint.begin()
             self.checkpoint.produce(tick)
-            self.checkpoint.snapshots({p: off - 1 for p, off in self._position.items()}, force=True)
+            touched = {p: off - 1 for p, off in self._position.items() if p in tick.touched}
+            self.checkpoint.snapshots(touched, force=True)
             if self.checkpoint.commit([], sorted(self._position), {}):
                 self._account([tick], 0.0)
+
+    def _global_wait_s(self) -> float:
+        waits = [getattr(op, "global_wait_s", 0.0) for c in self.processor.chains.values() for op in c.operators]
+        return max(waits, default=0.0)
 
     def _process(self, msgs: list[Any]) -> bool:
         t0 = time.perf_counter()
@@ -379,6 +447,11 @@ class KafkaRunner:
                 event(log, "runner.close_failed", level=logging.WARNING, step=what, error=f"{type(e).__name__}: {e}")
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.global_reader is not None:
+            try:
+                self.global_reader.close()
+            except Exception as e:  # noqa: BLE001
+                event(log, "runner.close_failed", level=logging.WARNING, step="global.close", error=str(e))
         s = self.stats
         event(log, "runner.stop", worker=self.worker, rows_in=s.rows_in, rows_out=s.rows_out,
               rows_dead=s.rows_dead, batches=s.batches, replies_fenced=self.fence.dropped)

@@ -65,10 +65,13 @@ def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_boots
     while runner.stats.rows_in + runner.stats.rows_dead < N + len(bad):
         assert time.monotonic() < deadline, f"only {runner.stats.rows_in} rows processed"
         time.sleep(0.2)
+    while runner.processor.holding():  # rows wait at most global_wait_ms for other partitions' blocks
+        assert time.monotonic() < deadline, f"{runner.processor.holding()} rows still held"
+        time.sleep(0.2)
     gauges = [c.operators[0].gauges() for c in list(runner.processor.chains.values())]
     runner.stop()
     thread.join(60)
-    assert len(gauges) == 4 and sum(g["rows"] for g in gauges) == N
+    assert len(gauges) == 4 and sum(g["rows"] for g in gauges) == N and not any(g["holding"] for g in gauges)
     assert all(g["emp_accuracy.praise_words"] > 0.6 and g["refits"] >= 1 for g in gauges)
 
     labels = [orjson.loads(m.value()) for m in reader(doc["outputs"][0]["topic"], N)]

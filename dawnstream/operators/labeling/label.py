@@ -41,9 +41,11 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -62,6 +64,7 @@ from dawnstream.operators.labeling.label_model import (
 from dawnstream.operators.labeling.lf import LabelingFunction, LFBatch
 from dawnstream.operators.labeling.lf_stats import LFStats
 from dawnstream.operators.labeling.votes import ABSTAIN, VoteStats
+from dawnstream.streams.global_table import GlobalTable
 
 log = get_logger(__name__)
 MODELS = ("matrix_completion", "dependency_aware", "triplets", "majority")
@@ -185,6 +188,19 @@ def load_lfs(modules: list[str], path: str = "lfs") -> list[LabelingFunction]:
     return out
 
 
+@dataclass
+class _Held:
+    """Rows ingested and waiting for their block's model: ``block``, the id/text/gold columns, their votes
+    ``L`` (``(rows, m)`` int8), gold classes (-1: none; None: no gold column) and when they were held
+    (``time.monotonic()``, s; a restored worker's clock starts at its restore)."""
+
+    block: int
+    batch: pa.RecordBatch
+    L: np.ndarray
+    gold: np.ndarray | None
+    since: float
+
+
 class Label(Operator):
     """Labels rows with LFs and an online label model (module docstring).
 
@@ -216,12 +232,14 @@ class Label(Operator):
 
     kind = "label"
     stateful = True
+    uses_global = True
 
     def __init__(self, lfs: list[str], classes: list[str], text: str = "text", id: str = "id",  # noqa: A002
                  gold: str | None = None, model: str = "matrix_completion", refit_every: int = 500,
                  class_balance: list[float] | str = "uniform", decay: float = 0.0, seed: int = 0,
                  review_share: float = 0.02, end_model: str | None = None, registry: str | None = None,
-                 refresh_s: float = 2.0, uncovered: str = "abstain", name: str | None = None,
+                 refresh_s: float = 2.0, uncovered: str = "abstain", global_wait_ms: int = 60_000,
+                 name: str | None = None,
                  _path: str = "stages") -> None:
         super().__init__(name)
         base = _path.rsplit(".", 1)[0] if "." in _path else _path
@@ -238,6 +256,8 @@ class Label(Operator):
             raise ConfigError(f"{base}.refit_every", f"expected at least 1 row, got {refit_every!r}")
         if not 0.0 <= float(review_share) < 1.0:
             raise ConfigError(f"{base}.review_share", f"expected a share in [0, 1), got {review_share!r}")
+        if not isinstance(global_wait_ms, int) or isinstance(global_wait_ms, bool) or global_wait_ms < 0:
+            raise ConfigError(f"{base}.global_wait_ms", f"expected a whole number of ms >= 0, got {global_wait_ms!r}")
         if uncovered not in ("abstain", "prior"):
             raise ConfigError(f"{base}.uncovered", f"expected abstain or prior, got {uncovered!r}")
         self.uncovered = uncovered
@@ -269,15 +289,31 @@ class Label(Operator):
         self.model, self.refit_every, self.decay, self.seed = model, int(refit_every), float(decay), int(seed)
         self.estimate_balance = class_balance == "estimate"
         names = [lf.name for lf in self.lfs]
+        self.stats = LFStats(names, self.k)  # this partition's LF table
+        # The model's statistics: every contributing partition's closed blocks, folded in block order.
         self.votes = VoteStats(len(self.lfs), self.k)
-        self.stats = LFStats(names, self.k)
-        self.gold_counts = np.zeros(self.k, np.int64)  # gold classes seen, up to the last block boundary
-        self._gold_pending = np.zeros(self.k, np.int64)
+        self.gold_counts = np.zeros(self.k, np.int64)  # gold classes of the folded blocks
         self._dev_L = np.zeros((0, len(self.lfs)), np.int8)  # dependency_aware: the latest DEV_KEEP gold rows
         self._dev_y = np.zeros(0, np.int64)
-        self.params: LabelModelParams | None = None
-        self.rows = 0  # rows of this partition so far
+        self.folded = -1  # the last block folded into the statistics above (-1: none)
+        self.params: LabelModelParams | None = None  # fitted on blocks 0..folded
+        # This partition's open block: its rows' statistics, published when it fills.
+        self.block, self.filled = 0, 0
+        self._delta = VoteStats(len(self.lfs), self.k)
+        self._delta_gold = np.zeros(self.k, np.int64)
+        self._delta_dev_L = np.zeros((0, len(self.lfs)), np.int8)
+        self._delta_dev_y = np.zeros(0, np.int64)
+        self._held: list[_Held] = []  # rows ingested, not yet labelled (their block's model is not ready)
+        self._outbox: list[tuple[str, bytes]] = []
+        self.global_table = GlobalTable()  # a runner replaces it with its worker's (shared by all partitions)
+        self.global_partitions: set[int] | None = None  # None: this partition alone
+        self.global_drained: set[int] = set()  # partitions read to their end (the runner's view)
+        self._late_logged = -1.0
+        self.hold_until_tick = False  # a Kafka runner labels held rows at ticks only (see _release)
+        self.global_wait_s = int(global_wait_ms) / 1000.0
+        self.rows = 0  # rows of this partition labelled so far
         self.refits = 0
+        self.stale_rows = 0  # rows labelled with an older model after waiting global_wait_ms
         self.review_share = float(review_share)
         self._margins = np.zeros(MARGIN_BINS)  # margins of the rows before the last block boundary
         self._pending = np.zeros(MARGIN_BINS)  # since then (folded in at the next one)
@@ -293,7 +329,7 @@ class Label(Operator):
         return {self.text, self.id}
 
     def produced_columns(self) -> set[str]:
-        return {"probs", "label", "label_name", "abstained", "votes", "review", "labeled_by"}
+        return {"probs", "label", "label_name", "abstained", "votes", "review", "labeled_by", "model_block"}
 
     def passes_through(self) -> bool:
         return False
@@ -399,18 +435,134 @@ class Label(Operator):
             return smoothed / smoothed.sum()
         return np.full(self.k, 1.0 / self.k)
 
-    def refit(self) -> None:
-        """Fit the label model on the statistics so far (no-op for ``majority`` and before any row)."""
-        if self.model == "majority" or self.votes.n <= 0:
+    def refit(self, with_open_block: bool = False) -> None:
+        """Fit the label model on the folded statistics (no-op for ``majority`` and before any row); with
+        ``with_open_block``, on those plus this partition's open block (``dawnstream lfs``: every row read)."""
+        votes = self.votes
+        if with_open_block:
+            S, n = self._delta.counts()
+            votes = VoteStats(len(self.lfs), self.k, self.votes.n + n, self.votes.S + S)
+        if self.model == "majority" or votes.n <= 0:
             return
         p = self._class_prior()
         if self.model == "triplets":
-            self.params = fit_triplets(self.votes, p)
+            self.params = fit_triplets(votes, p)
         elif self.model == "dependency_aware":
-            self.params = fit_dependency_aware(self.votes, p, seed=self.seed, held_out=(self._dev_L, self._dev_y))
+            self.params = fit_dependency_aware(votes, p, seed=self.seed, held_out=(self._dev_L, self._dev_y))
         else:
-            self.params = fit_matrix_completion(self.votes, p, seed=self.seed)
+            self.params = fit_matrix_completion(votes, p, seed=self.seed)
         self.refits += 1
+
+    # -- one model per topology: blocks, the global table, held rows ----------------------------
+    def _key(self, block: int, partition: int) -> str:
+        return f"{self.name}/{block}/{partition}"
+
+    def _publish(self) -> None:
+        """Close this partition's open block: its statistics go to the global table (and the outbox the runner
+        produces in the batch's transaction). The value depends on the block's rows alone."""
+        S, n = self._delta.counts()
+        value = orjson.dumps({"n": n, "S": S.ravel().tolist(), "gold": self._delta_gold.tolist(),
+                              "dev_L": self._delta_dev_L.ravel().tolist(), "dev_y": self._delta_dev_y.tolist()})
+        key = self._key(self.block, self.partition or 0)
+        self.global_table.put(key, value)
+        self._outbox.append((key, value))
+        self.block, self.filled = self.block + 1, 0
+        self._delta = VoteStats(len(self.lfs), self.k)
+        self._delta_gold = np.zeros(self.k, np.int64)
+        self._delta_dev_L = np.zeros((0, len(self.lfs)), np.int8)
+        self._delta_dev_y = np.zeros(0, np.int64)
+
+    def take_published(self) -> list[tuple[str, bytes]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _contributors(self) -> list[int]:
+        return sorted(self.global_partitions) if self.global_partitions else [self.partition or 0]
+
+    def _fold_next(self) -> bool:
+        """Fold block ``folded + 1`` into the model's statistics once every contributing partition closed it,
+        and refit; False while one has not. The fitted model is shared through the table's cache, so a worker
+        fits each block's model once, not once per partition."""
+        b = self.folded + 1
+        parts = self._contributors()
+        values = [self.global_table.get(self._key(b, p)) for p in parts]
+        if any(v is None for v in values):
+            return False
+        d = len(self.lfs) * self.k
+        for v in values:
+            rec = orjson.loads(v)  # type: ignore[arg-type]
+            self.votes.add_counts(np.asarray(rec["S"], np.int64).reshape(d, d), int(rec["n"]))
+            self.gold_counts += np.asarray(rec["gold"], np.int64)
+            if self.model == "dependency_aware" and rec["dev_y"]:
+                dev_L = np.asarray(rec["dev_L"], np.int8).reshape(-1, len(self.lfs))
+                self._dev_L = np.concatenate([self._dev_L, dev_L])[-DEV_KEEP:]
+                self._dev_y = np.concatenate([self._dev_y, np.asarray(rec["dev_y"], np.int64)])[-DEV_KEEP:]
+        self.folded = b
+        cache_key = (self.name, b, tuple(parts))
+        cached = self.global_table.cache.get(cache_key)
+        if cached is not None:
+            self.params = cached
+            self.refits += 1
+        else:
+            self.refit()
+            if self.params is not None:
+                self.global_table.cache[cache_key] = self.params
+        if self.decay:
+            self.votes.scale(1.0 - self.decay)
+            self._margins *= 1.0 - self.decay
+        return True
+
+    def _needs_model(self) -> bool:
+        """False when labels do not depend on other rows at all (majority vote with a fixed class prior)."""
+        return self.model != "majority" or self.estimate_balance
+
+    def _release(self, force: bool = False) -> list[pa.RecordBatch]:
+        """Label held rows in order: a row of block b gets the model fitted on blocks 0..b-1 of every contributing
+        partition, as soon as they are all in the global table. A row that has waited ``global_wait_ms`` (a
+        partition ran dry, or its worker is down) - or every row, with ``force`` - gets the newest model
+        that is ready instead, and its ``model_block`` says which."""
+        out: list[pa.RecordBatch] = []
+        while self._held:
+            head = self._held[0]
+            if not self._needs_model() or head.block <= self.folded + 1:
+                out.append(self._label(self._held.pop(0), stale=False))
+            elif self._fold_next():
+                continue
+            elif force or self._give_up(head):
+                out.append(self._label(self._held.pop(0), stale=True))
+            else:
+                break
+        while not self._held and self._needs_model() and self._fold_next():
+            pass  # the model the next rows need (and the LF table's learned accuracies), fitted ahead
+        return out
+
+    def _give_up(self, head: _Held) -> bool:
+        """True when the next block's model cannot come soon: each partition it waits for has no unread rows
+        (``global_drained``: the runner saw it read to its end, and read the global topic after that), or the
+        rows have waited ``global_wait_ms``."""
+        nxt = self.folded + 1
+        missing = [p for p in self._contributors() if self._key(nxt, p) not in self.global_table]
+        drained = bool(missing) and set(missing) <= self.global_drained
+        waited = time.monotonic() - head.since >= self.global_wait_s
+        if not (drained or waited):
+            return False
+        if waited and not drained and head.since > self._late_logged:
+            self._late_logged = head.since
+            event(log, "label.model_late", level=logging.WARNING, stage=self.name, partition=self.partition,
+                  rows=head.batch.num_rows, block=head.block, model_block=self.folded,
+                  waiting_for=f"block {nxt} of partition(s) {missing}", waited_s=self.global_wait_s)
+        return True
+
+    def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
+        return self._release()
+
+    def flush(self) -> list[pa.RecordBatch]:
+        return self._release(force=True)
+
+    @property
+    def holding(self) -> int:
+        """Rows ingested and not yet labelled."""
+        return sum(h.batch.num_rows for h in self._held)
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         n = batch.num_rows
@@ -423,39 +575,55 @@ class Label(Operator):
         gold = self._gold(batch)
         self._check_first_rows(errors)
         has_gold = np.zeros(n, bool) if gold is None else gold >= 0
+        keep = [c for c in dict.fromkeys([self.id, self.text, self.gold]) if c is not None and c in batch.schema.names]
+        rows = batch.select(keep)
+        now = time.monotonic()
+        start = 0
+        while start < n:
+            # Blocks of exactly refit_every rows: the same blocks however the stream is batched.
+            stop = min(n, start + self.refit_every - self.filled)
+            seg, train = L[start:stop], ~has_gold[start:stop]
+            self._delta.add(seg[train])
+            self.stats.add(seg[train], errors[start:stop][train])
+            if gold is not None and not train.all():
+                g = gold[start:stop][~train]
+                self.stats.add_gold(seg[~train], g)
+                self._delta_gold += np.bincount(g, minlength=self.k)
+                if self.model == "dependency_aware":
+                    self._delta_dev_L = np.concatenate([self._delta_dev_L, seg[~train]])[-DEV_KEEP:]
+                    self._delta_dev_y = np.concatenate([self._delta_dev_y, g])[-DEV_KEEP:]
+            self._held.append(_Held(self.block, rows.slice(start, stop - start), seg,
+                                    None if gold is None else gold[start:stop], now))
+            self.filled += stop - start
+            if self.filled == self.refit_every:
+                self._publish()
+            start = stop
+        # In a Kafka worker rows leave only at ticks: a replay after a crash (whose table is fuller than the
+        # crashed run's was) then holds exactly what the crashed run held, and nothing is labelled twice or lost.
+        return [] if self.hold_until_tick else self._release()
+
+    def _label(self, held: _Held, stale: bool) -> pa.RecordBatch:
+        """Label one held slice with the current model (the review histogram moves every REVIEW_BLOCK rows)."""
+        L, n = held.L, held.batch.num_rows
+        has_gold = np.zeros(n, bool) if held.gold is None else held.gold >= 0
         probs = np.empty((n, self.k))
         review = np.zeros(n, bool)
         by = np.empty(n, dtype=object)
         start = 0
         while start < n:
-            # Up to the next multiple of refit_every: the same refits however the stream is batched.
-            stop = min(n, start + self.refit_every - self.rows % self.refit_every,
-                       start + REVIEW_BLOCK - self.rows % REVIEW_BLOCK)
-            seg, train = L[start:stop], ~has_gold[start:stop]
+            stop = min(n, start + REVIEW_BLOCK - self.rows % REVIEW_BLOCK)
+            seg = L[start:stop]
             probs[start:stop] = self._predict(seg)
             by[start:stop] = "majority" if self.params is None or self.model == "majority" else self.model
-            review[start:stop] = self._review(seg, probs[start:stop]) & train
-            self.votes.add(seg[train])
-            self.stats.add(seg[train], errors[start:stop][train])
-            if gold is not None and not train.all():
-                g = gold[start:stop][~train]
-                self.stats.add_gold(seg[~train], g)
-                self._gold_pending += np.bincount(g, minlength=self.k)
-                if self.model == "dependency_aware":
-                    self._dev_L = np.concatenate([self._dev_L, seg[~train]])[-DEV_KEEP:]
-                    self._dev_y = np.concatenate([self._dev_y, g])[-DEV_KEEP:]
+            review[start:stop] = self._review(seg, probs[start:stop]) & ~has_gold[start:stop]
             self.rows += stop - start
-            if self.rows % REVIEW_BLOCK == 0:  # what predictions use moves only here: batching-independent
+            if self.rows % REVIEW_BLOCK == 0:  # what flags use moves only here: batching-independent
                 self._margins += self._pending
                 self._pending = np.zeros(MARGIN_BINS)
-                self.gold_counts += self._gold_pending
-                self._gold_pending = np.zeros(self.k, np.int64)
-            if self.rows % self.refit_every == 0:
-                self.refit()
-                if self.decay:
-                    self.votes.scale(1.0 - self.decay)
-                    self._margins *= 1.0 - self.decay
             start = stop
+        if stale:
+            self.stale_rows += n
+        batch, gold = held.batch, held.gold
         uncovered = (L == ABSTAIN).all(axis=1)
         by[uncovered] = "prior"
         end = self._end_model()
@@ -471,7 +639,7 @@ class Label(Operator):
             else:
                 probs[uncovered] = end_probs
                 by[uncovered] = f"end_model:{self.end_version}"
-        return [self._output(batch, L, probs, gold, review, by)]
+        return self._output(batch, L, probs, gold, review, by, self.folded if self._needs_model() else -1)
 
     def _end_model(self) -> HashedTextModel | None:
         """The promoted end model, looked up every ``refresh_s``. A version that fails to load, or to label a
@@ -522,7 +690,7 @@ class Label(Operator):
         return flagged
 
     def _output(self, batch: pa.RecordBatch, L: np.ndarray, probs: np.ndarray,
-                gold: np.ndarray | None, review: np.ndarray, by: np.ndarray) -> pa.RecordBatch:
+                gold: np.ndarray | None, review: np.ndarray, by: np.ndarray, model_block: int) -> pa.RecordBatch:
         label = probs.argmax(axis=1).astype(np.int8)
         if self.uncovered == "abstain":
             label[by == "prior"] = ABSTAIN
@@ -539,6 +707,7 @@ class Label(Operator):
             "votes": pa.FixedSizeListArray.from_arrays(pa.array(L.ravel(), pa.int8()), m).cast(pa.list_(pa.int8())),
             "review": pa.array(review, pa.bool_()),
             "labeled_by": pa.array(by, pa.string()),
+            "model_block": pa.array(np.full(len(label), model_block, np.int32), pa.int32()),
         }
         if gold is not None:
             cols["gold"] = pa.array(np.where(gold >= 0, gold, 0), pa.int8(), mask=gold < 0)
@@ -559,7 +728,9 @@ class Label(Operator):
     def gauges(self) -> dict[str, float]:
         """``/metrics`` series: ``rows``, ``refits``, and per LF ``coverage.``, ``overlaps.``, ``conflicts.``,
         ``errors.``, ``learned_accuracy.`` and (with gold) ``emp_accuracy.``."""
-        out = {"rows": float(self.rows), "refits": float(self.refits), "end_model_version": float(self.end_version)}
+        out = {"rows": float(self.rows + self.holding), "refits": float(self.refits),
+               "end_model_version": float(self.end_version), "model_block": float(self.folded),
+               "holding": float(self.holding), "stale_rows": float(self.stale_rows)}
         for row in self.summary():
             for key in ("coverage", "overlaps", "conflicts", "errors", "learned_accuracy", "emp_accuracy"):
                 if key in row:
@@ -567,12 +738,16 @@ class Label(Operator):
         return out
 
     def _state(self) -> Any:
+        S, n = self._delta.counts()
         return {"votes": self.votes.state(), "stats": self.stats.state(), "rows": self.rows, "refits": self.refits,
                 "gold_counts": self.gold_counts.tolist(), "margins": self._margins.tolist(),
-                "pending": self._pending.tolist(), "gold_pending": self._gold_pending.tolist(),
-                "dev_L": self._dev_L.tolist(), "dev_y": self._dev_y.tolist(),
+                "pending": self._pending.tolist(), "dev_L": self._dev_L.tolist(), "dev_y": self._dev_y.tolist(),
                 "first_rows": self._first_rows, "first_errors": self._first_errors.tolist(),
-                "params": None if self.params is None else self.params.state()}
+                "params": None if self.params is None else self.params.state(),
+                "folded": self.folded, "block": self.block, "filled": self.filled, "stale_rows": self.stale_rows,
+                "delta": {"n": n, "S": S.ravel().tolist(), "gold": self._delta_gold.tolist(),
+                          "dev_L": self._delta_dev_L.ravel().tolist(), "dev_y": self._delta_dev_y.tolist()},
+                "held": [_held_state(h) for h in self._held]}
 
     def _load_state(self, state: Any) -> None:
         if not state:
@@ -580,14 +755,50 @@ class Label(Operator):
         if state["stats"]["names"] != self.stats.names:
             raise ValueError(f"the snapshot's LFs {state['stats']['names']} are not this stage's {self.stats.names}: "
                              "a changed LF set starts a new label model (use a new topology name)")
+        m, d = len(self.lfs), len(self.lfs) * self.k
         self.votes = VoteStats.from_state(state["votes"])
         self.stats = LFStats.from_state(state["stats"])
         self.rows, self.refits = int(state["rows"]), int(state["refits"])
         self.gold_counts = np.asarray(state["gold_counts"], np.int64)
         self._margins, self._pending = np.asarray(state["margins"], float), np.asarray(state["pending"], float)
-        self._gold_pending = np.asarray(state["gold_pending"], np.int64)
-        self._dev_L = np.asarray(state.get("dev_L", []), np.int8).reshape(-1, len(self.lfs))
+        self._dev_L = np.asarray(state.get("dev_L", []), np.int8).reshape(-1, m)
         self._dev_y = np.asarray(state.get("dev_y", []), np.int64)
         self._first_rows = int(state.get("first_rows", FIRST_ROWS))  # older snapshots: past the check
-        self._first_errors = np.asarray(state.get("first_errors", np.zeros(len(self.lfs))), np.int64)
+        self._first_errors = np.asarray(state.get("first_errors", np.zeros(m)), np.int64)
         self.params = None if state["params"] is None else LabelModelParams.from_state(state["params"])
+        self._delta = VoteStats(m, self.k)
+        self._held = []
+        if "block" not in state:  # a per-partition model's snapshot: its blocks so far count as folded
+            self.block, self.filled = divmod(self.rows, self.refit_every)
+            self.folded = self.block - 1
+            S, n = self.votes.counts()  # the open block's exact counts: they move to the block's delta
+            self._delta.add_counts(S, n)
+            self.votes.add_counts(-S, -n)
+            return
+        self.folded, self.block, self.filled = int(state["folded"]), int(state["block"]), int(state["filled"])
+        self.stale_rows = int(state.get("stale_rows", 0))
+        delta = state["delta"]
+        self._delta.add_counts(np.asarray(delta["S"], np.int64).reshape(d, d), int(delta["n"]))
+        self._delta_gold = np.asarray(delta["gold"], np.int64)
+        self._delta_dev_L = np.asarray(delta["dev_L"], np.int8).reshape(-1, m)
+        self._delta_dev_y = np.asarray(delta["dev_y"], np.int64)
+        now = time.monotonic()
+        self._held = [_held_from(h, m, now) for h in state["held"]]
+
+
+def _held_state(h: _Held) -> dict[str, Any]:
+    import base64
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, h.batch.schema) as w:
+        w.write_batch(h.batch)
+    return {"block": h.block, "rows": base64.b64encode(sink.getvalue().to_pybytes()).decode(),
+            "L": h.L.ravel().tolist(), "gold": None if h.gold is None else h.gold.tolist()}
+
+
+def _held_from(s: dict[str, Any], m: int, since: float) -> _Held:
+    import base64
+
+    batch = pa.ipc.open_stream(base64.b64decode(s["rows"])).read_next_batch()
+    gold = None if s["gold"] is None else np.asarray(s["gold"], np.int64)
+    return _Held(int(s["block"]), batch, np.asarray(s["L"], np.int8).reshape(-1, m), gold, since)

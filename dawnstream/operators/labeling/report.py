@@ -62,7 +62,7 @@ def model_scores(stage: Label, L: np.ndarray, gold: np.ndarray, online: np.ndarr
     g = np.where(covered, gold, -1)
     out: dict[str, Any] = {"gold_rows": int((gold >= 0).sum()), "covered_gold_rows": int((g >= 0).sum())}
     if stage.model != "majority":
-        stage.refit()
+        stage.refit(with_open_block=True)
     if stage.params is not None and stage.model != "majority":
         out[stage.model] = _accuracy(_argmax_or_abstain(stage.params.predict_proba(L)), g)
     out["majority"] = _accuracy(_argmax_or_abstain(majority_vote(L, stage.k)), g)

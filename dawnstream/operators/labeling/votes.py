@@ -81,6 +81,16 @@ class VoteStats:
             self._new_S += np.rint(U.T @ U).astype(np.int64)
         self._new_n += len(L)
 
+    def add_counts(self, S: np.ndarray, n: int) -> None:  # noqa: N803 - the papers' name
+        """Add the exact counts of rows summed elsewhere (another partition's block, :meth:`counts`):
+        ``S`` ``(m·k, m·k)`` int64 and ``n`` rows. Integer sums: the order of partitions does not matter."""
+        self._new_S += np.asarray(S, np.int64)
+        self._new_n += int(n)
+
+    def counts(self) -> tuple[np.ndarray, int]:
+        """The exact sums of the rows added since the last :meth:`scale`: ``(S (m·k, m·k) int64 copy, n)``."""
+        return self._new_S.copy(), int(self._new_n)
+
     def scale(self, factor: float) -> None:
         """Multiply the sums by ``factor`` (``1 - decay``: old rows weigh less, for drift)."""
         self._past_S = self.S * factor
