@@ -111,15 +111,16 @@ class GlobalTopicReader:
             if m.error() is None:
                 yield m
 
-    def catch_up(self, timeout_s: float = 30.0, quiet: bool = False) -> int:
+    def catch_up(self, timeout_s: float = 30.0, quiet: bool = False, offsets: Any = None) -> int:
         """Read up to the topic's end as it is now (before a worker labels anything). Returns records applied.
-        Gives up after ``timeout_s`` (the broker not answering), logging it; later polls go on reading."""
+        Gives up after ``timeout_s`` (the broker not answering), logging it; later polls go on reading.
+        ``offsets``: a client to ask the topic's end (one that fetches nothing answers at once)."""
         from confluent_kafka import KafkaException, TopicPartition
 
         tp = TopicPartition(self.topic, 0)
         t0 = time.monotonic()
         try:
-            _low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            _low, high = (offsets or self.consumer).get_watermark_offsets(tp, timeout=timeout_s)
         except KafkaException as e:
             event(log, "global.catch_up_failed", topic=self.topic, error=str(e))
             return 0
@@ -130,8 +131,10 @@ class GlobalTopicReader:
             if got:
                 idle_since = time.monotonic()
             pos = self.consumer.position([tp])[0].offset
-            # read_committed skips transaction markers: the position may stop short of the high watermark
-            if pos >= high or (pos >= 0 and time.monotonic() - idle_since > 1.0) or (high == 0):
+            # read_committed skips transaction markers: the position may stop one short of the high watermark
+            # (the last transaction's commit marker), or more, for a transaction still open
+            if pos >= high or (not got and pos >= high - 1) or (pos >= 0 and time.monotonic() - idle_since > 1.0) \
+                    or high == 0:
                 break
         if not quiet:
             event(log, "global.caught_up", topic=self.topic, records=n, keys=len(self.table.records),

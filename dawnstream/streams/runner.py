@@ -121,6 +121,12 @@ class KafkaRunner:
             TopicAdmin(t.kafka.bootstrap, t.kafka.settings).ensure([global_spec(t.name)])
             self.processor.hold_until_tick = True
             self.global_reader = GlobalTopicReader(self.base, self.processor.global_topic, self.processor.global_table)
+            # Offsets and watermarks asked of a client that fetches nothing: on the group consumer's connection
+            # each answer would queue behind a long-polling fetch (~0.2 s each).
+            from dawnstream.streams.kafka_clients import client_only
+
+            self._offsets = Consumer({**client_only(self.base, consumer=True), "group.id": t.group_id,
+                                      "enable.auto.commit": False})
         # Only stages that answer requests are fenced: feedback moved onto a serving topic shares its request's
         # correlation-id, so a fence there would take a re-read piece of feedback for an answered one and drop it.
         answers = any(st.op in ANSWERING_STAGES for st in t.stages)
@@ -207,15 +213,16 @@ class KafkaRunner:
         if self.global_reader is None:
             return
         topic = self.topology.input.topic
+        client = self._offsets
         try:
-            md = self.consumer.list_topics(topic, timeout=5).topics.get(topic)
+            md = client.list_topics(topic, timeout=5).topics.get(topic)
             if md is None or md.error is not None:
                 return
             tps = [TopicPartition(topic, p) for p in md.partitions]
-            committed = {tp.partition: tp.offset for tp in self.consumer.committed(tps, timeout=5)}
+            committed = {tp.partition: tp.offset for tp in client.committed(tps, timeout=5)}
             active, drained = set(), set()
             for p in md.partitions:
-                lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                lo, hi = client.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
                 if hi > lo:
                     active.add(p)
                 done = self._position.get(p) if p in self.assigned else committed.get(p)
@@ -223,7 +230,7 @@ class KafkaRunner:
                     drained.add(p)
             # A partition read to its end published its blocks in the transactions that committed its offsets:
             # read the global topic up to now before trusting that a block it has not published will not come.
-            self.global_reader.catch_up(quiet=self._global_read)
+            self.global_reader.catch_up(quiet=self._global_read, offsets=client)
             self._global_read = True
         except KafkaException:
             return
@@ -450,6 +457,7 @@ class KafkaRunner:
         if self.global_reader is not None:
             try:
                 self.global_reader.close()
+                self._offsets.close()
             except Exception as e:  # noqa: BLE001
                 event(log, "runner.close_failed", level=logging.WARNING, step="global.close", error=str(e))
         s = self.stats
