@@ -2,12 +2,16 @@
 a probabilistic label per row (Snorkel, Ratner et al., VLDB'18, run as a stream).
 
 Per micro-batch: every LF votes on every row (the label matrix, :class:`~.lf.LFBatch` shares one
-tokenization); the LF statistics (:class:`~.lf_stats.LFStats`, snorkel's ``LFAnalysis``) and the
-vote statistics (:class:`~.votes.VoteStats`) take the rows in; each row gets class probabilities
-from the label model fitted on the rows *before* it. The model is refitted from the statistics
-every ``refit_every`` rows of the partition, at exact row counts (not at batch ends), so the
-probabilities do not depend on how the stream was cut into batches - a partition replayed after a
-crash gets the same labels. Before the first fit, rows get majority-vote probabilities.
+tokenization); the LF statistics (:class:`~.lf_stats.LFStats`, snorkel's ``LFAnalysis``) take the rows
+in. One label model serves the whole topology: each partition cuts its rows into blocks of exactly
+``refit_every`` rows and publishes a full block's exact vote counts (:class:`~.votes.VoteStats`) to the
+job's global table (:mod:`~dawnstream.streams.global_table`); a row of block b, in any partition, gets the
+probabilities of the model fitted on blocks 0..b-1 of every contributing partition, folded in block
+order (with ``decay``, the sums are scaled after each block). Blocks are cut at exact row counts, not at
+batch ends, so labels depend neither on batching nor on the number of workers, and a partition replayed
+after a crash gets the same labels. Block 0 gets majority-vote probabilities. Rows whose model is not
+ready are held (in the snapshot) until it is, until the partitions they wait for have no unread rows, or
+for ``global_wait_ms``; then the newest ready model labels them (``model_block`` says which).
 
 Models (``model``): ``matrix_completion`` (snorkel's LabelModel, fitted from the statistics; the
 default), ``dependency_aware`` (the same, with the LF pairs that are not conditionally independent
@@ -21,8 +25,9 @@ int8; -1 for a row no LF covers, unless ``uncovered: prior`` or an end model lab
 (null with label -1), ``abstained`` (every LF abstained: the probabilities are the class prior),
 ``votes`` (the row of the label matrix, list of int8), ``labeled_by`` (the model that gave the
 probabilities: ``matrix_completion``, ``triplets``, ``majority``, ``prior`` for a row no LF covers, or
-``end_model:<version>`` once an end model labels those), ``review`` (for the review queue: among the
-``review_share`` of rows the model is least sure about), and ``gold`` when the input has it.
+``end_model:<version>`` once an end model labels those), ``model_block`` (int32: the last block the model
+was fitted on; -1: majority vote), ``review`` (for the review queue: among the ``review_share`` of rows
+the model is least sure about), and ``gold`` when the input has it.
 
 Rows that carry a gold class (a dev set, or rows back from the review queue) are not training rows:
 they move the LFs' empirical accuracies and the estimated class balance only, as snorkel keeps
@@ -211,7 +216,8 @@ class Label(Operator):
         id: the row id column copied to the output.
         gold: optional column of gold classes (index or name; null: none) for empirical accuracies.
         model: ``matrix_completion``, ``dependency_aware``, ``triplets`` or ``majority``.
-        refit_every: rows of the partition between refits.
+        refit_every: rows per block: each partition's blocks of this many rows are the model's units
+            (a refit per block of all partitions).
         class_balance: the class prior: a list of k shares, ``uniform`` (snorkel's default), or
             ``estimate`` (from the gold labels seen so far; uniform until there are some).
         decay: at each refit the statistics are multiplied by ``1 - decay`` (0: remember every row).
@@ -225,6 +231,8 @@ class Label(Operator):
         uncovered: what a row no LF covers (and no end model labels) gets: ``abstain`` (``label`` -1 and
             ``label_name`` null, as snorkel's ``predict``; ``probs`` is the class prior) or ``prior`` (the
             prior's likeliest class).
+        global_wait_ms: how long a row waits for its block's model when a partition it waits for still has
+            unread rows (its worker is down or behind), ms; then the newest ready model labels it.
 
     Raises:
         ConfigError: bad parameters, naming the key.
