@@ -12,6 +12,7 @@ import pytest
 
 from dawnstream.operators.labeling.label import Label
 from dawnstream.operators.labeling.label_model import fit_matrix_completion
+from dawnstream.operators.labeling.lf_stats import LFStats
 from dawnstream.operators.labeling.votes import VoteStats
 from dawnstream.sources import rotten_tomatoes
 from dawnstream.streams.global_table import GlobalTable
@@ -107,3 +108,20 @@ def test_a_row_whose_model_is_not_ready_waits_then_takes_the_newest(partitions) 
     assert out.num_rows == 3 * R and set(out.column("model_block").to_pylist()) == {-1}
     assert ops[0].stale_rows == 2 * R and ops[0].gauges()["stale_rows"] == 2 * R
     assert sorted(k for k in table.records) == [f"label/{i}/0" for i in range(3)]
+
+
+def test_the_topology_lf_table_adds_up_every_partitions_folded_blocks(partitions) -> None:
+    ops = workers(GlobalTable(), hold=False)
+    feed(ops, partitions, 6, hold=False)
+    folded = ops[0].folded
+    assert folded >= 1 and all(op.folded == folded for op in ops)
+    rows = ops[2].summary(scope="topology")
+    ref = None
+    for p, op in enumerate(ops):  # each partition's own table over the rows of blocks 0..folded
+        part = op.label_matrix(partitions[p].slice(0, (folded + 1) * R).combine_chunks().to_batches()[0])[0]
+        s = LFStats(op.stats.names, 2)
+        s.add(part)
+        ref = s if ref is None else ref.merge(s)
+    assert ref is not None and [{k: v for k, v in r.items() if k != "learned_accuracy"} for r in rows] == ref.summary()
+    assert all(0.0 <= r["learned_accuracy"] <= 1.0 for r in rows)
+    assert ops[2].summary() != rows  # the partition's own table is another one

@@ -298,6 +298,7 @@ class Label(Operator):
         self.estimate_balance = class_balance == "estimate"
         names = [lf.name for lf in self.lfs]
         self.stats = LFStats(names, self.k)  # this partition's LF table
+        self.topology_stats = LFStats(names, self.k)  # every partition's, over the folded blocks
         # The model's statistics: every contributing partition's closed blocks, folded in block order.
         self.votes = VoteStats(len(self.lfs), self.k)
         self.gold_counts = np.zeros(self.k, np.int64)  # gold classes of the folded blocks
@@ -308,6 +309,7 @@ class Label(Operator):
         # This partition's open block: its rows' statistics, published when it fills.
         self.block, self.filled = 0, 0
         self._delta = VoteStats(len(self.lfs), self.k)
+        self._delta_lf = LFStats(names, self.k)
         self._delta_gold = np.zeros(self.k, np.int64)
         self._delta_dev_L = np.zeros((0, len(self.lfs)), np.int8)
         self._delta_dev_y = np.zeros(0, np.int64)
@@ -470,12 +472,14 @@ class Label(Operator):
         produces in the batch's transaction). The value depends on the block's rows alone."""
         S, n = self._delta.counts()
         value = orjson.dumps({"n": n, "S": S.ravel().tolist(), "gold": self._delta_gold.tolist(),
-                              "dev_L": self._delta_dev_L.ravel().tolist(), "dev_y": self._delta_dev_y.tolist()})
+                              "dev_L": self._delta_dev_L.ravel().tolist(), "dev_y": self._delta_dev_y.tolist(),
+                              "lf": self._delta_lf.state()})
         key = self._key(self.block, self.partition or 0)
         self.global_table.put(key, value)
         self._outbox.append((key, value))
         self.block, self.filled = self.block + 1, 0
         self._delta = VoteStats(len(self.lfs), self.k)
+        self._delta_lf = LFStats(self.stats.names, self.k)
         self._delta_gold = np.zeros(self.k, np.int64)
         self._delta_dev_L = np.zeros((0, len(self.lfs)), np.int8)
         self._delta_dev_y = np.zeros(0, np.int64)
@@ -501,6 +505,7 @@ class Label(Operator):
             rec = orjson.loads(v)  # type: ignore[arg-type]
             self.votes.add_counts(np.asarray(rec["S"], np.int64).reshape(d, d), int(rec["n"]))
             self.gold_counts += np.asarray(rec["gold"], np.int64)
+            self.topology_stats = self.topology_stats.merge(LFStats.from_state(rec["lf"]))
             if self.model == "dependency_aware" and rec["dev_y"]:
                 dev_L = np.asarray(rec["dev_L"], np.int8).reshape(-1, len(self.lfs))
                 self._dev_L = np.concatenate([self._dev_L, dev_L])[-DEV_KEEP:]
@@ -593,9 +598,11 @@ class Label(Operator):
             seg, train = L[start:stop], ~has_gold[start:stop]
             self._delta.add(seg[train])
             self.stats.add(seg[train], errors[start:stop][train])
+            self._delta_lf.add(seg[train], errors[start:stop][train])
             if gold is not None and not train.all():
                 g = gold[start:stop][~train]
                 self.stats.add_gold(seg[~train], g)
+                self._delta_lf.add_gold(seg[~train], g)
                 self._delta_gold += np.bincount(g, minlength=self.k)
                 if self.model == "dependency_aware":
                     self._delta_dev_L = np.concatenate([self._delta_dev_L, seg[~train]])[-DEV_KEEP:]
@@ -722,9 +729,10 @@ class Label(Operator):
         return pa.RecordBatch.from_pydict(cols)
 
     # -- observability and state --------------------------------------------------------------
-    def summary(self) -> list[dict[str, Any]]:
-        """The LF table: snorkel's ``lf_summary`` columns, plus the label model's estimated accuracy."""
-        rows = self.stats.summary()
+    def summary(self, scope: str = "partition") -> list[dict[str, Any]]:
+        """The LF table: snorkel's ``lf_summary`` columns, plus the label model's estimated accuracy; over this
+        partition's rows (``partition``) or every partition's folded blocks (``topology``)."""
+        rows = (self.topology_stats if scope == "topology" else self.stats).summary()
         if self.params is not None:
             for row, acc in zip(rows, self.params.accuracies(), strict=True):
                 row["learned_accuracy"] = float(acc)
@@ -753,8 +761,10 @@ class Label(Operator):
                 "first_rows": self._first_rows, "first_errors": self._first_errors.tolist(),
                 "params": None if self.params is None else self.params.state(),
                 "folded": self.folded, "block": self.block, "filled": self.filled, "stale_rows": self.stale_rows,
+                "topology_stats": self.topology_stats.state(),
                 "delta": {"n": n, "S": S.ravel().tolist(), "gold": self._delta_gold.tolist(),
-                          "dev_L": self._delta_dev_L.ravel().tolist(), "dev_y": self._delta_dev_y.tolist()},
+                          "lf": self._delta_lf.state(), "dev_L": self._delta_dev_L.ravel().tolist(),
+                          "dev_y": self._delta_dev_y.tolist()},
                 "held": [_held_state(h) for h in self._held]}
 
     def _load_state(self, state: Any) -> None:
@@ -788,6 +798,8 @@ class Label(Operator):
         delta = state["delta"]
         self._delta.add_counts(np.asarray(delta["S"], np.int64).reshape(d, d), int(delta["n"]))
         self._delta_gold = np.asarray(delta["gold"], np.int64)
+        self._delta_lf = LFStats.from_state(delta["lf"])
+        self.topology_stats = LFStats.from_state(state["topology_stats"])
         self._delta_dev_L = np.asarray(delta["dev_L"], np.int8).reshape(-1, m)
         self._delta_dev_y = np.asarray(delta["dev_y"], np.int64)
         now = time.monotonic()
