@@ -32,6 +32,9 @@ from dawnstream.streams.config import Topology
 from dawnstream.streams.kafka_clients import base_settings, client_only
 
 log = get_logger(__name__)
+SETTLE_S = 2.0
+"""``until_caught_up``: how long the labels topic must stay quiet once the workers committed the whole input
+(rows they hold for other partitions' blocks are labelled after their offsets commit)."""
 MAX_ROWS = 100_000
 """The newest rows kept for training (older ones are dropped: the stream may drift)."""
 
@@ -154,7 +157,7 @@ class EndModelTrainer:
                     self.lag = lag
                     if now != committed:  # the workers moved on: their labels are on the way
                         committed, idle = now, time.monotonic()
-                    elif lag == 0:
+                    elif lag == 0 and time.monotonic() - idle > SETTLE_S:
                         break
                 if not msgs and max_idle_s is not None and time.monotonic() - idle > max_idle_s:
                     break

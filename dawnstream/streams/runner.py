@@ -325,6 +325,8 @@ class KafkaRunner:
                             gc.freeze()
                 elif max_idle_s is not None and now - last_msg > max_idle_s:
                     break
+                elif self.global_reader is not None and now - last_lag > 0.25 and self.processor.holding():
+                    self._refresh_global()  # idle with rows held: are the partitions they wait for drained?
                 if now - last_lag > LAG_REFRESH_S:
                     self.metrics.refresh(self.consumer, t.input.topic, sorted(self._position), self.processor.chains)
                     self._refresh_upstream()
