@@ -78,6 +78,11 @@ JITTER_KEPT = 4000
 """Frame-to-frame box changes kept per camera (the latest)."""
 STAGES = ("difference", "specialized", "reference")
 LIVE_KEYS = ("fn", "fp", *STAGES)
+
+
+def live_gauge(key: str) -> str:
+    """The ``/metrics`` name of a live estimate: ``live_fn_rate``, ``live_fp_rate``, ``live_error_<stage>``."""
+    return f"live_{'error_' if key in STAGES else ''}{key}{'_rate' if key in ('fn', 'fp') else ''}"
 ALPHA = 0.05
 """The live test fires when the one-sided Clopper-Pearson lower bound of the live FN or FP rate at 1 - ALPHA
 is above the target (:mod:`.bounds`): the stage is 95% sure the target is missed."""
@@ -556,7 +561,7 @@ class Cascade(Operator):
             k = sum(c.live[key][1] for c in self.cameras.values())
             out[f"live_checks_{key}"] = float(n)
             if n:
-                out[f"live_{'error_' if key in STAGES else ''}{key}{'_rate' if key in ('fn', 'fp') else ''}"] = k / n
+                out[live_gauge(key)] = k / n
         return out
 
     def summary(self) -> dict[str, Any]:
