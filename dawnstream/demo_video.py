@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, TopicPartition
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -139,18 +140,21 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
             gauges["values"], gauges["at"] = stage_gauges(metrics_url) or gauges["values"], time.monotonic()
         live_agreement = gauges["values"].get("live_agreement")
         samples = int(gauges["values"].get("live_samples", 0))
-        t = Table(title="camera-lawn: NoScope cascade through Kafka (live)")
-        for col in ("elapsed", "labelled", "phase", "model", "difference", "specialized", "reference",
-                    "ref share (cascade)", "live agreement (sampled)"):
+        t = Table(title=f"camera-lawn: NoScope cascade through Kafka, {time.perf_counter() - t0:.1f}s",
+                  box=box.SIMPLE,
+                  caption="frames decided by the diff(erence detector), spec(ialized model), ref(erence model); "
+                          "ref%: share of the cascade phase's frames that ran the reference; live: agreement "
+                          "of the sampled reference checks / checks")
+        for col in ("frames", "phase", "model", "diff", "spec", "ref", "ref%", "live"):
             t.add_column(col, justify="right")
         by = [r["decided_by"] for r in rows]
         casc = [r for r in rows if r["phase"] == "cascade"]
         share = sum(r["reference_ms"] is not None for r in casc) / len(casc) if casc else float("nan")
-        t.add_row(f"{time.perf_counter() - t0:.1f}s", f"{len(rows)}", rows[-1]["phase"] if rows else "-",
+        t.add_row(f"{len(rows)}", rows[-1]["phase"] if rows else "-",
                   f"v{rows[-1]['model_version']}" if rows and rows[-1]["model_version"] else "-",
                   *(str(by.count(s)) for s in ("difference", "specialized", "reference")),
                   f"{share:.0%}" if casc else "-",
-                  f"{live_agreement:.2f} of {samples}" if live_agreement is not None else "-")
+                  f"{live_agreement:.2f}/{samples}" if live_agreement is not None else "-")
         return t
 
     def drain() -> None:
@@ -201,12 +205,12 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
         casc = np.array([r["phase"] == "cascade" for r in rows])
         result.overall = compare(labels, truth, float(ref.mean()))
         result.cascade = compare(labels[casc], truth[casc], float(ref[casc].mean()))
-        table = Table(title="against the reference model on every frame")
-        for col in ("frames", "agreement", "FN rate", "FP rate", "reference share", "stride, same budget",
-                    "stride agreement"):
+        table = Table(title="against the reference model on every frame",
+                      caption="stride: a fixed stride with the same reference budget, and its agreement")
+        for col in ("frames", "agree", "FN rate", "FP rate", "ref share", "stride", "its agree"):
             table.add_column(col, justify="right")
-        for name, c in (("all frames", result.overall), ("cascade phase", result.cascade)):
-            table.add_row(f"{name}: {c['frames']}", f"{c['agreement']:.3f}", f"{c['fn_rate']:.3f}",
+        for name, c in (("all", result.overall), ("cascade", result.cascade)):
+            table.add_row(f"{name} {c['frames']}", f"{c['agreement']:.3f}", f"{c['fn_rate']:.3f}",
                           f"{c['fp_rate']:.3f}", f"{c['reference_share']:.0%}", f"{c['stride']}",
                           f"{c['stride_agreement']:.3f}")
         console.print(table)
