@@ -466,9 +466,11 @@ class BatchProcessor:
         for p, chain in list(self.chains.items()):
             if skip(p):
                 continue
+            before = [getattr(op, "tick_changes", 0) for op in chain.operators]
             out = chain.on_tick(now_ms)
+            if out or before != [getattr(op, "tick_changes", 0) for op in chain.operators]:
+                res.touched.add(p)  # emitted, or its state moved (a global stage folded a block)
             if out:
-                res.touched.add(p)
                 self.emit(out, res, p)
             self._published(chain, res)
         return res

@@ -382,7 +382,7 @@ class KafkaRunner:
         if not self.eos:
             self.checkpoint.produce(tick)
             self.checkpoint.idle()
-        elif tick.outputs or tick.published:
+        elif tick.outputs or tick.published or tick.touched:
             self.checkpoint.begin()
             self.checkpoint.produce(tick)
             touched = {p: off - 1 for p, off in self._position.items() if p in tick.touched}

@@ -324,6 +324,7 @@ class Label(Operator):
         self.rows = 0  # rows of this partition labelled so far
         self.refits = 0
         self.stale_rows = 0  # rows labelled with an older model after waiting global_wait_ms
+        self.tick_changes = 0  # folds at ticks: the runner snapshots a partition whose count moved
         self.review_share = float(review_share)
         self._margins = np.zeros(MARGIN_BINS)  # margins of the rows before the last block boundary
         self._pending = np.zeros(MARGIN_BINS)  # since then (folded in at the next one)
@@ -529,24 +530,28 @@ class Label(Operator):
         """False when labels do not depend on other rows at all (majority vote with a fixed class prior)."""
         return self.model != "majority" or self.estimate_balance
 
-    def _release(self, force: bool = False) -> list[pa.RecordBatch]:
+    def _release(self, force: bool = False, fold: bool = True) -> list[pa.RecordBatch]:
         """Label held rows in order: a row of block b gets the model fitted on blocks 0..b-1 of every contributing
         partition, as soon as they are all in the global table. A row that has waited ``global_wait_ms`` (a
         partition ran dry, or its worker is down) - or every row, with ``force`` - gets the newest model
-        that is ready instead, and its ``model_block`` says which."""
+        that is ready instead, and its ``model_block`` says which. ``fold`` False: only the rows the model
+        already fitted serves (what a batch may label in a Kafka worker; see :meth:`process`)."""
         out: list[pa.RecordBatch] = []
         while self._held:
             head = self._held[0]
             if not self._needs_model() or head.block <= self.folded + 1:
                 out.append(self._label(self._held.pop(0), stale=False))
+            elif not fold:
+                break
             elif self._fold_next():
+                self.tick_changes += 1
                 continue
             elif force or self._give_up(head):
                 out.append(self._label(self._held.pop(0), stale=True))
             else:
                 break
-        while not self._held and self._needs_model() and self._fold_next():
-            pass  # the model the next rows need (and the LF table's learned accuracies), fitted ahead
+        while fold and not self._held and self._needs_model() and self._fold_next():
+            self.tick_changes += 1  # the model the next rows need (and the LF table's accuracies), fitted ahead
         return out
 
     def _give_up(self, head: _Held) -> bool:
@@ -613,9 +618,11 @@ class Label(Operator):
             if self.filled == self.refit_every:
                 self._publish()
             start = stop
-        # In a Kafka worker rows leave only at ticks: a replay after a crash (whose table is fuller than the
-        # crashed run's was) then holds exactly what the crashed run held, and nothing is labelled twice or lost.
-        return [] if self.hold_until_tick else self._release()
+        # In a Kafka worker a batch labels only the rows the model already fitted serves; folding a new block
+        # (and giving up waiting) happens at ticks, each in a transaction with this partition's snapshot. A replay
+        # after a crash (whose table is fuller than the crashed run's was) then starts from the last fold and
+        # labels exactly what the crashed run labelled: nothing twice, nothing lost.
+        return self._release(fold=not self.hold_until_tick)
 
     def _label(self, held: _Held, stale: bool) -> pa.RecordBatch:
         """Label one held slice with the current model (the review histogram moves every REVIEW_BLOCK rows)."""
