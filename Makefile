@@ -67,7 +67,7 @@ lint: $(STAMP)
 ## bit-exact tests again under the $(BLAS_GUARD) OpenBLAS kernel. Hypothesis runs derandomized (tests/propkit.py).
 test: lint
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
-	$(BIN)/python -m pytest -q tests dawnstream
+	$(BIN)/python -m pytest -q --durations=15 tests dawnstream
 ifeq ($(ARCH),x86_64)
 	OPENBLAS_CORETYPE=$(BLAS_GUARD) $(BIN)/python -m pytest -q -m bitexact tests
 endif
