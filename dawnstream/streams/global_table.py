@@ -43,32 +43,23 @@ def global_spec(topology_name: str) -> TopicSpec:
 class GlobalTable:
     """A worker's copy of the global topic: ``{key: value}`` (str -> bytes), shared by its partitions' operators.
 
-    ``version`` grows with every change, so a reader can tell cheaply whether to look again; ``cache`` holds
-    what operators derive from the table (fitted models), dropped by :meth:`clear`.
+    ``cache`` holds what operators derive from the table (fitted models, one per block), so a worker
+    derives each once rather than once per partition.
     """
 
     def __init__(self) -> None:
         self.records: dict[str, bytes] = {}
-        self.version = 0
         self.cache: dict[Any, Any] = {}
 
     def put(self, key: str, value: bytes) -> None:
-        """Set ``key``; a value equal to the one held (a worker's own record echoed back) changes nothing."""
-        if self.records.get(key) != value:
-            self.records[key] = value
-            self.version += 1
+        """Set ``key`` (a worker's own record echoed back by the broker carries the same bytes)."""
+        self.records[key] = value
 
     def get(self, key: str) -> bytes | None:
         return self.records.get(key)
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
-
-    def clear(self) -> None:
-        """Forget everything (the topic is read again from its start)."""
-        self.records.clear()
-        self.cache.clear()
-        self.version += 1
 
 
 class GlobalTopicReader:
