@@ -296,6 +296,37 @@ def accel_plan(
         _fail(e)
 
 
+@app.command("ui")
+def ui(
+    host: Annotated[str, typer.Option(help="Address to serve the dashboard on (127.0.0.1: this machine only).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Dashboard port.")] = 8686,
+    target: Annotated[list[str] | None, typer.Option(
+        "--target", help="A worker's metrics endpoint (http://host:port), besides the announced ones; repeatable.")]
+    = None,
+    discover: Annotated[bool, typer.Option(help="Show the workers that announce themselves on this machine.")]
+    = True,
+    bootstrap: BootstrapOpt = "127.0.0.1:9092",
+    no_broker: Annotated[bool, typer.Option("--no-broker", help="Do not ask the broker (topics, lag, dead letters).")]
+    = False,
+    registry: Annotated[Path | None, typer.Option(help="Model registry directory (default: $DAWNSTREAM_REGISTRY, "
+                                                       "else ~/.local/share/dawnstream/registry).")] = None,
+) -> None:
+    """A live, read-only web dashboard of the running jobs: workers, partitions and lag, rows/s, latency,
+    dead letters, each capability's panel and the model registry. Open http://HOST:PORT/."""
+    from dawnstream.models.registry import Registry
+    from dawnstream.ui.app import serve
+    from dawnstream.ui.collector import Collector
+
+    collector = Collector(targets=target or [], bootstrap=None if no_broker else bootstrap,
+                          registry=Registry(registry) if registry else None, discover=discover)
+    console.print(f"dawnstream ui: http://{host}:{port}/ (read-only; Ctrl-C stops it)")
+    try:
+        serve(collector, host, port)
+    except OSError as e:
+        _fail(DawnstreamError(f"cannot serve on {host}:{port} ({e.strerror}): pick another --port"))
+
+
 def main() -> None:
     """Entry point of the ``dawnstream`` script."""
     configure()

@@ -17,6 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helper modules 
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not Path("/dev/nvidiactl").exists():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+# Workers announce their metrics endpoints for `dawnstream ui` (streams.endpoints): the tests' workers do it in a
+# directory of their own, never in the user's.
+if "DAWNSTREAM_RUN_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["DAWNSTREAM_RUN_DIR"] = tempfile.mkdtemp(prefix="dawnstream-test-run-")
+
 # Hypothesis: derandomized, no example database (``make test``), or fresh and larger (``make fuzz``): propkit.
 import propkit  # noqa: E402 - after the path insert above
 

@@ -106,6 +106,12 @@ class Operator(ABC):
         the runner's thread. Default: none."""
         return {}
 
+    def panel(self) -> dict[str, Any] | None:
+        """What this stage's users look at, JSON-ready (e.g. the top explanations, the LF table), served at
+        the worker's ``/stages`` for ``dawnstream ui``. Read by the runner's thread every few seconds, like
+        :meth:`gauges`, so it must be cheap: return what the stage last computed. Default: None."""
+        return None
+
     def on_tick(self, now_ms: int) -> list[pa.RecordBatch]:
         """Time-driven emission (wall clock ``now_ms``); default emits nothing."""
         return []

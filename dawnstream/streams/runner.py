@@ -66,6 +66,7 @@ class KafkaRunner:
         snapshot_on_stop: a clean stop (``stop``, SIGTERM, ``max_rows``, ``max_idle_s``) snapshots every
             partition whose state moved since its last snapshot, so the next start replays no input
             (:meth:`~dawnstream.streams.checkpoint.Checkpoint.snapshot_on_stop`).
+        restarts: how many times the supervisor replaced this worker index before (``dawnstream_worker_info``).
 
     Call :meth:`run` (blocks until :meth:`stop`, SIGTERM/SIGINT, or ``max_idle_s`` without input).
 
@@ -78,7 +79,7 @@ class KafkaRunner:
     def __init__(self, topology: Topology, worker: int = 0, create_topics: bool = True,
                  metrics_port: int | None = None,
                  on_batch: Callable[[KafkaRunner, BatchResult], None] | None = None,
-                 snapshot_on_stop: bool = True) -> None:
+                 snapshot_on_stop: bool = True, restarts: int = 0) -> None:
         t = self.topology = topology
         if any(st.op == "group_by" for st in t.stages):
             raise ConfigError("stages", "a topology with a group_by stage runs as two jobs: give each of "
@@ -92,6 +93,7 @@ class KafkaRunner:
         self.processor.preflight()  # a stage that cannot run at all fails the job here, saying why
         self.stats = RunnerStats()
         self.metrics = WorkerMetrics(topology.name, worker)
+        self.metrics.describe(t.guarantee, t.group_id, t.input.topic, [o.topic for o in t.outputs], restarts)
         self.on_batch = on_batch
         self._stop = threading.Event()
         self.assigned: set[int] = set()
@@ -297,7 +299,7 @@ class KafkaRunner:
         """
         t = self.topology
         self.clients.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        self.metrics.status = {"state": "running", "group": t.group_id, "input": t.input.topic}
+        self.metrics.status = {**self.metrics.status, "state": "running"}
         event(log, "runner.start", worker=self.worker, topology=t.name, group=t.group_id, input=t.input.topic)
         last_msg, last_lag = time.monotonic(), 0.0
         self._refresh_upstream()
@@ -370,7 +372,7 @@ class KafkaRunner:
         """Record why the loop ended: ``/healthz`` answers 503 with the reason; logged once here."""
         self.failure = e
         reason = str(e) if isinstance(e, DawnstreamError) else f"{type(e).__name__}: {e}"
-        self.metrics.status = {"state": "failed", "error": reason}
+        self.metrics.status = {**self.metrics.status, "state": "failed", "error": reason}
         event(log, "runner.failed", level=logging.ERROR, worker=self.worker, topology=self.topology.name,
               error=reason, exc_info=None if isinstance(e, DawnstreamError) else e)
 
@@ -425,7 +427,9 @@ class KafkaRunner:
             self.checkpoint.produce(res)
             results.append(res)
         self.checkpoint.snapshots(last_offset)
+        t_commit = time.perf_counter()
         if self.checkpoint.commit(offsets, list(by_partition), first_offset):
+            self.metrics.commit_seconds.labels(self.topology.name).observe(time.perf_counter() - t_commit)
             self._account(results, time.perf_counter() - t0)
         return True
 
@@ -446,7 +450,9 @@ class KafkaRunner:
         """Flush what is queued, leave the group, stop the metrics endpoint (idempotent)."""
         if getattr(self, "_closed", False):
             return
-        self._closed, self.metrics.status = True, self.metrics.status if self.failure else {"state": "stopping"}
+        self._closed = True
+        if not self.failure:
+            self.metrics.status = {**self.metrics.status, "state": "stopping"}
         self.recovery.clear()
         # After a failure the clients may be unusable (a fenced producer's flush fails inside the
         # library): nothing here may replace the error that ended the loop.

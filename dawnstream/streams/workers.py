@@ -71,7 +71,7 @@ def _stop_when_orphaned(runner: Any, every_s: float = 0.5) -> None:
 
 
 def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, bootstrap: str | None,
-                 failures: Any, part: int = 0, slot: int | None = None) -> None:
+                 failures: Any, part: int = 0, slot: int | None = None, restarts: int = 0) -> None:
     import faulthandler
     import sys
 
@@ -84,7 +84,8 @@ def _worker_main(topology_path: str, worker: int, max_idle_s: float | None, boot
         topo = load_topology(topology_path).split()[part]
         if bootstrap:
             topo.kafka.bootstrap = bootstrap
-        runner = KafkaRunner(topo, worker=worker, create_topics=False)  # the parent created them
+        runner = KafkaRunner(topo, worker=worker, create_topics=False,  # the parent created them
+                             restarts=restarts)
         runner.install_signal_handlers()
         _stop_when_orphaned(runner)
         import gc
@@ -135,6 +136,7 @@ def run_workers(
     procs: dict[int, Any] = {}
     slots = len(names) * workers  # slot k: worker k % workers of half k // workers
     replaced: dict[int, list[float]] = {k: [] for k in range(slots)}
+    restarts: dict[int, int] = {k: 0 for k in range(slots)}  # replacements since the job started, per slot
 
     def label(k: int) -> str:
         return str(k) if len(names) == 1 else f"{k % workers} of {names[k // workers]}"
@@ -143,7 +145,7 @@ def run_workers(
 
     def start(k: int) -> None:
         p = ctx.Process(target=_worker_main, args=(str(topology_path), k % workers, max_idle_s, bootstrap, failures,
-                                                   k // workers, k),
+                                                   k // workers, k, restarts[k]),
                         name=f"dawnstream-worker-{k}")
         p.start()
         procs[k] = p
@@ -192,6 +194,7 @@ def run_workers(
                         fail(i, f"killed by signal {-code} {len(recent) + 1} times in {REPLACEMENT_WINDOW_S:.0f} s")
                         continue
                     replaced[i] = [*recent, time.monotonic()]
+                    restarts[i] += 1
                     start(i)
                     live[i] = procs[i]
                     event(log, "worker.replaced", worker=label(i), pid=procs[i].pid)

@@ -748,6 +748,13 @@ class Label(Operator):
                 row["last_error"] = lf.last_error
         return rows
 
+    def panel(self) -> dict[str, Any]:
+        """The LF table (:meth:`summary`, this partition's) and the label model's progress."""
+        return {"kind": "lf_table", "lfs": self.summary(), "lfs_topology": self.summary("topology"),
+                "rows": self.rows + self.holding, "refits": self.refits,
+                "model_block": self.folded, "holding": self.holding, "stale_rows": self.stale_rows,
+                "end_model_version": self.end_version}
+
     def gauges(self) -> dict[str, float]:
         """``/metrics`` series: ``rows``, ``refits``, and per LF ``coverage.``, ``overlaps.``, ``conflicts.``,
         ``errors.``, ``learned_accuracy.`` and (with gold) ``emp_accuracy.``."""

@@ -290,6 +290,14 @@ class OutlierClassifier(Operator):
             self.scores.insert(model.score(sample))
         self.cutoff = float(percentile(self.scores.sample()[:, 0], self.pct))
 
+    def gauges(self) -> dict[str, float]:
+        """``/metrics`` series: ``rows`` and ``outliers`` classified so far, and the current ``cutoff`` (score
+        units; absent before the first model)."""
+        out = {"rows": float(self.rows_seen), "outliers": float(self.outliers_seen)}
+        if np.isfinite(self.cutoff):
+            out["cutoff"] = float(self.cutoff)
+        return out
+
     def _state(self) -> Any:
         return {
             "model": None if self.model is None else self.model.to_dict(),

@@ -43,6 +43,7 @@ from dawnstream.operators.outliers.itemsets import (
 
 CODE_BITS = 21
 MAX_CODE = (1 << CODE_BITS) - 1
+PANEL_TOP = 10  # explanations a dashboard panel shows
 
 
 def _keys(sub: np.ndarray) -> np.ndarray:
@@ -124,9 +125,15 @@ class StreamingExplainer(Operator):
         self.seq = 0
         self.last_emit_rows = 0
         self.last_emit_wall = time.time()
+        self._top: list[Explanation] = []  # the last emitted explanations, for panel()
 
     def required_columns(self) -> set[str]:
         return {*self.p.attributes, self.outlier_column}
+
+    def panel(self) -> dict[str, Any]:
+        """The last emission: its top explanations (``output: explanations``) and the decayed totals."""
+        return {"kind": "explanations", "output": self.output, "rows_seen": self.rows_seen, "seq": self.seq,
+                "outliers": self.O, "rows": self.T, "top": [e.to_dict() for e in self._top[:PANEL_TOP]]}
 
     def passes_through(self) -> bool:
         return False
@@ -226,6 +233,7 @@ class StreamingExplainer(Operator):
         if self.output == "summary":
             return [self.summary_batch(now_ms)]
         rows = self.explanations()[: self.p.top]
+        self._top = rows
         extra = {"emitted_rows": self.rows_seen, "emit_time": now_ms, "seq": self.seq}
         table = explanations_table(rows, self.p.attributes, extra)
         table = table.set_column(table.schema.get_field_index("emit_time"), "emit_time",
@@ -303,9 +311,18 @@ class MergeExplanations(Operator):
         super().__init__(name)
         self.p = _Params(attributes, min_support, min_ratio, ratio, max_order, semantics, top)
         self.latest: dict[str, dict[str, Any]] = {}
+        self._top: list[Explanation] = []  # the last emitted explanations, for panel()
 
     def required_columns(self) -> set[str]:
         return {"source", "seq", "rows_seen", "O", "T", "itemsets"}
+
+    def panel(self) -> dict[str, Any]:
+        """The last merged emission: top explanations over every source's latest summary."""
+        return {"kind": "explanations", "output": "explanations", "sources": len(self.latest),
+                "rows_seen": sum(s["rows_seen"] for s in self.latest.values()),
+                "outliers": sum(s["O"] for s in self.latest.values()),
+                "rows": sum(s["T"] for s in self.latest.values()),
+                "top": [e.to_dict() for e in self._top[:PANEL_TOP]]}
 
     def passes_through(self) -> bool:
         return False
@@ -349,6 +366,7 @@ class MergeExplanations(Operator):
 
     def _emit(self) -> list[pa.RecordBatch]:
         rows = self.explanations()[: self.p.top]
+        self._top = rows
         extra = {"sources": len(self.latest), "emitted_rows": sum(s["rows_seen"] for s in self.latest.values()),
                  "emit_time": int(time.time() * 1000)}
         table = explanations_table(rows, self.p.attributes, extra)

@@ -50,6 +50,7 @@ from dawnstream.operators.serving.feature_models import (
     build_feature_model,
 )
 from dawnstream.operators.serving.features import FeatureSchema, column_array
+from dawnstream.operators.serving.latency import RecentLatencies
 from dawnstream.operators.serving.selection import Exp3, Exp4
 from dawnstream.operators.serving.serve import POLICIES, _column
 from dawnstream.operators.serving.served import ServedLog
@@ -158,6 +159,7 @@ class Predict(Operator):
         self._workers: dict[str, Worker] = {}
         self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0,
                          "feedback_refused": 0, "expired": 0}
+        self.latency = RecentLatencies()
         self.metrics = {n: TaskMetrics(self.task) for n in [*names, "served"]}
 
     # -- protocol -----------------------------------------------------------------------------------
@@ -296,6 +298,7 @@ class Predict(Operator):
                 preds[layer.name] = layer.answer(cols, n)
             layer.base = None
         self._reply_segment(rows, preds, feats, cids, stamps, reply)
+        self.latency.add((time.perf_counter() - t0) * 1000.0, n)
 
     def _reply_segment(self, rows: list[int], preds: dict[str, np.ndarray], feats: dict[str, list[Any]],
                        cids: list[Any], stamps: list[int],
@@ -442,6 +445,7 @@ class Predict(Operator):
             "weights": dict(zip(self.policy.arms, self.policy.weights().round(4).tolist(), strict=True)),
             "cache_hits": {m.name: getattr(m, "hits", 0) for m in self.models},
             "lam": {m.name: m.chosen_lam() for m in self.models if isinstance(m, OnlineLayerModel)},
+            "slo_ms": self.slo_s * 1000.0, **self.latency.percentiles(),
         }
 
     def gauges(self) -> dict[str, float]:
@@ -457,7 +461,15 @@ class Predict(Operator):
             name = {"weights": "weight", "versions": "version"}.get(key, key)
             for model, v in st[key].items():
                 out[f"{name}.{model}"] = float(v)
+        out["slo_ms"] = st["slo_ms"]
+        out.update(self.latency.percentiles())
         return out
+
+    def panel(self) -> dict[str, Any]:
+        """:meth:`status`: the numbers a serving dashboard shows (counters, the task's metrics per model,
+        AIMD batch sizes, versions, the policy's weights, p50/p99 against ``slo_ms``)."""
+        registry = {m.name: m.model for m in self.models if isinstance(getattr(m, "model", None), str)}  # type: ignore[attr-defined]
+        return {"kind": "serving", **self.status(), "registry_models": registry}
 
     def preflight(self) -> None:
         """Every registry model must have a promoted version that loads, or none promoted yet; the online

@@ -44,6 +44,7 @@ from dawnstream.models.registry import Registry
 from dawnstream.operators.base import Operator
 from dawnstream.operators.serving.containers import Container, RegisteredContainer, build_container
 from dawnstream.operators.serving.dispatch import Worker, answer_within
+from dawnstream.operators.serving.latency import RecentLatencies
 from dawnstream.operators.serving.selection import Exp3, Exp4
 
 POLICIES = ("exp4", "exp3")
@@ -130,6 +131,7 @@ class Serve(Operator):
             Exp3(names, eta if eta is not None else 0.05, gamma, discount=discount if discount is not None else 0.001))
         self._workers: dict[str, Worker] = {}
         self.counters = {"requests": 0, "feedback": 0, "errors": 0, "defaults": 0, "stragglers": 0}
+        self.latency = RecentLatencies()
         self.sq_err: dict[str, float] = {n: 0.0 for n in [*names, "served"]}
         self.scored: dict[str, int] = {n: 0 for n in [*names, "served"]}  # feedback each model answered
         self.routed: dict[str, int] = {n: 0 for n in names}
@@ -252,6 +254,7 @@ class Serve(Operator):
         preds = answer_within(self.containers, lambda c: _chunked(c, u, i, t0 + self.slo_s), len(rows),
                               t0 + self.slo_s, self._workers, self.counters)
         self._reply_segment(rows, u, i, cids, preds, reply)
+        self.latency.add((time.perf_counter() - t0) * 1000.0, len(rows))
 
     def _reply_segment(self, rows: list[int], u: np.ndarray, i: np.ndarray, cids: list[Any],
                        preds: dict[str, np.ndarray], reply: Callable[..., None]) -> None:
@@ -376,6 +379,7 @@ class Serve(Operator):
             "weights": dict(zip(self.policy.arms, self.policy.weights().round(4).tolist(), strict=True)),
             "routed": dict(self.routed),
             "cache_hits": {c.name: getattr(c, "hits", 0) for c in self.containers},
+            "slo_ms": self.slo_s * 1000.0, **self.latency.percentiles(),
         }
 
     def preflight(self) -> None:
@@ -397,7 +401,15 @@ class Serve(Operator):
             name = {"weights": "weight", "versions": "version"}.get(key, key)
             for model, v in st[key].items():
                 out[f"{name}.{model}"] = float(v)
+        out["slo_ms"] = st["slo_ms"]
+        out.update(self.latency.percentiles())
         return out
+
+    def panel(self) -> dict[str, object]:
+        """:meth:`status`: the numbers a serving dashboard shows (counters, per-model RMSE, AIMD batch sizes,
+        versions, the policy's weights, p50/p99 against ``slo_ms``)."""
+        registry = {m.name: m.model for m in self.containers if isinstance(getattr(m, "model", None), str)}  # type: ignore[attr-defined]
+        return {"kind": "serving", **self.status(), "registry_models": registry}
 
     def snapshot(self) -> bytes:
         if self.store is None:

@@ -564,6 +564,10 @@ class Cascade(Operator):
                 out[live_gauge(key)] = k / n
         return out
 
+    def panel(self) -> dict[str, Any]:
+        """Per camera :meth:`summary`, with the live gauges (frames per stage, reference share, live FN/FP)."""
+        return {"kind": "cascade", "cameras": self.summary(), "gauges": self.gauges()}
+
     def summary(self) -> dict[str, Any]:
         """Per camera: phase, model version, plan, frames per stage, live agreement."""
         return {name: {"phase": c.phase, "model_version": c.version, "frames": dict(c.counts),

@@ -1,0 +1,53 @@
+"""The dashboard's web app (Starlette, served by uvicorn): the page, its static files and
+``GET /api/state``. Only GET routes: nothing here can change a job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from dawnstream.ui.collector import Collector
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def create_app(collector: Collector) -> Any:
+    """A Starlette app over ``collector``: ``/`` (the page), ``/static/*``, ``/api/state`` (JSON) and
+    ``/healthz``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    async def index(_: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def state(_: Request) -> Response:
+        return Response(orjson.dumps(collector.state()), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    async def health(_: Request) -> Response:
+        return Response(orjson.dumps({"scrapes": collector.scrapes, "endpoints": len(collector.endpoints)}),
+                        media_type="application/json")
+
+    return Starlette(routes=[Route("/", index), Route("/api/state", state), Route("/healthz", health),
+                             Mount("/static", StaticFiles(directory=STATIC), name="static")])
+
+
+def serve(collector: Collector, host: str = "127.0.0.1", port: int = 8686) -> None:
+    """Start ``collector`` and serve the dashboard until SIGINT/SIGTERM (uvicorn's handlers).
+
+    Raises:
+        OSError: ``host:port`` cannot be bound.
+    """
+    import uvicorn
+
+    collector.start()
+    try:
+        uvicorn.run(create_app(collector), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        collector.stop()
