@@ -43,7 +43,7 @@ class BrokerView:
         self.timeout_s = timeout_s
         self.admin = AdminClient(client_only(base, consumer=False))
         self.consumer = Consumer({**client_only(base, consumer=True), "group.id": "dawnstream.ui.reader",
-                                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+                                  "enable.auto.commit": False, "isolation.level": "read_committed"})
 
     def close(self) -> None:
         self.consumer.close()
@@ -61,16 +61,17 @@ class BrokerView:
                 for p in parts}
 
     def topics(self, names: list[str]) -> list[dict[str, Any]]:
-        """Per topic: ``name``, ``partitions``, ``messages`` (high minus low watermark, summed), ``exists``."""
+        """Per topic: ``name``, ``partitions``, ``offsets`` (high minus low watermark, summed: the records plus, on
+        a transactional topic, its commit markers), ``exists``."""
         out = []
         for name in names:
             parts = self._partitions(name)
             if parts is None:
-                out.append({"name": name, "exists": False, "partitions": 0, "messages": 0})
+                out.append({"name": name, "exists": False, "partitions": 0, "offsets": 0})
                 continue
             marks = self._watermarks(name, parts)
             out.append({"name": name, "exists": True, "partitions": len(parts),
-                        "messages": sum(hi - lo for lo, hi in marks.values())})
+                        "offsets": sum(hi - lo for lo, hi in marks.values())})
         return out
 
     def group(self, group: str, topic: str) -> dict[str, Any]:
@@ -99,7 +100,8 @@ class BrokerView:
         return out
 
     def dead_letters(self, topic: str, last: int = DLQ_LAST, counted: int = DLQ_COUNTED) -> dict[str, Any]:
-        """The dead-letter topic of ``topic``: ``messages``, reasons counted over the newest ``counted``
+        """The dead-letter topic of ``topic``: ``messages`` (exact when every record was read, else the offsets
+        span and ``exact`` False), reasons counted over the newest ``counted``
         (``by_reason``: kind -> count, ``by_stage``), and the newest ``last`` records, newest first, with
         their ``dlq.*`` headers, key and a preview of the value (never decoded beyond UTF-8, never replayed)."""
         from confluent_kafka import TopicPartition
@@ -118,13 +120,11 @@ class BrokerView:
             self.consumer.assign([TopicPartition(dlq, p, starts[p]) for p in sorted(todo)])
             deadline = time.monotonic() + self.timeout_s
             while todo and time.monotonic() < deadline:
-                for m in self.consumer.consume(1000, timeout=0.5):
-                    if m.error() is not None:
-                        continue
-                    records.append(m)
-                    p, off = int(m.partition() or 0), int(m.offset() or 0)
-                    if off + 1 >= marks[p][1]:
-                        todo.discard(p)
+                records += [m for m in self.consumer.consume(1000, timeout=0.2) if m.error() is None]
+                # positions, not the last record: a commit marker takes the last offset and is never delivered
+                for tp in self.consumer.position([TopicPartition(dlq, p) for p in todo]):
+                    if tp.offset >= marks[tp.partition][1]:
+                        todo.discard(tp.partition)
             self.consumer.unassign()
         by_reason: dict[str, int] = {}
         by_stage: dict[str, int] = {}
@@ -141,5 +141,7 @@ class BrokerView:
                          "headers": h, "value_bytes": len(value),
                          "value_preview": value[:PREVIEW_BYTES].decode("utf-8", "replace")})
         rows.sort(key=lambda r: (r["timestamp_ms"], r["offset"]), reverse=True)
-        return {"topic": dlq, "exists": True, "messages": total, "counted": len(records), "by_reason": by_reason,
-                "by_stage": by_stage, "last": rows[:last]}
+        # read_committed: commit markers and aborted dead letters take offsets but are not dead letters
+        exact = all(starts[p] <= lo for p, (lo, _) in marks.items()) and not todo
+        return {"topic": dlq, "exists": True, "messages": len(records) if exact else total, "exact": exact,
+                "counted": len(records), "by_reason": by_reason, "by_stage": by_stage, "last": rows[:last]}

@@ -41,21 +41,21 @@ class Scrape:
                 out.series.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = float(sample.value)
         return out
 
-    def rows(self, name: str, **match: str) -> Iterable[tuple[dict[str, str], float]]:
-        """``(labels, value)`` of every sample of ``name`` whose labels include ``match``."""
-        for labels, v in self.series.get(name, {}).items():
+    def rows(self, metric: str, /, **match: str) -> Iterable[tuple[dict[str, str], float]]:
+        """``(labels, value)`` of every sample of ``metric`` whose labels include ``match``."""
+        for labels, v in self.series.get(metric, {}).items():
             d = dict(labels)
             if all(d.get(k) == want for k, want in match.items()):
                 yield d, v
 
-    def sum(self, name: str, **match: str) -> float:
+    def sum(self, metric: str, /, **match: str) -> float:
         """Sum of the matching samples (0 when there are none)."""
-        return sum(v for _, v in self.rows(name, **match))
+        return sum(v for _, v in self.rows(metric, **match))
 
-    def buckets(self, name: str, **match: str) -> dict[float, float]:
+    def buckets(self, metric: str, /, **match: str) -> dict[float, float]:
         """A histogram's cumulative bucket counts ``{le: count}`` summed over the matching series."""
         out: dict[float, float] = {}
-        for labels, v in self.rows(name + "_bucket", **match):
+        for labels, v in self.rows(metric + "_bucket", **match):
             le = float(labels["le"])
             out[le] = out.get(le, 0.0) + v
         return out

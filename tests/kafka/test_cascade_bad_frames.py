@@ -5,11 +5,13 @@ cascade worker goes on and labels every good frame once, in order."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import orjson
 import yaml
 from confluent_kafka import Producer
+from dashkit import Dashboard, job_matches_metrics, job_selector, stage_values
 
 from dawnstream.streams.config import parse_topology
 from dawnstream.streams.kafka_clients import TopicAdmin
@@ -18,6 +20,34 @@ from dawnstream.topics.spec import TopicSpec
 from dawnstream.video_source import jpeg, read_frames, vtest
 
 GOOD = 60
+
+
+def dashboard_shows_the_cascade(bootstrap: str, topo, runner: KafkaRunner, dead: int, shots) -> None:
+    """Every frame read, the worker idle: the cascade panel (frames per stage, reference share, live estimates)
+    and the dead letters (with their reasons) show what the worker's /metrics reports."""
+    url = f"http://127.0.0.1:{runner.metrics_server.port}"
+    dash = Dashboard(bootstrap, targets=[url], shots=shots)
+    cap = job_selector(topo.name) + ' [data-cap="cascade"]'
+    stage = topo.stages[0].name or "cascade"
+
+    def shown() -> list[str]:
+        problems = job_matches_metrics(dash, topo.name, [url])
+        kpis = dash.values(cap)
+        for key in ("frames_difference", "frames_specialized", "frames_reference", "reference_share", "alarms"):
+            want = stage_values([url], stage, key).get("0")
+            if kpis.get(key) != want:
+                problems.append(f"{key}: page {kpis.get(key)} != metrics {want}")
+        dlq = dash.values(f'#dead-letters [data-topic="{topo.input.topic}.dlq"]')
+        if dlq.get("messages") != dead:
+            problems.append(f"dead letters: page {dlq.get('messages')} != {dead}")
+        return problems
+
+    try:
+        dash.wait_until(shown, what="the cascade job")
+        dash.shot(cap, "ui-cascade")
+        dash.shot("#dead-letters", "ui-dead-letters-video")
+    finally:
+        dash.close()
 
 
 def test_bad_frames_are_dead_lettered_and_the_camera_goes_on(kafka_bootstrap, reader, tmp_path) -> None:
@@ -44,10 +74,17 @@ def test_bad_frames_are_dead_lettered_and_the_camera_goes_on(kafka_bootstrap, re
                              "registry": str(tmp_path / "registry")})
     doc.update({"name": f"camera-bad-{tag}", "input": {"topic": src, "codec": "frames"}, "outputs": [{"topic": dst}],
                 "kafka": {"bootstrap": kafka_bootstrap}, "metrics": {"port": 0}, "batch": {"max_messages": 8}})
-    runner = KafkaRunner(parse_topology(doc), metrics_port=-1)
-    th = threading.Thread(target=runner.run, kwargs={"max_rows": GOOD + len(corpus), "max_idle_s": 30}, daemon=True)
+    topo = parse_topology(doc)
+    runner = KafkaRunner(topo, metrics_port=0)
+    th = threading.Thread(target=runner.run, kwargs={"max_idle_s": 30}, daemon=True)
     th.start()
-    th.join(300)
+    deadline = time.monotonic() + 300
+    while runner.stats.rows_in < GOOD + len(corpus) and th.is_alive():
+        assert time.monotonic() < deadline, f"only {runner.stats.rows_in} frames processed"
+        time.sleep(0.2)
+    dashboard_shows_the_cascade(kafka_bootstrap, topo, runner, len(corpus), tmp_path)
+    runner.stop()
+    th.join(60)
     assert runner.stats.rows_dead == len(corpus)
     dead = reader(src + ".dlq", len(corpus), timeout_s=60)
     reasons = [dict(m.headers())["dlq.error"].decode() for m in dead]

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import yaml
 from confluent_kafka import Producer
+from dashkit import Dashboard, job_matches_metrics, job_selector, stage_values, stages_of
 
 from dawnstream.sources import rotten_tomatoes
 from dawnstream.streams.config import parse_topology
@@ -31,12 +32,46 @@ def topology_doc(bootstrap: str, topic_name) -> dict:
     return doc
 
 
+def dashboard_shows_the_lf_table(bootstrap: str, topo, runner: KafkaRunner, dead: int, shots) -> None:
+    """Everything labelled, the worker idle: the dashboard's card, LF table and dead letters show what the
+    worker's /metrics and /stages report."""
+    url = f"http://127.0.0.1:{runner.metrics_server.port}"
+    dash = Dashboard(bootstrap, targets=[url], shots=shots)
+    sel = job_selector(topo.name)
+    lf_sel = sel + ' [data-cap="lf_table"]'
+    stage = topo.stages[0].name or "label"
+
+    def shown() -> list[str]:
+        problems = job_matches_metrics(dash, topo.name, [url])
+        kpis = dash.values(lf_sel)
+        for key in ("rows", "holding"):
+            want = sum(stage_values([url], stage, key).values())
+            if kpis.get(key) != want:
+                problems.append(f"{key}: page {kpis.get(key)} != metrics {want}")
+        panels = stages_of(url)["stages"][stage]
+        want_lfs = {r["lf"]: r["coverage"] for r in panels[min(panels)]["lfs_topology"]}
+        got_lfs = {lf: row.get("coverage") for lf, row in dash.rows(lf_sel, "lf").items()}
+        if got_lfs != want_lfs:
+            problems.append(f"LF coverage: page {got_lfs} != /stages {want_lfs}")
+        dlq = dash.values(f'#dead-letters [data-topic="{topo.input.topic}.dlq"]')
+        if dlq.get("messages") != dead:
+            problems.append(f"dead letters: page {dlq.get('messages')} != {dead}")
+        return problems
+
+    try:
+        dash.wait_until(shown, what="the labeling job")
+        dash.shot(lf_sel, "ui-labeling-lf-table")
+        dash.shot("#dead-letters", "ui-dead-letters-labeling")
+    finally:
+        dash.close()
+
+
 def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_bootstrap, topic_name, reader,
                                                                     tmp_path) -> None:
     doc = topology_doc(kafka_bootstrap, topic_name)
     doc["stages"][0]["registry"] = str(tmp_path / "registry")
     topo = parse_topology(doc)
-    runner = KafkaRunner(topo, metrics_port=-1)
+    runner = KafkaRunner(topo, metrics_port=0)
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     rows = rotten_tomatoes().slice(0, N).to_pylist()
@@ -69,6 +104,7 @@ def test_review_sentiment_labels_every_row_and_dead_letters_bad_ones(kafka_boots
         assert time.monotonic() < deadline, f"{runner.processor.holding()} rows still held"
         time.sleep(0.2)
     gauges = [c.operators[0].gauges() for c in list(runner.processor.chains.values())]
+    dashboard_shows_the_lf_table(kafka_bootstrap, topo, runner, len(bad), tmp_path)
     runner.stop()
     thread.join(60)
     assert len(gauges) == 4 and sum(g["rows"] for g in gauges) == N and not any(g["holding"] for g in gauges)

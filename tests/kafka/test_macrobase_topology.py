@@ -9,6 +9,7 @@ import time
 import orjson
 import pyarrow as pa
 import pytest
+from dashkit import Dashboard, job_matches_metrics, job_selector, stages_of
 
 from dawnstream.operators.outliers.explain import MergeExplanations
 from dawnstream.sources import flights
@@ -62,15 +63,42 @@ def merged(reader, topic: str, n: int) -> list[tuple]:
     ]
 
 
+def dashboard_shows_the_idle_job(kafka_bootstrap: str, topo, runners: list[KafkaRunner], shots) -> None:
+    """Two workers, four partitions, everything read: the dashboard's job card and summaries panel show what the
+    workers' /metrics and /stages report, and which worker holds which partition."""
+    urls = [f"http://127.0.0.1:{r.metrics_server.port}" for r in runners]
+    dash = Dashboard(kafka_bootstrap, targets=urls, shots=shots)
+    try:
+        sel = job_selector(topo.name)
+
+        def card() -> list[str]:
+            problems = job_matches_metrics(dash, topo.name, urls)
+            owner = {str(p): r.worker for r in runners for p in r.assigned}
+            shown = {k: v.strip() for k, v in dash.page.eval_on_selector_all(
+                sel + " tr[data-partition]", "rs => rs.map(r => [r.dataset.partition, r.children[1].textContent])")}
+            if shown != {p: str(w) for p, w in owner.items()}:
+                problems.append(f"partition owners: page {shown} != runners {owner}")
+            want = {p: panel["rows_seen"] for u in urls for p, panel in stages_of(u)["stages"]["explain"].items()}
+            got = {p: row["rows_seen"] for p, row in dash.rows(sel + ' [data-cap="summaries"]', "part").items()}
+            if got != want:
+                problems.append(f"summaries: page {got} != /stages {want}")
+            return problems
+
+        dash.wait_until(card, what="the two-worker MacroBase job")
+        dash.shot(sel, "ui-macrobase-two-workers")
+    finally:
+        dash.close()
+
+
 @pytest.mark.slow
-def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, topic_name, reader) -> None:
+def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, topic_name, reader, tmp_path) -> None:
     data = flights().slice(0, 40_000).select(["time_hour", "carrier", "origin", "month", "day", "tailnum", "dep_delay"])
     results = []
     for workers in (1, 2):
         src, dst = topic_name("rows", f"mb{workers}"), topic_name("summaries", f"mb{workers}")
         TopicAdmin(kafka_bootstrap).ensure([TopicSpec(name=src, partitions=4)])
         topo = topology(src, dst, kafka_bootstrap, f"mb-{workers}-{src}")
-        runners = [KafkaRunner(topo, worker=i, create_topics=i == 0) for i in range(workers)]
+        runners = [KafkaRunner(topo, worker=i, create_topics=i == 0, metrics_port=0) for i in range(workers)]
         threads = [threading.Thread(target=r.run, kwargs={"drain": True}) for r in runners]
         for th in threads:
             th.start()
@@ -82,6 +110,8 @@ def test_two_workers_find_the_same_explanations_as_one(kafka_bootstrap: str, top
         while sum(r.stats.rows_in for r in runners) < data.num_rows:
             assert time.monotonic() < deadline + 60, "rows were not processed"
             time.sleep(0.2)
+        if workers == 2:
+            dashboard_shows_the_idle_job(kafka_bootstrap, topo, runners, tmp_path)
         for r in runners:
             r.stop()
         for th in threads:

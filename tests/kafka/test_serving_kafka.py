@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
+from dashkit import Dashboard, job_matches_metrics, job_selector, stage_values, stages_of
 
 from dawnstream.models.mf import fit_als
 from dawnstream.models.registry import Registry
@@ -66,7 +67,7 @@ class Worker:
     """A KafkaRunner on a thread (stopped and joined by :meth:`stop`)."""
 
     def __init__(self, doc: dict) -> None:
-        self.runner = KafkaRunner(parse_topology(doc), metrics_port=-1)
+        self.runner = KafkaRunner(parse_topology(doc), metrics_port=0)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -85,13 +86,14 @@ class Worker:
 
 @contextlib.contextmanager
 def serving(doc: dict):
-    """A worker on ``doc``, with its partitions assigned, and a client; the worker is stopped after."""
+    """A worker on ``doc``, with its partitions assigned: yields the topology, a client and the worker's runner;
+    the worker is stopped after."""
     topo = parse_topology(doc)
     worker = Worker(doc)
     try:
         wait_assigned(worker, topo.input.partitions)
         with PredictClient(topo.kafka.bootstrap, topo.input.topic, topo.outputs[0].topic) as client:
-            yield topo, client
+            yield topo, client, worker.runner
     finally:
         worker.stop()
 
@@ -103,8 +105,50 @@ def wait_assigned(worker: Worker, partitions: int, timeout_s: float = 60) -> Non
         time.sleep(0.1)
 
 
-def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, ratings, reader) -> None:
-    with serving(topology_doc(registry)) as (topo, client):
+def dashboard_shows_the_serving_job(bootstrap: str, topo, runner: KafkaRunner, registry: Registry, shots) -> None:
+    """Requests answered, the worker idle: the serving panels (per partition: versions, AIMD batch sizes, weights,
+    p50/p99 against the SLO), the dead letter and the registry (which version the job serves) match the worker's
+    /metrics and /stages."""
+    url = f"http://127.0.0.1:{runner.metrics_server.port}"
+    dash = Dashboard(bootstrap, targets=[url], registry=registry, shots=shots)
+    sel = job_selector(topo.name)
+    stage = topo.stages[0].name or "serve"
+
+    def shown() -> list[str]:
+        problems = job_matches_metrics(dash, topo.name, [url])
+        panels = stages_of(url)["stages"][stage]
+        for p, panel in panels.items():
+            cap = f'{sel} [data-cap="serving"][data-partition="{p}"]'
+            kpis = dash.values(cap)
+            for key in ("latency_p50_ms", "latency_p99_ms"):
+                want = stage_values([url], stage, key).get(p)
+                if kpis.get(key) != want:
+                    problems.append(f"partition {p} {key}: page {kpis.get(key)} != metrics {want}")
+            if kpis.get("requests") != panel["counters"]["requests"]:
+                problems.append(f"partition {p} requests: page {kpis.get('requests')} != {panel['counters']}")
+            for model, row in dash.rows(cap, "model").items():
+                for key, name in (("version", "version"), ("batch", "batch"), ("weight", "weight")):
+                    want = stage_values([url], stage, f"{name}.{model}").get(p)
+                    if row.get(key) != want:
+                        problems.append(f"partition {p} {model} {key}: page {row.get(key)} != metrics {want}")
+        dlq = dash.values(f'#dead-letters [data-topic="{topo.input.topic}.dlq"]')
+        if dlq.get("messages") != 1:
+            problems.append(f"dead letters: page {dlq.get('messages')} != 1")
+        served = dash.page.locator('#registry [data-model="movielens-theta"] h3').inner_text()
+        if f"{topo.name}/{stage}: v1" not in served:
+            problems.append(f"registry: {served!r} does not say {topo.name} serves v1")
+        return problems
+
+    try:
+        dash.wait_until(shown, what="the serving job")
+        dash.shot(f'{sel} [data-cap="serving"]', "ui-serving")
+        dash.shot("#registry", "ui-registry")
+    finally:
+        dash.close()
+
+
+def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, ratings, reader, tmp_path) -> None:
+    with serving(topology_doc(registry)) as (topo, client, runner):
         acks = [client.feedback(u, i, r, ack=True) for u, i, r in ratings[:500]]
         asks = [client.send({"user_id": u, "item_id": i}) for u, i, _ in ratings[500:700]]
         cold = client.send({"user_id": 10_000_000, "item_id": ratings[0][1]})  # a user never seen
@@ -132,6 +176,7 @@ def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, rating
         p.flush(10)
         dead = reader(f"{topo.input.topic}.dlq", expected=1)
         assert len(dead) == 1 and b"correlation-id" in dict(dead[0].headers())["dlq.error"]
+        dashboard_shows_the_serving_job(kafka_bootstrap, topo, runner, registry, tmp_path)
 
 
 def test_a_kafka_python_client_gets_its_reply(kafka_bootstrap, registry) -> None:
@@ -170,7 +215,7 @@ def test_a_kafka_python_client_gets_its_reply(kafka_bootstrap, registry) -> None
 
 
 def test_a_theta_swap_mid_stream_loses_and_repeats_nothing(kafka_bootstrap, registry, ratings) -> None:
-    with serving(topology_doc(registry)) as (_topo, client):
+    with serving(topology_doc(registry)) as (_topo, client, _runner):
         sent = []
         for n, (u, i, r) in enumerate(ratings[:3000]):
             sent.append(client.feedback(u, i, r, ack=True))
@@ -305,7 +350,7 @@ def test_reply_topics_the_broker_will_not_take_dead_letter_their_requests(kafka_
     missing, gone = f"test.callers-{tag}.missing.v1", f"test.callers-{tag}.gone.v1"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(gone, 1, 1)])[gone].result(30)
-    with serving(doc) as (topo, client):
+    with serving(doc) as (topo, client, _runner):
         def ask(reply_to: str, user: int) -> str:
             cid = uuid.uuid4().hex
             client.producer.produce(topo.input.topic, orjson.dumps({"user_id": user, "item_id": 1}), str(user).encode(),

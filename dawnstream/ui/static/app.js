@@ -45,7 +45,7 @@ function lfPanel(stage, byPart) {
     cell("errors", r.errors, num(r.errors)) + "</tr>");
   const totalRows = Object.values(byPart).reduce((a, x) => a + (x.rows || 0), 0);
   return `<div class="panel cap" data-cap="lf_table" data-stage="${esc(stage)}"><h3>Labeling functions and the label model <span class="tag">${esc(stage)}</span></h3>` +
-    `<div class="kpis">${kpi("rows", "rows labelled", totalRows)}${kpi("model_block", "label model fitted on blocks", panel.model_block)}` +
+    `<div class="kpis">${kpi("rows", "rows labelled", totalRows)}${kpi("model_block", "blocks folded into the label model", panel.model_block)}` +
     `${kpi("holding", "rows held for the model", Object.values(byPart).reduce((a, x) => a + (x.holding || 0), 0))}${kpi("refits", "refits (partition " + p + ")", panel.refits)}</div>` +
     table(["LF", {t: "coverage", n: 1}, {t: "overlaps", n: 1}, {t: "conflicts", n: 1}, {t: "learned acc.", n: 1}, {t: "gold acc.", n: 1}, {t: "errors", n: 1}], rows) + "</div>";
 }
