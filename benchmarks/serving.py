@@ -62,6 +62,7 @@ from dawnstream.logs import configure
 from dawnstream.models.mf import BiasedMF, fit_als
 from dawnstream.models.registry import Registry
 from dawnstream.operators.learning.velox import VeloxModel
+from dawnstream.progress import Progress
 from dawnstream.sources import movielens
 from dawnstream.streams.config import parse_topology
 from dawnstream.streams.kafka_clients import ensure_job_topics
@@ -431,11 +432,14 @@ def climb(modes: list[str], step: Callable[[str, int], dict[str, Any]], misses_t
     best = dict.fromkeys(modes, 0)
     missed = dict.fromkeys(modes, 0)
     holding = list(modes)
+    bar = Progress("latency ladder", total=len(LADDER) * len(modes), unit="steps", every_s=0).__enter__()
     for rate in LADDER:
         for mode in list(holding):
             for attempt in (1, 2):
                 result = {**step(mode, rate), "attempt": attempt}
                 ladders[mode].append(result)
+                bar.description = f"latency ladder: {mode} at {rate:,} req/s, try {attempt}"
+                bar.advance(1 if attempt == 1 else 0)
                 if within_slo(result):
                     best[mode], missed[mode] = rate, 0
                     break
@@ -445,6 +449,7 @@ def climb(modes: list[str], step: Callable[[str, int], dict[str, Any]], misses_t
                     holding.remove(mode)
         if not holding:
             break
+    bar.__exit__(None, None, None)
     return ladders, best
 
 

@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dawnstream.errors import DawnstreamError
 from dawnstream.logs import configure
+from dawnstream.progress import Progress
 
 app = typer.Typer(help="dawnstream: streaming ML operators over Kafka topics and Arrow batches.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -224,7 +224,9 @@ def replay(
         try:
             spec = TopicSpec(name=topic, partitions=partitions, codec="frames")
             TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
-            stats = replay_video(source, topic, camera, bootstrap, rate, limit, start=start)
+            with Progress(f"replay {source} -> {topic}", total=None if limit is None else max(limit - start, 0),
+                          unit="frames") as bar:
+                stats = replay_video(source, topic, camera, bootstrap, rate, limit, start=start, progress=bar.advance)
         except DawnstreamError as e:
             _fail(e)
         typer.echo(json.dumps({"topic": topic, "frames": stats.rows, "bytes": stats.bytes,
@@ -237,19 +239,8 @@ def replay(
             table = table.slice(0, limit)
         table = table.slice(min(start, table.num_rows))
         TopicAdmin(bootstrap).ensure([spec, spec.dlq()])
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                      TextColumn("{task.completed:,}/{task.total:,} rows"),
-                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task(f"replay {source} -> {topic}", total=table.num_rows, rate="")
-            import time
-
-            t0 = time.perf_counter()
-
-            def tick(n: int) -> None:
-                done = bar.tasks[0].completed + n
-                bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} rows/s")
-
-            stats = replay_table(table, topic, fmt, batch_rows, rate, key, bootstrap, progress=tick)
+        with Progress(f"replay {source} -> {topic}", total=table.num_rows, unit="rows") as bar:
+            stats = replay_table(table, topic, fmt, batch_rows, rate, key, bootstrap, progress=bar.advance)
     except DawnstreamError as e:
         _fail(e)
     except ValueError as e:

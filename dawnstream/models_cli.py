@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dawnstream.errors import DawnstreamError
+from dawnstream.progress import Progress
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # piped: no names cut to the default 80 columns
@@ -173,8 +174,11 @@ def models_retrain(
     from dawnstream.streams.retrain import Retrainer
 
     try:
-        r = Retrainer(load_topology(topology), every=every, min_ratings=min_ratings)
-        versions = r.run(max_idle_s=2.0 if once else max_idle, max_versions=1 if once else None)
+        topo = load_topology(topology)
+        r = Retrainer(topo, every=every, min_ratings=min_ratings)
+        with Progress(f"retrain: reading {topo.input.topic}", unit="ratings") as bar:
+            versions = r.run(max_idle_s=2.0 if once else max_idle, max_versions=1 if once else None,
+                             on_progress=bar.update)
         if once and not versions and len(r.data.labels) >= 1:
             versions = [r.train()]
     except DawnstreamError as e:
@@ -205,7 +209,8 @@ def models_train_end_model(
         # --once: read until the workers' group has committed the whole input topic (not until a quiet
         # spell: a worker still starting on a slow machine looked like an empty topic)
         idle = (max_idle if max_idle is not None else 30.0) if once else max_idle
-        versions = t.run(max_idle_s=idle, train=not once, until_caught_up=once)
+        with Progress(f"end model: reading {t.topic}", unit="rows") as bar:
+            versions = t.run(max_idle_s=idle, train=not once, until_caught_up=once, on_progress=bar.update)
         if once:
             if len(t.rows.texts) < min_rows:
                 behind = ("has committed nothing on it: is `dawnstream run " + str(topology) + "` running?"

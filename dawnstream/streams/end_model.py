@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +114,8 @@ class EndModelTrainer:
         self._stop.set()
 
     def run(self, max_idle_s: float | None = None, max_versions: int | None = None,
-            train: bool = True, until_caught_up: bool = False) -> list[ModelVersion]:
+            train: bool = True, until_caught_up: bool = False,
+            on_progress: Callable[[int], None] | None = None) -> list[ModelVersion]:
         """Read the labels topic and train as rows arrive (``train``; else only read), until :meth:`stop`
         (or idle / enough versions).
 
@@ -126,6 +128,7 @@ class EndModelTrainer:
                 input topic up to its end offsets (read as of each check) and the labels topic has
                 nothing more to read: everything produced so far is labelled and read, however slow
                 the workers were to start.
+            on_progress: called with the labelled rows read so far after each read (progress displays).
         """
         t = self.topology
         base = client_only(base_settings(t.kafka.bootstrap, t.kafka.settings), consumer=True)
@@ -150,6 +153,8 @@ class EndModelTrainer:
                 for m in msgs:
                     if m.error() is None:
                         self.rows.add(m.partition() or 0, m.offset() or 0, m.value(), self.text, self.k)
+                if on_progress is not None:
+                    on_progress(self.rows.seen)
                 if msgs:
                     idle = time.monotonic()
                 elif probe is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,8 +110,10 @@ class Retrainer:
         """Ask :meth:`run` to return after the current step."""
         self._stop.set()
 
-    def run(self, max_idle_s: float | None = None, max_versions: int | None = None) -> list[dict[str, ModelVersion]]:
+    def run(self, max_idle_s: float | None = None, max_versions: int | None = None,
+            on_progress: Callable[[int], None] | None = None) -> list[dict[str, ModelVersion]]:
         """Read the topic and retrain as ratings arrive, until :meth:`stop` (or idle / enough versions).
+        ``on_progress(ratings read)`` is called after each read (progress displays).
 
         Returns:
             The versions registered, one ``{model name: ModelVersion}`` per training.
@@ -131,6 +134,8 @@ class Retrainer:
                 for m in msgs:
                     if m.error() is None:
                         self.data.add(m.partition() or 0, m.offset() or 0, m.value(), self.fields)
+                if on_progress is not None:
+                    on_progress(len(self.data.labels))
                 if msgs:
                     idle = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle > max_idle_s:
