@@ -129,11 +129,12 @@ function deadLetters(dl) {
   return dl.map((d) => {
     const reasons = Object.entries(d.by_reason || {}).map(([r, n]) => `<tr data-reason="${esc(r)}"><td>${esc(r)}</td>` + cell("count", n) + "</tr>");
     const last = (d.last || []).map((m) => `<tr data-offset="${m.partition}:${m.offset}"><td>${m.partition}</td><td>${m.offset}</td><td>${esc(m.headers["dlq.stage"])}</td>` +
-      `<td class="mono">${esc(m.headers["dlq.error"])}</td><td class="mono">${esc(m.value_preview)}</td></tr>`);
+      `<td class="mono">${esc(m.headers["dlq.error"])}</td><td class="mono">${esc(m.headers["dlq.topic"])}/${esc(m.headers["dlq.partition"])}/${esc(m.headers["dlq.offset"])}</td>` +
+      `<td class="mono">${esc(m.value_preview)}${m.headers["dlq.truncated"] ? " …" : ""}</td></tr>`);
     return `<div class="dlq" data-topic="${esc(d.topic)}" data-job="${esc(d.topology)}"><h3>${esc(d.topic)} <span class="muted">(${esc(d.topology)})</span></h3>` +
       `<div class="kpis">${kpi("messages", "dead letters in the topic", d.messages)}</div>` +
       (reasons.length ? table(["reason", {t: `count (newest ${num(d.counted)})`, n: 1}], reasons) : "") +
-      (last.length ? `<h3>newest</h3>` + table(["partition", "offset", "stage", "dlq.error", "value"], last) : '<p class="muted">none</p>') + "</div>";
+      (last.length ? `<h3>newest</h3>` + table(["partition", "offset", "stage", "dlq.error", "from (topic/partition/offset)", "value"], last) : '<p class="muted">none</p>') + "</div>";
   }).join("");
 }
 
