@@ -58,9 +58,11 @@ demo-labels: $(STAMP)
 	$(BIN)/python -m dawnstream.demo_labels
 
 ## make demo-video: NoScope's cascade (difference detector, specialized CNN, SSDLite reference) on vtest.avi, through Kafka.
+## Your camera: make demo-video VIDEO=recording.mp4 TOPOLOGY=my-camera.yaml [START=n] [LIMIT=n] [CAMERA=id]
 demo-video: $(STAMP)
 	$(BIN)/dawnstream broker start --port $(BROKER_PORT)
-	$(BIN)/python -m dawnstream.demo_video
+	$(BIN)/python -m dawnstream.demo_video $(if $(VIDEO),--video '$(VIDEO)') $(if $(START),--start $(START)) \
+	  $(if $(LIMIT),--limit $(LIMIT)) $(if $(TOPOLOGY),--topology '$(TOPOLOGY)') $(if $(CAMERA),--camera '$(CAMERA)')
 
 lint: $(STAMP)
 	$(BIN)/ruff check dawnstream tests benchmarks examples

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from dawnstream.demo import exit_status
 from dawnstream.demo_jobs import exited, failed, fresh_job, stage_gauges, stop, worker_ready
+from dawnstream.errors import DawnstreamError
 from dawnstream.models.registry import REGISTRY_ENV
 from dawnstream.streams.kafka_clients import base_settings, client_only
 from dawnstream.streams.replay_video import replay_video
@@ -79,9 +80,10 @@ class VideoDemoResult:
     error: str | None = None
 
 
-def reference_labels(limit: int | None, detector: dict[str, Any], query: dict[str, Any]) -> tuple[np.ndarray, float]:
-    """The reference model's answer on every frame of vtest (JPEG round trip included, as the stage sees
-    them), and the seconds it took."""
+def reference_labels(limit: int | None, detector: dict[str, Any], query: dict[str, Any], video: str = "vtest",
+                     start: int = 0) -> tuple[np.ndarray, float]:
+    """The reference model's answer on every frame of ``video`` from ``start`` to ``limit`` (JPEG round trip
+    included, as the stage sees them), and the seconds it took."""
     from dawnstream.models.detectors import RegionQuery, build_detector
     from dawnstream.operators.video.detect import decode
     from dawnstream.video_source import jpeg, read_frames, vtest
@@ -91,28 +93,35 @@ def reference_labels(limit: int | None, detector: dict[str, Any], query: dict[st
     region = q.pop("region", None)
     rq = RegionQuery(region=tuple(region) if region else None, **q)
     t0 = time.perf_counter()
-    out = [rq.label(det.detect(decode(jpeg(f)))) for _, _, f in read_frames(vtest(), stop=limit)]
+    path = vtest() if video == "vtest" else Path(video)
+    out = [rq.label(det.detect(decode(jpeg(f)))) for _, _, f in read_frames(path, start=start, stop=limit)]
     return np.array(out, bool), time.perf_counter() - t0
 
 
 def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, limit: int | None = None,
-                   rate: float | None = 40.0, compare_reference: bool = True) -> VideoDemoResult:
-    """Replay vtest through the cascade topology and report (module docstring).
+                   rate: float | None = 40.0, compare_reference: bool = True, video: str = "vtest", start: int = 0,
+                   camera: str | None = None) -> VideoDemoResult:
+    """Replay a video (vtest by default) through the cascade topology and report (module docstring).
 
     Args:
-        topology: the topology file (tests pass a smaller one).
-        limit: only the first ``limit`` frames.
+        topology: the topology file (its first stage a ``cascade``; tests pass a smaller one).
+        limit: only the frames before index ``limit``.
+        video: ``vtest`` or a video file OpenCV reads (your camera's recording).
+        start: the first frame index sent.
+        camera: the camera id (message key); default ``lawn`` for vtest, else the file's name.
         rate: frames/s sent (default 40: 4x the camera's 10 fps; None: as fast as possible).
         compare_reference: run the reference model on every frame here at the end, for the comparison.
 
     Raises:
-        DawnstreamError: the broker cannot be reached, or vtest cannot be fetched.
+        DawnstreamError: the broker cannot be reached, or the video cannot be read (vtest cannot be fetched).
     """
     console = console or Console()
+    if video != "vtest" and not Path(video).is_file():
+        raise DawnstreamError(f"--video {video}: no such file; give a video OpenCV reads, or vtest")
     registry = Path.home() / ".cache" / "dawnstream" / "demo-video" / "registry"
     topo = fresh_job(topology, registry)
     stage = topo.stages[0].params()
-    camera = "lawn"
+    camera = camera or ("lawn" if video == "vtest" else Path(video).stem)
     env = {**os.environ, REGISTRY_ENV: str(registry),
            "DAWNSTREAM_LOG_LEVEL": os.environ.get("DAWNSTREAM_LOG_LEVEL", "WARNING")}
     worker = subprocess.Popen([sys.executable, "-m", "dawnstream", "run", str(topology)], env=env)
@@ -121,7 +130,7 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
     deadline = time.monotonic() + 120
     while not worker_ready(metrics_url) and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    console.print(f"[bold]dawnstream demo-video[/]: vtest.avi -> {topo.input.topic} -> cascade "
+    console.print(f"[bold]dawnstream demo-video[/]: {video} from frame {start} -> {topo.input.topic} -> cascade "
                   f"(reference: {stage.get('detector')}) -> {topo.outputs[0].topic}")
     settings = base_settings(topo.kafka.bootstrap, topo.kafka.settings)
     reader = Consumer({**client_only(settings, consumer=True), "group.id": f"demo-video-{uuid.uuid4().hex[:8]}",
@@ -140,7 +149,7 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
             gauges["values"], gauges["at"] = stage_gauges(metrics_url) or gauges["values"], time.monotonic()
         live_agreement = gauges["values"].get("live_agreement")
         samples = int(gauges["values"].get("live_samples", 0))
-        t = Table(title=f"camera-lawn: NoScope cascade through Kafka, {time.perf_counter() - t0:.1f}s",
+        t = Table(title=f"{topo.name}: NoScope cascade through Kafka, {time.perf_counter() - t0:.1f}s",
                   box=box.SIMPLE,
                   caption="frames decided by the diff(erence detector), spec(ialized model), ref(erence model); "
                           "ref%: share of the cascade phase's frames that ran the reference; live: agreement "
@@ -172,8 +181,8 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
 
     try:
         with Live(view(), console=console, refresh_per_second=4) as live:
-            sent = replay_video("vtest", topo.input.topic, camera=camera, bootstrap=topo.kafka.bootstrap,
-                                rate=rate, limit=limit, progress=progress)
+            sent = replay_video(video, topo.input.topic, camera=camera, bootstrap=topo.kafka.bootstrap,
+                                rate=rate, limit=limit, start=start, progress=progress)
             result.frames = sent.messages
             deadline = time.monotonic() + 600
             while exited(procs) is None and len(rows) < result.frames and time.monotonic() < deadline:
@@ -186,7 +195,7 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
     result.seconds = time.perf_counter() - t0
     result.error = failed(procs)
     result.labelled = len(rows)
-    result.in_order = [r["frame_index"] for r in rows] == list(range(len(rows)))
+    result.in_order = [r["frame_index"] for r in rows] == list(range(start, start + len(rows)))
     for key, attr in (("decided_by", "by_stage"), ("phase", "by_phase")):
         counts: dict[str, int] = {}
         for r in rows:
@@ -198,7 +207,8 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
     if result.error is None and "cascade" not in result.by_phase:
         result.error = "the camera never reached the cascade phase (no specialized model took over)"
     if result.error is None and compare_reference:
-        truth, result.reference_seconds = reference_labels(limit, stage["detector"], stage.get("query") or {})
+        truth, result.reference_seconds = reference_labels(limit, stage["detector"], stage.get("query") or {},
+                                                           video, start)
         labels = np.array([r["label"] for r in rows], bool)
         # what the reference model cost: the frames it decided and the sampled checks of cheap decisions
         ref = np.array([r["reference_ms"] is not None for r in rows])
@@ -220,10 +230,25 @@ def run_video_demo(console: Console | None = None, topology: Path = TOPOLOGY, li
     return result
 
 
-def main() -> int:
-    """``make demo-video``: 0 when every frame got its label in order and the cascade took over."""
-    return exit_status(run_video_demo, "demo-video")
+def main(argv: list[str] | None = None) -> int:
+    """``make demo-video [VIDEO=file] [START=n] [LIMIT=n] [TOPOLOGY=file] [CAMERA=id]``: 0 when every frame got
+    its label in order and the cascade took over; 2 for bad arguments."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m dawnstream.demo_video", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--video", default="vtest", help="vtest (default) or a video file OpenCV reads")
+    ap.add_argument("--start", type=int, default=0, help="the first frame index sent (default 0)")
+    ap.add_argument("--limit", type=int, default=None, help="only the frames before this index")
+    ap.add_argument("--topology", type=Path, default=TOPOLOGY, help="a topology whose first stage is a cascade "
+                    "(default topologies/camera-lawn.yaml)")
+    ap.add_argument("--camera", default=None, help="the camera id (default: lawn for vtest, else the file's name)")
+    args = ap.parse_args(argv)
+    if args.start < 0 or (args.limit is not None and args.limit <= args.start):
+        ap.error("--start must be >= 0 and below --limit")
+    return exit_status(lambda console: run_video_demo(console, topology=args.topology, limit=args.limit,
+                                                      video=args.video, start=args.start, camera=args.camera),
+                       "demo-video")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

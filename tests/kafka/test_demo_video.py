@@ -1,6 +1,7 @@
-"""`make demo-video`'s code path, on a prefix of vtest and a quicker cascade: replayed through the broker,
-labelled by the worker process, every frame exactly once and in order, the cascade phase reached, and the
-comparison with the reference model on every frame made."""
+"""`make demo-video`'s code path, on a part of vtest given as a file (as a user gives their camera's recording,
+from a start frame) and a quicker cascade: replayed through the broker, labelled by the worker process, every
+frame exactly once and in order, the cascade phase reached, and the comparison with the reference model on
+every frame made. The demo's argument checks need no broker."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from dawnstream.demo_video import TOPOLOGY, run_video_demo
+from dawnstream.demo_video import TOPOLOGY, main, run_video_demo
+from dawnstream.video_source import vtest
 
 FRAMES = 120
+START = 25
 
 
 def test_the_video_demo_labels_every_frame_once_in_order_and_reaches_the_cascade(tmp_path: Path, kafka_bootstrap,
@@ -26,10 +29,24 @@ def test_the_video_demo_labels_every_frame_once_in_order_and_reaches_the_cascade
     topo = tmp_path / "camera-lawn-test.yaml"
     topo.write_text(yaml.safe_dump(doc))
     monkeypatch.setenv("DAWNSTREAM_KAFKA_BOOTSTRAP", kafka_bootstrap)
-    result = run_video_demo(Console(file=open(tmp_path / "out.txt", "w")), topology=topo, limit=FRAMES, rate=None)
+    result = run_video_demo(Console(file=open(tmp_path / "out.txt", "w")), topology=topo, limit=START + FRAMES,
+                            rate=None, video=str(vtest()), start=START)
     assert result.error is None
-    assert result.labelled == result.frames == FRAMES and result.in_order
+    assert result.labelled == result.frames == FRAMES and result.in_order  # frame indexes START .. START+FRAMES-1
     assert result.by_phase["cascade"] > 0 and result.versions == [1]
     assert sum(result.by_stage.values()) == FRAMES
     assert result.overall["frames"] == FRAMES and 0 <= result.overall["fn_rate"] <= 1
     assert result.cascade["reference_share"] < 1.0  # the cascade answered some frames without the reference
+
+
+def test_the_video_demo_refuses_bad_arguments_before_it_starts_anything(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("DAWNSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing there: nothing may be asked of it
+    for argv in (["--start", "9", "--limit", "9"], ["--start", "-1"]):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{argv} was taken")
+    assert main(["--video", "/nonexistent/gate.mp4"]) == 1
+    assert "no such file" in capsys.readouterr().out
