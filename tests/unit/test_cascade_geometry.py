@@ -54,7 +54,7 @@ def test_frames_of_every_size_mixed_in_one_batch_go_through_the_cascade_and_diff
     assert cascade.bad_rows(batch) == {}
     out = [r for o in cascade.process(batch) for r in o.to_pylist()]
     assert [r["frame_index"] for r in out] == list(range(len(sizes)))
-    diff = build_chain([("difference", {"threshold": 10.0, "roi": [0.0, 0.5, 0.8, 1.0]}, None)])
+    diff = build_chain([("difference", {"threshold": 10.0, "roi": [0, 288, 614, 576]}, None)])
     assert diff.process(batch)[0].num_rows == len(sizes)
 
 
@@ -83,10 +83,27 @@ def test_an_undecodable_frame_is_refused_alone_before_any_state_moves(vtest_fram
 
 @pytest.mark.parametrize("roi,says", [([0.0, 0.5, 0.8, 1.0], "looks like fractions"), ([10, 10, 5, 20], "x0 < x1"),
                                       ([0, 1, 2], "x0 < x1"), (["a", 0, 1, 2], "x0 < x1")])
-def test_the_cascade_roi_is_pixels_and_says_so(roi, says, tmp_path) -> None:
+def test_every_roi_is_pixels_and_says_so(roi, says, tmp_path) -> None:
     with pytest.raises(ConfigError) as e:
         build_chain([("cascade", {**PARAMS, "difference": {"roi": roi}, "registry": str(tmp_path)}, None)])
     assert e.value.path == "stages.0.difference.roi" and says in e.value.message
+    with pytest.raises(ConfigError) as e:  # the difference stage: the same unit, the same check
+        build_chain([("difference", {"threshold": 1.0, "roi": roi}, None)])
+    assert e.value.path == "stages.0.roi" and says in e.value.message
+
+
+def test_the_difference_roi_scores_only_that_part_of_the_frame(vtest_frame) -> None:
+    import cv2
+
+    from dawnstream.operators.video.difference import DifferenceDetector
+
+    moved = vtest_frame.copy()
+    moved[20:120, 20:200] = 255 - moved[20:120, 20:200]  # a change at the top left only
+    frames = pa.record_batch({"camera_id": ["c", "c"], "image": [cv2.imencode(".jpg", f)[1].tobytes()
+                                                                  for f in (vtest_frame, moved)]})
+    top_left = DifferenceDetector(threshold=1.0, roi=[0, 0, 240, 160]).process(frames)[0]
+    lawn = DifferenceDetector(threshold=1.0, roi=[0, 280, 600, 576]).process(frames)[0]
+    assert top_left.column("diff_mse")[1].as_py() > 100 and lawn.column("diff_mse")[1].as_py() < 1.0
 
 
 def test_a_sampled_reference_answer_is_the_label_later_frames_copy(vtest_frame, tmp_path) -> None:

@@ -118,7 +118,7 @@ def test_a_broken_image_is_a_data_error_and_bad_config_names_the_key() -> None:
     with pytest.raises(ValueError, match="not a decodable"):
         DifferenceDetector(threshold=1.0).process(pa.record_batch({"camera_id": ["c"], "image": [b"\xff\xd8\xffjunk"]}))
     with pytest.raises(ConfigError) as e:
-        build_operator("difference", {"threshold": 1.0, "roi": [0.5, 0.1, 0.2, 0.9]}, None, "stages.0")
+        build_operator("difference", {"threshold": 1.0, "roi": [50, 10, 20, 90]}, None, "stages.0")
     assert e.value.path == "stages.0.roi"
     with pytest.raises(ConfigError) as e:
         build_operator("difference", {"threshold": 1.0, "against": "median"}, None, "stages.0")

@@ -70,6 +70,7 @@ from dawnstream.operators.video.bounds import lower_bound
 from dawnstream.operators.video.detect import decode, reference_query
 from dawnstream.operators.video.difference import frame_mse, thumbnail
 from dawnstream.operators.video.fragility import SCORE_FLOOR, fragile, jitter, margins
+from dawnstream.operators.video.geometry import clip_crop, pixel_box
 from dawnstream.operators.video.optimizer import Plan
 from dawnstream.operators.video.training import FittedCascade, fit_cascade, ready
 
@@ -675,25 +676,6 @@ QUARTER = 4
 """The cheap stages read frames decoded at 1/4 scale (libjpeg's DCT scaling: ~3x faster than full size)."""
 
 
-def pixel_box(box: Any, path: str) -> tuple[int, int, int, int]:
-    """``[x0, y0, x1, y1]`` in pixels of the full-size frame, validated.
-
-    Raises:
-        ConfigError: at ``path``: not four numbers, not x0 < x1 and y0 < y1, negative, or fractions of the
-            frame (all within 0..1: the ``difference`` stage's unit, not this one's).
-    """
-    try:
-        v = [float(x) for x in box]
-    except (TypeError, ValueError):
-        v = []
-    if len(v) != 4 or not (0 <= v[0] < v[2] and 0 <= v[1] < v[3]):
-        raise ConfigError(path, f"expected [x0, y0, x1, y1] in pixels with 0 <= x0 < x1 and 0 <= y0 < y1, got {box!r}")
-    if max(v) <= 1.0:
-        raise ConfigError(path, f"{box!r} looks like fractions of the frame; here the box is in pixels of the "
-                                "full-size frame, like query.region (e.g. [0, 280, 600, 576])")
-    return int(v[0]), int(v[1]), int(np.ceil(v[2])), int(np.ceil(v[3]))
-
-
 def query_box(region: tuple[float, float, float, float], point: str) -> tuple[int, int, int, int]:
     """The part of the frame (full-size pixels) the specialized model sees for a query on ``region``: the
     region with a margin of half its size on each side, and for ``point: foot`` the height of a standing
@@ -703,16 +685,6 @@ def query_box(region: tuple[float, float, float, float], point: str) -> tuple[in
     w, h = x1 - x0, y1 - y0
     above = max(2 * h, 160.0) if point == "foot" else h / 2
     return (max(int(x0 - w / 2), 0), max(int(y0 - above), 0), int(np.ceil(x1 + w / 2)), int(np.ceil(y1 + h / 2)))
-
-
-def clip_crop(frame: np.ndarray, box: tuple[int, int, int, int], scale: int = 1) -> np.ndarray:
-    """The part of ``frame`` (decoded at 1/``scale``) inside ``box`` (full-size pixels), clipped to the frame:
-    at least one pixel whatever the frame's size (a frame smaller than the box expects is data, not a crash)."""
-    h, w = frame.shape[:2]
-    x0, y0 = min(box[0] // scale, w - 1), min(box[1] // scale, h - 1)
-    x1 = min(max(-(-box[2] // scale), x0 + 1), w)  # ceil, then at least one pixel, within the frame
-    y1 = min(max(-(-box[3] // scale), y0 + 1), h)
-    return frame[y0:y1, x0:x1]
 
 
 def _thumb(frame: np.ndarray) -> np.ndarray:

@@ -5,9 +5,10 @@ either the previous frame of its camera (``against: previous``, frame t−``lag`
 image of the empty scene (``against: reference``: by default the per-pixel median of the camera's
 first ``reference_frames`` frames). The score is the mean squared error over the thumbnail, or, with
 ``blocks: [rows, cols]``, the largest MSE of any block (a person entering one corner then counts as
-much as a change over the whole frame); ``roi: [x0, y0, x1, y1]`` (fractions of the frame) restricts
-it to a region of interest. A frame whose score is below ``threshold`` is labelled "unchanged": the
-cascade reuses the last decided label for it instead of running any model.
+much as a change over the whole frame); ``roi: [x0, y0, x1, y1]`` (pixels of the full-size frame, the
+unit of every box: :mod:`~dawnstream.operators.video.geometry`) restricts it to a region of interest.
+A frame whose score is below ``threshold`` is labelled "unchanged": the cascade reuses the last decided
+label for it instead of running any model.
 
 :func:`thumbnail` and :func:`frame_mse` are the pure functions; :class:`DifferenceDetector` is the
 stage over frame batches (the ``frames`` codec's rows), with per-camera state that snapshots.
@@ -25,13 +26,16 @@ import pyarrow as pa
 
 from dawnstream.errors import ConfigError
 from dawnstream.operators.base import Operator
+from dawnstream.operators.video.geometry import clip_crop, pixel_box
 
 AGAINST = ("previous", "reference")
 
 
-def thumbnail(image: bytes | np.ndarray, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+def thumbnail(image: bytes | np.ndarray, size: tuple[int, int] = (64, 48),
+              box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A grayscale ``(height, width)`` float32 thumbnail (``size`` = (width, height)) of a JPEG/PNG
-    image (bytes) or a BGR/gray uint8 array, by area averaging (OpenCV).
+    image (bytes) or a BGR/gray uint8 array, by area averaging (OpenCV); of the part inside ``box``
+    (pixels of the full-size frame, clipped to the frame) when given.
 
     Raises:
         ValueError: the bytes are not a decodable image.
@@ -43,8 +47,12 @@ def thumbnail(image: bytes | np.ndarray, size: tuple[int, int] = (64, 48)) -> np
         gray = cv2.imdecode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_4)
         if gray is None:
             raise ValueError("not a decodable JPEG/PNG image")
+        scale = 4  # decoded at a quarter of the frame's size
     else:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        scale = 1
+    if box is not None:
+        gray = clip_crop(gray, box, scale)
     return cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
@@ -88,7 +96,8 @@ class DifferenceDetector(Operator):
             image (their per-pixel median); their own scores are measured against the median so far.
         size: thumbnail ``[width, height]``.
         blocks: ``[rows, cols]``: the score is the largest block's MSE.
-        roi: ``[x0, y0, x1, y1]`` fractions of the frame.
+        roi: ``[x0, y0, x1, y1]`` in pixels of the full-size frame, like the cascade's ``roi`` and
+            ``query.region``; the thumbnail is made of that part of each frame (clipped to the frame).
 
     Output: the input rows plus ``diff_mse`` (float64; NaN for a camera's first frame) and ``changed``
     (bool; true for a camera's first frame).
@@ -116,13 +125,7 @@ class DifferenceDetector(Operator):
             raise ConfigError(f"{base}.size", "size [width, height] and blocks [rows, cols] are two positive integers")
         self.size: tuple[int, int] = (int(sz[0]), int(sz[1]))
         self.blocks: tuple[int, int] = (int(bl[0]), int(bl[1]))
-        self.roi: tuple[float, float, float, float] | None = None
-        if roi is not None:
-            r = [float(v) for v in roi]
-            if not (len(r) == 4 and 0 <= r[0] < r[2] <= 1 and 0 <= r[1] < r[3] <= 1):
-                raise ConfigError(f"{base}.roi",
-                                  f"expected [x0, y0, x1, y1] fractions, x0 < x1 and y0 < y1; got {roi!r}")
-            self.roi = (r[0], r[1], r[2], r[3])
+        self.roi = None if roi is None else pixel_box(roi, f"{base}.roi")
         self.threshold, self.against = float(threshold), against
         self.lag, self.reference_frames = int(lag), int(reference_frames)
         self.history: dict[str, deque[np.ndarray]] = {}  # camera -> last `lag` thumbnails, or first frames
@@ -138,7 +141,7 @@ class DifferenceDetector(Operator):
         """The frame's score against its camera's state, then the state moves on (NaN: nothing to compare)."""
         hist = self.history.setdefault(camera, deque())
         if self.against == "previous":
-            s = frame_mse(thumb, hist[0], self.blocks, self.roi) if len(hist) == self.lag else float("nan")
+            s = frame_mse(thumb, hist[0], self.blocks) if len(hist) == self.lag else float("nan")
             hist.append(thumb)
             if len(hist) > self.lag:
                 hist.popleft()
@@ -150,8 +153,8 @@ class DifferenceDetector(Operator):
             if len(hist) >= self.reference_frames:
                 self.reference[camera] = ref
                 hist.clear()
-            return float("nan") if len(hist) == 1 else frame_mse(thumb, ref, self.blocks, self.roi)
-        return frame_mse(thumb, ref, self.blocks, self.roi)
+            return float("nan") if len(hist) == 1 else frame_mse(thumb, ref, self.blocks)
+        return frame_mse(thumb, ref, self.blocks)
 
     def process(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
         cams = batch.column("camera_id").to_pylist()
@@ -163,7 +166,7 @@ class DifferenceDetector(Operator):
             img = images[i].as_py()
             if img is None:
                 raise ValueError(f"row {i} of camera {cams[i]!r} has no image")
-            scores[i] = self.score(str(cams[i]), thumbnail(img, self.size))
+            scores[i] = self.score(str(cams[i]), thumbnail(img, self.size, self.roi))
         changed = np.isnan(scores) | (scores >= self.threshold)
         out = batch.append_column("diff_mse", pa.array(scores, pa.float64(), from_pandas=False))
         return [out.append_column("changed", pa.array(changed, pa.bool_()))]
