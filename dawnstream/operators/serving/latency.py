@@ -14,7 +14,7 @@ class RecentLatencies:
     """A ring of the last ``size`` request latencies (ms, float64).
 
     >>> r = RecentLatencies(size=4)
-    >>> r.add(5.0, 3); r.add(40.0, 2)
+    >>> r.add(5.0, 3); r.add(40.0, 3)  # the ring keeps the last 4: one 5 ms request, three 40 ms
     >>> r.percentiles()
     {'latency_p50_ms': 40.0, 'latency_p99_ms': 40.0}
 
