@@ -181,3 +181,29 @@ def stage_values(urls: list[str], stage: str, name: str) -> dict[str, float]:
         for lb, v in metrics_of(u).rows("dawnstream_stage_value", stage=stage, name=name):
             out[lb["partition"]] = v
     return out
+
+
+def dead_letters_shown(dash: Dashboard, topic: str, dead: int) -> list[str]:
+    """The dead-letter panel of ``topic`` shows ``dead`` dead letters."""
+    got = dash.values(f'#dead-letters [data-topic="{topic}.dlq"]').get("messages")
+    return [] if got == dead else [f"dead letters: page {got} != {dead}"]
+
+
+def check_idle_job(bootstrap: str, topo: Any, runner: Any, check: Any, shots: dict[str, str], shots_dir: Path,
+                   dead: int | None = None, registry: Registry | None = None) -> None:
+    """Open the dashboard on one idle worker and wait until its job card matches the worker's /metrics, the
+    dead-letter panel shows ``dead`` and ``check(dash, url)`` (the capability's panel) finds no mismatch; then
+    save ``shots`` (CSS selector -> screenshot name, the selector may use ``{job}`` for the job's card)."""
+    url = f"http://127.0.0.1:{runner.metrics_server.port}"
+    dash = Dashboard(bootstrap, targets=[url], registry=registry, shots=shots_dir)
+
+    def shown() -> list[str]:
+        problems = job_matches_metrics(dash, topo.name, [url]) + check(dash, url)
+        return problems + ([] if dead is None else dead_letters_shown(dash, topo.input.topic, dead))
+
+    try:
+        dash.wait_until(shown, what=f"the {topo.name} job")
+        for selector, name in shots.items():
+            dash.shot(selector.format(job=job_selector(topo.name)), name)
+    finally:
+        dash.close()

@@ -11,7 +11,7 @@ import uuid
 import orjson
 import yaml
 from confluent_kafka import Producer
-from dashkit import Dashboard, job_matches_metrics, job_selector, stage_values
+from dashkit import check_idle_job, job_selector, stage_values
 
 from dawnstream.streams.config import parse_topology
 from dawnstream.streams.kafka_clients import TopicAdmin
@@ -22,32 +22,18 @@ from dawnstream.video_source import jpeg, read_frames, vtest
 GOOD = 60
 
 
-def dashboard_shows_the_cascade(bootstrap: str, topo, runner: KafkaRunner, dead: int, shots) -> None:
-    """Every frame read, the worker idle: the cascade panel (frames per stage, reference share, live estimates)
-    and the dead letters (with their reasons) show what the worker's /metrics reports."""
-    url = f"http://127.0.0.1:{runner.metrics_server.port}"
-    dash = Dashboard(bootstrap, targets=[url], shots=shots)
+def cascade_shown(topo):
+    """The cascade panel: frames per stage, reference share and alarms as the gauges say."""
     cap = job_selector(topo.name) + ' [data-cap="cascade"]'
     stage = topo.stages[0].name or "cascade"
 
-    def shown() -> list[str]:
-        problems = job_matches_metrics(dash, topo.name, [url])
+    def check(dash, url: str) -> list[str]:
         kpis = dash.values(cap)
-        for key in ("frames_difference", "frames_specialized", "frames_reference", "reference_share", "alarms"):
-            want = stage_values([url], stage, key).get("0")
-            if kpis.get(key) != want:
-                problems.append(f"{key}: page {kpis.get(key)} != metrics {want}")
-        dlq = dash.values(f'#dead-letters [data-topic="{topo.input.topic}.dlq"]')
-        if dlq.get("messages") != dead:
-            problems.append(f"dead letters: page {dlq.get('messages')} != {dead}")
-        return problems
+        wants = {key: stage_values([url], stage, key).get("0") for key in
+                 ("frames_difference", "frames_specialized", "frames_reference", "reference_share", "alarms")}
+        return [f"{k}: page {kpis.get(k)} != metrics {v}" for k, v in wants.items() if kpis.get(k) != v]
 
-    try:
-        dash.wait_until(shown, what="the cascade job")
-        dash.shot(cap, "ui-cascade")
-        dash.shot("#dead-letters", "ui-dead-letters-video")
-    finally:
-        dash.close()
+    return check
 
 
 def test_bad_frames_are_dead_lettered_and_the_camera_goes_on(kafka_bootstrap, reader, tmp_path) -> None:
@@ -82,7 +68,8 @@ def test_bad_frames_are_dead_lettered_and_the_camera_goes_on(kafka_bootstrap, re
     while runner.stats.rows_in < GOOD + len(corpus) and th.is_alive():
         assert time.monotonic() < deadline, f"only {runner.stats.rows_in} frames processed"
         time.sleep(0.2)
-    dashboard_shows_the_cascade(kafka_bootstrap, topo, runner, len(corpus), tmp_path)
+    shots = {'{job} [data-cap="cascade"]': "ui-cascade", "#dead-letters": "ui-dead-letters-video"}
+    check_idle_job(kafka_bootstrap, topo, runner, cascade_shown(topo), shots, tmp_path, dead=len(corpus))
     runner.stop()
     th.join(60)
     assert runner.stats.rows_dead == len(corpus)

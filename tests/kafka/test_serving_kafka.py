@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
-from dashkit import Dashboard, job_matches_metrics, job_selector, stage_values, stages_of
+from dashkit import check_idle_job, job_selector, stage_values, stages_of
 
 from dawnstream.models.mf import fit_als
 from dawnstream.models.registry import Registry
@@ -105,19 +105,15 @@ def wait_assigned(worker: Worker, partitions: int, timeout_s: float = 60) -> Non
         time.sleep(0.1)
 
 
-def dashboard_shows_the_serving_job(bootstrap: str, topo, runner: KafkaRunner, registry: Registry, shots) -> None:
-    """Requests answered, the worker idle: the serving panels (per partition: versions, AIMD batch sizes, weights,
-    p50/p99 against the SLO), the dead letter and the registry (which version the job serves) match the worker's
-    /metrics and /stages."""
-    url = f"http://127.0.0.1:{runner.metrics_server.port}"
-    dash = Dashboard(bootstrap, targets=[url], registry=registry, shots=shots)
+def serving_shown(topo):
+    """The serving panels, per partition: p50/p99 against the SLO, requests, and each model's version, AIMD batch
+    size and weight as the gauges say; the registry says which version the job serves."""
     sel = job_selector(topo.name)
     stage = topo.stages[0].name or "serve"
 
-    def shown() -> list[str]:
-        problems = job_matches_metrics(dash, topo.name, [url])
-        panels = stages_of(url)["stages"][stage]
-        for p, panel in panels.items():
+    def check(dash, url: str) -> list[str]:
+        problems = []
+        for p, panel in stages_of(url)["stages"][stage].items():
             cap = f'{sel} [data-cap="serving"][data-partition="{p}"]'
             kpis = dash.values(cap)
             for key in ("latency_p50_ms", "latency_p99_ms"):
@@ -127,24 +123,16 @@ def dashboard_shows_the_serving_job(bootstrap: str, topo, runner: KafkaRunner, r
             if kpis.get("requests") != panel["counters"]["requests"]:
                 problems.append(f"partition {p} requests: page {kpis.get('requests')} != {panel['counters']}")
             for model, row in dash.rows(cap, "model").items():
-                for key, name in (("version", "version"), ("batch", "batch"), ("weight", "weight")):
-                    want = stage_values([url], stage, f"{name}.{model}").get(p)
+                for key in ("version", "batch", "weight"):
+                    want = stage_values([url], stage, f"{key}.{model}").get(p)
                     if row.get(key) != want:
                         problems.append(f"partition {p} {model} {key}: page {row.get(key)} != metrics {want}")
-        dlq = dash.values(f'#dead-letters [data-topic="{topo.input.topic}.dlq"]')
-        if dlq.get("messages") != 1:
-            problems.append(f"dead letters: page {dlq.get('messages')} != 1")
         served = dash.page.locator('#registry [data-model="movielens-theta"] h3').inner_text()
         if f"{topo.name}/{stage}: v1" not in served:
             problems.append(f"registry: {served!r} does not say {topo.name} serves v1")
         return problems
 
-    try:
-        dash.wait_until(shown, what="the serving job")
-        dash.shot(f'{sel} [data-cap="serving"]', "ui-serving")
-        dash.shot("#registry", "ui-registry")
-    finally:
-        dash.close()
+    return check
 
 
 def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, ratings, reader, tmp_path) -> None:
@@ -176,7 +164,8 @@ def test_request_reply_errors_and_dead_letters(kafka_bootstrap, registry, rating
         p.flush(10)
         dead = reader(f"{topo.input.topic}.dlq", expected=1)
         assert len(dead) == 1 and b"correlation-id" in dict(dead[0].headers())["dlq.error"]
-        dashboard_shows_the_serving_job(kafka_bootstrap, topo, runner, registry, tmp_path)
+        shots = {'{job} [data-cap="serving"]': "ui-serving", "#registry": "ui-registry"}
+        check_idle_job(kafka_bootstrap, topo, runner, serving_shown(topo), shots, tmp_path, dead=1, registry=registry)
 
 
 def test_a_kafka_python_client_gets_its_reply(kafka_bootstrap, registry) -> None:

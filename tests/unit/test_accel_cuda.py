@@ -70,7 +70,7 @@ def _edge_program() -> Program:
     ], {"x": "float64", "k": "int64"})
 
 
-@pytest.mark.parametrize("n", [0, 1, 31, 33, 100])
+@pytest.mark.parametrize("n", [0, 1, 31, 33, 65])  # 65: three tiles of 32, so a carry crosses two tile edges
 def test_tile_edges_nan_and_state_carry(n: int) -> None:
     prog = _edge_program()
     rng = np.random.default_rng(n)
@@ -240,7 +240,7 @@ def test_no_recompile_when_the_batch_length_changes(seed: int) -> None:
 def test_run_batches_equals_one_run_per_batch_and_carries_scans() -> None:
     prog = _edge_program()
     rng = np.random.default_rng(6)
-    batches = [{"x": rng.normal(size=n), "k": rng.integers(0, 4, n)} for n in (40, 0, 33, 70)]
+    batches = [{"x": rng.normal(size=n), "k": rng.integers(0, 4, n)} for n in (40, 0, 33, 35)]
     s1, s2 = ScanState(), ScanState()
     got = list(CudaExecutable(prog).run_batches(batches, state=s1))
     assert len(got) == len(batches)
