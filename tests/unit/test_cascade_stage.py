@@ -71,7 +71,8 @@ def test_a_label_change_needs_the_reference_model(tmp_path, confirm) -> None:
                                       "query": {"min_count": 1}, "registry": str(tmp_path)}, None)])
     op = chain.operators[0]
     sure = [False, True, True, False, False, True] * 2  # the reference model sees people on every frame
-    op.cameras["lawn"] = Camera(phase="cascade", plan=Plan(-1.0, 0.2, 0.8), spec=_SureModel(sure), version=1)
+    op.cameras["lawn"] = Camera(phase="cascade", plan=Plan(-1.0, 0.2, 0.8), spec=_SureModel(sure), version=1,
+                                proven=True)  # (unproven, a plan is checked at boost_sample)
     table = pa.Table.from_batches(frames(8))
     lawn = table.filter(pc.equal(table["camera_id"], "lawn"))
     out = [r for b in lawn.to_batches() for o in chain.process(b) for r in o.to_pylist()]

@@ -16,7 +16,9 @@ Per camera (the ``camera_id`` column), frames go through phases:
 3. **cascade**: after a *fragile* answer of the reference model (one a typical frame-to-frame jitter of
    its boxes could flip, :mod:`.fragility`; the jitter is measured on the bootstrap frames), the
    reference model decides; otherwise a frame whose difference score is below ``delta`` repeats the
-   last label; otherwise the specialized model's P(true) decides below ``c_low`` / above ``c_high``,
+   last label, at most ``max_run`` frames in a row (the longest run of repeats that stayed right on the
+   bootstrap: a scene that changes slowly, by less than ``delta`` in all, does not keep a stale label for
+   longer than the evidence bore out); otherwise the specialized model's P(true) decides below ``c_low`` / above ``c_high``,
    unless its answer would change the label (``confirm_changes``); otherwise the reference model.
    A ``sample`` share of frames (chosen by a hash of camera and frame index) also goes to the reference
    model, to estimate live agreement; the reference's answer is then the frame's label (and the one later
@@ -31,6 +33,14 @@ Per camera (the ``camera_id`` column), frames go through phases:
    ``boost_frames`` frames after each swap, and after each disagreement, the checks are sampled at
    ``boost_sample`` (20%) rather than ``sample``: a model that is wrong on this camera is caught within
    tens of frames, and one error is followed up until the test can tell a bad plan from bad luck.
+5. **probation**: a plan promises only what its evidence bounds. The one-sided Clopper-Pearson upper
+   bounds (95%) of its FN and FP rates, from the threshold-choosing frames' counts plus the live checks
+   (:meth:`~.optimizer.Plan.bounds`), must be within the targets; 1% needs about 300 frames of a class
+   checked without an error (:func:`needed`), many more than a bootstrap's choosing blocks hold. Until
+   the bounds are within the targets the stage says so (``cascade.probation`` at the swap, the
+   ``cameras_proven``, ``fn_bound`` and ``fp_bound`` gauges) and samples its checks at ``boost_sample``:
+   the reference model labels that share of the frames until the evidence is there
+   (``cascade.proven``), and a plan that misses its targets meets the live test sooner.
 
 Frame geometry is data: a frame of any size decodes (frames that do not are refused alone, before any
 camera's state moves, and go to the dead-letter topic with the reason); the difference detector's ``roi``
@@ -95,6 +105,18 @@ OUT_SCHEMA = pa.schema([("camera_id", pa.string()), ("frame_index", pa.int64()),
                         ("reference_ms", pa.float64()), ("sampled", pa.bool_())])
 
 
+def needed(target: float, alpha: float = ALPHA) -> int:
+    """Frames of a class, checked without an error, for the Clopper-Pearson upper bound at ``1 - alpha`` to
+    reach ``target``: ``ceil(log(alpha) / log(1 - target))`` (299 for 1% at 95%; 0 target: never).
+
+    >>> needed(0.01), needed(0.05)
+    (299, 59)
+    """
+    import math
+
+    return math.ceil(math.log(alpha) / math.log1p(-target)) if 0 < target < 1 else 2 ** 31
+
+
 def sampled(camera: str, frame: int, share: float) -> bool:
     """Whether a frame goes to the reference model for the live accuracy estimate (stable across replays)."""
     h = hashlib.blake2b(f"{camera}/{frame}".encode(), digest_size=8).digest()
@@ -148,6 +170,16 @@ class Camera:
     """Up to this frame of the camera (``seen``), checks are sampled at ``boost_sample``: after a swap."""
     alarms: int = 0
     last_alarm: str | None = None
+    run: int = 0
+    """Frames in a row the difference detector has repeated a label (a model decides at the plan's ``max_run``)."""
+    proven: bool = False
+    """The choosing frames and the live checks since the swap bound both error rates within the targets
+    (:meth:`Plan.bounds <dawnstream.operators.video.optimizer.Plan.bounds>`); until then checks are boosted."""
+
+    def checked(self) -> tuple[int, int, int, int]:
+        """The live checks since the swap: (true frames checked, of them labelled false, false frames checked,
+        of them labelled true)."""
+        return (self.live["fn"][0], self.live["fn"][1], self.live["fp"][0], self.live["fp"][1])
 
 
 class Cascade(Operator):
@@ -182,9 +214,10 @@ class Cascade(Operator):
         specialized_input: what the specialized model sees: ``region`` (default; the query's region with a
             margin, :func:`query_box`, so a region a few pixels wide in a whole-frame thumbnail spans the
             input) or ``frame`` (a thumbnail of the whole frame; also what a query without a region gets).
-        boost_sample, boost_frames: for ``boost_frames`` frames after each swap the checks are sampled at
-            ``boost_sample`` (when larger) instead of ``sample``: a new model is watched closely until the
-            live test has evidence (module docstring).
+        boost_sample, boost_frames: for ``boost_frames`` frames after each swap, after a disagreement, and
+            while the plan is on probation, the checks are sampled at ``boost_sample`` (when larger) instead
+            of ``sample``: a new model is watched closely until the live test has evidence (module
+            docstring).
         registry: registry root (default ``$DAWNSTREAM_REGISTRY``).
 
     Raises:
@@ -327,7 +360,8 @@ class Cascade(Operator):
             return self._decided(cam, label, 1.0, "reference", n, ms)
         plan = cam.plan
         assert plan is not None and cam.spec is not None
-        check = sampled(camera, idx, self.boost_sample if cam.seen <= cam.boost_until else self.sample)
+        boosted = cam.seen <= cam.boost_until or not cam.proven
+        check = sampled(camera, idx, self.boost_sample if boosted else self.sample)
         if cam.fragile:
             # The reference model's last answer sat within a typical jitter of the query's boundary (a box
             # scoring near min_score, a foot near the region's edge): on the next frame it may answer the
@@ -337,7 +371,7 @@ class Cascade(Operator):
             if check:
                 self._watch(camera, cam, idx, "reference", label, label)
             return self._decided(cam, label, 1.0, "reference", n, ms)
-        if not np.isnan(d) and d < plan.delta:
+        if not np.isnan(d) and d < plan.delta and not (plan.max_run and cam.run >= plan.max_run):
             label, conf, by = cam.last_label, cam.last_conf, "difference"
         else:
             cam.anchor_gray = gray
@@ -383,6 +417,12 @@ class Cascade(Operator):
                 self._alarm(camera, cam, idx, f"live {key.upper()} rate {k}/{n}: at least {low:.3f} (95% sure) "
                                               f"> target {target}")
                 return True
+        if not cam.proven and cam.plan is not None:
+            fn_bound, fp_bound = cam.plan.bounds(ALPHA, cam.checked())
+            if fn_bound <= self.fn_target and fp_bound <= self.fp_target:
+                cam.proven = True
+                event(log, "cascade.proven", camera=camera, frame=idx, fn_bound=round(fn_bound, 4),
+                      fp_bound=round(fp_bound, 4), live_fn=live["fn"], live_fp=live["fp"])
         return False
 
     def _alarm(self, camera: str, cam: Camera, idx: int, why: str) -> None:
@@ -413,6 +453,7 @@ class Cascade(Operator):
     def _decided(self, cam: Camera, label: bool, conf: float, by: str, n: int | None,
                  ms: float, sampled: bool = False) -> tuple[bool, int | None, str, float, float, bool]:
         cam.last_label, cam.last_conf = bool(label), float(conf)
+        cam.run = cam.run + 1 if by == "difference" else 0
         cam.counts[by] += 1
         return bool(label), (n if self.count else None), by, float(conf), ms, sampled
 
@@ -486,9 +527,19 @@ class Cascade(Operator):
         cam.spec, cam.plan, cam.version = OnnxSpecialized(f.onnx), f.plan, int(f.report["version"])
         cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "cascade", [], [], [], [], []
         cam.live = {k: [0, 0] for k in LIVE_KEYS}
-        cam.boost_until = cam.seen + self.boost_frames
+        cam.boost_until, cam.run = cam.seen + self.boost_frames, 0
+        fn_bound, fp_bound = f.plan.bounds(ALPHA)
+        cam.proven = fn_bound <= self.fn_target and fp_bound <= self.fp_target
         event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
-              c_low=f.plan.c_low, c_high=f.plan.c_high, reference_share=f.plan.reference_share)
+              c_low=f.plan.c_low, c_high=f.plan.c_high, max_run=f.plan.max_run,
+              reference_share=f.plan.reference_share, fn_bound=round(fn_bound, 4), fp_bound=round(fp_bound, 4))
+        if not cam.proven:  # say so; the boosted checks (reference labels) run until the evidence is there
+            event(log, "cascade.probation", camera=camera, version=cam.version,
+                  reason=f"the {f.plan.positives} true and {f.plan.negatives} false choosing frames bound FN at "
+                         f"{fn_bound:.3f} and FP at {fp_bound:.3f} (95%), not within the targets "
+                         f"{self.fn_target}/{self.fp_target}: checks stay at {self.boost_sample:.0%} until "
+                         f"about {needed(self.fn_target)} true and {needed(self.fp_target)} false frames are "
+                         "checked without error")
 
     # -- the stage ------------------------------------------------------------------------------
     def bad_rows(self, batch: pa.RecordBatch) -> dict[int, str]:
@@ -557,6 +608,11 @@ class Cascade(Operator):
             out["reference_share"] = out.get("frames_reference", 0.0) / total
         out["cameras_in_cascade"] = float(sum(c.phase == "cascade" for c in self.cameras.values()))
         out["alarms"] = float(sum(c.alarms for c in self.cameras.values()))
+        watched = [c for c in self.cameras.values() if c.phase == "cascade" and c.plan is not None]
+        out["cameras_proven"] = float(sum(c.proven for c in watched))
+        if watched:  # the worst camera's: what the stage can promise now (choosing frames + live checks)
+            bounds = [c.plan.bounds(ALPHA, c.checked()) for c in watched]  # type: ignore[union-attr]
+            out["fn_bound"], out["fp_bound"] = max(b[0] for b in bounds), max(b[1] for b in bounds)
         for key in LIVE_KEYS:  # the live test's counts since each camera's swap, summed over cameras
             n = sum(c.live[key][0] for c in self.cameras.values())
             k = sum(c.live[key][1] for c in self.cameras.values())
@@ -575,7 +631,8 @@ class Cascade(Operator):
                        "plan": c.plan.__dict__ if c.plan else None,
                        "live_agreement": float(np.mean(c.samples)) if c.samples else None,
                        "live": {k: list(v) for k, v in c.live.items()}, "alarms": c.alarms,
-                       "last_alarm": c.last_alarm,
+                       "last_alarm": c.last_alarm, "proven": c.proven,
+                       "bounds": list(c.plan.bounds(ALPHA, c.checked())) if c.plan else None,
                        "reference_ms": float(np.median(c.ref_ms)) if c.ref_ms else None}
                 for name, c in self.cameras.items()}
 
@@ -631,7 +688,7 @@ class Cascade(Operator):
                           "last_boxes": [[b.x, b.y, b.w, b.h, b.score] for b in c.last_boxes],
                           "last_boxes_at": c.last_boxes_at, "margin": c.margin, "fragile": c.fragile,
                           "train_costs": list(c.train_costs), "live": c.live, "boost_until": c.boost_until,
-                          "alarms": c.alarms, "last_alarm": c.last_alarm}
+                          "alarms": c.alarms, "last_alarm": c.last_alarm, "run": c.run, "proven": c.proven}
             if c.thumbs:
                 arrays[f"t/{name}"] = np.stack(c.thumbs)
                 arrays[f"b/{name}"] = np.stack(c.grays)
@@ -663,7 +720,7 @@ class Cascade(Operator):
                        train_costs=tuple(m["train_costs"]),
                        live={k: list(v) for k, v in m.get("live", {}).items()} or {k: [0, 0] for k in LIVE_KEYS},
                        boost_until=m.get("boost_until", -1), alarms=m.get("alarms", 0),
-                       last_alarm=m.get("last_alarm"))
+                       last_alarm=m.get("last_alarm"), run=m.get("run", 0), proven=m.get("proven", False))
             self.cameras[name] = c
             if self._pending_frames is None:
                 self._arrays_to_camera(name, c, arrays)

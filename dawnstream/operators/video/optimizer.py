@@ -19,6 +19,12 @@ the fewest frames to the reference model (then: least expected time) while the f
 false-positive rates against the reference stay within the targets. Because the least reference share
 is chosen first, tightening a target can only shrink the feasible set, so it never lowers the reference
 share. :func:`simulate` runs a plan over frames: the same rule the streaming cascade applies.
+
+The thresholds are chosen on the point rates: with 1% targets, a 95% upper confidence bound needs about 300
+frames of each class without an error, and a bootstrap's choosing blocks hold tens. A plan carries the
+counts behind its rates, so :meth:`Plan.bounds` says what it can promise, and the stage keeps it on
+probation (more checks by the reference model) until its live checks add the evidence. A run of repeated
+labels is bounded by what the bootstrap bore out (:func:`longest_right_run`, the plan's ``max_run``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dawnstream.operators.video.bounds import upper_bound
+
 
 @dataclass(frozen=True)
 class Plan:
-    """Thresholds of one cascade and what they gave on the frames they were chosen on."""
+    """Thresholds of one cascade and what they gave on the frames they were chosen on: shares and rates, and
+    the counts behind the rates (``positives`` true frames of which ``fn_errors`` labelled false; likewise
+    ``negatives``, ``fp_errors``), from which :meth:`bounds` gives what the plan can promise."""
 
     delta: float
     c_low: float
@@ -40,6 +50,27 @@ class Plan:
     fn_rate: float = 0.0
     fp_rate: float = 0.0
     ms_per_frame: float = 0.0
+    positives: int = 0
+    negatives: int = 0
+    fn_errors: int = 0
+    fp_errors: int = 0
+    max_run: int = 0
+    """The most frames in a row the difference detector may repeat a label before a model decides again
+    (0: no limit): the longest run of repeats that stayed right on the bootstrap (:func:`longest_right_run`).
+    A label copied longer than the evidence ever showed a copy to hold is a guess."""
+
+    def bounds(self, alpha: float = 0.05, live: tuple[int, int, int, int] = (0, 0, 0, 0)) -> tuple[float, float]:
+        """One-sided Clopper-Pearson upper bounds at ``1 - alpha`` (:mod:`.bounds`) of the FN and FP rates:
+        from the choosing frames' counts, plus ``live`` = (true frames checked, of them wrong, false frames
+        checked, of them wrong). 1.0 for a class without a frame: nothing is promised about it.
+
+        >>> [round(b, 4) for b in Plan(0.0, 0.2, 0.8, positives=40, negatives=300).bounds()]
+        [0.0722, 0.0099]
+        """
+        n_t, k_t, n_f, k_f = live
+        pos, neg = self.positives + n_t, self.negatives + n_f
+        return (upper_bound(self.fn_errors + k_t, pos, alpha) if pos else 1.0,
+                upper_bound(self.fp_errors + k_f, neg, alpha) if neg else 1.0)
 
 
 def anchor_skips(thumbs: np.ndarray, delta: float, blocks: tuple[int, int] = (1, 1)) -> np.ndarray:
@@ -55,6 +86,25 @@ def anchor_skips(thumbs: np.ndarray, delta: float, blocks: tuple[int, int] = (1,
         else:
             anchor = i
     return skip
+
+
+def longest_right_run(thumbs: np.ndarray, truth: np.ndarray, delta: float, blocks: tuple[int, int] = (1, 1)) -> int:
+    """The longest run of frames (in order) the difference detector skips at ``delta`` while every repeated
+    label still equals ``truth`` (``(n,)`` bool); a run is counted up to its first wrong repeat. 1 when
+    nothing is skipped: a plan then repeats no label twice in a row on evidence it does not have."""
+    truth = np.asarray(truth, bool)
+    skip = anchor_skips(thumbs, delta, blocks)
+    best = run = 0
+    right, anchor = True, 0
+    for i in range(len(truth)):
+        if not skip[i]:
+            anchor, run, right = i, 0, True
+            continue
+        right = right and truth[i] == truth[anchor]
+        if right:
+            run += 1
+            best = max(best, run)
+    return max(best, 1)
 
 
 def safe_delta(thumbs: np.ndarray, truth: np.ndarray, candidates: np.ndarray, fn_target: float, fp_target: float,
@@ -149,7 +199,7 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
     if max_delta is not None:
         deltas = np.unique(np.concatenate([deltas[deltas <= max_delta], [max_delta]]))
     cuts = np.unique(np.concatenate([[-1.0, 2.0], np.quantile(prob, qs)]))
-    best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, sum(cost_ms))
+    best = Plan(0.0, -1.0, 2.0, 1.0, 0.0, 0.0, 0.0, sum(cost_ms), int(truth.sum()), int((~truth).sum()))
     best_key = (1.0, best.ms_per_frame)
     for delta in deltas:
         skip = anchor_skips(thumbs, float(delta), blocks) if thumbs is not None else None
@@ -159,21 +209,24 @@ def choose(diff: np.ndarray, prob: np.ndarray, truth: np.ndarray, cost_ms: tuple
                 fn, fp = rates(labels, truth)
                 if fn > fn_target or fp > fp_target:
                     continue
-                plan = _plan(float(delta), float(c_low), float(c_high), stage, fn, fp, cost_ms)
+                plan = _plan(float(delta), float(c_low), float(c_high), stage, labels, truth, cost_ms)
                 key = (plan.reference_share, plan.ms_per_frame)
                 if key < best_key:
                     best_key, best = key, plan
     if confirm and best.reference_share < 1.0:  # what the chosen thresholds give with the confirmations
         skip = anchor_skips(thumbs, best.delta, blocks) if thumbs is not None else None
         labels, stage = simulate(diff, prob, truth, best.delta, best.c_low, best.c_high, skip, confirm=True)
-        best = _plan(best.delta, best.c_low, best.c_high, stage, *rates(labels, truth), cost_ms)
+        best = _plan(best.delta, best.c_low, best.c_high, stage, labels, truth, cost_ms)
     return best
 
 
-def _plan(delta: float, c_low: float, c_high: float, stage: np.ndarray, fn: float, fp: float,
+def _plan(delta: float, c_low: float, c_high: float, stage: np.ndarray, labels: np.ndarray, truth: np.ndarray,
           cost_ms: tuple[float, float, float]) -> Plan:
-    """The plan of these thresholds, given which stage decided each frame (:func:`simulate`)."""
+    """The plan of these thresholds, given which stage decided each frame and the labels it gave
+    (:func:`simulate`)."""
     t_diff, t_spec, t_ref = cost_ms
     ref = float((stage == 2).mean())
+    fn, fp = rates(labels, truth)
     return Plan(delta, c_low, c_high, ref, float((stage == 0).mean()), fn, fp,
-                t_diff + float((stage > 0).mean()) * t_spec + ref * t_ref)
+                t_diff + float((stage > 0).mean()) * t_spec + ref * t_ref, int(truth.sum()), int((~truth).sum()),
+                int((~labels & truth).sum()), int((labels & ~truth).sum()))

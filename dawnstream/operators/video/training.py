@@ -12,19 +12,20 @@ measures its cost per frame with onnxruntime here, lets the optimizer
 (:func:`~dawnstream.operators.video.optimizer.choose`) pick its thresholds on the held-out blocks,
 and keeps the candidate with the fewest reference calls, then the least time. The difference threshold
 is capped first on *all* the bootstrap frames (:func:`~.optimizer.safe_delta`: the skips alone may use
-half the error targets), since it does not depend on the model and the choosing blocks alone are few.
+half the error targets), since it does not depend on the model and the choosing blocks alone are few;
+the chosen ``delta`` then gets its ``max_run`` on all of them too (:func:`~.optimizer.longest_right_run`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from dawnstream.models.specialized import GRID, OnnxSpecialized, SpecConfig, to_onnx, train_grid
-from dawnstream.operators.video.optimizer import Plan, choose, safe_delta
+from dawnstream.operators.video.optimizer import Plan, choose, longest_right_run, safe_delta
 
 
 def split(n: int, block: int) -> np.ndarray:
@@ -101,6 +102,8 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
                                                                           best.plan.ms_per_frame):
             best = FittedCascade(onnx, cfg, plan, costs)
     assert best is not None
+    if grays is not None and best.plan.delta > 0:  # runs of repeats as long as the bootstrap bore out, no longer
+        best.plan = replace(best.plan, max_run=longest_right_run(np.asarray(grays), y, best.plan.delta, diff_blocks))
     best.report = {"train_seconds": round(train_s, 2), "max_delta": cap, "train_frames": int((~held).sum()),
                    "choose_frames": int(held.sum()), "candidates": candidates}
     return best
