@@ -26,7 +26,8 @@ the same frames in the same harness. Reported:
 
 Any camera and query, same protocol: ``--video FILE`` (default ``vtest``), ``--topology FILE`` (its first
 ``cascade`` stage; default ``topologies/camera-lawn.yaml``), ``--detector ssdlite|hog|onnx:PATH`` and
-``--query JSON`` (e.g. ``'{"region": [300, 200, 768, 576], "point": "center"}'``) override the stage's.
+``--query JSON`` (e.g. ``'{"region": [300, 200, 768, 576], "point": "center"}'``) override the stage's (a new
+query also drops the topology's ``difference.roi``: the stage's default then follows the query's region).
 
     python benchmarks/video.py [--json] [--bootstrap 127.0.0.1:9092] [--video FILE] [--topology FILE]
         [--detector ssdlite|hog|onnx:PATH] [--query JSON] [--no-pack]
@@ -142,6 +143,8 @@ def main() -> None:
         stage["detector"] = {"kind": kind, **({"path": path} if path else {})}
     if args.query is not None:
         stage["query"] = args.query
+        # the topology's difference roi was drawn around its own query: the stage's default follows the new one
+        (stage.get("difference") or {}).pop("roi", None)
     stage.update({"registry": tempfile.mkdtemp(prefix="bench-video-registry-"), "bootstrap": len(seen),
                   "max_bootstrap": len(seen) + BLOCK, "swap_after": 0})
     common = {"codec": "frames"}

@@ -18,8 +18,9 @@ Per camera (the ``camera_id`` column), frames go through phases:
    reference model decides; otherwise a frame whose difference score is below ``delta`` repeats the
    last label, at most ``max_run`` frames in a row (the longest run of repeats that stayed right on the
    bootstrap: a scene that changes slowly, by less than ``delta`` in all, does not keep a stale label for
-   longer than the evidence bore out); otherwise the specialized model's P(true) decides below ``c_low`` / above ``c_high``,
-   unless its answer would change the label (``confirm_changes``); otherwise the reference model.
+   longer than the evidence bore out); otherwise the specialized model's P(true) decides below ``c_low`` /
+   above ``c_high``, unless its answer would change the label (``confirm_changes``); otherwise the
+   reference model.
    A ``sample`` share of frames (chosen by a hash of camera and frame index) also goes to the reference
    model, to estimate live agreement; the reference's answer is then the frame's label (and the one later
    frames copy): a disagreement is evidence for the live estimate, never an answer thrown away.
@@ -201,7 +202,9 @@ class Cascade(Operator):
             falls below ``min_agreement``.
         difference: ``{size: [64, 48], blocks: [1, 1], roi: [x0, y0, x1, y1]}`` of the lag-1 difference
             detector; ``roi`` (pixels of the full-size frame, like ``query.region``) restricts it to the
-            part of the frame the query looks at, so people moving elsewhere do not count as change.
+            part of the frame the query looks at, so people moving elsewhere do not count as change
+            (default: the query's region with the margin of :func:`query_box`; the whole frame without
+            a region).
         grid: the specialized-model candidates, ``[{convs, filters, dense}, ...]`` (default: 8).
         epochs: training epochs of the grid.
         max_bootstrap: the most frames kept while waiting for both classes (the oldest block goes first):
@@ -275,7 +278,10 @@ class Cascade(Operator):
             raise ConfigError(f"{base}.difference",
                               "expected {size: [w, h], blocks: [rows, cols], roi: [x0, y0, x1, y1]}, "
                               f"got {difference!r}")
-        self.diff_roi = None if roi is None else pixel_box(roi, f"{base}.difference.roi")
+        # Without a roi, change counts where the query looks: its region with the specialized model's margin
+        # (a person walking elsewhere is not a reason to decide again; one walking into the region is).
+        self.diff_roi = (pixel_box(roi, f"{base}.difference.roi") if roi is not None else
+                         query_box(self.query.region, self.query.point) if self.query.region is not None else None)
         try:
             self.grid = [SpecConfig(**g) for g in grid] if grid else None
         except TypeError as e:
