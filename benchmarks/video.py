@@ -80,6 +80,29 @@ def read(bootstrap: str, topic: str, n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def measured_stage(topology: dict[str, Any], detector: str | None, query: dict[str, Any] | None, bootstrap: int,
+                   registry: str) -> dict[str, Any]:
+    """The topology's first ``cascade`` stage as the benchmark runs it: ``detector`` (``ssdlite``, ``hog`` or
+    ``onnx:PATH``) and ``query`` replace the topology's; a new query drops the topology's ``difference.roi``
+    (drawn around its own query: the stage's default follows the new one); the bootstrap is exactly the
+    frames streamed before the held-out part, and the swap comes at once.
+
+    Raises:
+        ValueError: the topology has no cascade stage.
+    """
+    stage = next((dict(s) for s in topology.get("stages", []) if s.get("op") == "cascade"), None)
+    if stage is None:
+        raise ValueError("no cascade stage")
+    if detector:
+        kind, _, path = detector.partition(":")
+        stage["detector"] = {"kind": kind, **({"path": path} if path else {})}
+    if query is not None:
+        stage["query"] = query
+        stage["difference"] = {k: v for k, v in (stage.get("difference") or {}).items() if k != "roi"}
+    stage.update({"registry": registry, "bootstrap": bootstrap, "max_bootstrap": bootstrap + BLOCK, "swap_after": 0})
+    return stage
+
+
 def run_job(doc: dict[str, Any], n: int) -> tuple[float, int, float]:
     """Run the topology until at least ``n`` more input rows are processed and committed (whole batches);
     seconds, the rows it took, and the seconds of its start (state restore, models loaded, group joined:
@@ -135,18 +158,11 @@ def main() -> None:
     for topic, part in ((t_all, frames), (t_held, held), (t_casc, seen + held)):
         produce_frames(part, topic, camera, args.bootstrap)
     base = yaml.safe_load(args.topology.read_text())
-    stage = next((s for s in base.get("stages", []) if s.get("op") == "cascade"), None)
-    if stage is None:
-        sys.exit(f"{args.topology}: no cascade stage")
-    if args.detector:
-        kind, _, path = args.detector.partition(":")
-        stage["detector"] = {"kind": kind, **({"path": path} if path else {})}
-    if args.query is not None:
-        stage["query"] = args.query
-        # the topology's difference roi was drawn around its own query: the stage's default follows the new one
-        (stage.get("difference") or {}).pop("roi", None)
-    stage.update({"registry": tempfile.mkdtemp(prefix="bench-video-registry-"), "bootstrap": len(seen),
-                  "max_bootstrap": len(seen) + BLOCK, "swap_after": 0})
+    try:
+        stage = measured_stage(base, args.detector, args.query, len(seen),
+                               tempfile.mkdtemp(prefix="bench-video-registry-"))
+    except ValueError as e:
+        sys.exit(f"{args.topology}: {e}")
     common = {"codec": "frames"}
     settings = {"kafka": {"bootstrap": args.bootstrap}, "metrics": {"port": 0}, "batch": base.get("batch", {})}
 
