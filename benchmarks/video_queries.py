@@ -64,7 +64,8 @@ def row(case: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
             "alarms": every["alarms"], "wrong_before_first_alarm": every["wrong_before_first_alarm"],
             "wrong_after_first_alarm": every["wrong_after_first_alarm"],
             "plan_bounds": [plan.get("fn_errors"), plan.get("positives"), plan.get("fp_errors"), plan.get("negatives")],
-            "max_run": plan.get("max_run")}
+            "max_run": plan.get("max_run"), "plan_reference_share": plan.get("reference_share"),
+            "by_stage": held.get("by_stage"), "sampled": every.get("sampled")}
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -43,23 +43,32 @@ from dawnstream.streams.replay_video import replay_video
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "camera-lawn.yaml"
 
 
-def stride_labels(truth: np.ndarray, k: int) -> np.ndarray:
-    """Labels of a fixed stride ``k``: the reference on frames 0, k, 2k, ..., each label held until the next."""
-    idx = (np.arange(len(truth)) // max(k, 1)) * max(k, 1)
-    return np.asarray(truth)[idx]
+def stride_labels(truth: np.ndarray, share: float) -> np.ndarray:
+    """Labels of a fixed stride that calls the reference on ``share`` of the frames, evenly spaced (frame 0,
+    then wherever ``floor(i * share)`` steps up: every k-th frame for ``share = 1/k``, and a fractional
+    budget such as 73% too), each label held until the next call.
+
+    >>> stride_labels(np.array([1, 0, 0, 1, 1, 0], bool), 0.5).astype(int).tolist()
+    [1, 1, 0, 0, 1, 1]
+    """
+    i = np.arange(len(truth))
+    share = min(max(float(share), 0.0), 1.0)
+    pick = (np.floor(i * share) != np.floor((i - 1) * share)) | (i == 0)
+    return np.asarray(truth)[np.maximum.accumulate(np.where(pick, i, 0))]
 
 
 def compare(labels: np.ndarray, truth: np.ndarray, reference_share: float) -> dict[str, float]:
     """Agreement, FN and FP rates of ``labels`` against the reference's ``truth``, and the agreement of a
-    fixed stride that calls the reference as often (``round(1 / share)``)."""
+    fixed stride that calls the reference on the same share of frames (:func:`stride_labels`; ``stride``:
+    frames per call)."""
     from dawnstream.operators.video.optimizer import rates
 
     labels, truth = np.asarray(labels, bool), np.asarray(truth, bool)
     fn, fp = rates(labels, truth)
-    k = max(1, int(round(1.0 / reference_share))) if reference_share > 0 else len(truth)
     return {"frames": len(truth), "agreement": float((labels == truth).mean()), "fn_rate": fn, "fp_rate": fp,
-            "reference_share": reference_share, "stride": k,
-            "stride_agreement": float((stride_labels(truth, k) == truth).mean())}
+            "reference_share": reference_share,
+            "stride": round(1.0 / reference_share, 2) if reference_share > 0 else float(len(truth)),
+            "stride_agreement": float((stride_labels(truth, reference_share) == truth).mean())}
 
 
 @dataclass

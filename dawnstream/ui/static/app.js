@@ -73,13 +73,15 @@ function cascadePanel(stage, byPart) {
     const stages = ["difference", "specialized", "reference"].map((s) => kpi("frames_" + s, s, g["frames_" + s])).join("");
     const cams = Object.entries(panel.cameras || {}).map(([name, c]) => `<tr data-camera="${esc(name)}"><td>${esc(name)}</td><td>${esc(c.phase)}</td>` +
       cell("model_version", c.model_version, num(c.model_version)) + cell("live_agreement", c.live_agreement, num(c.live_agreement, 3)) +
-      cell("alarms", c.alarms, num(c.alarms)) + `<td>${esc(c.last_alarm ?? "")}</td></tr>`);
+      cell("alarms", c.alarms, num(c.alarms)) + `<td data-k="plan">${c.phase === "cascade" ? (c.proven ? "proven" : "probation") : ""}</td>` +
+      `<td>${esc(c.last_alarm ?? "")}</td></tr>`);
     return `<div class="panel cap" data-cap="cascade" data-stage="${esc(stage)}" data-partition="${esc(p)}"><h3>Video cascade <span class="tag">${esc(stage)} · partition ${esc(p)}</span></h3>` +
       `<div class="kpis">${stages}${kpi("reference_share", "reference share", g.reference_share, num(g.reference_share, 3))}` +
       `${kpi("live_fn_rate", "live FN estimate", g.live_fn_rate, num(g.live_fn_rate, 3))}${kpi("live_fp_rate", "live FP estimate", g.live_fp_rate, num(g.live_fp_rate, 3))}` +
       ["difference", "specialized", "reference"].map((s) => kpi("live_error_" + s, s + " live error", g["live_error_" + s], num(g["live_error_" + s], 3))).join("") +
+      `${kpi("fn_bound", "FN bound (95%)", g.fn_bound, num(g.fn_bound, 3))}${kpi("fp_bound", "FP bound (95%)", g.fp_bound, num(g.fp_bound, 3))}` +
       `${kpi("alarms", "drift alarms", g.alarms)}</div>` +
-      table(["camera", "phase", {t: "model", n: 1}, {t: "live agreement", n: 1}, {t: "alarms", n: 1}, "last alarm"], cams) + "</div>";
+      table(["camera", "phase", {t: "model", n: 1}, {t: "live agreement", n: 1}, {t: "alarms", n: 1}, "plan", "last alarm"], cams) + "</div>";
   }).join("");
 }
 
