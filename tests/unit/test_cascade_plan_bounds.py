@@ -10,7 +10,7 @@ import pytest
 
 from dawnstream.operators.registry import build_chain
 from dawnstream.operators.video.bounds import upper_bound
-from dawnstream.operators.video.cascade import Camera, needed
+from dawnstream.operators.video.cascade import BOUND_GAUGES, Camera, needed
 from dawnstream.operators.video.optimizer import Plan, choose, longest_right_run
 
 PARAMS = {"detector": {"kind": "ssdlite"}, "query": {"min_count": 1}, "bootstrap": 8, "min_per_class": 1,
@@ -103,6 +103,7 @@ def test_an_unproven_plan_is_checked_at_the_boosted_share_until_the_checks_bound
     cam = op.cameras["lawn"]
     assert cam.proven and cam.live["fn"] == [9, 0]
     gauges = op.gauges()
+    assert set(BOUND_GAUGES) <= set(gauges)
     assert gauges["cameras_proven"] == 1 and gauges["fn_bound"] <= 0.01 and gauges["fp_bound"] <= 0.01
     again = build_chain([("cascade", {**PARAMS, "registry": str(tmp_path)}, None)])
     cam.version = None  # (no model was registered: the restore must not look one up)

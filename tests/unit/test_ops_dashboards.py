@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_operator_conformance import EXAMPLES, chain
 
-from dawnstream.operators.video.cascade import LIVE_KEYS, STAGES, live_gauge
+from dawnstream.operators.video.cascade import BOUND_GAUGES, LIVE_KEYS, STAGES, live_gauge
 from dawnstream.streams.metrics import WorkerMetrics
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
@@ -52,6 +52,7 @@ def stage_gauges() -> set[str]:
         c.flush()
         names |= set(c.operators[0].gauges())
     names |= {f"frames_{s}" for s in STAGES} | {"reference_share", "alarms"} | {live_gauge(k) for k in LIVE_KEYS}
+    names |= set(BOUND_GAUGES)
     return names
 
 

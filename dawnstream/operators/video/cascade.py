@@ -90,6 +90,9 @@ JITTER_KEPT = 4000
 """Frame-to-frame box changes kept per camera (the latest)."""
 STAGES = ("difference", "specialized", "reference")
 LIVE_KEYS = ("fn", "fp", *STAGES)
+BOUND_GAUGES = ("fn_bound", "fp_bound", "cameras_proven")
+"""What the cameras' plans can promise now (:meth:`Cascade.gauges`): the worst FN and FP upper bounds, and how
+many cameras left probation."""
 
 
 def live_gauge(key: str) -> str:
