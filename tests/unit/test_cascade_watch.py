@@ -102,11 +102,32 @@ def test_checks_without_errors_never_fire_and_the_counts_survive_a_snapshot(vtes
     assert restored.live == cam.live and restored.boost_until == cam.boost_until
 
 
+def test_a_disagreement_is_followed_up_at_the_alert_share(vtest_batch, tmp_path) -> None:
+    chain, op = swapped_in(tmp_path, sample=0.0, boost_sample=0.0, alert_sample=1.0, boost_frames=5)
+
+    class Always(Never):
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return np.ones(len(x), np.float32)
+
+    cam = op.cameras["lawn"]
+    cam.spec, cam.last_label, cam.proven, cam.boost_until = Always(), True, True, -1
+    assert not any(r["sampled"] for r in chain.process(vtest_batch.slice(0, 10))[0].to_pylist())
+    # one false positive among 30 checked false frames: not enough for the alarm, enough to look closer
+    cam.live["fp"] = [29, 0]
+    assert not op._watch("lawn", cam, 10, "specialized", True, False) and cam.alarms == 0
+    out = chain.process(vtest_batch.slice(10, 10))[0].to_pylist()
+    assert [r["sampled"] for r in out] == [True] * 5 + [False] * 5
+    again = build_chain([("cascade", {**PARAMS, "registry": str(tmp_path)}, None)])
+    cam.version = None  # (no model was registered: the restore must not look one up)
+    again.restore(chain.snapshot())
+    assert again.operators[0].cameras["lawn"].alert_until == cam.alert_until
+
+
 def test_boost_options_are_checked(tmp_path) -> None:
     from dawnstream.errors import ConfigError
 
-    for key, bad in (("boost_sample", 1.5), ("boost_frames", -1)):
+    for key, bad in (("boost_sample", 1.5), ("boost_frames", -1), ("alert_sample", -0.1)):
         with pytest.raises(ConfigError, match=key):
             build_chain([("cascade", {**PARAMS, "registry": str(tmp_path), key: bad}, None)])
     op = build_chain([("cascade", {**PARAMS, "registry": str(tmp_path), "sample": 0.3}, None)]).operators[0]
-    assert op.boost_sample == 0.3  # never below the usual share
+    assert op.boost_sample == 0.3 and op.alert_sample == 0.5  # never below the usual share

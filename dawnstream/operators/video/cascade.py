@@ -31,9 +31,11 @@ Per camera (the ``camera_id`` column), frames go through phases:
    last ``window`` checks, an **alarm** fires: the camera goes back to bootstrap at once (every frame to
    the reference model), logs ``cascade.alarm`` with the reason and the per-stage counts, counts it in
    the ``alarms`` gauge, and the model is retrained on the reference's fresh labels. For
-   ``boost_frames`` frames after each swap, and after each disagreement, the checks are sampled at
-   ``boost_sample`` (20%) rather than ``sample``: a model that is wrong on this camera is caught within
-   tens of frames, and one error is followed up until the test can tell a bad plan from bad luck.
+   ``boost_frames`` frames after each swap the checks are sampled at ``boost_sample`` (20%) rather than
+   ``sample``, and for ``boost_frames`` frames after each disagreement at ``alert_sample`` (50%): a model
+   that is wrong on this camera is caught within tens of frames, and one error is followed up until the
+   test can tell a bad plan from bad luck (a specialized model wrong on 8% of a camera's rare negatives
+   shows one error in the 20% checks, and the test needs two or three).
 5. **probation**: a plan promises only what its evidence bounds. The one-sided Clopper-Pearson upper
    bounds (95%) of its FN and FP rates, from the threshold-choosing frames' counts plus the live checks
    (:meth:`~.optimizer.Plan.bounds`), must be within the targets; 1% needs about 300 frames of a class
@@ -172,6 +174,8 @@ class Camera:
     ``fp`` = [false frames checked, labelled true], and per deciding stage [checks, disagreements]."""
     boost_until: int = -1
     """Up to this frame of the camera (``seen``), checks are sampled at ``boost_sample``: after a swap."""
+    alert_until: int = -1
+    """Up to this frame of the camera (``seen``), checks are sampled at ``alert_sample``: after a disagreement."""
     alarms: int = 0
     last_alarm: str | None = None
     run: int = 0
@@ -220,10 +224,11 @@ class Cascade(Operator):
         specialized_input: what the specialized model sees: ``region`` (default; the query's region with a
             margin, :func:`query_box`, so a region a few pixels wide in a whole-frame thumbnail spans the
             input) or ``frame`` (a thumbnail of the whole frame; also what a query without a region gets).
-        boost_sample, boost_frames: for ``boost_frames`` frames after each swap, after a disagreement, and
-            while the plan is on probation, the checks are sampled at ``boost_sample`` (when larger) instead
-            of ``sample``: a new model is watched closely until the live test has evidence (module
-            docstring).
+        boost_sample, boost_frames: for ``boost_frames`` frames after each swap, and while the plan is on
+            probation, the checks are sampled at ``boost_sample`` (when larger) instead of ``sample``: a new
+            model is watched closely until the live test has evidence (module docstring).
+        alert_sample: for ``boost_frames`` frames after a disagreement, checks are sampled at this share
+            (when larger than the others): one error is followed up at once.
         registry: registry root (default ``$DAWNSTREAM_REGISTRY``).
 
     Raises:
@@ -243,7 +248,8 @@ class Cascade(Operator):
                  window: int = 100, min_agreement: float = 0.9, difference: dict[str, Any] | None = None,
                  grid: list[dict[str, int]] | None = None, epochs: int = 15, max_bootstrap: int = 1000,
                  model: str | None = None, confirm_changes: bool = True, boost_sample: float = 0.2,
-                 boost_frames: int = 100, specialized_input: str = "region", registry: str | None = None,
+                 boost_frames: int = 100, alert_sample: float = 0.5, specialized_input: str = "region",
+                 registry: str | None = None,
                  name: str | None = None,
                  _path: str = "stages") -> None:
         super().__init__(name)
@@ -266,9 +272,12 @@ class Cascade(Operator):
             raise ConfigError(f"{base}.sample", "sample and min_agreement are shares in [0, 1]")
         if not 0 <= float(boost_sample) <= 1:
             raise ConfigError(f"{base}.boost_sample", f"expected a share in [0, 1], got {boost_sample!r}")
+        if not 0 <= float(alert_sample) <= 1:
+            raise ConfigError(f"{base}.alert_sample", f"expected a share in [0, 1], got {alert_sample!r}")
         if int(boost_frames) < 0:
             raise ConfigError(f"{base}.boost_frames", f"expected an integer >= 0, got {boost_frames!r}")
         self.boost_sample, self.boost_frames = max(float(boost_sample), float(sample)), int(boost_frames)
+        self.alert_sample = max(float(alert_sample), self.boost_sample)
         if specialized_input not in ("region", "frame"):
             raise ConfigError(f"{base}.specialized_input", f"expected region or frame, got {specialized_input!r}")
         self.spec_box = (query_box(self.query.region, self.query.point)
@@ -370,7 +379,8 @@ class Cascade(Operator):
         plan = cam.plan
         assert plan is not None and cam.spec is not None
         boosted = cam.seen <= cam.boost_until or not cam.proven
-        check = sampled(camera, idx, self.boost_sample if boosted else self.sample)
+        share = self.alert_sample if cam.seen <= cam.alert_until else self.boost_sample if boosted else self.sample
+        check = sampled(camera, idx, share)
         if cam.fragile:
             # The reference model's last answer sat within a typical jitter of the query's boundary (a box
             # scoring near min_score, a foot near the region's edge): on the next frame it may answer the
@@ -418,7 +428,7 @@ class Cascade(Operator):
         if label != truth:
             live["fn" if truth else "fp"][1] += 1
             live[by][1] += 1
-            cam.boost_until = max(cam.boost_until, cam.seen + self.boost_frames)  # one error: look closer
+            cam.alert_until = cam.seen + self.boost_frames  # one error: look closer
         for key, target in (("fn", self.fn_target), ("fp", self.fp_target)):
             n, k = live[key]
             low = lower_bound(k, n, ALPHA)
@@ -536,7 +546,7 @@ class Cascade(Operator):
         cam.spec, cam.plan, cam.version = OnnxSpecialized(f.onnx), f.plan, int(f.report["version"])
         cam.phase, cam.thumbs, cam.grays, cam.diffs, cam.labels, cam.frames = "cascade", [], [], [], [], []
         cam.live = {k: [0, 0] for k in LIVE_KEYS}
-        cam.boost_until, cam.run = cam.seen + self.boost_frames, 0
+        cam.boost_until, cam.alert_until, cam.run = cam.seen + self.boost_frames, -1, 0
         fn_bound, fp_bound = f.plan.bounds(ALPHA)
         cam.proven = fn_bound <= self.fn_target and fp_bound <= self.fp_target
         event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
@@ -697,6 +707,7 @@ class Cascade(Operator):
                           "last_boxes": [[b.x, b.y, b.w, b.h, b.score] for b in c.last_boxes],
                           "last_boxes_at": c.last_boxes_at, "margin": c.margin, "fragile": c.fragile,
                           "train_costs": list(c.train_costs), "live": c.live, "boost_until": c.boost_until,
+                          "alert_until": c.alert_until,
                           "alarms": c.alarms, "last_alarm": c.last_alarm, "run": c.run, "proven": c.proven}
             if c.thumbs:
                 arrays[f"t/{name}"] = np.stack(c.thumbs)
@@ -728,7 +739,8 @@ class Cascade(Operator):
                        margin=tuple(m["margin"]) if m.get("margin") else None,
                        train_costs=tuple(m["train_costs"]),
                        live={k: list(v) for k, v in m.get("live", {}).items()} or {k: [0, 0] for k in LIVE_KEYS},
-                       boost_until=m.get("boost_until", -1), alarms=m.get("alarms", 0),
+                       boost_until=m.get("boost_until", -1), alert_until=m.get("alert_until", -1),
+                       alarms=m.get("alarms", 0),
                        last_alarm=m.get("last_alarm"), run=m.get("run", 0), proven=m.get("proven", False))
             self.cameras[name] = c
             if self._pending_frames is None:
