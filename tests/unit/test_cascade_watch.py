@@ -130,4 +130,4 @@ def test_boost_options_are_checked(tmp_path) -> None:
         with pytest.raises(ConfigError, match=key):
             build_chain([("cascade", {**PARAMS, "registry": str(tmp_path), key: bad}, None)])
     op = build_chain([("cascade", {**PARAMS, "registry": str(tmp_path), "sample": 0.3}, None)]).operators[0]
-    assert op.boost_sample == 0.3 and op.alert_sample == 0.5  # never below the usual share
+    assert op.boost_sample == 0.3 and op.alert_sample == 0.3  # never below the usual share
