@@ -30,7 +30,7 @@ Any camera and query, same protocol: ``--video FILE`` (default ``vtest``), ``--t
 query also drops the topology's ``difference.roi``: the stage's default then follows the query's region).
 
     python benchmarks/video.py [--json] [--bootstrap 127.0.0.1:9092] [--video FILE] [--topology FILE]
-        [--detector ssdlite|hog|onnx:PATH] [--query JSON] [--no-pack]
+        [--detector ssdlite|hog|onnx:PATH] [--query JSON] [--no-pack] [--frames FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ def main() -> None:
     ap.add_argument("--detector", help="the reference model: ssdlite, hog or onnx:PATH (default: the topology's)")
     ap.add_argument("--query", type=json.loads, help="the query as JSON (default: the topology's)")
     ap.add_argument("--no-pack", action="store_true", help="skip the packed-vs-one-by-one training part")
+    ap.add_argument("--frames", type=Path, help="write every labelled frame here, one JSON line each: the stage's "
+                                                "row and the reference's answer (`truth`), to see which were wrong")
     args = ap.parse_args()
     configure("WARNING")
     from dawnstream.video_source import jpeg, read_frames, vtest
@@ -240,6 +242,11 @@ def main() -> None:
         "alarms": len(turns), "first_alarm_frame": rows[turns[0]]["frame_index"] if turns else None,
         "wrong_before_first_alarm": int(sum(wrong[:turns[0]])) if turns else None,
         "wrong_after_first_alarm": int(sum(wrong[turns[0]:])) if turns else None}
+    if args.frames:
+        with args.frames.open("w") as fh:
+            for r in rows:
+                fh.write(json.dumps({**r, "truth": ref_rows[r["frame_index"]]["label"],
+                                     "held_out": (r["frame_index"] // BLOCK) % 3 == 2}) + "\n")
     if not args.no_pack:
         out["pack"] = pack_vs_one_by_one(seen, ref_rows)
     print(json.dumps(out, indent=None if args.json else 2))

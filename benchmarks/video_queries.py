@@ -11,7 +11,7 @@ the default six over vtest (regions in different parts of the frame, foot and ce
 SSDLite and HOG). ``--video`` and ``--topology`` go to every run.
 
     python benchmarks/video_queries.py [--json] [--bootstrap HOST:PORT] [--video FILE] [--topology FILE]
-        [--queries FILE] [--only N]
+        [--queries FILE] [--only N] [--frames-dir DIR]
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def run_one(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
            "--video", args.video, "--topology", str(args.topology), "--detector", case["detector"]]
     if case.get("query") is not None:
         cmd += ["--query", json.dumps(case["query"])]
+    if args.frames_dir is not None:
+        args.frames_dir.mkdir(parents=True, exist_ok=True)
+        cmd += ["--frames", str(args.frames_dir / f"{case['index']}.jsonl")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:]}
@@ -95,9 +98,11 @@ def main() -> None:
     ap.add_argument("--topology", type=Path, default=ROOT / "topologies" / "camera-lawn.yaml")
     ap.add_argument("--queries", type=Path, help="JSON list of {name, query, detector}")
     ap.add_argument("--only", type=int, action="append", help="run only the N-th query (0-based; repeatable)")
+    ap.add_argument("--frames-dir", type=Path,
+                    help="write each query's labelled frames to DIR/N.jsonl (video.py --frames)")
     args = ap.parse_args()
     cases = json.loads(args.queries.read_text()) if args.queries else DEFAULT
-    picked = [cases[i] for i in args.only] if args.only else cases
+    picked = [{**cases[i], "index": i} for i in (args.only or range(len(cases)))]
     rows = []
     for case in picked:
         rows.append(row(case, run_one(case, args)))

@@ -82,3 +82,27 @@ def test_the_queries_table_has_one_line_per_query_with_its_numbers() -> None:
     assert lines[3].endswith("| 1 (3) |") and "failed: ['boom']" in lines[4]
     assert json.dumps(rows)  # the --json output is plain JSON
     assert len(queries.DEFAULT) >= 6 and {c["detector"] for c in queries.DEFAULT} == {"ssdlite", "hog"}
+
+
+def test_each_query_runs_video_py_with_its_flags_and_its_own_frames_file(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"ok": 1}\n', stderr="")
+
+    monkeypatch.setattr(queries.subprocess, "run", fake_run)
+    args = argparse.Namespace(bootstrap="h:1", video="cam.mp4", topology=Path("t.yaml"), frames_dir=tmp_path / "f")
+    case = {"name": "right", "query": {"region": [1, 2, 3, 4]}, "detector": "hog", "index": 2}
+    assert queries.run_one(case, args) == {"ok": 1}
+    cmd = seen[0]
+    flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+    assert (flag["--video"], flag["--topology"], flag["--detector"], flag["--bootstrap"]) == ("cam.mp4", "t.yaml",
+                                                                                              "hog", "h:1")
+    assert json.loads(flag["--query"]) == case["query"] and flag["--frames"] == str(tmp_path / "f" / "2.jsonl")
+    assert (tmp_path / "f").is_dir()
+    queries.run_one({**case, "query": None}, argparse.Namespace(**{**vars(args), "frames_dir": None}))
+    assert "--query" not in seen[1] and "--frames" not in seen[1]
