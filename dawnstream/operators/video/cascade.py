@@ -43,6 +43,13 @@ Per camera (the ``camera_id`` column), frames go through phases:
    ``cameras_proven``, ``fn_bound`` and ``fp_bound`` gauges) and samples its checks at ``boost_sample``:
    the reference model labels that share of the frames until the evidence is there
    (``cascade.proven``), and a plan that misses its targets meets the live test sooner.
+6. **the reference's own flips**: where the reference model's answer flips for a single frame (a box centre
+   crossing the region's edge for one frame, a person missed for one frame) on more of a class's bootstrap
+   frames than its target (the plan's ``fn_floor`` / ``fp_floor``, :func:`~.optimizer.flicker_rates`), no
+   thresholds help: a cheaper stage answers such a frame as its neighbours. The checks are then sampled
+   at no less than :meth:`~.optimizer.Plan.check_share` (``1 - target / floor``), so the flips the
+   cheaper stages get wrong stay within the target; ``cascade.flicker`` says so at the swap, with the
+   targets that would need no such checks.
 
 Frame geometry is data: a frame of any size decodes (frames that do not are refused alone, before any
 camera's state moves, and go to the dead-letter topic with the reason); the difference detector's ``roi``
@@ -381,6 +388,7 @@ class Cascade(Operator):
         assert plan is not None and cam.spec is not None
         boosted = cam.seen <= cam.boost_until or not cam.proven
         share = self.alert_sample if cam.seen <= cam.alert_until else self.boost_sample if boosted else self.sample
+        share = max(share, plan.check_share(self.fn_target, self.fp_target))  # the reference's own flips
         check = sampled(camera, idx, share)
         if cam.fragile:
             # The reference model's last answer sat within a typical jitter of the query's boundary (a box
@@ -553,6 +561,15 @@ class Cascade(Operator):
         event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
               c_low=f.plan.c_low, c_high=f.plan.c_high, max_run=f.plan.max_run,
               reference_share=f.plan.reference_share, fn_bound=round(fn_bound, 4), fp_bound=round(fp_bound, 4))
+        flips = f.plan.check_share(self.fn_target, self.fp_target)
+        if flips > 0:  # no thresholds follow a one-frame flip of the reference: only its own call on the frame
+            event(log, "cascade.flicker", camera=camera, version=cam.version, check_share=flips,
+                  reason=f"the reference model's answer flips for a single frame on {f.plan.fn_floor:.1%} of the "
+                         f"true and {f.plan.fp_floor:.1%} of the false bootstrap frames; a cheaper stage answers "
+                         f"such a frame as its neighbours, so {flips:.0%} of its frames are checked by the "
+                         f"reference model (whose answer is the label) to keep FN/FP within {self.fn_target}/"
+                         f"{self.fp_target}; targets of at least fn {f.plan.fn_floor:.3f}, fp {f.plan.fp_floor:.3f} "
+                         "need no such checks")
         if not cam.proven:  # say so; the boosted checks (reference labels) run until the evidence is there
             event(log, "cascade.probation", camera=camera, version=cam.version,
                   reason=f"the {f.plan.positives} true and {f.plan.negatives} false choosing frames bound FN at "

@@ -13,7 +13,8 @@ measures its cost per frame with onnxruntime here, lets the optimizer
 and keeps the candidate with the fewest reference calls, then the least time. The difference threshold
 is capped first on *all* the bootstrap frames (:func:`~.optimizer.safe_delta`: the skips alone may use
 half the error targets), since it does not depend on the model and the choosing blocks alone are few;
-the chosen ``delta`` then gets its ``max_run`` on all of them too (:func:`~.optimizer.longest_right_run`).
+the chosen ``delta`` then gets its ``max_run`` on all of them too (:func:`~.optimizer.longest_right_run`),
+and the plan the reference model's one-frame flips on all of them (:func:`~.optimizer.flicker_rates`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dawnstream.models.specialized import GRID, OnnxSpecialized, SpecConfig, to_onnx, train_grid
-from dawnstream.operators.video.optimizer import Plan, choose, longest_right_run, safe_delta
+from dawnstream.operators.video.optimizer import Plan, choose, flicker_rates, longest_right_run, safe_delta
 
 
 def split(n: int, block: int) -> np.ndarray:
@@ -104,6 +105,8 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
     assert best is not None
     if grays is not None and best.plan.delta > 0:  # runs of repeats as long as the bootstrap bore out, no longer
         best.plan = replace(best.plan, max_run=longest_right_run(np.asarray(grays), y, best.plan.delta, diff_blocks))
+    fn_floor, fp_floor = flicker_rates(y)  # on every bootstrap frame, in order: what no thresholds can follow
+    best.plan = replace(best.plan, fn_floor=round(fn_floor, 4), fp_floor=round(fp_floor, 4))
     best.report = {"train_seconds": round(train_s, 2), "max_delta": cap, "train_frames": int((~held).sum()),
                    "choose_frames": int(held.sum()), "candidates": candidates}
     return best
