@@ -54,16 +54,16 @@ class Plan:
     negatives: int = 0
     fn_errors: int = 0
     fp_errors: int = 0
+    max_run: int = 0
+    """The most frames in a row the difference detector may repeat a label before a model decides again
+    (0: no limit): the longest run of repeats that stayed right on the bootstrap (:func:`longest_right_run`).
+    A label copied longer than the evidence ever showed a copy to hold is a guess."""
     fn_floor: float = 0.0
     fp_floor: float = 0.0
     """The reference model's one-frame flips on the bootstrap (:func:`flicker_rates`): the share of its true
     (false) frames whose answer differs from both neighbours'. A cheaper stage sees such a frame as its
     neighbours and answers as they do, so about that share of the frames it decides is wrong whatever
     the thresholds: only the reference model on the frame itself gets it right (:meth:`check_share`)."""
-    max_run: int = 0
-    """The most frames in a row the difference detector may repeat a label before a model decides again
-    (0: no limit): the longest run of repeats that stayed right on the bootstrap (:func:`longest_right_run`).
-    A label copied longer than the evidence ever showed a copy to hold is a guess."""
 
     def bounds(self, alpha: float = 0.05, live: tuple[int, int, int, int] = (0, 0, 0, 0)) -> tuple[float, float]:
         """One-sided Clopper-Pearson upper bounds at ``1 - alpha`` (:mod:`.bounds`) of the FN and FP rates:
