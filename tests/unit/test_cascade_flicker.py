@@ -68,3 +68,5 @@ def test_a_camera_whose_reference_flips_is_checked_at_the_plans_check_share(tmp_
     assert [r["sampled"] for r in out] == [sampled("lawn", i, share) for i in range(40)]
     assert sum(r["sampled"] for r in out) > sum(sampled("lawn", i, 0.05) for i in range(40))
     assert all(r["label"] for r in out) and op.cameras["lawn"].alarms == 0
+    # the operator sees why this camera's reference share stays high
+    assert op.gauges()["check_share"] == 0.75 and op.summary()["lawn"]["check_share"] == 0.75

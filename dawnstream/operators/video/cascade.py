@@ -98,9 +98,10 @@ JITTER_KEPT = 4000
 """Frame-to-frame box changes kept per camera (the latest)."""
 STAGES = ("difference", "specialized", "reference")
 LIVE_KEYS = ("fn", "fp", *STAGES)
-BOUND_GAUGES = ("fn_bound", "fp_bound", "cameras_proven")
-"""What the cameras' plans can promise now (:meth:`Cascade.gauges`): the worst FN and FP upper bounds, and how
-many cameras left probation."""
+BOUND_GAUGES = ("fn_bound", "fp_bound", "cameras_proven", "check_share")
+"""What the cameras' plans can promise now (:meth:`Cascade.gauges`): the worst FN and FP upper bounds, how
+many cameras left probation, and the largest least check share the reference model's one-frame flips
+impose (:meth:`~.optimizer.Plan.check_share`: why a camera's reference share stays high)."""
 
 
 def live_gauge(key: str) -> str:
@@ -388,7 +389,7 @@ class Cascade(Operator):
         assert plan is not None and cam.spec is not None
         boosted = cam.seen <= cam.boost_until or not cam.proven
         share = self.alert_sample if cam.seen <= cam.alert_until else self.boost_sample if boosted else self.sample
-        share = max(share, plan.check_share(self.fn_target, self.fp_target))  # the reference's own flips
+        share = max(share, self._check_share(cam))  # the reference's own flips
         check = sampled(camera, idx, share)
         if cam.fragile:
             # The reference model's last answer sat within a typical jitter of the query's boundary (a box
@@ -461,6 +462,10 @@ class Cascade(Operator):
         event(log, "cascade.alarm", camera=camera, frame=idx, reason=why, version=cam.version,
               by_stage={s: cam.live[s] for s in STAGES})
         self._reset(cam)
+
+    def _check_share(self, cam: Camera) -> float:
+        """The least share of the cheaper stages' frames the reference checks on this camera (its flips)."""
+        return cam.plan.check_share(self.fn_target, self.fp_target) if cam.plan is not None else 0.0
 
     def _spec_thumb(self, frame: np.ndarray) -> np.ndarray:
         """The specialized model's input: the query's part of the frame (:func:`query_box`), or the whole frame."""
@@ -561,7 +566,7 @@ class Cascade(Operator):
         event(log, "cascade.swap", camera=camera, version=cam.version, model=f.config.name, delta=f.plan.delta,
               c_low=f.plan.c_low, c_high=f.plan.c_high, max_run=f.plan.max_run,
               reference_share=f.plan.reference_share, fn_bound=round(fn_bound, 4), fp_bound=round(fp_bound, 4))
-        flips = f.plan.check_share(self.fn_target, self.fp_target)
+        flips = self._check_share(cam)
         if flips > 0:  # no thresholds follow a one-frame flip of the reference: only its own call on the frame
             event(log, "cascade.flicker", camera=camera, version=cam.version, check_share=flips,
                   reason=f"the reference model's answer flips for a single frame on {f.plan.fn_floor:.1%} of the "
@@ -650,6 +655,7 @@ class Cascade(Operator):
         if watched:  # the worst camera's: what the stage can promise now (choosing frames + live checks)
             bounds = [c.plan.bounds(ALPHA, c.checked()) for c in watched]  # type: ignore[union-attr]
             out["fn_bound"], out["fp_bound"] = max(b[0] for b in bounds), max(b[1] for b in bounds)
+            out["check_share"] = max(self._check_share(c) for c in watched)
         for key in LIVE_KEYS:  # the live test's counts since each camera's swap, summed over cameras
             n = sum(c.live[key][0] for c in self.cameras.values())
             k = sum(c.live[key][1] for c in self.cameras.values())
@@ -663,12 +669,13 @@ class Cascade(Operator):
         return {"kind": "cascade", "cameras": self.summary(), "gauges": self.gauges()}
 
     def summary(self) -> dict[str, Any]:
-        """Per camera: phase, model version, plan, frames per stage, live agreement."""
+        """Per camera: phase, model version, plan, frames per stage, live agreement, whether the plan left
+        probation, its bounds, the least check share of the reference's flips."""
         return {name: {"phase": c.phase, "model_version": c.version, "frames": dict(c.counts),
                        "plan": c.plan.__dict__ if c.plan else None,
                        "live_agreement": float(np.mean(c.samples)) if c.samples else None,
                        "live": {k: list(v) for k, v in c.live.items()}, "alarms": c.alarms,
-                       "last_alarm": c.last_alarm, "proven": c.proven,
+                       "last_alarm": c.last_alarm, "proven": c.proven, "check_share": self._check_share(c),
                        "bounds": list(c.plan.bounds(ALPHA, c.checked())) if c.plan else None,
                        "reference_ms": float(np.median(c.ref_ms)) if c.ref_ms else None}
                 for name, c in self.cameras.items()}

@@ -73,7 +73,7 @@ function cascadePanel(stage, byPart) {
     const stages = ["difference", "specialized", "reference"].map((s) => kpi("frames_" + s, s, g["frames_" + s])).join("");
     const cams = Object.entries(panel.cameras || {}).map(([name, c]) => `<tr data-camera="${esc(name)}"><td>${esc(name)}</td><td>${esc(c.phase)}</td>` +
       cell("model_version", c.model_version, num(c.model_version)) + cell("live_agreement", c.live_agreement, num(c.live_agreement, 3)) +
-      cell("alarms", c.alarms, num(c.alarms)) + `<td data-k="plan">${c.phase === "cascade" ? (c.proven ? "proven" : "probation") : ""}</td>` +
+      cell("alarms", c.alarms, num(c.alarms)) + `<td data-k="plan">${c.phase === "cascade" ? (c.proven ? "proven" : "probation") + (c.check_share ? ` · reference flips: ≥ ${num(100 * c.check_share, 0)}% checked` : "") : ""}</td>` +
       `<td>${esc(c.last_alarm ?? "")}</td></tr>`);
     return `<div class="panel cap" data-cap="cascade" data-stage="${esc(stage)}" data-partition="${esc(p)}"><h3>Video cascade <span class="tag">${esc(stage)} · partition ${esc(p)}</span></h3>` +
       `<div class="kpis">${stages}${kpi("reference_share", "reference share", g.reference_share, num(g.reference_share, 3))}` +
