@@ -43,6 +43,20 @@ class SpecConfig:
     def name(self) -> str:
         return f"c{self.convs}f{self.filters}d{self.dense}"
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per frame of this architecture (3x3 convolutions at full size before each
+        2x2 pooling, then the dense layers): a cost that does not depend on the machine or the moment.
+
+        >>> SpecConfig(1, 16, 32).macs == 50 * 50 * 16 * 3 * 9 + 25 * 25 * 16 * 32 + 32
+        True
+        """
+        channels, side, total = 3, THUMB, 0
+        for _ in range(self.convs):
+            total += side * side * self.filters * channels * 9
+            channels, side = self.filters, side // 2
+        return total + channels * side * side * self.dense + self.dense
+
 
 GRID = [SpecConfig(c, f, d) for c in (1, 2) for f in (16, 32) for d in (32, 64)]
 """The default grid (8 candidates)."""

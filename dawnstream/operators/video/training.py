@@ -10,11 +10,12 @@ and the blocks go in turn to training (two of every three) and to choosing the t
 the grid jointly (:func:`~dawnstream.models.specialized.train_grid`), exports every candidate to ONNX,
 measures its cost per frame with onnxruntime here, lets the optimizer
 (:func:`~dawnstream.operators.video.optimizer.choose`) pick its thresholds on the held-out blocks,
-and keeps the candidate with the fewest reference calls, then the least time. The difference threshold
-is capped first on *all* the bootstrap frames (:func:`~.optimizer.safe_delta`: the skips alone may use
-half the error targets), since it does not depend on the model and the choosing blocks alone are few;
-the chosen ``delta`` then gets its ``max_run`` on all of them too (:func:`~.optimizer.longest_right_run`),
-and the plan the reference model's one-frame flips on all of them (:func:`~.optimizer.flicker_rates`).
+and keeps the candidate with the fewest reference calls, then the least compute (:func:`_rank`). The
+difference threshold is capped first on *all* the bootstrap frames (:func:`~.optimizer.safe_delta`: the
+skips alone may use half the error targets), since it does not depend on the model and the choosing
+blocks alone are few; the chosen ``delta`` then gets its ``max_run`` on all of them too
+(:func:`~.optimizer.longest_right_run`), and the plan the reference model's one-frame flips on all of
+them (:func:`~.optimizer.flicker_rates`).
 """
 
 from __future__ import annotations
@@ -99,8 +100,7 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
                       thumbs=None if grays is None else np.asarray(grays)[held], blocks=diff_blocks, max_delta=cap,
                       confirm=confirm)
         candidates.append({"model": cfg.name, "spec_ms": round(spec_ms, 3), **asdict(plan)})
-        if best is None or (plan.reference_share, plan.ms_per_frame) < (best.plan.reference_share,
-                                                                          best.plan.ms_per_frame):
+        if best is None or _rank(plan, cfg) < _rank(best.plan, best.config):
             best = FittedCascade(onnx, cfg, plan, costs)
     assert best is not None
     if grays is not None and best.plan.delta > 0:  # runs of repeats as long as the bootstrap bore out, no longer
@@ -110,3 +110,10 @@ def fit_cascade(thumbs: np.ndarray, diff: np.ndarray, labels: np.ndarray, *, blo
     best.report = {"train_seconds": round(train_s, 2), "max_delta": cap, "train_frames": int((~held).sum()),
                    "choose_frames": int(held.sum()), "candidates": candidates}
     return best
+
+
+def _rank(plan: Plan, cfg: SpecConfig) -> tuple[float, float]:
+    """Candidates rank by reference share, then by the specialized model's compute on the frames it sees
+    (multiply-accumulates, not measured ms: two models with the same share once swapped places between runs
+    of ``make demo-video`` on 0.060 vs 0.061 ms, and the labels with them); exact ties keep the grid's order."""
+    return plan.reference_share, (1.0 - plan.skipped_share) * cfg.macs
